@@ -1,0 +1,1 @@
+"""etcd client (v2 HTTP API on treq)."""

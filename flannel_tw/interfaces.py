@@ -1,0 +1,96 @@
+"""
+The seams of flannel-tw, as zope.interface declarations. Real implementations and
+the test fakes both declare and are checked (``verifyObject``) against these.
+"""
+from zope.interface import Attribute, Interface
+
+
+class ISubnetManager(Interface):
+    """Network config and leases in a datastore (etcd v2 today)."""
+
+    def get_network_config():
+        """
+        Fetch and validate the config.
+
+        @return: Deferred firing with L{flannel_tw.config.NetworkConfig}; fails with
+            L{flannel_tw.config.ConfigError} (bad config), L{flannel_tw.etcd.errors.KeyNotFound}
+            (no config yet) or an etcd transport error.
+        """
+
+    def acquire_lease(config, attrs, previous_subnet=None):
+        """
+        Reuse our lease (same PublicIP), else C{previous_subnet} if nobody holds it,
+        else allocate a free subnet and create it with prevExist=false.
+
+        @return: Deferred firing with L{flannel_tw.lease.Lease};
+            fails with L{flannel_tw.allocate.OutOfSubnets} or an etcd error.
+        """
+
+    def renew_lease(lease):
+        """
+        Unconditional PUT of the lease with ttl 86400 (no ttl for a reservation).
+
+        @return: Deferred firing with the renewed L{flannel_tw.lease.Lease}.
+        """
+
+    def list_leases():
+        """@return: Deferred firing with C{(leases, index)}; bad nodes are skipped."""
+
+    def watch_leases(wait_index):
+        """
+        One long-poll for the next change under subnets/ at C{wait_index}.
+
+        @return: Deferred firing with C{(event_or_None, modified_index)} where event is a
+            L{LeaseEvent}; None means the node could not be parsed (step past it).
+            Fails with L{flannel_tw.etcd.errors.EventIndexCleared} when the index is too old.
+        """
+
+    def get_lease(subnet):
+        """@return: Deferred firing with the L{Lease} or failing with KeyNotFound."""
+
+
+class IBackend(Interface):
+    """A data plane: udp, vxlan, host-gw or alloc."""
+
+    name = Attribute("The backend type name, e.g. 'udp'.")
+    mtu = Attribute("MTU to publish in subnet.env; valid after prepare().")
+
+    def prepare(config):
+        """
+        Check the backend config and make what must exist before the lease (e.g. a vxlan device).
+
+        @return: Deferred firing with the L{flannel_tw.lease.LeaseAttrs} for our lease.
+        """
+
+    def start(config, lease):
+        """
+        Configure the data plane for our own lease and start carrying packets.
+
+        @return: Deferred firing when ready.
+        """
+
+    def handle_events(events):
+        """
+        Apply a batch of L{LeaseEvent}s about other hosts. Never raises.
+        """
+
+    def stop():
+        """Stop the data path (sockets, readers). Kernel state and the lease stay. Deferred."""
+
+
+class ITun(Interface):
+    """A TUN device opened without packet info (IFF_TUN|IFF_NO_PI)."""
+
+    name = Attribute("Device name, e.g. 'flannel0'.")
+
+    def fileno():
+        """The non-blocking file descriptor."""
+
+    def read():
+        """Read one packet (bytes); raises BlockingIOError when none is ready."""
+
+    def write(packet):
+        """Write one packet."""
+
+    def close():
+        """Close the file descriptor."""

@@ -1,0 +1,1 @@
+"""Kernel seams: interface lookup, TUN, netlink (pyroute2)."""
