@@ -1,0 +1,1 @@
+"""Subnet manager: config wait, lease acquire/renew, lease watch."""

@@ -1,0 +1,1 @@
+"""udp backend data path: packets and routes (pure) ."""

@@ -1,0 +1,1 @@
+"""Namespace lab building blocks for tests."""
