@@ -3,9 +3,11 @@
 The network config stored at ``<prefix>/config``: parsing and validation with
 flanneld's rules and defaults (flannel-compat.md section 1 and 13). Pure: no reactor.
 """
+import json
+import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,172 @@ class NetworkConfig:
         return 2 ** (32 - self.subnet_len)
 
 
+_FIELDS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend")
+_IPV4_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", re.ASCII)
+_CIDR_RE = re.compile(r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})/(\d{1,2})", re.ASCII)
+_UNSET = IPv4Address(0)
+_ABSENT = object()
+
+
+def go_json_fields(pairs, names, raw=()) -> Dict[str, Any]:
+    """
+    Map the (key, value) pairs of a decoded JSON object onto the field ``names``
+    the way Go's encoding/json does: an exact match is preferred, otherwise the
+    key matches a field without regard to case; unknown keys are ignored; when
+    several keys land on one field the last one wins. A JSON null is a no-op,
+    except for the ``raw`` fields (json.RawMessage in Go), which keep it.
+    """
+    folded = {name.casefold(): name for name in names}
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        name = key if key in names else folded.get(key.casefold())
+        if name is not None and (value is not None or name in raw):
+            out[name] = value
+    return out
+
+
+class Pairs(list):
+    """A decoded JSON object as its list of (key, value) pairs, in document order."""
+
+
+def decode_pairs(text):
+    """json.loads keeping every object as Pairs, so duplicate and case-variant keys survive."""
+    return json.loads(text, object_pairs_hook=Pairs, parse_constant=_reject_constant)
+
+
+def _reject_constant(name):
+    raise ValueError("%s is not JSON" % (name,))
+
+
+def plain(value):
+    """Pairs -> dict, recursively (the last of duplicate keys wins, as in Go)."""
+    if isinstance(value, Pairs):
+        return {k: plain(v) for k, v in value}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def _decode_object(text) -> Pairs:
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError("config is not valid UTF-8: %s" % (e,))
+    try:
+        doc = decode_pairs(text)
+    except ValueError as e:
+        raise ConfigError("config is not valid JSON: %s" % (e,))
+    if not isinstance(doc, Pairs):
+        raise ConfigError("config must be a JSON object, not %s" % (json.dumps(plain(doc)),))
+    return doc
+
+
+def _parse_network(value) -> IPv4Network:
+    if not isinstance(value, str):
+        raise ConfigError("Network must be a string like \"10.1.0.0/16\", not %s"
+                          % (json.dumps(plain(value)),), key="Network")
+    if value == "":
+        raise ConfigError("Network is empty: define an IPv4 CIDR such as \"10.1.0.0/16\"",
+                          key="Network")
+    m = _CIDR_RE.fullmatch(value)
+    try:
+        if m is None or int(m.group(2)) > 32:
+            raise ValueError(value)
+        network = IPv4Network("%s/%s" % (m.group(1), int(m.group(2))), strict=False)
+    except ValueError:
+        raise ConfigError("Network %r is not an IPv4 CIDR such as \"10.1.0.0/16\"" % (value,),
+                          key="Network")
+    if network == IPv4Network("0.0.0.0/0"):
+        raise ConfigError("Network 0.0.0.0/0 is empty: define an IPv4 CIDR such as "
+                          "\"10.1.0.0/16\"", key="Network")
+    return network
+
+
+def _parse_subnet_len(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError("SubnetLen must be a non-negative integer, not %s"
+                          % (json.dumps(plain(value)),), key="SubnetLen")
+    return value
+
+
+def _parse_address(key: str, value) -> IPv4Address:
+    if isinstance(value, str) and _IPV4_RE.fullmatch(value):
+        try:
+            return IPv4Address(value)
+        except ValueError:
+            pass
+    raise ConfigError("%s must be an IPv4 address string, not %s"
+                      % (key, json.dumps(plain(value))), key=key)
+
+
+def _parse_backend(value) -> Tuple[str, dict]:
+    if value is _ABSENT:
+        return "udp", {}
+    if value is None:               # Go: RawMessage "null" decodes to a Type of ""
+        raise ConfigError("Backend is null: Backend has no Type", key="Backend")
+    if not isinstance(value, Pairs):
+        raise ConfigError("Backend must be a JSON object, not %s" % (json.dumps(plain(value)),),
+                          key="Backend")
+    btype = go_json_fields(value, ("Type",)).get("Type", "")
+    if not isinstance(btype, str):
+        raise ConfigError("Backend Type must be a string, not %s" % (json.dumps(plain(btype)),),
+                          key="Backend")
+    if btype == "":
+        raise ConfigError("Backend has no Type", key="Backend")
+    return btype.lower(), plain(value)
+
+
 def parse_config(text) -> NetworkConfig:
     """Parse and validate config JSON (str or bytes). Raises ConfigError."""
-    raise NotImplementedError
+    fields = go_json_fields(_decode_object(text), _FIELDS, raw=("Backend",))
+    if "Network" not in fields:
+        raise ConfigError("Network is missing: define an IPv4 CIDR such as \"10.1.0.0/16\"",
+                          key="Network")
+    network = _parse_network(fields["Network"])
+    subnet_len = _parse_subnet_len(fields.get("SubnetLen", 0))
+    smin = _parse_address("SubnetMin", fields["SubnetMin"]) if "SubnetMin" in fields else _UNSET
+    smax = _parse_address("SubnetMax", fields["SubnetMax"]) if "SubnetMax" in fields else _UNSET
+    prefix = network.prefixlen
+
+    # Step 1 and 2: SubnetLen.
+    if subnet_len > 0:
+        if subnet_len > 30:
+            raise ConfigError("SubnetLen %d: SubnetLen must be less than /31" % subnet_len,
+                              key="SubnetLen")
+        if subnet_len < prefix + 2:
+            raise ConfigError("SubnetLen %d with Network %s: Network must be able to "
+                              "accommodate at least four subnets" % (subnet_len, network),
+                              key="SubnetLen")
+    elif prefix > 28:
+        raise ConfigError("Network %s: Network is too small. Minimum useful network prefix "
+                          "is /28" % (network,), key="Network")
+    elif prefix <= 22:
+        subnet_len = 24
+    else:
+        subnet_len = prefix + 2
+
+    # Step 3 and 4: the range, with defaults that skip the first subnet.
+    size = 2 ** (32 - subnet_len)
+    if smin == _UNSET:
+        smin = network.network_address + size
+    elif smin not in network:
+        raise ConfigError("SubnetMin %s: SubnetMin is not in the range of the Network %s"
+                          % (smin, network), key="SubnetMin")
+    if smax == _UNSET:
+        smax = IPv4Address(int(network.broadcast_address) + 1 - size)
+    elif smax not in network:
+        raise ConfigError("SubnetMax %s: SubnetMax is not in the range of the Network %s"
+                          % (smax, network), key="SubnetMax")
+
+    # Step 5: boundaries. Step 6 (min <= max) is not checked, as in flanneld.
+    if int(smin) % size:
+        raise ConfigError("SubnetMin is not on a SubnetLen boundary: %s (SubnetLen %d)"
+                          % (smin, subnet_len), key="SubnetMin")
+    if int(smax) % size:
+        raise ConfigError("SubnetMax is not on a SubnetLen boundary: %s (SubnetLen %d)"
+                          % (smax, subnet_len), key="SubnetMax")
+
+    backend_type, backend = _parse_backend(fields.get("Backend", _ABSENT))
+    return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=smin,
+                         subnet_max=smax, backend_type=backend_type, backend=backend)
