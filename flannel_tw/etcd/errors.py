@@ -54,4 +54,12 @@ class EtcdUnavailable(Exception):
 
 
 class EtcdProtocolError(Exception):
-    """An answer that is neither a node response nor an etcd error body (bad JSON, bad status)."""
+    """An answer that is neither a node response nor an etcd error body (bad JSON, bad status).
+
+    ``status`` is the HTTP status code (or None) and ``body`` the start of the raw body (bytes).
+    """
+
+    def __init__(self, message: str, status=None, body: bytes = b""):
+        self.status = status
+        self.body = body
+        super().__init__(message)

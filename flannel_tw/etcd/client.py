@@ -1,0 +1,355 @@
+# -*- test-case-name: tests.test_etcd_client -*-
+"""An etcd v2 HTTP API client on treq, speaking to etcd the way flanneld v0.10 does.
+
+Wire format
+===========
+flanneld uses the Go ``etcd/client`` v2 package, which builds every query string with
+Go's ``url.Values.Encode()`` -- parameters **sorted by name** -- and always sends all of a
+GET's three flags.  This module sends byte-identical requests:
+
+=================  ==========================================================================
+call               request
+=================  ==========================================================================
+``get``            ``GET /v2/keys<key>?quorum=<b>&recursive=<b>&sorted=<b>``
+``watch``          ``GET /v2/keys<key>?recursive=<b>&wait=true&waitIndex=<n>``
+``set``            ``PUT /v2/keys<key>[?prevExist=<b>]`` form ``ttl=<n>&value=<v>``
+                   (``ttl`` only when given and > 0)
+``delete``         ``DELETE /v2/keys<key>``
+=================  ==========================================================================
+
+(The fact sheet lists e.g. the list call as ``recursive=true&quorum=true&sorted=false``;
+that is the same parameter set, the order on the wire is the sorted one.)
+
+Errors
+======
+Every method returns a Deferred that fires with a L{Response} or fails with:
+
+- an L{flannel_tw.etcd.errors.EtcdError} subclass (L{KeyNotFound}, L{NodeExist},
+  L{EventIndexCleared}, ...) when etcd answered with its JSON error body.  These are
+  answers and are never retried on another endpoint;
+- L{EtcdProtocolError} when the answer is neither a node response nor an error body;
+- L{EtcdUnavailable} when every endpoint failed at the transport level (refused,
+  reset, timed out, TLS failure); its ``errors`` maps endpoint -> the last failure;
+- L{twisted.internet.defer.CancelledError} when the caller cancelled the Deferred.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Optional, Tuple
+from urllib.parse import quote, urlencode, urlsplit
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from flannel_tw.etcd.errors import EtcdError, EtcdProtocolError, EtcdUnavailable, error_from_body
+
+__all__ = ["Node", "Response", "EtcdV2Client"]
+
+_SNIPPET = 200
+
+
+@dataclass(frozen=True)
+class Node:
+    """One etcd v2 node.  ``nodes`` holds the children (a tuple of L{Node}) of a directory."""
+
+    key: str
+    value: Optional[str] = None
+    dir: bool = False
+    ttl: Optional[int] = None
+    expiration: Optional[str] = None
+    modified_index: int = 0
+    created_index: int = 0
+    nodes: Tuple["Node", ...] = ()
+
+    @classmethod
+    def from_json(cls, obj) -> "Node":
+        """Build a Node from etcd's JSON object; raises ValueError/TypeError on bad shapes."""
+        if not isinstance(obj, dict):
+            raise TypeError("node is not an object: %r" % (obj,))
+        children = obj.get("nodes") or ()
+        if not isinstance(children, (list, tuple)):
+            raise TypeError("nodes is not a list")
+        ttl = obj.get("ttl")
+        value = obj.get("value")
+        return cls(
+            key=str(obj.get("key", "/")),  # etcd omits the key of the root directory
+            value=None if value is None else str(value),
+            dir=bool(obj.get("dir", False)),
+            ttl=None if ttl is None else int(ttl),
+            expiration=obj.get("expiration"),
+            modified_index=int(obj.get("modifiedIndex", 0) or 0),
+            created_index=int(obj.get("createdIndex", 0) or 0),
+            nodes=tuple(cls.from_json(child) for child in children),
+        )
+
+
+@dataclass(frozen=True)
+class Response:
+    """A successful etcd v2 answer.  ``etcd_index`` is the X-Etcd-Index header (None if absent)."""
+
+    action: str
+    node: Node
+    prev_node: Optional[Node]
+    etcd_index: Optional[int]
+
+
+def _bool(flag) -> str:
+    return "true" if flag else "false"
+
+
+def _validate_endpoint(endpoint) -> str:
+    if not isinstance(endpoint, str):
+        raise ValueError("bad etcd endpoint %r: not a string" % (endpoint,))
+    try:
+        parts = urlsplit(endpoint.strip())
+        host = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as e:
+        raise ValueError("bad etcd endpoint %r: %s" % (endpoint, e)) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError("bad etcd endpoint %r: need http:// or https:// and a host" % (endpoint,))
+    if parts.query or parts.fragment:
+        raise ValueError("bad etcd endpoint %r: no query or fragment allowed" % (endpoint,))
+    return endpoint.strip().rstrip("/")
+
+
+class _Transport(Exception):
+    """Internal wrapper marking a transport-level failure of one attempt."""
+
+    def __init__(self, failure: Failure):
+        self.failure = failure
+        super().__init__(failure.value)
+
+
+class EtcdV2Client:
+    """etcd v2 keys API client with endpoint fail-over.
+
+    @param reactor: the reactor (used for timeouts and, when C{http} is None, for the Agent).
+    @param endpoints: list of base URLs such as C{"http://127.0.0.1:2379"}.
+    @param http: an object with treq's C{request(method, url, **kwargs)} API
+        (C{treq.client.HTTPClient}, C{treq.testing.StubTreq}); built from an Agent when None.
+    @param username: basic-auth user name (auth is sent only when this is given).
+    @param password: basic-auth password.
+    @param tls: None or an C{IPolicyForHTTPS} (an object with C{creatorForNetloc}) for https.
+    @param request_timeout: seconds before a non-watch request counts as a transport failure.
+    @param connect_timeout: TCP connect timeout of the built Agent (defaults to request_timeout).
+    @raise ValueError: no endpoints, or an endpoint is not an http(s) URL with a host.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, endpoints, http=None, username=None, password=None,
+                 tls=None, request_timeout=10.0, connect_timeout=None):
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e.strip()]
+        endpoints = [_validate_endpoint(e) for e in endpoints]
+        if not endpoints:
+            raise ValueError("no etcd endpoints given")
+        if tls is not None and not hasattr(tls, "creatorForNetloc"):
+            raise ValueError("tls must provide creatorForNetloc (IPolicyForHTTPS), got %r" % (tls,))
+        self._reactor = reactor
+        self.endpoints = endpoints
+        self._current = 0
+        self._pool = None
+        self._auth = None if username is None else (username, password or "")
+        self.request_timeout = request_timeout
+        if http is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            agent = Agent(
+                reactor,
+                contextFactory=tls if tls is not None else BrowserLikePolicyForHTTPS(),
+                connectTimeout=connect_timeout if connect_timeout is not None else request_timeout,
+                pool=self._pool,
+            )
+            http = HTTPClient(agent)
+        self._http = http
+
+    @property
+    def current_endpoint(self) -> str:
+        """The endpoint the next request starts with (the last one that answered)."""
+        return self.endpoints[self._current]
+
+    def close(self):
+        """Drop cached persistent connections.  Returns a Deferred that fires with None."""
+        if self._pool is not None:
+            return self._pool.closeCachedConnections()
+        return defer.succeed(None)
+
+    # -- public API -------------------------------------------------------------------
+
+    def get(self, key, recursive=False, quorum=False, sorted=None):
+        """GET a key or directory: C{?quorum=..&recursive=..&sorted=..} (all three, as Go sends).
+
+        Fires with a L{Response}; fails with L{KeyNotFound} (100) and the other errors
+        described in the module docstring.
+        """
+        query = [("quorum", _bool(quorum)), ("recursive", _bool(recursive)),
+                 ("sorted", _bool(sorted))]
+        return self._call(b"GET", key, query)
+
+    def set(self, key, value, ttl=None, prev_exist=None):
+        """PUT a value; form C{ttl=N&value=V}, query C{prevExist=true|false} unless None.
+
+        A ttl of None or 0 sets no TTL (as Go's client does).  Fires with a L{Response}
+        (action "set", "create" or "update"); fails with L{NodeExist} (105, prev_exist=False)
+        or L{KeyNotFound} (100, prev_exist=True), among others.
+        """
+        query = []
+        if prev_exist is not None:
+            query.append(("prevExist", _bool(prev_exist)))
+        form = []
+        if ttl is not None and int(ttl) > 0:
+            form.append(("ttl", str(int(ttl))))
+        form.append(("value", value))
+        return self._call(b"PUT", key, query, form=form)
+
+    def create(self, key, value, ttl=None):
+        """C{set(key, value, ttl, prev_exist=False)}: fails with L{NodeExist} if the key exists."""
+        return self.set(key, value, ttl=ttl, prev_exist=False)
+
+    def delete(self, key):
+        """DELETE a key (no query).  Fires with a L{Response} (action "delete", prev_node set);
+        fails with L{KeyNotFound} if it is missing."""
+        return self._call(b"DELETE", key, [])
+
+    def watch(self, key, wait_index, recursive=False):
+        """Long-poll C{?recursive=..&wait=true&waitIndex=N} with no timeout.
+
+        Fires with the L{Response} of the first event with modifiedIndex >= wait_index.
+        A 200 with an empty body is retried transparently.  Fails with L{EventIndexCleared}
+        (401) when wait_index fell out of etcd's 1000-event history, and with the errors in
+        the module docstring.  Cancelling the Deferred aborts the HTTP request (the
+        connection is closed) and fails it with CancelledError.
+        """
+        query = [("recursive", _bool(recursive)), ("wait", "true"),
+                 ("waitIndex", str(int(wait_index)))]
+        return self._call(b"GET", key, query, watch=True)
+
+    # -- machinery --------------------------------------------------------------------
+
+    def _url(self, endpoint, key, query):
+        if not isinstance(key, str):
+            raise TypeError("etcd key must be str, got %r" % (key,))
+        if not key.startswith("/"):
+            key = "/" + key
+        url = endpoint + "/v2/keys" + quote(key, safe="/")
+        if query:
+            url += "?" + urlencode(query)
+        return url
+
+    def _call(self, method, key, query, form=None, watch=False):
+        try:
+            for ep in self.endpoints:
+                self._url(ep, key, query)
+        except Exception:
+            return defer.fail()
+        return defer.ensureDeferred(self._failover(method, key, query, form, watch))
+
+    async def _failover(self, method, key, query, form, watch):
+        errors = {}
+        n = len(self.endpoints)
+        start = self._current
+        for i in range(n):
+            idx = (start + i) % n
+            endpoint = self.endpoints[idx]
+            url = self._url(endpoint, key, query)
+            try:
+                result = await self._attempt_until_answer(method, url, form, watch)
+            except _Transport as t:
+                errors[endpoint] = t.failure.value
+                nxt = self.endpoints[(idx + 1) % n] if i + 1 < n else None
+                self.log.warn(
+                    "etcd endpoint {endpoint} failed: {error}"
+                    + ("; trying {next_endpoint}" if nxt else "; no endpoint left"),
+                    endpoint=endpoint, error=t.failure.value, next_endpoint=nxt,
+                    method=method.decode("ascii"), key=key,
+                )
+                continue
+            self._current = idx
+            return result
+        raise EtcdUnavailable(errors)
+
+    async def _attempt_until_answer(self, method, url, form, watch):
+        while True:
+            d = defer.ensureDeferred(self._attempt(method, url, form))
+            if not watch and self.request_timeout is not None:
+                d.addTimeout(self.request_timeout, self._reactor)
+            try:
+                status, headers, body = await d
+            except defer.CancelledError:
+                # Cancelled by our caller (a timeout arrives as TimeoutError instead).
+                raise
+            except (EtcdError, EtcdProtocolError):
+                raise
+            except Exception:
+                raise _Transport(Failure())
+            if watch and status == 200 and not body.strip():
+                continue  # etcd (or a proxy) ended the long poll without an event
+            return _parse(status, headers, body)
+
+    async def _attempt(self, method, url, form):
+        from twisted.web.client import readBody
+
+        kwargs = {"unbuffered": True}
+        headers = {}
+        if form is not None:
+            kwargs["data"] = urlencode(form).encode("utf-8")
+            headers[b"Content-Type"] = [b"application/x-www-form-urlencoded"]
+        if headers:
+            kwargs["headers"] = headers
+        if self._auth is not None:
+            kwargs["auth"] = self._auth
+        response = await self._http.request(method.decode("ascii"), url, **kwargs)
+        body = await readBody(getattr(response, "original", response))
+        return response.code, response.headers, body
+
+
+def _header_index(headers) -> Optional[int]:
+    raw = headers.getRawHeaders(b"x-etcd-index") if headers is not None else None
+    if not raw:
+        return None
+    try:
+        return int(raw[0])
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse(status, headers, body) -> Response:
+    """Turn one HTTP answer into a Response or raise EtcdError / EtcdProtocolError."""
+    snippet = body[:_SNIPPET]
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise EtcdProtocolError(
+            "etcd answered HTTP %d with a body that is not JSON: %r" % (status, snippet),
+            status, snippet) from None
+    if isinstance(obj, dict) and "errorCode" in obj:
+        try:
+            err = error_from_body(obj)
+        except (TypeError, ValueError):
+            raise EtcdProtocolError(
+                "etcd answered HTTP %d with a malformed error body: %r" % (status, snippet),
+                status, snippet) from None
+        raise err
+    if not 200 <= status < 300:
+        raise EtcdProtocolError(
+            "etcd answered HTTP %d without an etcd error body: %r" % (status, snippet),
+            status, snippet)
+    if not isinstance(obj, dict) or "action" not in obj or "node" not in obj:
+        raise EtcdProtocolError(
+            "etcd answered HTTP %d with JSON that is not a node response: %r" % (status, snippet),
+            status, snippet)
+    try:
+        node = Node.from_json(obj["node"])
+        prev = obj.get("prevNode")
+        prev_node = None if prev is None else Node.from_json(prev)
+    except (TypeError, ValueError) as e:
+        raise EtcdProtocolError(
+            "etcd answered HTTP %d with a malformed node (%s): %r" % (status, e, snippet),
+            status, snippet) from None
+    return Response(action=str(obj["action"]), node=node, prev_node=prev_node,
+                    etcd_index=_header_index(headers))
