@@ -4,8 +4,9 @@ Choosing a free subnet as flanneld does (flannel-compat.md section 2, AcquireLea
 step 4): scan SubnetMin..SubnetMax, keep the first 100 that overlap no taken
 subnet, pick one at random. Pure: the random source is injected.
 """
-from ipaddress import IPv4Network
-from typing import Iterable, List
+from bisect import bisect_right
+from ipaddress import IPv4Address, IPv4Network
+from typing import Iterable, List, Tuple
 
 from flannel_tw.config import NetworkConfig
 
@@ -22,18 +23,56 @@ class OutOfSubnets(Exception):
                          % (pool_size, taken))
 
 
+def pool_size(config: NetworkConfig) -> int:
+    """Number of subnets from SubnetMin to SubnetMax inclusive; 0 when min > max."""
+    lo, hi = int(config.subnet_min), int(config.subnet_max)
+    return 0 if lo > hi else (hi - lo) // config.subnet_size + 1
+
+
 def fits(config: NetworkConfig, subnet: IPv4Network) -> bool:
     """True when subnet's address lies in [SubnetMin, SubnetMax] and its prefix is SubnetLen."""
-    raise NotImplementedError
+    return (config.subnet_min <= subnet.network_address <= config.subnet_max
+            and subnet.prefixlen == config.subnet_len)
+
+
+def _merged_intervals(taken: Iterable[IPv4Network]) -> Tuple[List[int], List[int]]:
+    """Taken subnets as sorted, disjoint [start, end] address intervals (two lists)."""
+    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in taken)
+    starts: List[int] = []
+    ends: List[int] = []
+    for start, end in spans:
+        if ends and start <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], end)
+        else:
+            starts.append(start)
+            ends.append(end)
+    return starts, ends
 
 
 def free_subnets(config: NetworkConfig, taken: Iterable[IPv4Network],
                  limit: int = CANDIDATES) -> List[IPv4Network]:
     """The first ``limit`` subnets from SubnetMin upwards overlapping none of ``taken``.
     Must stay fast with 10,000 taken subnets and large pools (sort + bisect, no O(n*m))."""
-    raise NotImplementedError
+    starts, ends = _merged_intervals(taken)
+    size = config.subnet_size
+    candidate, last = int(config.subnet_min), int(config.subnet_max)
+    free: List[IPv4Network] = []
+    while candidate <= last and len(free) < limit:
+        top = candidate + size - 1
+        i = bisect_right(starts, top) - 1      # the last interval starting at or below top
+        if i >= 0 and ends[i] >= candidate:
+            # Overlap: jump to the first subnet boundary past this taken interval.
+            candidate += (ends[i] - candidate) // size * size + size
+            continue
+        free.append(IPv4Network((IPv4Address(candidate), config.subnet_len)))
+        candidate += size
+    return free
 
 
 def choose_subnet(config: NetworkConfig, taken: Iterable[IPv4Network], rand) -> IPv4Network:
     """``rand`` is a random.Random. Raises OutOfSubnets."""
-    raise NotImplementedError
+    taken = list(taken)
+    free = free_subnets(config, taken)
+    if not free:
+        raise OutOfSubnets(pool_size(config), len(taken))
+    return rand.choice(free)

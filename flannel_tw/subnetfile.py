@@ -3,7 +3,9 @@
 subnet.env (flannel-compat.md section 5): rendering, parsing, atomic writing, and
 the Docker options that mk-docker-opts.sh derives from it. Pure apart from file I/O.
 """
-from ipaddress import IPv4Network
+import os
+import re
+from ipaddress import IPv4Interface, IPv4Network
 from typing import Dict, Optional
 
 
@@ -11,27 +13,145 @@ class SubnetFileError(ValueError):
     """A missing or malformed subnet.env; the message names the file and the problem."""
 
 
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*", re.ASCII)
+_CIDR_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}/\d{1,2}", re.ASCII)
+_DOUBLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
+
+
 def render_subnet_env(network: IPv4Network, subnet: IPv4Network, mtu: int, ipmasq: bool) -> str:
     """FLANNEL_NETWORK, FLANNEL_SUBNET (lease address + 1 / prefix), FLANNEL_MTU, FLANNEL_IPMASQ."""
-    raise NotImplementedError
+    return ("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s/%d\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=%s\n"
+            % (network, subnet.network_address + 1, subnet.prefixlen, mtu,
+               "true" if ipmasq else "false"))
+
+
+def _parse_value(raw: str, lineno: int) -> str:
+    """The value part of one line: quoted (with trailing comment allowed) or bare."""
+    if raw[:1] in ("'", '"'):
+        quote, out, i = raw[0], [], 1
+        while i < len(raw) and raw[i] != quote:
+            if quote == '"' and raw[i] == "\\" and i + 1 < len(raw):
+                out.append(_DOUBLE_ESCAPES.get(raw[i + 1], "\\" + raw[i + 1]))
+                i += 2
+                continue
+            out.append(raw[i])
+            i += 1
+        rest = raw[i + 1:].strip()
+        if i >= len(raw) or (rest and not rest.startswith("#")):
+            raise SubnetFileError("line %d: unterminated or malformed %s-quoted value"
+                                  % (lineno, quote))
+        return "".join(out)
+    m = re.search(r"(^|\s)#", raw)         # an inline comment needs whitespace before '#'
+    return (raw[:m.start()] if m else raw).strip()
 
 
 def parse_env(text: str) -> Dict[str, str]:
     """KEY=VALUE lines (godotenv-like: comments, blank lines, optional quotes, ``export``)."""
-    raise NotImplementedError
+    env: Dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export ") or line.startswith("export\t"):
+            line = line[len("export"):].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep:
+            raise SubnetFileError("line %d: expected KEY=VALUE, got %r" % (lineno, line))
+        if not _KEY_RE.fullmatch(key):
+            raise SubnetFileError("line %d: invalid variable name %r" % (lineno, key))
+        env[key] = _parse_value(value.strip(), lineno)
+    return env
+
+
+def read_env(path: str) -> Dict[str, str]:
+    """parse_env of a file; SubnetFileError names the file (missing, unreadable, malformed)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise SubnetFileError("%s: no such file" % (path,))
+    except OSError as e:
+        raise SubnetFileError("%s: cannot read: %s" % (path, e.strerror or e))
+    try:
+        return parse_env(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SubnetFileError("%s: not UTF-8 text" % (path,))
+    except SubnetFileError as e:
+        raise SubnetFileError("%s: %s" % (path, e))
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
     """Create the directory (0755), write ``<dir>/.<name>`` then rename over ``path``."""
-    raise NotImplementedError
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, 0o755, exist_ok=True)
+    temp = os.path.join(directory, "." + name)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), mode)    # exact mode, whatever the umask
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+
+
+def parse_interface(value: str) -> IPv4Interface:
+    """``10.5.72.1/24`` -> IPv4Interface; ValueError unless a dotted quad with a /prefix."""
+    if not _CIDR_RE.fullmatch(value) or int(value.rsplit("/", 1)[1]) > 32:
+        raise ValueError("not an IPv4 address with a /prefix: %r" % (value,))
+    return IPv4Interface(value)
 
 
 def read_previous_subnet(path: str) -> Optional[IPv4Network]:
     """FLANNEL_SUBNET from an earlier run, masked (10.5.72.1/24 -> 10.5.72.0/24); None if absent/bad."""
-    raise NotImplementedError
+    try:
+        return parse_interface(read_env(path)["FLANNEL_SUBNET"]).network
+    except (SubnetFileError, KeyError, ValueError):
+        return None
+
+
+def _require(env: Dict[str, str], var: str) -> str:
+    value = env.get(var, "")
+    if not value:
+        raise SubnetFileError("%s is missing" % (var,))
+    return value
 
 
 def render_docker_opts(env: Dict[str, str], individual: bool = True, combined: bool = True,
                        key: str = "DOCKER_OPTS", ipmasq: bool = True, existing: str = "") -> str:
-    """mk-docker-opts.sh's output for a parsed subnet.env; raises SubnetFileError."""
-    raise NotImplementedError
+    """mk-docker-opts.sh's output for a parsed subnet.env; raises SubnetFileError.
+
+    FLANNEL_SUBNET and FLANNEL_MTU are required. An empty or absent FLANNEL_IPMASQ
+    leaves --ip-masq out, as the script does. With both ``individual`` and
+    ``combined`` false the result is empty (the caller applies "neither means both").
+    """
+    subnet = _require(env, "FLANNEL_SUBNET")
+    try:
+        parse_interface(subnet)
+    except ValueError:
+        raise SubnetFileError("FLANNEL_SUBNET=%s is not an IPv4 address with a /prefix" % subnet)
+    mtu = _require(env, "FLANNEL_MTU")
+    if not (mtu.isascii() and mtu.isdigit() and int(mtu) > 0):
+        raise SubnetFileError("FLANNEL_MTU=%s is not a positive integer" % (mtu,))
+    opts = {"DOCKER_OPT_BIP": "--bip=" + subnet, "DOCKER_OPT_MTU": "--mtu=" + mtu}
+    masq = env.get("FLANNEL_IPMASQ", "")
+    if masq and ipmasq:
+        if masq not in ("true", "false"):
+            raise SubnetFileError("Invalid value of FLANNEL_IPMASQ: %s" % (masq,))
+        opts["DOCKER_OPT_IPMASQ"] = "--ip-masq=" + ("false" if masq == "true" else "true")
+    lines = []
+    combined_value = existing + " " if existing else ""
+    for name in sorted(opts):
+        if individual:
+            lines.append('%s="%s"\n' % (name, opts[name]))
+        combined_value += " " + opts[name]
+    if combined:
+        lines.append('%s="%s"\n' % (key, combined_value))
+    return "".join(lines)
