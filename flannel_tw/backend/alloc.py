@@ -1,0 +1,29 @@
+# -*- test-case-name: tests.test_daemon -*-
+"""The alloc backend: it only holds a lease; no data plane (flanneld's "alloc")."""
+from twisted.internet import defer
+from zope.interface import implementer
+
+from flannel_tw.interfaces import IBackend
+from flannel_tw.lease import LeaseAttrs
+
+
+@implementer(IBackend)
+class AllocBackend:
+    name = "alloc"
+
+    def __init__(self, reactor, ext_iface):
+        self._ext_iface = ext_iface
+        self.mtu = ext_iface.mtu
+        self.events = []    # every batch of lease events seen, for inspection
+
+    def prepare(self, config):
+        return defer.succeed(LeaseAttrs(public_ip=self._ext_iface.public_ip))
+
+    def start(self, config, lease):
+        return defer.succeed(None)
+
+    def handle_events(self, events):
+        self.events.append(list(events))
+
+    def stop(self):
+        return defer.succeed(None)

@@ -1,0 +1,291 @@
+# -*- test-case-name: tests.test_daemon -*-
+"""
+The daemon: wires the subnet manager, the backend, the lease keeper and the lease
+watcher in the order flanneld does (config -> backend -> lease -> data plane ->
+subnet.env -> READY=1 -> watch + renew).
+
+Failures while waiting for etcd or for a valid config are retried forever, as
+flanneld does; so is lease acquisition (flanneld exits; a restart loop under
+systemd does the same with more noise). Failures of the data plane itself (no TUN,
+port taken, bad backend options) are fatal: a clear message and exit status 1,
+and no lease is taken when they happen before acquisition.
+"""
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from flannel_tw.backend.registry import UnknownBackend, make_backend
+from flannel_tw.config import ConfigError
+from flannel_tw.subnet.backoff import make_backoff
+from flannel_tw.subnet.keeper import LeaseKeeper
+from flannel_tw.subnet.watch import LeaseWatcher
+from flannel_tw.subnetfile import read_previous_subnet, render_subnet_env, write_atomic
+from flannel_tw.sdnotify import sd_notify
+
+WAITING_CONFIG, PREPARING, ACQUIRING, STARTING, RUNNING, STOPPED, FAILED = (
+    "waiting-config", "preparing", "acquiring", "starting", "running", "stopped", "failed")
+
+
+class FatalError(Exception):
+    """The daemon cannot run: logged and the process exits with status 1."""
+
+
+@dataclass
+class DaemonSettings:
+    subnet_file: str = "/run/flannel/subnet.env"
+    ip_masq: bool = False
+    renew_margin: float = 3600.0     # seconds
+    config_retry: float = 1.0        # seconds between config fetches (flanneld: 1 s)
+    healthz_ip: str = "0.0.0.0"
+    healthz_port: int = 0
+
+
+def exit_process(reactor, code):
+    """Stop the reactor, then leave with C{code} (twistd itself always exits 0)."""
+    def _exit():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    reactor.addSystemEventTrigger("after", "shutdown", _exit)
+    reactor.stop()
+
+
+class FlannelDaemon(service.MultiService):
+    """
+    @param backend_factory: C{(name, reactor, ext_iface) -> IBackend}; raises UnknownBackend.
+    @param exit: C{code -> None}, called on a fatal error (default: L{exit_process}).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, manager, ext_iface, settings, backend_factory=make_backend,
+                 notify=sd_notify, exit=None, backoff=None):
+        service.MultiService.__init__(self)
+        self._reactor = reactor
+        self.manager = manager
+        self.ext_iface = ext_iface
+        self.settings = settings
+        self._backend_factory = backend_factory
+        self._notify = notify
+        self._exit = exit if exit is not None else (lambda code: exit_process(reactor, code))
+        self._backoff = backoff or make_backoff(initial=1.0, maximum=30.0)
+        self.phase = STOPPED
+        self.config = None
+        self.backend = None
+        self.keeper = None
+        self.watcher = None
+        self.ready = False
+        self.subnet_env_written_at = None
+        self._run = None
+        self._last_config_error = None
+
+    @property
+    def lease(self):
+        return self.keeper.lease if self.keeper is not None else None
+
+    # -- service --------------------------------------------------------------
+
+    def startService(self):
+        service.MultiService.startService(self)
+        self._run = self.run()
+        self._run.addErrback(self._crashed)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self._run is not None:
+            self._run.cancel()
+        for part in (self.watcher, self.keeper):
+            if part is not None:
+                part.stop()
+        if self.backend is not None:
+            try:
+                yield self.backend.stop()
+            except Exception:
+                self.log.failure("Stopping the backend failed")
+        self.phase = STOPPED
+        self.log.info("Exiting cleanly; the lease and the data plane stay in place")
+        yield service.MultiService.stopService(self)
+
+    def _crashed(self, failure):
+        if failure.check(defer.CancelledError):
+            return None
+        self.phase = FAILED
+        if failure.check(FatalError):
+            self.log.critical("{error}", error=failure.value)
+        else:
+            self.log.failure("flannel-tw failed", failure)
+        self._exit(1)
+        return None
+
+    # -- the start-up sequence --------------------------------------------------
+
+    @defer.inlineCallbacks
+    def run(self):
+        self.phase = WAITING_CONFIG
+        config, backend = yield self._wait_for_config()
+        self.config, self.backend = config, backend
+
+        self.phase = PREPARING
+        try:
+            attrs = yield backend.prepare(config)
+        except Exception as e:
+            raise FatalError("Error registering network: %s backend: %s" % (backend.name, e))
+
+        self.phase = ACQUIRING
+        previous = read_previous_subnet(self.settings.subnet_file)
+        lease = yield self._acquire(config, attrs, previous)
+
+        self.phase = STARTING
+        try:
+            yield backend.start(config, lease)
+        except Exception as e:
+            raise FatalError("Error starting the %s backend for %s: %s"
+                             % (backend.name, lease.subnet, e))
+        self.keeper = LeaseKeeper(self._reactor, self.manager, config, attrs, lease,
+                                  self.settings.renew_margin, on_new_lease=self._new_lease)
+        self._write_subnet_env(lease)
+        self.phase = RUNNING
+        self.ready = True
+        self._notify("READY=1")
+        self.watcher = LeaseWatcher(self._reactor, self.manager, backend.handle_events,
+                                    own_subnet=lambda: self.keeper.lease.subnet,
+                                    own_sink=self.keeper.own_event)
+        self.keeper.start()
+        self.watcher.start()
+        self.log.info("Running with lease {subnet} ({backend} backend, MTU {mtu})",
+                      subnet=lease.subnet, backend=backend.name, mtu=backend.mtu)
+
+    def _sleep(self, seconds):
+        return task.deferLater(self._reactor, seconds, lambda: None)
+
+    def _log_config_problem(self, message):
+        if message != self._last_config_error:
+            self._last_config_error = message
+            self.log.error("Couldn't fetch network config: {error}", error=message)
+
+    @defer.inlineCallbacks
+    def _wait_for_config(self):
+        """Deferred C{(config, backend)}: retried every C{config_retry} s until valid."""
+        while True:
+            try:
+                config = yield self.manager.get_network_config()
+                backend = self._backend_factory(config.backend_type, self._reactor,
+                                                self.ext_iface)
+            except (ConfigError, UnknownBackend) as e:
+                self._log_config_problem("invalid network config at %s/config: %s"
+                                         % (self.manager.prefix, e))
+            except defer.CancelledError:
+                raise
+            except Exception as e:
+                self._log_config_problem(str(e) or e.__class__.__name__)
+            else:
+                self.log.info("Network config: Network={network} SubnetLen={len} "
+                              "SubnetMin={min} SubnetMax={max} Backend={backend}",
+                              network=config.network, len=config.subnet_len,
+                              min=config.subnet_min, max=config.subnet_max,
+                              backend=config.backend_type)
+                return config, backend
+            yield self._sleep(self.settings.config_retry)
+
+    @defer.inlineCallbacks
+    def _acquire(self, config, attrs, previous):
+        attempt = 0
+        while True:
+            try:
+                lease = yield self.manager.acquire_lease(config, attrs, previous)
+            except defer.CancelledError:
+                raise
+            except Exception as e:
+                delay = self._backoff(attempt)
+                attempt += 1
+                self.log.error("Error registering network: failed to acquire lease: {error} "
+                               "(retrying in {delay:.1f}s)", error=e, delay=delay)
+                yield self._sleep(delay)
+            else:
+                return lease
+
+    def _write_subnet_env(self, lease):
+        text = render_subnet_env(self.config.network, lease.subnet, self.backend.mtu,
+                                 self.settings.ip_masq)
+        try:
+            write_atomic(self.settings.subnet_file, text)
+        except OSError as e:
+            self.log.error("Failed to write subnet file {path}: {error}",
+                           path=self.settings.subnet_file, error=e)
+            return
+        self.subnet_env_written_at = self._reactor.seconds()
+        self.log.info("Wrote {path}", path=self.settings.subnet_file)
+
+    def _new_lease(self, lease, old):
+        if lease.subnet == old.subnet:
+            return
+        reconfigure = getattr(self.backend, "reconfigure", None)
+        if reconfigure is not None:
+            d = defer.maybeDeferred(reconfigure, self.config, lease)
+            d.addErrback(lambda f: self.log.failure("Reconfiguring the backend for {subnet} "
+                                                    "failed", f, subnet=lease.subnet))
+        self._write_subnet_env(lease)
+
+    # -- health ---------------------------------------------------------------
+
+    def health(self):
+        """A dict for /healthz: C{healthy} is True only while the lease is held and etcd works."""
+        from flannel_tw.subnet.keeper import HELD, RENEWING
+        lease = self.lease
+        keeper_ok = self.keeper is not None and self.keeper.state in (HELD, RENEWING)
+        watcher_ok = self.watcher is not None and self.watcher.failures == 0
+        return {
+            "healthy": bool(self.phase == RUNNING and keeper_ok and watcher_ok),
+            "phase": self.phase,
+            "lease": str(lease.subnet) if lease else None,
+            "public_ip": str(self.ext_iface.public_ip),
+            "backend": self.backend.name if self.backend else None,
+            "renewals": self.keeper.renewals if self.keeper else 0,
+            "last_renewal_at": self.keeper.last_renewal_at if self.keeper else None,
+            "watch_failures": self.watcher.failures if self.watcher else 0,
+            "last_watch_event_at": self.watcher.last_event_at if self.watcher else None,
+            "peers": len(self.watcher.known) if self.watcher else 0,
+        }
+
+
+def build_daemon(options, reactor):
+    """
+    From parsed L{flannel_tw.tap.Options}: the interface lookup (exits with a clear
+    message when nothing matches), the etcd client, and the L{FlannelDaemon}.
+    """
+    from flannel_tw.etcd.client import EtcdV2Client
+    from flannel_tw.net.iface import IfaceError, lookup_ext_iface
+    from flannel_tw.subnet.etcd import EtcdSubnetManager
+
+    try:
+        ext_iface = lookup_ext_iface(options["iface"], options["iface-regex"],
+                                     options["public-ip"] or None)
+    except (IfaceError, ValueError) as e:
+        raise SystemExit("Failed to find interface to use: %s" % (e,))
+    tls = None
+    if options["etcd-cafile"] or options["etcd-certfile"]:
+        from flannel_tw.etcd.tls import tls_policy
+        try:
+            tls = tls_policy(options["etcd-cafile"] or None, options["etcd-certfile"] or None,
+                             options["etcd-keyfile"] or None)
+        except Exception as e:
+            raise SystemExit("Failed to create SubnetManager: %s" % (e,))
+    client = EtcdV2Client(reactor, options["etcd-endpoints"],
+                          username=options["etcd-username"] or None,
+                          password=options["etcd-password"] or None, tls=tls)
+    manager = EtcdSubnetManager(client, prefix=options["etcd-prefix"])
+    settings = DaemonSettings(subnet_file=options["subnet-file"], ip_masq=options["ip-masq"],
+                              renew_margin=options["subnet-lease-renew-margin"] * 60.0,
+                              healthz_ip=options["healthz-ip"],
+                              healthz_port=options["healthz-port"])
+    daemon = FlannelDaemon(reactor, manager, ext_iface, settings)
+    if settings.healthz_port:
+        from flannel_tw.health import health_service
+        health_service(daemon, reactor, settings.healthz_ip, settings.healthz_port
+                       ).setServiceParent(daemon)
+    return daemon
