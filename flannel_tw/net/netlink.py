@@ -1,0 +1,116 @@
+# -*- test-case-name: tests.test_udp_backend -*-
+"""
+Kernel configuration for backends through pyroute2 (never by running ``ip``).
+
+These calls block: from the reactor thread, run them with
+C{twisted.internet.threads.deferToThread}.
+"""
+import errno
+import socket
+from ipaddress import IPv4Interface, IPv4Network
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+
+class LinkNotFound(LookupError):
+    """No network device has the given name."""
+
+
+def _index(ipr, ifname):
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise LinkNotFound("network device %r does not exist" % (ifname,))
+    return found[0]
+
+
+def configure_tun(ifname, address, mtu, route):
+    """
+    Configure the udp backend's TUN device as flanneld v0.11+ does:
+
+      - delete every other IPv4 address on the device (e.g. v0.10's C{.0/<Network
+        prefix>}), keeping C{address} if present;
+      - add C{address} (EEXIST ignored);
+      - set the MTU and bring the link up;
+      - add the route C{route dev ifname}; if that destination is already routed via
+        another device, replace it (EEXIST on the same device is ignored).
+
+    @param ifname: the device, e.g. C{"flannel0"}.
+    @param address: L{IPv4Interface}, normally C{<lease .0>/32}.
+    @param mtu: int.
+    @param route: L{IPv4Network}, the whole flannel Network.
+    @raise LinkNotFound: no such device.
+    @raise NetlinkError: the kernel refused a step.
+    """
+    address = IPv4Interface(address)
+    route = IPv4Network(route)
+    want_ip = str(address.ip)
+    want_len = address.network.prefixlen
+    with IPRoute() as ipr:
+        idx = _index(ipr, ifname)
+        have = False
+        for msg in ipr.get_addr(index=idx, family=socket.AF_INET):
+            ip = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            plen = msg["prefixlen"]
+            if ip == want_ip and plen == want_len:
+                have = True
+                continue
+            try:
+                ipr.addr("del", index=idx, address=ip, prefixlen=plen)
+            except NetlinkError as e:
+                if e.code != errno.EADDRNOTAVAIL:
+                    raise
+        if not have:
+            try:
+                ipr.addr("add", index=idx, address=want_ip, prefixlen=want_len)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+        ipr.link("set", index=idx, mtu=int(mtu), state="up")
+        dst = str(route.network_address)
+        try:
+            ipr.route("add", dst=dst, dst_len=route.prefixlen, oif=idx)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+            if not _route_via(ipr, dst, route.prefixlen, idx):
+                ipr.route("replace", dst=dst, dst_len=route.prefixlen, oif=idx)
+
+
+def _route_via(ipr, dst, dst_len, idx):
+    """Whether the main table routes dst/dst_len via device idx."""
+    for r in ipr.get_routes(family=socket.AF_INET, dst=dst, dst_len=dst_len, table=254):
+        if r["dst_len"] == dst_len and r.get_attr("RTA_DST") == dst:
+            if r.get_attr("RTA_OIF") == idx:
+                return True
+            for nh in r.get_attr("RTA_MULTIPATH") or ():
+                if nh["oif"] == idx:
+                    return True
+    return False
+
+
+def link_state(ifname):
+    """
+    What the kernel shows for C{ifname}: a dict with C{index}, C{mtu}, C{up} (bool),
+    C{addresses} (list of IPv4Interface) and C{routes} (list of IPv4Network of main-table
+    routes via the device). For tests and diagnostics.
+    """
+    with IPRoute() as ipr:
+        idx = _index(ipr, ifname)
+        link = ipr.get_links(idx)[0]
+        addrs = [
+            IPv4Interface("%s/%d" % (m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS"),
+                                     m["prefixlen"]))
+            for m in ipr.get_addr(index=idx, family=socket.AF_INET)
+        ]
+        routes = [
+            IPv4Network("%s/%d" % (r.get_attr("RTA_DST") or "0.0.0.0", r["dst_len"]))
+            for r in ipr.get_routes(family=socket.AF_INET, oif=idx, table=254)
+        ]
+        return {
+            "index": idx,
+            "mtu": link.get_attr("IFLA_MTU"),
+            "up": bool(link["flags"] & 1),   # IFF_UP
+            "addresses": addrs,
+            "routes": routes,
+        }
