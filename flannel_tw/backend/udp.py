@@ -1,0 +1,356 @@
+# -*- test-case-name: tests.test_udp_backend -*-
+"""
+The udp backend (flannel-compat.md section 6): a TUN device (flannel0) and a Twisted
+UDP socket on IfaceAddr:Port (8285), wire-compatible with flanneld: each datagram's
+payload is the raw inner IPv4 packet, sent to the peer's PublicIP on our own Port.
+
+Differences from flanneld, on purpose:
+  - IPv4 headers are validated (version 4, sane IHL and total length);
+  - with C{filter_sources} (the default) a datagram is only accepted from the PublicIP
+    of a current lease, and only if its inner source lies in that lease's subnet;
+  - a packet with TTL 0 or 1 is dropped (flanneld wraps TTL 0 to 255);
+  - datagrams longer than the tun MTU are not truncated.
+"""
+import errno
+import socket
+from ipaddress import IPv4Interface, IPv4Network
+
+from twisted.internet import defer, threads
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger, LogLevel
+from zope.interface import implementer
+
+from flannel_tw.events import ADDED, REMOVED
+from flannel_tw.interfaces import IBackend
+from flannel_tw.lease import LeaseAttrs
+from flannel_tw.net import netlink as _netlink
+from flannel_tw.net.tun import open_tun
+from flannel_tw.udp import packet as _pkt
+from flannel_tw.udp.routes import RouteTable
+
+DEFAULT_PORT = 8285
+TUN_NAME = "flannel%d"
+ENCAP_OVERHEAD = 28          # IPv4 (20) + UDP (8)
+READS_PER_WAKEUP = 256
+READ_BUFFER = 65535
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+DROP_REASONS = ("short", "not-ipv4", "bad-header", "unknown-peer", "spoofed-source",
+                "ttl-expired", "no-route", "send-error", "tun-write-error", "error")
+
+_check_ipv4 = _pkt.check_ipv4
+_decrement_ttl = _pkt.decrement_ttl
+
+
+class UdpBackendError(Exception):
+    """The udp backend cannot be set up; the message says what and where."""
+
+
+def backend_port(backend: dict) -> int:
+    """
+    The Port of a udp Backend config object (Go JSON: an exact "Port" key wins, else any
+    case-insensitive match), default 8285.
+
+    @raise ValueError: naming Backend.Port, unless it is an integer in 1..65535.
+    """
+    backend = backend or {}
+    if "Port" in backend:
+        value = backend["Port"]
+    else:
+        for k, v in backend.items():
+            if isinstance(k, str) and k.lower() == "port":
+                value = v
+                break
+        else:
+            return DEFAULT_PORT
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("Backend.Port must be an integer from 1 to 65535, got %r" % (value,))
+    if not 1 <= value <= 65535:
+        raise ValueError("Backend.Port must be from 1 to 65535, got %d" % (value,))
+    return value
+
+
+def new_counters() -> dict:
+    c = dict.fromkeys((
+        "tun_packets_in", "tun_bytes_in",        # read from the tun
+        "packets_out", "bytes_out",              # sent to peers over UDP
+        "packets_in", "bytes_in",                # datagrams received over UDP
+        "tun_packets_out", "tun_bytes_out",      # delivered into the tun (incl. ICMP)
+        "icmp_unreachable",                      # ICMP net-unreachable replies written
+    ), 0)
+    for reason in DROP_REASONS:
+        c[reason] = 0
+    return c
+
+
+class _UdpProtocol(DatagramProtocol):
+    def __init__(self, backend):
+        self._backend = backend
+
+    def datagramReceived(self, data, addr):
+        self._backend._from_udp(data, addr)
+
+
+@implementer(IReadDescriptor)
+class _TunReader:
+    """The TUN fd as a reactor reader; drains up to READS_PER_WAKEUP packets a wake-up."""
+
+    def __init__(self, backend, tun):
+        self._backend = backend
+        self._tun = tun
+        self._fd = tun.fileno()
+
+    def fileno(self):
+        return self._fd
+
+    def doRead(self):
+        return self._backend._drain_tun()
+
+    def connectionLost(self, reason):
+        self._backend._tun_lost(reason)
+
+    def logPrefix(self):
+        return "udp-backend-tun"
+
+
+@implementer(IBackend)
+class UdpBackend:
+    """
+    L{IBackend} for the udp type.
+
+    C{counters} (a dict of ints): C{tun_packets_in/tun_bytes_in} read from the tun,
+    C{packets_out/bytes_out} sent to peers, C{packets_in/bytes_in} received over UDP,
+    C{tun_packets_out/tun_bytes_out} written into the tun, C{icmp_unreachable}, and one
+    counter per drop reason in L{DROP_REASONS}.
+    """
+
+    name = "udp"
+    log = Logger()
+
+    def __init__(self, reactor, ext_iface, tun_opener=open_tun, netlink=_netlink,
+                 filter_sources=True, tun_name=TUN_NAME):
+        self._reactor = reactor
+        self.ext_iface = ext_iface
+        self._tun_opener = tun_opener
+        self._netlink = netlink
+        self.filter_sources = filter_sources
+        self._tun_name = tun_name
+        self.mtu = None
+        self.port = None
+        self.tun = None
+        self.routes = RouteTable()
+        self.counters = new_counters()
+        self.own_subnet = None
+        self._tun_ip = None          # int: our .0 address
+        self._udp_port = None        # twisted IListeningPort
+        self._sendto = None
+        self._reader = None
+        self._buf = bytearray(READ_BUFFER)
+        self._view = memoryview(self._buf)
+
+    # -- IBackend ----------------------------------------------------------------
+
+    def prepare(self, config):
+        return defer.maybeDeferred(self._prepare, config)
+
+    def _prepare(self, config):
+        port = backend_port(config.backend)
+        self.port = port
+        self.routes = RouteTable(port)
+        self.mtu = self.ext_iface.mtu - ENCAP_OVERHEAD
+        tun = self._tun_opener(self._tun_name)
+        addr = str(self.ext_iface.addr)
+        try:
+            udp_port = self._reactor.listenUDP(port, _UdpProtocol(self), interface=addr,
+                                               maxPacketSize=READ_BUFFER)
+        except CannotListenError as e:
+            tun.close()
+            raise UdpBackendError("udp backend: cannot listen on UDP %s:%d: %s"
+                                  % (addr, port, e.socketError)) from e
+        except BaseException:
+            tun.close()
+            raise
+        self.tun = tun
+        self._udp_port = udp_port
+        sock = udp_port.getHandle()
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:        # best effort: absorb bursts between reactor wake-ups
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:
+                pass
+        # Straight to the socket: Port.write() re-validates the address string on
+        # every packet; peer addresses here come from the route table, already valid.
+        self._sendto = sock.sendto
+        self.log.info("udp backend: TUN {tun}, UDP {addr}:{port}, MTU {mtu}",
+                      tun=tun.name, addr=addr, port=port, mtu=self.mtu)
+        return LeaseAttrs(public_ip=self.ext_iface.public_ip)
+
+    def start(self, config, lease):
+        if self.tun is None:
+            return defer.fail(UdpBackendError("udp backend: start() before prepare()"))
+        self.own_subnet = IPv4Network(lease.subnet)
+        self.routes.remove(self.own_subnet)
+        network_address = self.own_subnet.network_address
+        self._tun_ip = int(network_address)
+        address = IPv4Interface("%s/32" % (network_address,))
+        d = threads.deferToThread(self._netlink.configure_tun, self.tun.name, address,
+                                  self.mtu, IPv4Network(config.network))
+
+        def configured(_):
+            if self.tun is None:      # stopped meanwhile
+                return None
+            self._reader = _TunReader(self, self.tun)
+            self._reactor.addReader(self._reader)
+            self.log.info("udp backend: {tun} has {address}, route {network}; forwarding",
+                          tun=self.tun.name, address=address, network=config.network)
+            return None
+
+        return d.addCallback(configured)
+
+    def handle_events(self, events):
+        for event in events:
+            try:
+                lease = event.lease
+                subnet = lease.subnet
+                if subnet == self.own_subnet:
+                    continue
+                if event.kind == ADDED:
+                    self.routes.set(subnet, lease.attrs.public_ip)
+                elif event.kind == REMOVED:
+                    self.routes.remove(subnet)
+            except Exception:
+                self.log.failure("udp backend: bad lease event {event!r}", event=event)
+
+    def stop(self):
+        if self._reader is not None:
+            self._reactor.removeReader(self._reader)
+            self._reader = None
+        d = defer.succeed(None)
+        if self._udp_port is not None:
+            d = defer.maybeDeferred(self._udp_port.stopListening)
+            self._udp_port = None
+            self._sendto = None
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        return d
+
+    # -- tun -> udp ----------------------------------------------------------------
+
+    def _drain_tun(self):
+        tun = self.tun
+        if tun is None:
+            return
+        readinto = getattr(tun, "readinto", None)
+        buf = self._buf
+        view = self._view
+        counters = self.counters
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                if readinto is not None:
+                    n = readinto(buf)
+                    pkt = view[:n]
+                else:
+                    data = tun.read()
+                    n = len(data)
+                    pkt = bytearray(data)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno == errno.EAGAIN:
+                    return
+                # e.g. the device was deleted under us: stop polling a dead fd rather
+                # than spin on it.
+                self.log.error("udp backend: reading {tun} failed, no longer forwarding "
+                               "from it: {e}", tun=tun.name, e=e)
+                if self._reader is not None:
+                    self._reactor.removeReader(self._reader)
+                    self._reader = None
+                return
+            counters["tun_packets_in"] += 1
+            counters["tun_bytes_in"] += n
+            try:
+                self._from_tun(pkt, n)
+            except Exception:
+                self._count_error("udp backend: error handling a packet from the tun")
+
+    def _from_tun(self, pkt, n):
+        counters = self.counters
+        reason = _check_ipv4(pkt, n)
+        if reason is not None:
+            counters[reason] += 1
+            return
+        dst = (pkt[16] << 24) | (pkt[17] << 16) | (pkt[18] << 8) | pkt[19]
+        peer = self.routes.lookup(dst)
+        if peer is None:
+            counters["no-route"] += 1
+            self._send_unreachable(pkt)
+            return
+        if not _decrement_ttl(pkt):
+            counters["ttl-expired"] += 1
+            return
+        try:
+            self._sendto(pkt, peer)
+        except OSError as e:
+            counters["send-error"] += 1
+            self.log.debug("udp backend: send to {peer} failed: {e}", peer=peer, e=e)
+            return
+        counters["packets_out"] += 1
+        counters["bytes_out"] += n
+
+    def _send_unreachable(self, pkt):
+        if self._tun_ip is None:
+            return
+        reply = _pkt.icmp_net_unreachable(pkt, self._tun_ip)
+        if reply is None:
+            return
+        if self._write_tun(reply):
+            self.counters["icmp_unreachable"] += 1
+
+    def _write_tun(self, data):
+        try:
+            self.tun.write(data)
+        except OSError as e:
+            self.counters["tun-write-error"] += 1
+            self.log.debug("udp backend: tun write failed: {e}", e=e)
+            return False
+        self.counters["tun_packets_out"] += 1
+        self.counters["tun_bytes_out"] += len(data)
+        return True
+
+    def _tun_lost(self, reason):
+        self._reader = None
+        self.log.error("udp backend: TUN reader lost: {reason}", reason=reason)
+
+    # -- udp -> tun ----------------------------------------------------------------
+
+    def _from_udp(self, data, addr):
+        counters = self.counters
+        counters["packets_in"] += 1
+        counters["bytes_in"] += len(data)
+        try:
+            reason = _check_ipv4(data)
+            if reason is None and self.filter_sources:
+                src = (data[12] << 24) | (data[13] << 16) | (data[14] << 8) | data[15]
+                reason = self.routes.check_source(addr[0], src)
+            if reason is not None:
+                counters[reason] += 1
+                return
+            pkt = bytearray(data)
+            if not _decrement_ttl(pkt):
+                counters["ttl-expired"] += 1
+                return
+            if self.tun is not None:
+                self._write_tun(pkt)
+        except Exception:
+            self._count_error("udp backend: error handling a datagram from {addr}", addr=addr)
+
+    def _count_error(self, fmt, **kw):
+        """Count an unexpected per-packet error; log the first few, then every 1000th."""
+        n = self.counters["error"] = self.counters["error"] + 1
+        if n <= 10 or n % 1000 == 0:
+            self.log.failure(fmt + " (error #{n})", level=LogLevel.debug, n=n, **kw)

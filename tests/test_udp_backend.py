@@ -1,0 +1,755 @@
+"""
+Tests for the udp backend (flannel_tw.backend.udp) on the real reactor, with a
+FakeTun and real UDP sockets on loopback; plus real-kernel TUN tests (flannel_tw.net.tun,
+flannel_tw.net.netlink) inside a throw-away network namespace.
+"""
+import ctypes
+import errno
+import os
+import random
+import socket
+import struct
+import subprocess
+import threading
+import time
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface.verify import verifyObject
+
+from flannel_tw.backend import udp as udpmod
+from flannel_tw.backend.udp import UdpBackend, UdpBackendError, backend_port
+from flannel_tw.config import NetworkConfig
+from flannel_tw.events import ADDED, REMOVED, LeaseEvent
+from flannel_tw.interfaces import IBackend, ITun
+from flannel_tw.lease import Lease, LeaseAttrs
+from flannel_tw.net.iface import ExtIface
+from flannel_tw.testing.faketun import FakeTun
+from flannel_tw.udp import packet as P
+
+NETWORK = IPv4Network("10.1.0.0/16")
+OUR_SUBNET = IPv4Network("10.1.15.0/24")
+PEER_SUBNET = IPv4Network("10.1.7.0/24")
+OURS = "127.0.0.1"
+PEER = "127.0.0.2"
+STRANGER = "127.0.0.3"
+
+
+def make_ipv4(src="10.1.15.2", dst="10.1.7.3", ttl=64, proto=17, payload=b"hello world!"):
+    total = 20 + len(payload)
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0x1234, 0x4000, ttl, proto,
+                                0, IPv4Address(src).packed, IPv4Address(dst).packed))
+    struct.pack_into("!H", hdr, 10, P.internet_checksum(hdr))
+    return bytes(hdr) + payload
+
+
+def header_ok(pkt):
+    return P.ones_complement_sum(pkt, 0, P.header_length(pkt)) == 0xFFFF
+
+
+def free_port():
+    """A UDP port free on both 127.0.0.1 and 127.0.0.2 (checked just now)."""
+    for _ in range(50):
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            a.bind((OURS, 0))
+            port = a.getsockname()[1]
+            b.bind((PEER, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            a.close()
+            b.close()
+    raise RuntimeError("no free UDP port")
+
+
+def config(port=None, **backend):
+    b = {"Type": "udp"}
+    if port is not None:
+        b["Port"] = port
+    b.update(backend)
+    return NetworkConfig(network=NETWORK, subnet_len=24,
+                         subnet_min=IPv4Address("10.1.1.0"),
+                         subnet_max=IPv4Address("10.1.255.0"),
+                         backend_type="udp", backend=b)
+
+
+def lease(subnet, public_ip):
+    return Lease(subnet=IPv4Network(subnet),
+                 attrs=LeaseAttrs(public_ip=IPv4Address(public_ip)), ttl=86400)
+
+
+EXT = ExtIface(name="lo", index=1, addr=IPv4Address(OURS), public_ip=IPv4Address(OURS),
+               mtu=1500)
+
+
+class FakeNetlink:
+    def __init__(self, fail=None):
+        self.calls = []
+        self.threads = []
+        self.fail = fail
+
+    def configure_tun(self, ifname, address, mtu, route):
+        self.threads.append(threading.current_thread())
+        self.calls.append((ifname, address, mtu, route))
+        if self.fail:
+            raise self.fail
+
+
+class Collector(DatagramProtocol):
+    def __init__(self):
+        self.received = []
+
+    def datagramReceived(self, data, addr):
+        self.received.append((data, addr))
+
+
+@defer.inlineCallbacks
+def wait_for(predicate, timeout=5.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for %s" % (what,))
+        yield task.deferLater(reactor, 0.005, lambda: None)
+
+
+class PortConfigTests(TestCase):
+    def test_default(self):
+        self.assertEqual(backend_port({"Type": "udp"}), 8285)
+        self.assertEqual(backend_port({}), 8285)
+        self.assertEqual(backend_port(None), 8285)
+
+    def test_case_insensitive(self):
+        self.assertEqual(backend_port({"port": 9000}), 9000)
+        self.assertEqual(backend_port({"PORT": 9001}), 9001)
+        self.assertEqual(backend_port({"port": 1, "Port": 9002}), 9002)
+
+    def test_invalid(self):
+        for bad in (0, -1, 65536, "8285", 8285.0, True, None, [1]):
+            e = self.assertRaises(ValueError, backend_port, {"Port": bad})
+            self.assertIn("Backend.Port", str(e))
+
+    def test_bounds(self):
+        self.assertEqual(backend_port({"Port": 1}), 1)
+        self.assertEqual(backend_port({"Port": 65535}), 65535)
+
+
+class BackendTestBase(TestCase):
+    def setUp(self):
+        self.port = free_port()
+        self.tun = FakeTun()
+        self.opened = []
+        self.netlink = FakeNetlink()
+        self.backend = self.make_backend()
+        self.addCleanup(self._cleanup)
+
+    def make_backend(self, **kw):
+        def opener(name):
+            self.opened.append(name)
+            return self.tun
+        return UdpBackend(reactor, EXT, tun_opener=opener, netlink=self.netlink, **kw)
+
+    @defer.inlineCallbacks
+    def _cleanup(self):
+        yield self.backend.stop()
+        self.tun.close()
+        self.tun.peer.close()
+
+    @defer.inlineCallbacks
+    def started(self, peers=((PEER_SUBNET, PEER),)):
+        cfg = config(self.port)
+        yield self.backend.prepare(cfg)
+        yield self.backend.start(cfg, lease(OUR_SUBNET, OURS))
+        self.backend.handle_events([LeaseEvent(ADDED, lease(s, ip)) for s, ip in peers])
+
+    def listen_peer(self, addr=PEER):
+        proto = Collector()
+        port = reactor.listenUDP(self.port, proto, interface=addr)
+        self.addCleanup(port.stopListening)
+        sock = port.getHandle()
+        try:    # bursts of 256 packets per wake-up must not overflow loopback
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 1 << 23)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 23)
+        return proto
+
+    def peer_socket(self, addr=PEER, port=0):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(s.close)
+        s.bind((addr, port))
+        return s
+
+
+class PrepareStartStopTests(BackendTestBase):
+    def test_interface(self):
+        verifyObject(IBackend, self.backend)
+        self.assertEqual(self.backend.name, "udp")
+
+    @defer.inlineCallbacks
+    def test_prepare(self):
+        attrs = yield self.backend.prepare(config(self.port))
+        self.assertEqual(attrs, LeaseAttrs(public_ip=IPv4Address(OURS)))
+        self.assertEqual(attrs.backend_type, "")
+        self.assertIsNone(attrs.backend_data)
+        self.assertEqual(self.backend.mtu, 1472)
+        self.assertEqual(self.opened, ["flannel%d"])
+        self.assertEqual(self.backend.port, self.port)
+        host, port = self.backend._udp_port.getHost().host, self.backend._udp_port.getHost().port
+        self.assertEqual((host, port), (OURS, self.port))
+
+    @defer.inlineCallbacks
+    def test_public_ip_differs_from_iface_addr(self):
+        """The socket binds IfaceAddr; the lease carries the --public-ip."""
+        ext = ExtIface(name="lo", index=1, addr=IPv4Address(OURS),
+                       public_ip=IPv4Address("203.0.113.9"), mtu=9000)
+        b = UdpBackend(reactor, ext, tun_opener=lambda n: self.tun, netlink=self.netlink)
+        self.addCleanup(b.stop)
+        attrs = yield b.prepare(config(self.port))
+        self.assertEqual(attrs, LeaseAttrs(public_ip=IPv4Address("203.0.113.9")))
+        self.assertEqual(b.mtu, 8972)
+        self.assertEqual(b._udp_port.getHost().host, OURS)
+
+    @defer.inlineCallbacks
+    def test_bad_port(self):
+        e = yield self.assertFailure(self.backend.prepare(config(70000)), ValueError)
+        self.assertIn("Backend.Port", str(e))
+        self.assertEqual(self.opened, [])
+
+    @defer.inlineCallbacks
+    def test_port_in_use(self):
+        s = self.peer_socket(OURS, self.port)
+        e = yield self.assertFailure(self.backend.prepare(config(self.port)),
+                                     UdpBackendError)
+        self.assertIn("%s:%d" % (OURS, self.port), str(e))
+        self.assertTrue(self.tun.closed)
+        s.close()
+
+    @defer.inlineCallbacks
+    def test_tun_error_propagates(self):
+        from flannel_tw.net.tun import TunError
+
+        def opener(name):
+            raise TunError("cannot open TUN device 'flannel%d': nope")
+        b = UdpBackend(reactor, EXT, tun_opener=opener, netlink=self.netlink)
+        yield self.assertFailure(b.prepare(config(self.port)), TunError)
+        # the port was not bound
+        self.peer_socket(OURS, self.port)
+
+    @defer.inlineCallbacks
+    def test_start_configures_tun_in_thread(self):
+        cfg = config(self.port)
+        yield self.backend.prepare(cfg)
+        yield self.backend.start(cfg, lease(OUR_SUBNET, OURS))
+        self.assertEqual(self.netlink.calls, [
+            ("flannel0", IPv4Interface("10.1.15.0/32"), 1472, NETWORK)])
+        self.assertIsNot(self.netlink.threads[0], threading.main_thread())
+        self.assertIn(self.backend._reader, reactor.getReaders())
+
+    @defer.inlineCallbacks
+    def test_start_failure(self):
+        self.netlink.fail = OSError(errno.EPERM, "Operation not permitted")
+        cfg = config(self.port)
+        yield self.backend.prepare(cfg)
+        yield self.assertFailure(self.backend.start(cfg, lease(OUR_SUBNET, OURS)), OSError)
+        self.assertIsNone(self.backend._reader)
+
+    @defer.inlineCallbacks
+    def test_start_before_prepare(self):
+        yield self.assertFailure(self.backend.start(config(self.port),
+                                                    lease(OUR_SUBNET, OURS)),
+                                 UdpBackendError)
+
+    @defer.inlineCallbacks
+    def test_stop(self):
+        yield self.started()
+        reader = self.backend._reader
+        yield self.backend.stop()
+        self.assertNotIn(reader, reactor.getReaders())
+        self.assertTrue(self.tun.closed)
+        # the port is free again
+        self.peer_socket(OURS, self.port)
+        # stopping twice is harmless
+        yield self.backend.stop()
+
+
+class EventTests(BackendTestBase):
+    @defer.inlineCallbacks
+    def test_events(self):
+        yield self.started(peers=())
+        b = self.backend
+        b.handle_events([
+            LeaseEvent(ADDED, lease(OUR_SUBNET, OURS)),
+            LeaseEvent(ADDED, lease("10.1.7.0/24", "192.0.2.7")),
+            LeaseEvent(ADDED, lease("10.1.8.0/24", "192.0.2.8")),
+        ])
+        self.assertNotIn(OUR_SUBNET, b.routes)
+        self.assertEqual(b.routes.lookup(int(IPv4Address("10.1.7.9"))), ("192.0.2.7", self.port))
+        b.handle_events([LeaseEvent(ADDED, lease("10.1.7.0/24", "192.0.2.77"))])
+        self.assertEqual(b.routes.lookup(int(IPv4Address("10.1.7.9"))), ("192.0.2.77", self.port))
+        b.handle_events([LeaseEvent(REMOVED, lease("10.1.8.0/24", "192.0.2.8")),
+                         LeaseEvent(REMOVED, lease(OUR_SUBNET, OURS))])
+        self.assertIsNone(b.routes.lookup(int(IPv4Address("10.1.8.9"))))
+        self.assertEqual(len(b.routes), 1)
+
+    @defer.inlineCallbacks
+    def test_bad_event_does_not_raise(self):
+        yield self.started(peers=())
+        self.backend.handle_events([object(), LeaseEvent(ADDED, lease("10.1.8.0/24", "192.0.2.8"))])
+        self.assertEqual(len(self.backend.routes), 1)
+        self.flushLoggedErrors()
+
+
+class DataPathTests(BackendTestBase):
+    @defer.inlineCallbacks
+    def test_tun_to_peer(self):
+        peer = self.listen_peer()
+        yield self.started()
+        pkt = make_ipv4(src="10.1.15.2", dst="10.1.7.3", ttl=64)
+        self.tun.peer.inject(pkt)
+        yield wait_for(lambda: peer.received, what="datagram at the peer")
+        data, addr = peer.received[0]
+        self.assertEqual(addr, (OURS, self.port))
+        self.assertEqual(data[8], 63)
+        self.assertTrue(header_ok(data))
+        self.assertEqual(data[:8] + data[9:10] + data[12:], pkt[:8] + pkt[9:10] + pkt[12:])
+        self.assertEqual(self.backend.counters["packets_out"], 1)
+        self.assertEqual(self.backend.counters["bytes_out"], len(pkt))
+        self.assertEqual(self.backend.counters["tun_packets_in"], 1)
+
+    @defer.inlineCallbacks
+    def test_tun_burst(self):
+        peer = self.listen_peer()
+        yield self.started()
+        pkts = [make_ipv4(payload=b"%05d" % i + b"x" * 1000) for i in range(1000)]
+        for p in pkts:
+            self.tun.peer.inject(p)
+        yield wait_for(lambda: len(peer.received) == 1000, what="1000 datagrams")
+        self.assertEqual([d[20:] for d, _ in peer.received], [p[20:] for p in pkts])
+
+    @defer.inlineCallbacks
+    def test_tun_ttl_expired(self):
+        peer = self.listen_peer()
+        yield self.started()
+        self.tun.peer.inject(make_ipv4(ttl=1))
+        self.tun.peer.inject(make_ipv4(ttl=5))
+        yield wait_for(lambda: peer.received)
+        self.assertEqual(len(peer.received), 1)
+        self.assertEqual(self.backend.counters["ttl-expired"], 1)
+
+    @defer.inlineCallbacks
+    def test_no_route_icmp_unreachable(self):
+        yield self.started()
+        pkt = make_ipv4(src="10.1.15.2", dst="10.1.99.3", proto=6, payload=b"A" * 40)
+        self.tun.peer.inject(pkt)
+        got = []
+        yield wait_for(lambda: got.extend(self.tun.peer.written()) or got,
+                       what="ICMP reply in the tun")
+        [reply] = got
+        self.assertTrue(header_ok(reply))
+        self.assertEqual(reply[9], 1)
+        self.assertEqual(reply[8], 8)
+        self.assertEqual(IPv4Address(reply[12:16]), IPv4Address("10.1.15.0"))
+        self.assertEqual(IPv4Address(reply[16:20]), IPv4Address("10.1.15.2"))
+        self.assertEqual((reply[20], reply[21]), (3, 0))
+        self.assertEqual(reply[28:], pkt[:28])
+        self.assertEqual(P.ones_complement_sum(reply, 20, len(reply)), 0xFFFF)
+        self.assertEqual(self.backend.counters["no-route"], 1)
+        self.assertEqual(self.backend.counters["icmp_unreachable"], 1)
+
+    @defer.inlineCallbacks
+    def test_no_route_icmp_offender_gets_nothing(self):
+        peer = self.listen_peer()
+        yield self.started()
+        self.tun.peer.inject(make_ipv4(dst="10.1.99.3", proto=1))
+        self.tun.peer.inject(make_ipv4())       # a marker that does get through
+        yield wait_for(lambda: peer.received)
+        self.assertEqual(self.tun.peer.written(), [])
+        self.assertEqual(self.backend.counters["no-route"], 1)
+        self.assertEqual(self.backend.counters["icmp_unreachable"], 0)
+
+    @defer.inlineCallbacks
+    def test_tun_junk(self):
+        peer = self.listen_peer()
+        yield self.started()
+        for junk in (b"", b"\x45" * 10, b"\x60" + bytes(39), b"\x43" + bytes(39),
+                     make_ipv4()[:-1]):
+            self.tun.peer.inject(junk)
+        self.tun.peer.inject(make_ipv4())
+        yield wait_for(lambda: peer.received)
+        c = self.backend.counters
+        self.assertEqual((c["short"], c["not-ipv4"], c["bad-header"]), (2, 1, 2))
+
+    @defer.inlineCallbacks
+    def test_peer_to_tun(self):
+        yield self.started()
+        s = self.peer_socket(PEER)
+        pkt = make_ipv4(src="10.1.7.3", dst="10.1.15.2", ttl=63)
+        s.sendto(pkt, (OURS, self.port))
+        got = []
+        yield wait_for(lambda: got.extend(self.tun.peer.written()) or got)
+        [data] = got
+        self.assertEqual(data[8], 62)
+        self.assertTrue(header_ok(data))
+        self.assertEqual(data[:8] + data[9:10] + data[12:], pkt[:8] + pkt[9:10] + pkt[12:])
+        c = self.backend.counters
+        self.assertEqual((c["packets_in"], c["bytes_in"]), (1, len(pkt)))
+        self.assertEqual((c["tun_packets_out"], c["tun_bytes_out"]), (1, len(pkt)))
+
+    @defer.inlineCallbacks
+    def test_peer_dot_zero_source(self):
+        """The peer's own overlay address (its tun .0) is accepted."""
+        yield self.started()
+        s = self.peer_socket(PEER)
+        s.sendto(make_ipv4(src="10.1.7.0", dst="10.1.15.2"), (OURS, self.port))
+        got = []
+        yield wait_for(lambda: got.extend(self.tun.peer.written()) or got)
+        self.assertEqual(len(got), 1)
+
+    @defer.inlineCallbacks
+    def test_filtered(self):
+        yield self.started()
+        stranger = self.peer_socket(STRANGER)
+        peer = self.peer_socket(PEER)
+        stranger.sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2"), (OURS, self.port))
+        peer.sendto(make_ipv4(src="10.1.8.3", dst="10.1.15.2"), (OURS, self.port))
+        peer.sendto(make_ipv4(src="10.1.15.9", dst="10.1.15.2"), (OURS, self.port))
+        peer.sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2", ttl=1), (OURS, self.port))
+        peer.sendto(b"\x45\x00", (OURS, self.port))
+        peer.sendto(b"\x60" + bytes(50), (OURS, self.port))
+        peer.sendto(make_ipv4()[:-3], (OURS, self.port))
+        c = self.backend.counters
+        yield wait_for(lambda: c["packets_in"] == 7, what="7 datagrams")
+        self.assertEqual(self.tun.peer.written(), [])
+        self.assertEqual(c["unknown-peer"], 1)
+        self.assertEqual(c["spoofed-source"], 2)
+        self.assertEqual(c["ttl-expired"], 1)
+        self.assertEqual(c["short"], 1)
+        self.assertEqual(c["not-ipv4"], 1)
+        self.assertEqual(c["bad-header"], 1)
+        self.assertEqual(c["tun_packets_out"], 0)
+
+    @defer.inlineCallbacks
+    def test_removed_peer_is_filtered(self):
+        yield self.started()
+        self.backend.handle_events([LeaseEvent(REMOVED, lease(PEER_SUBNET, PEER))])
+        self.peer_socket(PEER).sendto(make_ipv4(src="10.1.7.3"), (OURS, self.port))
+        yield wait_for(lambda: self.backend.counters["unknown-peer"] == 1)
+
+    @defer.inlineCallbacks
+    def test_filter_disabled(self):
+        self.backend = self.make_backend(filter_sources=False)
+        yield self.started()
+        self.peer_socket(STRANGER).sendto(make_ipv4(src="10.9.9.9", dst="10.1.15.2"),
+                                          (OURS, self.port))
+        got = []
+        yield wait_for(lambda: got.extend(self.tun.peer.written()) or got)
+        self.assertEqual(len(got), 1)
+
+    @defer.inlineCallbacks
+    def test_exception_per_packet_is_contained(self):
+        peer = self.listen_peer()
+        yield self.started()
+        real_lookup = self.backend.routes.lookup
+        calls = []
+
+        def lookup(dst):
+            calls.append(dst)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            return real_lookup(dst)
+        self.backend.routes.lookup = lookup
+        self.tun.peer.inject(make_ipv4())
+        self.tun.peer.inject(make_ipv4())
+        yield wait_for(lambda: peer.received)
+        self.assertEqual(self.backend.counters["error"], 1)
+
+        def check_source(ip, src):
+            raise RuntimeError("boom")
+        self.backend.routes.check_source = check_source
+        self.peer_socket(PEER).sendto(make_ipv4(src="10.1.7.3"), (OURS, self.port))
+        yield wait_for(lambda: self.backend.counters["error"] == 2)
+        # logged (at debug level) with their tracebacks
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+    @defer.inlineCallbacks
+    def test_flood_of_junk(self):
+        peer_proto = self.listen_peer()
+        yield self.started()
+        rnd = random.Random(1234)
+        senders = [self.peer_socket(PEER), self.peer_socket(STRANGER)]
+        c = self.backend.counters
+        sent = 0
+        for batch in range(50):
+            for i in range(200):
+                kind = rnd.randrange(4)
+                if kind == 0:
+                    data = rnd.randbytes(rnd.randrange(0, 1400))
+                elif kind == 1:
+                    data = b"\x45" + rnd.randbytes(rnd.randrange(0, 60))
+                elif kind == 2:
+                    data = make_ipv4(src="10.1.%d.3" % rnd.randrange(256), dst="10.1.15.2",
+                                     ttl=rnd.randrange(256))
+                else:
+                    data = b"\x4f" + rnd.randbytes(rnd.randrange(19, 200))
+                senders[rnd.randrange(2)].sendto(data, (OURS, self.port))
+                sent += 1
+            yield wait_for(lambda: c["packets_in"] == sent, what="%d datagrams" % sent)
+        self.assertEqual(sent, 10000)
+        self.assertEqual(c["packets_in"], 10000)
+        delivered = c["tun_packets_out"]
+        drops = sum(c[r] for r in udpmod.DROP_REASONS)
+        self.assertEqual(delivered + drops, 10000)
+        self.assertEqual(c["error"], 0)
+        self.assertEqual(len(self.tun.peer.written()), delivered)
+        # and it still forwards
+        self.tun.peer.inject(make_ipv4())
+        yield wait_for(lambda: peer_proto.received)
+
+
+# -- real kernel ------------------------------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def in_netns(netns, fn, *args):
+    """Run fn(*args) in a fresh thread that has entered network namespace `netns`."""
+    result = {}
+
+    def run():
+        try:
+            fd = os.open("/var/run/netns/%s" % netns, os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, os.strerror(e))
+            finally:
+                os.close(fd)
+            result["value"] = fn(*args)
+        except BaseException as e:
+            result["error"] = e
+
+    t = threading.Thread(target=run, name="netns-%s" % netns)
+    t.start()
+    t.join(60)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+class RealTunTests(TestCase):
+    """
+    Real /dev/net/tun and netlink, inside a network namespace created for the test
+    (only a dedicated thread enters it, so nothing touches the host's namespace).
+    """
+
+    def setUp(self):
+        if os.geteuid() != 0:
+            raise SkipTest("needs root to create TUN devices and network namespaces")
+        if not os.path.exists("/dev/net/tun"):
+            raise SkipTest("/dev/net/tun does not exist (tun module not loaded)")
+        self.netns = "flntw-tun-%08x" % random.getrandbits(32)
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        self.addCleanup(subprocess.run, ["ip", "netns", "delete", self.netns], check=False)
+
+    def test_open_configure_read_write(self):
+        from flannel_tw.net import netlink
+        from flannel_tw.net.tun import PytunDevice, open_tun
+
+        name = "flntwtest%04x" % random.getrandbits(16)
+
+        def body():
+            tun = open_tun(name)
+            try:
+                verifyObject(ITun, tun)
+                assert isinstance(tun, PytunDevice)
+                out = {"name": tun.name}
+                try:
+                    tun.read()
+                except BlockingIOError:
+                    out["nonblocking"] = True
+                netlink.configure_tun(tun.name, IPv4Interface("100.64.7.0/32"), 1400,
+                                      IPv4Network("100.64.0.0/16"))
+                # again: idempotent (EEXIST on address and route)
+                netlink.configure_tun(tun.name, IPv4Interface("100.64.7.0/32"), 1400,
+                                      IPv4Network("100.64.0.0/16"))
+                out["state"] = netlink.link_state(tun.name)
+                # the kernel routes overlay traffic into the tun ...
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.sendto(b"ping", ("100.64.9.9", 4242))
+                s.close()
+                # (skipping what else the kernel sends, e.g. IPv6 router solicitations)
+                deadline = time.monotonic() + 5
+                out["other"] = []
+                while True:
+                    try:
+                        got = tun.read()
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.01)
+                        continue
+                    if got[:1] == b"\x45" and got[16:20] == IPv4Address("100.64.9.9").packed:
+                        out["read"] = got
+                        break
+                    out["other"].append(got)
+                # ... and a packet written to the tun is accepted (delivered locally)
+                r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                r.bind(("100.64.7.0", 4343))
+                r.settimeout(5)
+                udp = struct.pack("!HHHH", 5555, 4343, 8 + 3, 0) + b"pong"[:3]
+                pkt = bytearray(make_ipv4(src="100.64.9.9", dst="100.64.7.0", ttl=30,
+                                          payload=udp))
+                tun.write(bytes(pkt))
+                out["delivered"] = r.recvfrom(100)
+                r.close()
+                return out
+            finally:
+                tun.close()
+
+        out = in_netns(self.netns, body)
+        self.assertEqual(out["name"], name)
+        self.assertTrue(out["nonblocking"])
+        st = out["state"]
+        self.assertEqual(st["addresses"], [IPv4Interface("100.64.7.0/32")])
+        self.assertEqual(st["mtu"], 1400)
+        self.assertTrue(st["up"])
+        self.assertIn(IPv4Network("100.64.0.0/16"), st["routes"])
+        got = out["read"]
+        self.assertIsNone(P.check_ipv4(got))
+        self.assertEqual(IPv4Address(got[16:20]), IPv4Address("100.64.9.9"))
+        self.assertEqual(IPv4Address(got[12:16]), IPv4Address("100.64.7.0"))
+        self.assertEqual(got[-4:], b"ping")
+        for other in out["other"]:
+            self.assertEqual(other[0] >> 4, 6)
+        self.assertEqual(out["delivered"], (b"pon", ("100.64.9.9", 5555)))
+
+    def test_configure_flushes_and_replaces(self):
+        from pyroute2 import IPRoute
+
+        from flannel_tw.net import netlink
+        from flannel_tw.net.tun import open_tun
+
+        def body():
+            tun = open_tun("flntwtest%d")
+            other = open_tun("flntwother%d")
+            try:
+                with IPRoute() as ipr:
+                    idx = ipr.link_lookup(ifname=tun.name)[0]
+                    oidx = ipr.link_lookup(ifname=other.name)[0]
+                    ipr.link("set", index=oidx, state="up")
+                    # leftovers: v0.10's .0/<Network prefix> and a stray address
+                    ipr.addr("add", index=idx, address="100.64.7.0", prefixlen=16)
+                    ipr.addr("add", index=idx, address="100.64.200.1", prefixlen=24)
+                    # the Network routed via another device
+                    ipr.route("add", dst="100.64.0.0", dst_len=16, oif=oidx)
+                netlink.configure_tun(tun.name, IPv4Interface("100.64.7.0/32"), 1472,
+                                      IPv4Network("100.64.0.0/16"))
+                return netlink.link_state(tun.name), netlink.link_state(other.name)
+            finally:
+                tun.close()
+                other.close()
+
+        st, other = in_netns(self.netns, body)
+        self.assertEqual(st["addresses"], [IPv4Interface("100.64.7.0/32")])
+        self.assertIn(IPv4Network("100.64.0.0/16"), st["routes"])
+        self.assertNotIn(IPv4Network("100.64.0.0/16"), other["routes"])
+        self.assertEqual(st["mtu"], 1472)
+
+    def test_persistent_device_reused(self):
+        import pytun
+
+        from flannel_tw.net.tun import open_tun
+
+        def body():
+            dev = pytun.TunTapDevice(name="flntwpers0", flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+            dev.persist(True)
+            dev.close()
+            tun = open_tun("flntwpers0")
+            name = tun.name
+            tun._dev.persist(False)
+            tun.close()
+            return name
+
+        self.assertEqual(in_netns(self.netns, body), "flntwpers0")
+
+    def test_open_errors(self):
+        from flannel_tw.net.tun import TunError, open_tun
+
+        def body():
+            errors = []
+            tun = open_tun("flntwbusy0")
+            try:
+                for name in ("flntwbusy0", "lo", "x" * 40):
+                    try:
+                        open_tun(name).close()
+                    except TunError as e:
+                        errors.append(str(e))
+            finally:
+                tun.close()
+            return errors
+
+        busy, lo, long_ = in_netns(self.netns, body)
+        self.assertIn("flntwbusy0", busy)
+        self.assertIn("in use", busy)
+        self.assertIn("'lo'", lo)
+        self.assertIn("too long", long_)
+
+    def test_configure_missing_device(self):
+        from flannel_tw.net import netlink
+
+        e = self.assertRaises(netlink.LinkNotFound, in_netns, self.netns,
+                              netlink.configure_tun, "flntwnone0",
+                              IPv4Interface("100.64.7.0/32"), 1472,
+                              IPv4Network("100.64.0.0/16"))
+        self.assertIn("flntwnone0", str(e))
+
+
+class FakeTunTests(TestCase):
+    def test_fake_tun(self):
+        t = FakeTun("flannel7")
+        self.addCleanup(t.peer.close)
+        verifyObject(ITun, t)
+        self.assertRaises(BlockingIOError, t.read)
+        t.peer.inject(b"abc")
+        t.peer.inject(b"defg")
+        self.assertEqual(t.read(), b"abc")
+        buf = bytearray(100)
+        self.assertEqual(t.readinto(buf), 4)
+        self.assertEqual(bytes(buf[:4]), b"defg")
+        t.write(b"1")
+        t.write(b"22")
+        self.assertEqual(t.peer.written(), [b"1", b"22"])
+        self.assertEqual(t.written(), [])
+        t.close()
+        t.close()
+        self.assertTrue(t.closed)
+
+
+class TunReadErrorTests(BackendTestBase):
+    @defer.inlineCallbacks
+    def test_fatal_read_error_stops_reader(self):
+        yield self.started()
+        reader = self.backend._reader
+
+        def broken(buf):
+            raise OSError(errno.EBADFD, "File descriptor in bad state")
+        self.tun.readinto = broken
+        self.tun.peer.inject(make_ipv4())
+        yield wait_for(lambda: self.backend._reader is None, what="reader removed")
+        self.assertNotIn(reader, reactor.getReaders())
+
+    @defer.inlineCallbacks
+    def test_plain_read_without_readinto(self):
+        """An ITun without readinto (only read()) works too."""
+        peer = self.listen_peer()
+        self.tun.readinto = None
+        yield self.started()
+        pkt = make_ipv4()
+        self.tun.peer.inject(pkt)
+        yield wait_for(lambda: peer.received)
+        self.assertEqual(peer.received[0][0][8], pkt[8] - 1)
