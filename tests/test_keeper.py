@@ -1,0 +1,135 @@
+"""The lease keeper: renewal timing, retries and re-acquisition on a task.Clock."""
+from ipaddress import IPv4Address, IPv4Network
+
+from twisted.internet import task
+from twisted.trial import unittest
+
+from flannel_tw.config import NetworkConfig
+from flannel_tw.etcd.errors import EtcdUnavailable, KeyNotFound, TestFailed
+from flannel_tw.events import ADDED, REMOVED, LeaseEvent
+from flannel_tw.lease import Lease, LeaseAttrs
+from flannel_tw.subnet import keeper
+from flannel_tw.subnet.backoff import make_backoff
+from flannel_tw.testing.fakes import FakeSubnetManager
+
+ATTRS = LeaseAttrs(IPv4Address("192.0.2.1"))
+CONFIG = NetworkConfig(IPv4Network("10.5.0.0/16"), 24, IPv4Address("10.5.1.0"),
+                       IPv4Address("10.5.255.0"), "udp")
+NET = IPv4Network("10.5.7.0/24")
+
+
+class RenewalDelayTests(unittest.TestCase):
+    def test_ttl_minus_margin(self):
+        self.assertEqual(keeper.renewal_delay(86400, 3600), 82800)
+
+    def test_short_ttl_renews_at_half(self):
+        self.assertEqual(keeper.renewal_delay(600, 3600), 300)
+
+    def test_reservation_never(self):
+        self.assertIsNone(keeper.renewal_delay(None, 3600))
+
+
+class KeeperTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.manager = FakeSubnetManager()
+        self.changes = []
+        self.keeper = keeper.LeaseKeeper(
+            self.clock, self.manager, CONFIG, ATTRS, Lease(NET, ATTRS, ttl=86400), 3600,
+            on_new_lease=lambda new, old: self.changes.append((new.subnet, old.subnet)),
+            backoff=make_backoff(initial=1.0, maximum=60.0, jitter=lambda: 0.0))
+
+    def test_renews_at_ttl_minus_margin_using_ttl_from_etcd(self):
+        self.keeper.start()
+        self.clock.advance(82799)
+        self.assertEqual(self.manager.events, [])
+        self.clock.advance(1)
+        self.assertEqual(self.manager.events, [("renew_lease", Lease(NET, ATTRS, ttl=86400))])
+        _, _, d = self.manager.next("renew_lease")
+        d.callback(Lease(NET, ATTRS, ttl=86400))
+        self.assertEqual(self.keeper.renewals, 1)
+        self.assertEqual(self.keeper.next_renewal_in, 82800)
+
+    def test_wall_clock_is_not_consulted(self):
+        # The keeper only sees TTLs and the injected clock: a clock far in the future
+        # when it starts changes nothing.
+        self.clock.advance(10 ** 9)
+        self.keeper.start()
+        self.assertEqual(self.keeper.next_renewal_in, 82800)
+
+    def test_reservation_is_never_renewed(self):
+        k = keeper.LeaseKeeper(self.clock, self.manager, CONFIG, ATTRS,
+                               Lease(NET, ATTRS, ttl=None), 3600)
+        k.start()
+        self.clock.advance(10 * 86400)
+        self.assertEqual(self.manager.events, [])
+        self.assertIsNone(k.next_renewal_in)
+
+    def test_failed_renewal_retries_with_capped_backoff(self):
+        self.keeper.start()
+        self.clock.advance(82800)
+        delays = []
+        for _ in range(15):
+            _, _, d = self.manager.next("renew_lease")
+            d.errback(EtcdUnavailable({"http://127.0.0.1:1": "refused"}))
+            self.assertEqual(self.keeper.state, keeper.RETRYING)
+            delays.append(self.keeper.next_renewal_in)
+            self.clock.advance(delays[-1])
+        self.assertEqual(delays[:3], [1.0, 1.5, 2.25])
+        self.assertEqual(max(delays), 60.0)
+        self.assertEqual(self.keeper.renewal_failures, 15)
+
+    def test_vanished_lease_is_reacquired_preferring_same_subnet(self):
+        self.keeper.start()
+        self.clock.advance(82800)
+        _, _, d = self.manager.next("renew_lease")
+        d.errback(KeyNotFound(100, "Key not found", "/x", 5))
+        self.assertEqual(self.keeper.state, keeper.REACQUIRING)
+        name, args, d = self.manager.next("acquire_lease")
+        self.assertEqual(args, (CONFIG, ATTRS, NET))
+        d.callback(Lease(NET, ATTRS, ttl=86400))
+        self.assertEqual(self.keeper.state, keeper.HELD)
+        self.assertEqual(self.changes, [(NET, NET)])
+
+    def test_taken_lease_is_not_overwritten_new_subnet_reported(self):
+        self.keeper.start()
+        self.clock.advance(82800)
+        _, _, d = self.manager.next("renew_lease")
+        d.errback(TestFailed(101, "Compare failed", "", 5))
+        _, args, d = self.manager.next("acquire_lease")
+        other = IPv4Network("10.5.9.0/24")
+        d.callback(Lease(other, ATTRS, ttl=86400))
+        self.assertEqual(self.changes, [(other, NET)])
+        self.assertEqual(self.keeper.lease.subnet, other)
+
+    def test_removed_event_reacquires_and_retries_on_failure(self):
+        self.keeper.start()
+        self.keeper.own_event(LeaseEvent(REMOVED, Lease(NET, None)))
+        _, args, d = self.manager.next("acquire_lease")
+        d.errback(EtcdUnavailable({}))
+        self.assertEqual(self.keeper.state, keeper.RETRYING)
+        self.clock.advance(1.0)
+        _, args, d = self.manager.next("acquire_lease")
+        self.assertEqual(args[2], NET)
+        d.callback(Lease(NET, ATTRS, ttl=86400))
+        self.assertEqual(self.keeper.state, keeper.HELD)
+        self.assertEqual(self.keeper.next_renewal_in, 82800)
+
+    def test_added_event_with_other_public_ip_means_taken_over(self):
+        self.keeper.start()
+        intruder = Lease(NET, LeaseAttrs(IPv4Address("192.0.2.99")), ttl=86400)
+        self.keeper.own_event(LeaseEvent(ADDED, intruder))
+        _, args, _ = self.manager.next("acquire_lease")
+        self.assertIsNone(args[2])
+
+    def test_added_event_for_our_lease_resets_timer(self):
+        self.keeper.start()
+        self.clock.advance(1000)
+        self.keeper.own_event(LeaseEvent(ADDED, Lease(NET, ATTRS, ttl=86400)))
+        self.assertEqual(self.keeper.next_renewal_in, 82800)
+
+    def test_stop_cancels_everything(self):
+        self.keeper.start()
+        self.keeper.stop()
+        self.clock.advance(10 ** 6)
+        self.assertEqual(self.manager.events, [])
