@@ -110,7 +110,10 @@ def parse_interface(value: str) -> IPv4Interface:
 
 
 def read_previous_subnet(path: str) -> Optional[IPv4Network]:
-    """FLANNEL_SUBNET from an earlier run, masked (10.5.72.1/24 -> 10.5.72.0/24); None if absent/bad."""
+    """FLANNEL_SUBNET from an earlier run, masked (10.5.72.1/24 -> 10.5.72.0/24).
+
+    None if the file is missing, unreadable or malformed, or FLANNEL_SUBNET is absent/bad.
+    """
     try:
         return parse_interface(read_env(path)["FLANNEL_SUBNET"]).network
     except (SubnetFileError, KeyError, ValueError):
