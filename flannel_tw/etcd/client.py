@@ -195,16 +195,19 @@ class EtcdV2Client:
                  ("sorted", _bool(sorted))]
         return self._call(b"GET", key, query)
 
-    def set(self, key, value, ttl=None, prev_exist=None):
+    def set(self, key, value, ttl=None, prev_exist=None, prev_value=None):
         """PUT a value; form C{ttl=N&value=V}, query C{prevExist=true|false} unless None.
 
         A ttl of None or 0 sets no TTL (as Go's client does).  Fires with a L{Response}
-        (action "set", "create" or "update"); fails with L{NodeExist} (105, prev_exist=False)
-        or L{KeyNotFound} (100, prev_exist=True), among others.
+        (action "set", "create", "update" or "compareAndSwap"); fails with L{NodeExist} (105,
+        prev_exist=False), L{KeyNotFound} (100, prev_exist=True or prev_value on a missing
+        key) or L{TestFailed} (101, prev_value differs), among others.
         """
         query = []
         if prev_exist is not None:
             query.append(("prevExist", _bool(prev_exist)))
+        if prev_value is not None:
+            query.append(("prevValue", prev_value))
         form = []
         if ttl is not None and int(ttl) > 0:
             form.append(("ttl", str(int(ttl))))

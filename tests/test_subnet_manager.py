@@ -1,0 +1,242 @@
+"""
+The etcd subnet manager and the lease watcher against a real etcd (v2 API), started
+by the suite on a free loopback port.
+"""
+import json
+import random
+from ipaddress import IPv4Address, IPv4Network
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from flannel_tw.allocate import OutOfSubnets
+from flannel_tw.config import parse_config
+from flannel_tw.etcd.client import EtcdV2Client
+from flannel_tw.events import ADDED, REMOVED
+from flannel_tw.lease import LeaseAttrs
+from flannel_tw.subnet.etcd import EtcdSubnetManager
+from flannel_tw.subnet.watch import LeaseWatcher
+from flannel_tw.testing.etcd import shared_etcd, start_etcd_for_test, unique_prefix
+
+CONFIG_JSON = '{"Network": "10.5.0.0/16"}'
+
+
+def attrs(ip):
+    return LeaseAttrs(IPv4Address(ip))
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02):
+    """Deferred that fires once predicate() is true; fails after timeout seconds."""
+    deadline = reactor.seconds() + timeout
+
+    @defer.inlineCallbacks
+    def poll():
+        while not predicate():
+            if reactor.seconds() > deadline:
+                raise AssertionError("condition not met within %.1fs" % timeout)
+            yield task.deferLater(reactor, interval, lambda: None)
+    return poll()
+
+
+class ManagerTestMixin:
+    def make_manager(self, server=None, prefix=None, seed=None):
+        server = server or self.server
+        client = EtcdV2Client(reactor, [server.url])
+        self.addCleanup(client.close)
+        return EtcdSubnetManager(client, prefix=prefix or self.prefix,
+                                 rand=random.Random(seed))
+
+    def raw(self, subnet_key):
+        return self.server.v2_get(self.prefix + "/subnets/" + subnet_key)["node"]
+
+
+class AcquireTests(ManagerTestMixin, unittest.TestCase):
+    def setUp(self):
+        self.server = shared_etcd()
+        self.prefix = unique_prefix(self)
+        self.server.put_config(CONFIG_JSON, prefix=self.prefix)
+        self.config = parse_config(CONFIG_JSON)
+
+    @defer.inlineCallbacks
+    def test_config_is_read_and_validated(self):
+        config = yield self.make_manager().get_network_config()
+        self.assertEqual((config.network, config.subnet_len, str(config.subnet_min),
+                          str(config.subnet_max), config.backend_type),
+                         (IPv4Network("10.5.0.0/16"), 24, "10.5.1.0", "10.5.255.0", "udp"))
+
+    @defer.inlineCallbacks
+    def test_acquire_writes_flanneld_value_with_ttl(self):
+        lease = yield self.make_manager().acquire_lease(self.config, attrs("192.0.2.1"))
+        node = self.raw("%s-24" % lease.subnet.network_address)
+        self.assertEqual(node["value"], '{"PublicIP":"192.0.2.1"}')
+        self.assertTrue(86390 <= node["ttl"] <= 86400, node)
+        self.assertTrue(IPv4Address("10.5.1.0") <= lease.subnet.network_address
+                        <= IPv4Address("10.5.255.0"))
+        self.assertEqual(lease.subnet.prefixlen, 24)
+        self.assertTrue(86390 <= lease.ttl <= 86400)
+
+    @defer.inlineCallbacks
+    def test_restart_reuses_same_subnet(self):
+        first = yield self.make_manager(seed=1).acquire_lease(self.config, attrs("192.0.2.1"))
+        again = yield self.make_manager(seed=2).acquire_lease(self.config, attrs("192.0.2.1"))
+        self.assertEqual(first.subnet, again.subnet)
+        leases, _ = yield self.make_manager().list_leases()
+        self.assertEqual(len(leases), 1)
+
+    @defer.inlineCallbacks
+    def test_previous_subnet_reused_when_free(self):
+        wanted = IPv4Network("10.5.77.0/24")
+        lease = yield self.make_manager().acquire_lease(self.config, attrs("192.0.2.1"), wanted)
+        self.assertEqual(lease.subnet, wanted)
+
+    @defer.inlineCallbacks
+    def test_previous_subnet_of_another_host_is_never_taken_over(self):
+        wanted = IPv4Network("10.5.77.0/24")
+        self.server.v2_put(self.prefix + "/subnets/10.5.77.0-24", '{"PublicIP":"192.0.2.9"}',
+                           ttl=86400)
+        lease = yield self.make_manager().acquire_lease(self.config, attrs("192.0.2.1"), wanted)
+        self.assertNotEqual(lease.subnet, wanted)
+        self.assertEqual(self.raw("10.5.77.0-24")["value"], '{"PublicIP":"192.0.2.9"}')
+
+    @defer.inlineCallbacks
+    def test_reservation_kept_without_ttl(self):
+        self.server.v2_put(self.prefix + "/subnets/10.5.200.0-24", '{"PublicIP":"192.0.2.1"}')
+        manager = self.make_manager()
+        lease = yield manager.acquire_lease(self.config, attrs("192.0.2.1"))
+        self.assertEqual(lease.subnet, IPv4Network("10.5.200.0/24"))
+        self.assertTrue(lease.is_reservation)
+        renewed = yield manager.renew_lease(lease)
+        self.assertTrue(renewed.is_reservation)
+        self.assertNotIn("ttl", self.raw("10.5.200.0-24"))
+
+    @defer.inlineCallbacks
+    def test_own_lease_outside_config_is_replaced(self):
+        self.server.v2_put(self.prefix + "/subnets/10.6.3.0-24", '{"PublicIP":"192.0.2.1"}',
+                           ttl=600)
+        lease = yield self.make_manager().acquire_lease(self.config, attrs("192.0.2.1"))
+        self.assertIn(lease.subnet, list(IPv4Network("10.5.0.0/16").subnets(new_prefix=24)))
+        self.assertRaises(Exception, self.raw, "10.6.3.0-24")
+
+    @defer.inlineCallbacks
+    def test_renewal_is_conditional_on_our_value(self):
+        manager = self.make_manager()
+        lease = yield manager.acquire_lease(self.config, attrs("192.0.2.1"))
+        key = "%s-24" % lease.subnet.network_address
+        self.server.v2_put(self.prefix + "/subnets/" + key, '{"PublicIP":"192.0.2.50"}', ttl=600)
+        with self.assertRaises(Exception) as cm:
+            yield manager.renew_lease(lease)
+        self.assertEqual(getattr(cm.exception, "error_code", None), 101)
+        self.assertEqual(self.raw(key)["value"], '{"PublicIP":"192.0.2.50"}')
+
+    @defer.inlineCallbacks
+    def test_twenty_managers_at_once_get_distinct_subnets(self):
+        config = parse_config('{"Network": "10.5.0.0/16"}')
+        managers = [self.make_manager(seed=i) for i in range(20)]
+        leases = yield defer.gatherResults(
+            [m.acquire_lease(config, attrs("192.0.2.%d" % (i + 1)))
+             for i, m in enumerate(managers)], consumeErrors=True)
+        subnets = [l.subnet for l in leases]
+        self.assertEqual(len(set(subnets)), 20)
+        listed, _ = yield managers[0].list_leases()
+        self.assertEqual(sorted(l.subnet for l in listed), sorted(subnets))
+        owners = {l.subnet: str(l.attrs.public_ip) for l in listed}
+        self.assertEqual(sorted(owners.values()), sorted("192.0.2.%d" % (i + 1) for i in range(20)))
+
+    @defer.inlineCallbacks
+    def test_out_of_subnets_names_pool_size(self):
+        config = parse_config('{"Network": "10.9.0.0/24", "SubnetLen": 26}')
+        manager = self.make_manager()
+        got = []
+        for i in range(3):
+            got.append((yield manager.acquire_lease(config, attrs("192.0.2.%d" % (i + 1)))))
+        with self.assertRaises(OutOfSubnets) as cm:
+            yield manager.acquire_lease(config, attrs("192.0.2.99"))
+        self.assertEqual(cm.exception.pool_size, 3)
+
+    @defer.inlineCallbacks
+    def test_bad_nodes_are_skipped(self):
+        self.server.v2_put(self.prefix + "/subnets/10.5.3.0-24", "not json")
+        self.server.v2_put(self.prefix + "/subnets/garbage", '{"PublicIP":"192.0.2.3"}')
+        self.server.v2_put(self.prefix + "/subnets/10.5.4.0-24", '{"PublicIP":"192.0.2.4"}')
+        leases, index = yield self.make_manager().list_leases()
+        self.assertEqual([str(l.subnet) for l in leases], ["10.5.4.0/24"])
+        self.assertGreater(index, 0)
+
+
+class WatchTests(ManagerTestMixin, unittest.TestCase):
+    def setUp(self):
+        self.server = start_etcd_for_test(self)
+        self.prefix = "/coreos.com/network"
+        self.server.put_config(CONFIG_JSON, prefix=self.prefix)
+        self.batches = []
+
+    def events(self):
+        return [(e.kind, str(e.lease.subnet)) for b in self.batches for e in b]
+
+    def start_watcher(self, manager=None, own=None):
+        watcher = LeaseWatcher(reactor, manager or self.make_manager(), self.batches.append,
+                               own_subnet=lambda: own)
+        watcher.start()
+        self.addCleanup(watcher.stop)
+        return watcher
+
+    def put(self, net, ip, ttl=86400):
+        self.server.v2_put(self.prefix + "/subnets/" + net, json.dumps({"PublicIP": ip},
+                                                                      separators=(",", ":")), ttl)
+
+    @defer.inlineCallbacks
+    def test_hosts_come_and_go(self):
+        self.put("10.5.1.0-24", "192.0.2.1")
+        watcher = self.start_watcher(own=IPv4Network("10.5.1.0/24"))
+        yield wait_until(lambda: watcher.state == "watching")
+        self.put("10.5.2.0-24", "192.0.2.2")
+        yield wait_until(lambda: ("added", "10.5.2.0/24") in self.events())
+        self.server.v2_delete(self.prefix + "/subnets/10.5.2.0-24")
+        yield wait_until(lambda: ("removed", "10.5.2.0/24") in self.events())
+        self.put("10.5.3.0-24", "192.0.2.3", ttl=1)
+        yield wait_until(lambda: ("removed", "10.5.3.0/24") in self.events(), timeout=15)
+        self.assertNotIn("10.5.1.0/24", [s for _, s in self.events()])
+        removed = [e for b in self.batches for e in b if e.kind == REMOVED]
+        self.assertEqual(str(removed[0].lease.attrs.public_ip), "192.0.2.2")
+
+    @defer.inlineCallbacks
+    def test_unparseable_value_does_not_stall(self):
+        watcher = self.start_watcher()
+        yield wait_until(lambda: watcher.state == "watching")
+        self.server.v2_put(self.prefix + "/subnets/10.5.8.0-24", "{broken")
+        self.put("10.5.9.0-24", "192.0.2.9")
+        yield wait_until(lambda: ("added", "10.5.9.0/24") in self.events())
+        self.assertEqual(self.events(), [("added", "10.5.9.0/24")])
+
+    @defer.inlineCallbacks
+    def test_index_cleared_recovers_by_relisting(self):
+        manager = self.make_manager()
+        gate = defer.Deferred()
+        real_watch = manager.watch_leases
+
+        def gated_watch(index):
+            return gate.addCallback(lambda _: real_watch(index)) if not gate.called \
+                else real_watch(index)
+        manager.watch_leases = gated_watch
+        self.put("10.5.2.0-24", "192.0.2.2")
+        watcher = self.start_watcher(manager)
+        yield wait_until(lambda: watcher.cursor is not None)
+        # while the watcher is held back, 1100 writes push its index out of etcd's history
+        self.put("10.5.3.0-24", "192.0.2.3")
+        for i in range(1100):
+            self.server.v2_put("/flannel-tw-noise", str(i))
+        self.server.v2_delete(self.prefix + "/subnets/10.5.2.0-24")
+        gate.callback(None)
+        yield wait_until(lambda: watcher.resyncs >= 1)
+        yield wait_until(lambda: ("removed", "10.5.2.0/24") in self.events())
+        self.assertIn(("added", "10.5.3.0/24"), self.events())
+        self.assertEqual(sorted(str(s) for s in watcher.known), ["10.5.3.0/24"])
+
+    @defer.inlineCallbacks
+    def test_compare_and_delete_means_removed(self):
+        self.put("10.5.4.0-24", "192.0.2.4")
+        watcher = self.start_watcher()
+        yield wait_until(lambda: watcher.state == "watching" and watcher.known)
+        self.server._v2("DELETE", self.prefix + "/subnets/10.5.4.0-24",
+                        params={"prevValue": '{"PublicIP":"192.0.2.4"}'})
+        yield wait_until(lambda: ("removed", "10.5.4.0/24") in self.events())
