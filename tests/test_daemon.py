@@ -1,0 +1,189 @@
+"""
+The daemon's start-up sequence and lease lifecycle against a real etcd, with a
+recording backend (no data plane) so that these tests need no privileges.
+"""
+import os
+import stat
+from ipaddress import IPv4Address, IPv4Network
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from flannel_tw import daemon as daemon_mod
+from flannel_tw.etcd.client import EtcdV2Client
+from flannel_tw.net.iface import ExtIface
+from flannel_tw.subnet.etcd import EtcdSubnetManager
+from flannel_tw.subnetfile import parse_env
+from flannel_tw.testing.etcd import shared_etcd, unique_prefix
+from flannel_tw.testing.fakes import RecordingBackend
+
+from tests.test_subnet_manager import wait_until
+
+IFACE = ExtIface(name="eth0", index=2, addr=IPv4Address("192.0.2.1"),
+                 public_ip=IPv4Address("192.0.2.1"), mtu=1500)
+
+
+class DaemonTests(unittest.TestCase):
+    def setUp(self):
+        self.server = shared_etcd()
+        self.prefix = unique_prefix(self)
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.subnet_file = os.path.join(self.dir, "run", "subnet.env")
+        self.notified = []
+        self.exits = []
+        self.backends = []
+
+    def make_daemon(self, iface=IFACE, prepare_error=None, **settings):
+        client = EtcdV2Client(reactor, [self.server.url])
+        self.addCleanup(client.close)
+        manager = EtcdSubnetManager(client, prefix=self.prefix)
+
+        def factory(name, reactor_, ext_iface):
+            if name not in ("udp", "recording"):
+                from flannel_tw.backend.registry import UnknownBackend
+                raise UnknownBackend("unknown backend type: %r" % (name,))
+            backend = RecordingBackend(ext_iface.public_ip, mtu=ext_iface.mtu - 28,
+                                       prepare_error=prepare_error)
+            self.backends.append(backend)
+            return backend
+        settings.setdefault("config_retry", 0.05)
+        d = daemon_mod.FlannelDaemon(
+            reactor, manager, iface,
+            daemon_mod.DaemonSettings(subnet_file=self.subnet_file, **settings),
+            backend_factory=factory, notify=self.notified.append, exit=self.exits.append)
+        return d
+
+    def run_daemon(self, daemon):
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        return daemon
+
+    def key(self, subnet):
+        return "%s/subnets/%s-%d" % (self.prefix, subnet.network_address, subnet.prefixlen)
+
+    @defer.inlineCallbacks
+    def test_waits_for_config_then_runs(self):
+        d = self.run_daemon(self.make_daemon())
+        yield wait_until(lambda: d._last_config_error is not None)
+        self.assertEqual(d.phase, daemon_mod.WAITING_CONFIG)
+        self.assertIn("100: Key not found", d._last_config_error)
+        self.assertFalse(os.path.exists(self.subnet_file))
+        self.server.put_config('{"Network": "10.5.0.0/16"}', prefix=self.prefix)
+        yield wait_until(lambda: d.phase == daemon_mod.RUNNING)
+        env = parse_env(open(self.subnet_file).read())
+        lease = d.lease
+        self.assertEqual(env, {
+            "FLANNEL_NETWORK": "10.5.0.0/16",
+            "FLANNEL_SUBNET": "%s/24" % (lease.subnet.network_address + 1),
+            "FLANNEL_MTU": "1472",
+            "FLANNEL_IPMASQ": "false",
+        })
+        self.assertEqual(stat.S_IMODE(os.stat(self.subnet_file).st_mode), 0o644)
+        self.assertEqual(self.notified, ["READY=1"])
+        node = self.server.v2_get(self.key(lease.subnet))["node"]
+        self.assertEqual(node["value"], '{"PublicIP":"192.0.2.1"}')
+        self.assertEqual(self.exits, [])
+
+    @defer.inlineCallbacks
+    def test_invalid_config_is_reported_then_fixed(self):
+        self.server.put_config('{"Network": "10.5.0.0/30"}', prefix=self.prefix)
+        d = self.run_daemon(self.make_daemon())
+        yield wait_until(lambda: d._last_config_error is not None)
+        self.assertIn("Network is too small", d._last_config_error)
+        self.assertIn(self.prefix + "/config", d._last_config_error)
+        self.server.put_config('{"Network": "10.5.0.0/16", "Backend": {"Type": "nope"}}',
+                               prefix=self.prefix)
+        yield wait_until(lambda: "unknown backend type" in (d._last_config_error or ""))
+        self.assertEqual(d.phase, daemon_mod.WAITING_CONFIG)
+        self.server.put_config('{"Network": "10.5.0.0/16", "SubnetLen": 26}', prefix=self.prefix)
+        yield wait_until(lambda: d.phase == daemon_mod.RUNNING)
+        self.assertEqual(d.lease.subnet.prefixlen, 26)
+        self.assertIn("10.5.", open(self.subnet_file).read())
+
+    @defer.inlineCallbacks
+    def test_restart_reuses_subnet_and_lease_survives_stop(self):
+        self.server.put_config('{"Network": "10.5.0.0/16"}', prefix=self.prefix)
+        first = self.make_daemon()
+        first.startService()
+        yield wait_until(lambda: first.phase == daemon_mod.RUNNING)
+        subnet = first.lease.subnet
+        yield first.stopService()
+        # flanneld never deletes its lease on exit
+        self.assertEqual(self.server.v2_get(self.key(subnet))["node"]["value"],
+                         '{"PublicIP":"192.0.2.1"}')
+        self.assertEqual(self.backends[0].events[-1], ("stop",))
+        second = self.run_daemon(self.make_daemon())
+        yield wait_until(lambda: second.phase == daemon_mod.RUNNING)
+        self.assertEqual(second.lease.subnet, subnet)
+
+    @defer.inlineCallbacks
+    def test_previous_subnet_from_subnet_env_is_reused_with_new_public_ip(self):
+        self.server.put_config('{"Network": "10.5.0.0/16"}', prefix=self.prefix)
+        os.makedirs(os.path.dirname(self.subnet_file))
+        with open(self.subnet_file, "w") as f:
+            f.write("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.123.1/24\n"
+                    "FLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n")
+        d = self.run_daemon(self.make_daemon())
+        yield wait_until(lambda: d.phase == daemon_mod.RUNNING)
+        self.assertEqual(d.lease.subnet, IPv4Network("10.5.123.0/24"))
+
+    @defer.inlineCallbacks
+    def test_backend_failure_before_lease_exits_1_and_takes_no_lease(self):
+        self.server.put_config('{"Network": "10.5.0.0/16"}', prefix=self.prefix)
+        d = self.run_daemon(self.make_daemon(prepare_error=OSError("no /dev/net/tun")))
+        yield wait_until(lambda: self.exits)
+        self.assertEqual(self.exits, [1])
+        self.assertEqual(d.phase, daemon_mod.FAILED)
+        self.assertFalse(os.path.exists(self.subnet_file))
+        listed = self.server.v2_get(self.prefix + "/config")
+        self.assertIn("node", listed)
+        self.assertRaises(Exception, self.server.v2_get, self.prefix + "/subnets")
+
+    @defer.inlineCallbacks
+    def test_deleted_lease_is_recreated_and_peers_reach_backend(self):
+        self.server.put_config('{"Network": "10.5.0.0/16"}', prefix=self.prefix)
+        d = self.run_daemon(self.make_daemon())
+        yield wait_until(lambda: d.phase == daemon_mod.RUNNING and d.watcher.state == "watching")
+        subnet = d.lease.subnet
+        backend = self.backends[0]
+        self.server.v2_put(self.prefix + "/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.250"}',
+                           ttl=600)
+        yield wait_until(lambda: any(e[0] == "events" for e in backend.events))
+        batch = [e for e in backend.events if e[0] == "events"][0][1]
+        self.assertEqual([(ev.kind, str(ev.lease.subnet)) for ev in batch],
+                         [("added", "10.5.250.0/24")])
+        self.server.v2_delete(self.key(subnet))
+        yield wait_until(lambda: self._exists(self.key(subnet)))
+        node = self.server.v2_get(self.key(subnet))["node"]
+        self.assertEqual(node["value"], '{"PublicIP":"192.0.2.1"}')
+        self.assertGreater(node["ttl"], 86000)
+        self.assertEqual(d.lease.subnet, subnet)
+        self.assertEqual(self.exits, [])
+
+    @defer.inlineCallbacks
+    def test_subnet_taken_while_away_gives_new_subnet_and_new_subnet_env(self):
+        self.server.put_config('{"Network": "10.5.0.0/16"}', prefix=self.prefix)
+        d = self.run_daemon(self.make_daemon())
+        yield wait_until(lambda: d.phase == daemon_mod.RUNNING and d.watcher.state == "watching")
+        subnet = d.lease.subnet
+        # another host overwrites our key (e.g. a flanneld v0.10 taking over its previous subnet)
+        self.server.v2_put(self.key(subnet), '{"PublicIP":"192.0.2.77"}', ttl=600)
+        yield wait_until(lambda: d.lease.subnet != subnet)
+        self.assertEqual(self.server.v2_get(self.key(subnet))["node"]["value"],
+                         '{"PublicIP":"192.0.2.77"}')
+        env = parse_env(open(self.subnet_file).read())
+        self.assertEqual(env["FLANNEL_SUBNET"], "%s/24" % (d.lease.subnet.network_address + 1))
+
+    def _exists(self, key):
+        try:
+            self.server.v2_get(key)
+            return True
+        except Exception:
+            return False
+
+    def test_health_reflects_state(self):
+        d = self.make_daemon()
+        health = d.health()
+        self.assertFalse(health["healthy"])
+        self.assertIsNone(health["lease"])
