@@ -264,6 +264,17 @@ class LabRunPureTests(unittest.TestCase):
             "h1         -    \u2713",
             "h2         \u2713    -"])
 
+    def test_not_root(self):
+        import contextlib
+        import io
+        from flannel_tw.lab import run
+        self.patch(run.os, "geteuid", lambda: 1000)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(run.main(["--hosts", "2"]), 2)
+            self.assertEqual(run.main(["down"]), 2)
+        self.assertIn("needs root", err.getvalue())
+
     def test_parse_errors(self):
         from flannel_tw.lab import run
         self.assertRaises(SystemExit, run.main, ["--backend", "nope"])

@@ -120,17 +120,18 @@ def etcd_helper(argv) -> int:
     try:
         server.start(timeout=20)
         server.put_config(config)
+        with open(ready + ".tmp", "w") as f:
+            json.dump({"url": server.url, "pid": server.process.pid,
+                       "log": server.log_path}, f)
+        os.rename(ready + ".tmp", ready)
+        print("etcd ready at %s, log %s" % (server.url, server.log_path), flush=True)
+        while True:
+            signal.pause()
     except Exception as e:
-        server.stop()
         print("etcd helper: %s" % (e,), file=sys.stderr, flush=True)
         return 1
-    with open(ready + ".tmp", "w") as f:
-        json.dump({"url": server.url, "pid": server.process.pid,
-                   "log": server.log_path}, f)
-    os.rename(ready + ".tmp", ready)
-    print("etcd ready at %s, log %s" % (server.url, server.log_path), flush=True)
-    while True:
-        signal.pause()
+    finally:
+        server.stop()
 
 
 def start_etcd(lab, workdir, config, timeout=40):

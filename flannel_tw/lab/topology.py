@@ -333,7 +333,7 @@ class Lab:
         """
         procs, self.procs = self.procs, []
         pids = [p.pid for p in procs if p.poll() is None]
-        stop_pids(pids)
+        stop_pids(pids, grace=8.0)
         for p in procs:
             try:
                 p.wait(timeout=1)
