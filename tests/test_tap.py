@@ -1,0 +1,129 @@
+"""``twistd flannel`` options: flanneld's flags, defaults, FLANNELD_* variables, errors."""
+import os
+import subprocess
+import sys
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from flannel_tw.tap import DEFAULT_ENDPOINTS, Options, normalize_argv
+
+
+def parse(argv, env=None):
+    o = Options(environ=env or {})
+    o.parseOptions(argv)
+    return o
+
+
+class DefaultsTests(unittest.TestCase):
+    def test_flanneld_defaults(self):
+        o = parse([])
+        self.assertEqual(o["etcd-endpoints"], DEFAULT_ENDPOINTS.split(","))
+        self.assertEqual(o["etcd-prefix"], "/coreos.com/network")
+        self.assertEqual(o["subnet-file"], "/run/flannel/subnet.env")
+        self.assertEqual(o["subnet-lease-renew-margin"], 60)
+        self.assertEqual(o["healthz-ip"], "0.0.0.0")
+        self.assertEqual(o["healthz-port"], 0)
+        self.assertEqual((o["iface"], o["iface-regex"], o["ip-masq"], o["public-ip"]),
+                         ([], [], False, ""))
+        for name in ("etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username",
+                     "etcd-password"):
+            self.assertEqual(o[name], "")
+
+
+class FlagTests(unittest.TestCase):
+    def test_go_style_single_dash_and_equals(self):
+        o = parse(["-etcd-endpoints=http://10.0.0.1:2379,https://e2:2379", "-iface", "eth1",
+                   "--iface=10.1.2.3", "-iface-regex", "^en", "-ip-masq"])
+        self.assertEqual(o["etcd-endpoints"], ["http://10.0.0.1:2379", "https://e2:2379"])
+        self.assertEqual(o["iface"], ["eth1", "10.1.2.3"])
+        self.assertEqual(o["iface-regex"], ["^en"])
+        self.assertTrue(o["ip-masq"])
+
+    def test_bool_values(self):
+        self.assertTrue(parse(["--ip-masq=true"])["ip-masq"])
+        self.assertFalse(parse(["--ip-masq=false"], env={"FLANNELD_IP_MASQ": "true"})["ip-masq"])
+        self.assertRaises(usage.UsageError, parse, ["--ip-masq=maybe"])
+
+    def test_normalize_leaves_values_alone(self):
+        self.assertEqual(normalize_argv(["--etcd-prefix", "-x"])[0], ["--etcd-prefix", "-x"])
+
+    def test_bad_values_name_the_flag(self):
+        cases = [
+            (["--subnet-lease-renew-margin=0"], "subnet-lease-renew-margin"),
+            (["--subnet-lease-renew-margin=1440"], "out of acceptable range"),
+            (["--subnet-lease-renew-margin=abc"], "--subnet-lease-renew-margin"),
+            (["--healthz-port=70000"], "--healthz-port"),
+            (["--healthz-ip=nope"], "--healthz-ip"),
+            (["--public-ip=1.2.3"], "--public-ip"),
+            (["--etcd-endpoints=ftp://x"], "--etcd-endpoints"),
+            (["--etcd-endpoints=,"], "--etcd-endpoints"),
+            (["--etcd-prefix=coreos.com"], "--etcd-prefix"),
+            (["--iface-regex=("], "--iface-regex"),
+            (["--etcd-cafile=/nonexistent/ca.pem"], "--etcd-cafile"),
+            (["--kube-subnet-mgr"], "--kube-subnet-mgr"),
+        ]
+        for argv, needle in cases:
+            with self.assertRaises(usage.UsageError, msg=argv) as cm:
+                parse(argv)
+            self.assertIn(needle, str(cm.exception), argv)
+
+    def test_unknown_flag_is_an_error(self):
+        self.assertRaises(usage.UsageError, parse, ["--no-such-flag"])
+
+
+class EnvironmentTests(unittest.TestCase):
+    def test_env_applies_to_flags_not_given(self):
+        env = {"FLANNELD_ETCD_PREFIX": "/from/env", "FLANNELD_IFACE": "eth9",
+               "FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "30", "FLANNELD_IP_MASQ": "1",
+               "FLANNELD_ETCD_ENDPOINTS": "http://127.0.0.1:1"}
+        o = parse(["--etcd-prefix=/from/flag"], env)
+        self.assertEqual(o["etcd-prefix"], "/from/flag")
+        self.assertEqual(o["iface"], ["eth9"])
+        self.assertEqual(o["subnet-lease-renew-margin"], 30)
+        self.assertTrue(o["ip-masq"])
+        self.assertEqual(o["etcd-endpoints"], ["http://127.0.0.1:1"])
+
+    def test_bad_env_value_names_the_variable(self):
+        with self.assertRaises(usage.UsageError) as cm:
+            parse([], {"FLANNELD_HEALTHZ_PORT": "eighty"})
+        self.assertIn("FLANNELD_HEALTHZ_PORT", str(cm.exception))
+        with self.assertRaises(usage.UsageError) as cm:
+            parse([], {"FLANNELD_IP_MASQ": "yes please"})
+        self.assertIn("FLANNELD_IP_MASQ", str(cm.exception))
+
+
+class TwistdProcessTests(unittest.TestCase):
+    """The plugin as users run it: ``twistd flannel ...`` in a child process."""
+
+    def twistd(self, *args, env=None):
+        full = dict(os.environ, **(env or {}))
+        return subprocess.run(
+            [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; "
+             "from twisted.scripts.twistd import run; run()"] + list(args),
+            capture_output=True, text=True, timeout=60, env=full)
+
+    def test_version_goes_to_stderr_exit_0(self):
+        p = self.twistd("flannel", "--version")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("flannel-tw", p.stderr)
+
+    def test_unknown_flag_exits_non_zero_naming_it(self):
+        p = self.twistd("-n", "flannel", "--bogus-flag")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("bogus-flag", p.stderr + p.stdout)
+
+    def test_bad_env_exits_non_zero_naming_it(self):
+        p = self.twistd("-n", "flannel", env={"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "0"})
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("subnet-lease-renew-margin", p.stderr + p.stdout)
+
+    def test_help_lists_every_flanneld_flag(self):
+        p = self.twistd("flannel", "--help")
+        for flag in ("--etcd-endpoints", "--etcd-prefix", "--etcd-keyfile", "--etcd-certfile",
+                     "--etcd-cafile", "--etcd-username", "--etcd-password", "--iface",
+                     "--iface-regex", "--subnet-file", "--public-ip",
+                     "--subnet-lease-renew-margin", "--ip-masq", "--healthz-ip",
+                     "--healthz-port", "--version"):
+            self.assertIn(flag + (" " if flag in ("--ip-masq", "--version") else "="),
+                          p.stdout)
