@@ -17,6 +17,7 @@ USAGE = """usage: flannel-tw COMMAND [ARGS]
 commands:
   docker-opts   turn subnet.env into Docker daemon options (mk-docker-opts.sh)
   lab           build a local overlay of network namespaces and ping across it (root)
+  cni           the CNI plugin (invoked by a container runtime with CNI_* variables)
   version       print the version
 
 The daemon runs as: twistd -n flannel [flags]   (see: twistd flannel --help)
@@ -37,6 +38,9 @@ def main(argv=None, stdout=None, stderr=None):
     if command == "lab":
         from flannel_tw.lab.run import main as lab
         return lab(rest)
+    if command == "cni":
+        from flannel_tw.cni import main as cni
+        return cni(rest)
     if command in ("version", "--version"):
         stdout.write("flannel-tw %s\n" % flannel_tw.__version__)
         return 0

@@ -43,6 +43,8 @@ class DaemonSettings:
     config_retry: float = 1.0        # seconds between config fetches (flanneld: 1 s)
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
+    etcd_probe_interval: float = 30.0  # seconds between etcd health probes
+    etcd_stale_after: float = 90.0     # /healthz fails when etcd has not answered for this long
 
 
 def exit_process(reactor, code):
@@ -64,7 +66,7 @@ class FlannelDaemon(service.MultiService):
     log = Logger()
 
     def __init__(self, reactor, manager, ext_iface, settings, backend_factory=make_backend,
-                 notify=sd_notify, exit=None, backoff=None):
+                 notify=sd_notify, exit=None, backoff=None, rules_factory=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.manager = manager
@@ -83,6 +85,12 @@ class FlannelDaemon(service.MultiService):
         self.subnet_env_written_at = None
         self._run = None
         self._last_config_error = None
+        # rules_factory(reactor, network, subnet, ip_masq) -> object with start(), update(subnet),
+        # stop(): flanneld's iptables rules (FORWARD accept, and masquerade with --ip-masq).
+        self._rules_factory = rules_factory
+        self.rules = None
+        self.etcd_ok_at = None
+        self._probe = None
 
     @property
     def lease(self):
@@ -99,7 +107,9 @@ class FlannelDaemon(service.MultiService):
     def stopService(self):
         if self._run is not None:
             self._run.cancel()
-        for part in (self.watcher, self.keeper):
+        if self._probe is not None and self._probe.running:
+            self._probe.stop()
+        for part in (self.watcher, self.keeper, self.rules):
             if part is not None:
                 part.stop()
         if self.backend is not None:
@@ -148,6 +158,10 @@ class FlannelDaemon(service.MultiService):
                              % (backend.name, lease.subnet, e))
         self.keeper = LeaseKeeper(self._reactor, self.manager, config, attrs, lease,
                                   self.settings.renew_margin, on_new_lease=self._new_lease)
+        if self._rules_factory is not None:
+            self.rules = self._rules_factory(self._reactor, config.network, lease.subnet,
+                                             self.settings.ip_masq)
+            yield self.rules.start()
         self._write_subnet_env(lease)
         self.phase = RUNNING
         self.ready = True
@@ -157,6 +171,10 @@ class FlannelDaemon(service.MultiService):
                                     own_sink=self.keeper.own_event)
         self.keeper.start()
         self.watcher.start()
+        self.etcd_ok_at = self._reactor.seconds()
+        self._probe = task.LoopingCall(self._probe_etcd)
+        self._probe.clock = self._reactor
+        self._probe.start(self.settings.etcd_probe_interval, now=False)
         self.log.info("Running with lease {subnet} ({backend} backend, MTU {mtu})",
                       subnet=lease.subnet, backend=backend.name, mtu=backend.mtu)
 
@@ -221,9 +239,22 @@ class FlannelDaemon(service.MultiService):
         self.subnet_env_written_at = self._reactor.seconds()
         self.log.info("Wrote {path}", path=self.settings.subnet_file)
 
+    def _probe_etcd(self):
+        """A cheap quorum read so that /healthz knows etcd answers even when the watch is idle."""
+        d = defer.maybeDeferred(self.manager.get_network_config)
+
+        def ok(_):
+            self.etcd_ok_at = self._reactor.seconds()
+
+        def failed(f):
+            self.log.warn("etcd health probe failed: {error}", error=f.getErrorMessage())
+        return d.addCallbacks(ok, failed)
+
     def _new_lease(self, lease, old):
         if lease.subnet == old.subnet:
             return
+        if self.rules is not None:
+            self.rules.update(lease.subnet)
         reconfigure = getattr(self.backend, "reconfigure", None)
         if reconfigure is not None:
             d = defer.maybeDeferred(reconfigure, self.config, lease)
@@ -237,10 +268,17 @@ class FlannelDaemon(service.MultiService):
         """A dict for /healthz: C{healthy} is True only while the lease is held and etcd works."""
         from flannel_tw.subnet.keeper import HELD, RENEWING
         lease = self.lease
+        now = self._reactor.seconds()
         keeper_ok = self.keeper is not None and self.keeper.state in (HELD, RENEWING)
         watcher_ok = self.watcher is not None and self.watcher.failures == 0
+        etcd_ok = (self.etcd_ok_at is not None
+                   and now - self.etcd_ok_at <= self.settings.etcd_stale_after)
         return {
-            "healthy": bool(self.phase == RUNNING and keeper_ok and watcher_ok),
+            "healthy": bool(self.phase == RUNNING and keeper_ok and watcher_ok and etcd_ok),
+            "etcd_answered_ago": None if self.etcd_ok_at is None else now - self.etcd_ok_at,
+            "keeper": self.keeper.state if self.keeper else None,
+            "watcher": self.watcher.state if self.watcher else None,
+            "ready": self.ready,
             "phase": self.phase,
             "lease": str(lease.subnet) if lease else None,
             "public_ip": str(self.ext_iface.public_ip),
@@ -267,13 +305,14 @@ def build_daemon(options, reactor):
                                      options["public-ip"] or None)
     except (IfaceError, ValueError) as e:
         raise SystemExit("Failed to find interface to use: %s" % (e,))
+    from flannel_tw.etcd.tls import TLSFileError, tls_files, tls_policy
+    cafile, certfile, keyfile = tls_files(options["etcd-cafile"], options["etcd-certfile"],
+                                          options["etcd-keyfile"], os.environ)
     tls = None
-    if options["etcd-cafile"] or options["etcd-certfile"]:
-        from flannel_tw.etcd.tls import tls_policy
+    if cafile or certfile:
         try:
-            tls = tls_policy(options["etcd-cafile"] or None, options["etcd-certfile"] or None,
-                             options["etcd-keyfile"] or None)
-        except Exception as e:
+            tls = tls_policy(cafile, certfile, keyfile)
+        except TLSFileError as e:
             raise SystemExit("Failed to create SubnetManager: %s" % (e,))
     client = EtcdV2Client(reactor, options["etcd-endpoints"],
                           username=options["etcd-username"] or None,
@@ -283,9 +322,23 @@ def build_daemon(options, reactor):
                               renew_margin=options["subnet-lease-renew-margin"] * 60.0,
                               healthz_ip=options["healthz-ip"],
                               healthz_port=options["healthz-port"])
-    daemon = FlannelDaemon(reactor, manager, ext_iface, settings)
+    daemon = FlannelDaemon(reactor, manager, ext_iface, settings, rules_factory=_rules_factory())
+    daemon.etcd_client = client
+    if options["metrics-port"]:
+        from flannel_tw.metrics import metrics_service
+        metrics_service(daemon, reactor, options["metrics-ip"], options["metrics-port"]
+                        ).setServiceParent(daemon)
     if settings.healthz_port:
         from flannel_tw.health import health_service
         health_service(daemon, reactor, settings.healthz_ip, settings.healthz_port
                        ).setServiceParent(daemon)
     return daemon
+
+
+def _rules_factory():
+    """flanneld's iptables rules, when this build has them (flannel_tw.iptables)."""
+    try:
+        from flannel_tw.iptables import TrafficRules
+    except ImportError:
+        return None
+    return TrafficRules

@@ -43,6 +43,9 @@ _PARAMS = {
     "healthz-ip": ("0.0.0.0", "the IP address for healthz server to listen"),
     "healthz-port": ("0", "the port for healthz server to listen (0 to disable)"),
     "v": ("0", "log level: 0 info, higher values add debug messages"),
+    "metrics-port": ("0", "port for the Prometheus metrics endpoint (0 to disable; flannel-tw)"),
+    "metrics-ip": ("0.0.0.0", "the IP address for the metrics endpoint to listen (flannel-tw)"),
+    "log-format": ("text", "log format on stdout/the twistd log: text or json (flannel-tw)"),
 }
 _MULTI = {
     "iface": "interface to use (IP or name) for inter-host communication; repeatable",
@@ -200,7 +203,11 @@ class Options(usage.Options):
         self["subnet-lease-renew-margin"] = margin
         self["healthz-port"] = self._int("healthz-port", 0, 65535)
         self["v"] = self._int("v", 0, 10)
-        for name in ("healthz-ip", "public-ip"):
+        self["metrics-port"] = self._int("metrics-port", 0, 65535)
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("%s: %r is not one of text, json"
+                                   % (self._where("log-format"), self["log-format"]))
+        for name in ("healthz-ip", "public-ip", "metrics-ip"):
             if self[name]:
                 try:
                     IPv4Address(self[name])

@@ -753,3 +753,33 @@ class TunReadErrorTests(BackendTestBase):
         self.tun.peer.inject(pkt)
         yield wait_for(lambda: peer.received)
         self.assertEqual(peer.received[0][0][8], pkt[8] - 1)
+
+
+class ReconfigureTests(TestCase):
+    """A lease that moved to another subnet re-addresses the tun; forwarding keeps going."""
+
+    def test_reconfigure_moves_own_subnet_and_readdresses_tun(self):
+        calls = []
+
+        class Netlink:
+            @staticmethod
+            def configure_tun(*args):
+                calls.append(args)
+
+        iface = ExtIface("lo", 1, IPv4Address("127.0.0.1"), IPv4Address("127.0.0.1"), 1500)
+        backend = UdpBackend(reactor, iface, tun_opener=lambda name: FakeTun("flannel0"),
+                             netlink=Netlink)
+        config = NetworkConfig(IPv4Network("10.5.0.0/16"), 24, IPv4Address("10.5.1.0"),
+                               IPv4Address("10.5.255.0"), "udp", {"Port": 0 + 18285})
+        attrs = LeaseAttrs(IPv4Address("127.0.0.1"))
+
+        d = backend.prepare(config)
+        d.addCallback(lambda _: backend.start(config, Lease(IPv4Network("10.5.3.0/24"), attrs)))
+        d.addCallback(lambda _: backend.reconfigure(config, Lease(IPv4Network("10.5.4.0/24"),
+                                                                  attrs)))
+
+        def check(_):
+            self.assertEqual(backend.own_subnet, IPv4Network("10.5.4.0/24"))
+            self.assertEqual([str(c[1]) for c in calls], ["10.5.3.0/32", "10.5.4.0/32"])
+            return backend.stop()
+        return d.addCallback(check)

@@ -209,6 +209,22 @@ class UdpBackend:
 
         return d.addCallback(configured)
 
+    def reconfigure(self, config, lease):
+        """
+        Our lease moved to another subnet (it was lost and re-acquired): give the tun
+        the new .0 address. The reader and the socket stay as they are.
+
+        @return: Deferred firing when the kernel has the new address.
+        """
+        if self.tun is None:
+            return defer.fail(UdpBackendError("udp backend: reconfigure() before prepare()"))
+        self.own_subnet = IPv4Network(lease.subnet)
+        self.routes.remove(self.own_subnet)
+        self._tun_ip = int(self.own_subnet.network_address)
+        address = IPv4Interface("%s/32" % (self.own_subnet.network_address,))
+        return threads.deferToThread(self._netlink.configure_tun, self.tun.name, address,
+                                     self.mtu, IPv4Network(config.network))
+
     def handle_events(self, events):
         for event in events:
             try:

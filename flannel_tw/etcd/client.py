@@ -33,6 +33,7 @@ Every method returns a Deferred that fires with a L{Response} or fails with:
 - L{twisted.internet.defer.CancelledError} when the caller cancelled the Deferred.
 """
 
+import collections
 import json
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -154,6 +155,8 @@ class EtcdV2Client:
             raise ValueError("tls must provide creatorForNetloc (IPolicyForHTTPS), got %r" % (tls,))
         self._reactor = reactor
         self.endpoints = endpoints
+        self.error_counts = collections.Counter()   # kind -> count, for metrics
+        self.last_answer_at = None                   # reactor time of the last answer
         self._current = 0
         self._pool = None
         self._auth = None if username is None else (username, password or "")
@@ -254,7 +257,29 @@ class EtcdV2Client:
                 self._url(ep, key, query)
         except Exception:
             return defer.fail()
-        return defer.ensureDeferred(self._failover(method, key, query, form, watch))
+        d = defer.ensureDeferred(self._failover(method, key, query, form, watch))
+        d.addCallbacks(self._answered, self._count_failure)
+        return d
+
+    def _answered(self, result):
+        self.last_answer_at = self._reactor.seconds()
+        return result
+
+    def _count_failure(self, failure):
+        """Count errors by kind for metrics; an etcd API error is still an answer."""
+        if failure.check(EtcdError):
+            self.last_answer_at = self._reactor.seconds()
+            kind = "etcd_%s" % (failure.value.error_code,)
+        elif failure.check(EtcdUnavailable):
+            kind = "unavailable"
+        elif failure.check(EtcdProtocolError):
+            kind = "protocol"
+        elif failure.check(defer.CancelledError):
+            return failure
+        else:
+            kind = "other"
+        self.error_counts[kind] += 1
+        return failure
 
     async def _failover(self, method, key, query, form, watch):
         errors = {}
@@ -268,6 +293,7 @@ class EtcdV2Client:
                 result = await self._attempt_until_answer(method, url, form, watch)
             except _Transport as t:
                 errors[endpoint] = t.failure.value
+                self.error_counts["transport"] += 1
                 nxt = self.endpoints[(idx + 1) % n] if i + 1 < n else None
                 self.log.warn(
                     "etcd endpoint {endpoint} failed: {error}"

@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.test_etcd_tls -*-
 """TLS to etcd: CA, client certificate and key, as an Agent policy (IPolicyForHTTPS)."""
+import os
 from twisted.internet import ssl
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -54,3 +55,27 @@ def tls_policy(cafile=None, certfile=None, keyfile=None):
             raise TLSFileError("client certificate %s / key %s cannot be loaded: %s"
                                % (certfile, keyfile, e))
     return EtcdTLSPolicy(trust_root, client_cert)
+
+
+DEFAULT_SSL_DIR = "/etc/ssl/etcd"
+
+
+def tls_files(cafile, certfile, keyfile, environ):
+    """
+    The (ca, cert, key) paths to use: the flags when any is given; otherwise, as the
+    seed's drop-in describes, ``$ETCD_SSL_DIR`` (default /etc/ssl/etcd) when it holds
+    ``ca.pem`` and a client certificate and key (``client.pem``/``client-key.pem``,
+    or ``cert.pem``/``key.pem``). Paths not found are None.
+    """
+    if cafile or certfile or keyfile:
+        return cafile or None, certfile or None, keyfile or None
+    ssl_dir = environ.get("ETCD_SSL_DIR") or DEFAULT_SSL_DIR
+    ca = os.path.join(ssl_dir, "ca.pem")
+    if not os.path.isfile(ca):
+        return None, None, None
+    for cert, key in (("client.pem", "client-key.pem"), ("cert.pem", "key.pem"),
+                      ("etcd-client.pem", "etcd-client-key.pem")):
+        cert, key = os.path.join(ssl_dir, cert), os.path.join(ssl_dir, key)
+        if os.path.isfile(cert) and os.path.isfile(key):
+            return ca, cert, key
+    return ca, None, None
