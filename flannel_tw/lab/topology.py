@@ -69,16 +69,9 @@ def _lab_ns_pattern(prefix: str):
 
 
 def parse_subnet_env(path: str) -> Dict[str, str]:
-    """Read KEY=VALUE lines of a subnet.env file."""
-    env = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            k, v = line.split("=", 1)
-            env[k.strip()] = v.strip().strip('"')
-    return env
+    """Read a subnet.env file (the daemon's own parser: godotenv-like, errors name the file)."""
+    from flannel_tw.subnetfile import read_env
+    return read_env(path)
 
 
 def stop_pids(pids: Sequence[int], grace: float = 3.0) -> None:
