@@ -67,6 +67,10 @@ def configure_tun(ifname, address, mtu, route):
                 if e.code != errno.EEXIST:
                     raise
         ipr.link("set", index=idx, mtu=int(mtu), state="up")
+        # The ICMP net-unreachable replies we write into the tun have our own .0 as source:
+        # without accept_local the kernel drops them as martians (source is a local address).
+        with open("/proc/sys/net/ipv4/conf/%s/accept_local" % ifname, "w") as f:
+            f.write("1")
         dst = str(route.network_address)
         try:
             ipr.route("add", dst=dst, dst_len=route.prefixlen, oif=idx)
