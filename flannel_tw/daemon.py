@@ -288,6 +288,8 @@ class FlannelDaemon(service.MultiService):
             "watch_failures": self.watcher.failures if self.watcher else 0,
             "last_watch_event_at": self.watcher.last_event_at if self.watcher else None,
             "peers": len(self.watcher.known) if self.watcher else 0,
+            # the udp backend's route table size (None for backends without one)
+            "routes": len(self.backend.routes) if hasattr(self.backend, "routes") else None,
         }
 
 
