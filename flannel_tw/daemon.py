@@ -11,6 +11,7 @@ port taken, bad backend options) are fatal: a clear message and exit status 1,
 and no lease is taken when they happen before acquisition.
 """
 import os
+import random
 import sys
 from dataclasses import dataclass
 from typing import Optional
@@ -40,7 +41,8 @@ class DaemonSettings:
     subnet_file: str = "/run/flannel/subnet.env"
     ip_masq: bool = False
     renew_margin: float = 3600.0     # seconds
-    config_retry: float = 1.0        # seconds between config fetches (flanneld: 1 s)
+    config_retry: float = 1.0        # first delay between config fetches (flanneld: 1 s) ...
+    config_retry_max: float = 10.0   # ... doubling (plus up to 20% jitter) up to this cap
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
     etcd_probe_interval: float = 30.0  # seconds between etcd health probes
@@ -76,6 +78,10 @@ class FlannelDaemon(service.MultiService):
         self._notify = notify
         self._exit = exit if exit is not None else (lambda code: exit_process(reactor, code))
         self._backoff = backoff or make_backoff(initial=1.0, maximum=30.0)
+        self._config_backoff = make_backoff(
+            initial=settings.config_retry, maximum=settings.config_retry_max, factor=2.0,
+            jitter=lambda: 0.0)
+        self._jitter = random.Random()
         self.phase = STOPPED
         self.config = None
         self.backend = None
@@ -85,6 +91,8 @@ class FlannelDaemon(service.MultiService):
         self.subnet_env_written_at = None
         self._run = None
         self._last_config_error = None
+        self.config_attempts = 0
+        self._probe_error = None
         # rules_factory(reactor, network, subnet, ip_masq) -> object with start(), update(subnet),
         # stop(): flanneld's iptables rules (FORWARD accept, and masquerade with --ip-masq).
         self._rules_factory = rules_factory
@@ -166,7 +174,11 @@ class FlannelDaemon(service.MultiService):
         self.phase = RUNNING
         self.ready = True
         self._notify("READY=1")
-        self.watcher = LeaseWatcher(self._reactor, self.manager, backend.handle_events,
+        listing = self.manager
+        if getattr(backend, "reconcile", None) is not None:
+            # the backend removes kernel entries of leases gone while we were down
+            listing = _FirstList(self.manager, backend.reconcile)
+        self.watcher = LeaseWatcher(self._reactor, listing, backend.handle_events,
                                     own_subnet=lambda: self.keeper.lease.subnet,
                                     own_sink=self.keeper.own_event)
         self.keeper.start()
@@ -181,26 +193,43 @@ class FlannelDaemon(service.MultiService):
     def _sleep(self, seconds):
         return task.deferLater(self._reactor, seconds, lambda: None)
 
-    def _log_config_problem(self, message):
+    def _log_config_problem(self, message, delay):
+        """Each distinct cause is logged once (as an error); repeats go to debug."""
         if message != self._last_config_error:
             self._last_config_error = message
-            self.log.error("Couldn't fetch network config: {error}", error=message)
+            self.log.error("Couldn't fetch network config: {error} (retrying in {delay:.1f}s, "
+                           "backing off to {cap:.0f}s; logged once until the cause changes)",
+                           error=message, delay=delay, cap=self.settings.config_retry_max)
+        else:
+            self.log.debug("Couldn't fetch network config: {error} (retrying in {delay:.1f}s)",
+                           error=message, delay=delay)
+
+    def _config_delay(self, attempt):
+        """config_retry doubling up to config_retry_max, plus up to 20% jitter."""
+        delay = self._config_backoff(attempt)
+        return delay + delay * 0.2 * self._jitter.random()
 
     @defer.inlineCallbacks
     def _wait_for_config(self):
-        """Deferred C{(config, backend)}: retried every C{config_retry} s until valid."""
+        """
+        Deferred C{(config, backend)}: fetched until valid, with a capped, jittered
+        backoff (C{config_retry} doubling to C{config_retry_max}); a new cause of failure
+        starts again from C{config_retry}.
+        """
+        attempt = 0
+        self.config_attempts = 0
         while True:
+            self.config_attempts += 1
             try:
                 config = yield self.manager.get_network_config()
                 backend = self._backend_factory(config.backend_type, self._reactor,
                                                 self.ext_iface)
             except (ConfigError, UnknownBackend) as e:
-                self._log_config_problem("invalid network config at %s/config: %s"
-                                         % (self.manager.prefix, e))
+                problem = "invalid network config at %s/config: %s" % (self.manager.prefix, e)
             except defer.CancelledError:
                 raise
             except Exception as e:
-                self._log_config_problem(str(e) or e.__class__.__name__)
+                problem = str(e) or e.__class__.__name__
             else:
                 self.log.info("Network config: Network={network} SubnetLen={len} "
                               "SubnetMin={min} SubnetMax={max} Backend={backend}",
@@ -208,7 +237,12 @@ class FlannelDaemon(service.MultiService):
                               min=config.subnet_min, max=config.subnet_max,
                               backend=config.backend_type)
                 return config, backend
-            yield self._sleep(self.settings.config_retry)
+            if problem != self._last_config_error:
+                attempt = 0
+            delay = self._config_delay(attempt)
+            attempt += 1
+            self._log_config_problem(problem, delay)
+            yield self._sleep(delay)
 
     @defer.inlineCallbacks
     def _acquire(self, config, attrs, previous):
@@ -240,14 +274,30 @@ class FlannelDaemon(service.MultiService):
         self.log.info("Wrote {path}", path=self.settings.subnet_file)
 
     def _probe_etcd(self):
-        """A cheap quorum read so that /healthz knows etcd answers even when the watch is idle."""
+        """
+        A cheap quorum read so that /healthz knows etcd answers even when the watch is
+        idle. An etcd error answer (e.g. the config key is gone after a wipe) still
+        proves etcd answers; a transport failure does not. Each distinct failure is
+        logged once. The Deferred fires with None.
+        """
+        from flannel_tw.config import ConfigError
+        from flannel_tw.etcd.errors import EtcdError
+
         d = defer.maybeDeferred(self.manager.get_network_config)
 
         def ok(_):
             self.etcd_ok_at = self._reactor.seconds()
+            if self._probe_error is not None:
+                self.log.info("etcd answers again")
+                self._probe_error = None
 
         def failed(f):
-            self.log.warn("etcd health probe failed: {error}", error=f.getErrorMessage())
+            if f.check(EtcdError, ConfigError):
+                self.etcd_ok_at = self._reactor.seconds()
+            message = f.getErrorMessage()
+            if message != self._probe_error:
+                self._probe_error = message
+                self.log.warn("etcd health probe failed: {error}", error=message)
         return d.addCallbacks(ok, failed)
 
     def _new_lease(self, lease, old):
@@ -265,16 +315,22 @@ class FlannelDaemon(service.MultiService):
     # -- health ---------------------------------------------------------------
 
     def health(self):
-        """A dict for /healthz: C{healthy} is True only while the lease is held and etcd works."""
-        from flannel_tw.subnet.keeper import HELD, RENEWING
+        """
+        A dict for /healthz: C{healthy} is True only while the daemon runs, holds its
+        lease (held, renewing, or retrying a renewal before the TTL runs out) and etcd
+        answered within C{etcd_stale_after} seconds (the periodic probe, or any other
+        request). The watcher's own failures are reported, not judged: an idle long
+        poll that has not answered yet is normal.
+        """
+        from flannel_tw.subnet.keeper import HELD, RENEWING, RETRYING
         lease = self.lease
         now = self._reactor.seconds()
-        keeper_ok = self.keeper is not None and self.keeper.state in (HELD, RENEWING)
-        watcher_ok = self.watcher is not None and self.watcher.failures == 0
+        keeper_ok = self.keeper is not None and self.keeper.state in (HELD, RENEWING, RETRYING)
         etcd_ok = (self.etcd_ok_at is not None
                    and now - self.etcd_ok_at <= self.settings.etcd_stale_after)
         return {
-            "healthy": bool(self.phase == RUNNING and keeper_ok and watcher_ok and etcd_ok),
+            "healthy": bool(self.phase == RUNNING and keeper_ok and etcd_ok),
+            "etcd_ok": bool(etcd_ok),
             "etcd_answered_ago": None if self.etcd_ok_at is None else now - self.etcd_ok_at,
             "keeper": self.keeper.state if self.keeper else None,
             "watcher": self.watcher.state if self.watcher else None,
@@ -291,6 +347,36 @@ class FlannelDaemon(service.MultiService):
             # the udp backend's route table size (None for backends without one)
             "routes": len(self.backend.routes) if hasattr(self.backend, "routes") else None,
         }
+
+
+class _FirstList:
+    """
+    The subnet manager as the lease watcher sees it: the leases of the first successful
+    list also go to C{on_first} (a backend's C{reconcile}), before the watcher turns them
+    into events.
+    """
+
+    log = Logger()
+
+    def __init__(self, manager, on_first):
+        self._manager = manager
+        self._on_first = on_first
+
+    def __getattr__(self, name):
+        return getattr(self._manager, name)
+
+    def list_leases(self):
+        d = defer.maybeDeferred(self._manager.list_leases)
+        return d.addCallback(self._listed)
+
+    def _listed(self, result):
+        on_first, self._on_first = self._on_first, None
+        if on_first is not None:
+            try:
+                on_first(result[0])
+            except Exception:
+                self.log.failure("Reconciling the data plane with the lease list failed")
+        return result
 
 
 def build_daemon(options, reactor):

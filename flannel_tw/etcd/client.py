@@ -29,7 +29,10 @@ Every method returns a Deferred that fires with a L{Response} or fails with:
   answers and are never retried on another endpoint;
 - L{EtcdProtocolError} when the answer is neither a node response nor an error body;
 - L{EtcdUnavailable} when every endpoint failed at the transport level (refused,
-  reset, timed out, TLS failure); its ``errors`` maps endpoint -> the last failure;
+  reset, timed out, TLS failure); its ``errors`` maps endpoint -> the last failure and
+  its message says, for a TLS failure, which side refused and which file to check;
+- L{EtcdIndexWentBack} (watch with detect_reset only) when the etcd we reached has a lower index than the
+  one we wait for: the cluster was wiped or restored, re-list;
 - L{twisted.internet.defer.CancelledError} when the caller cancelled the Deferred.
 """
 
@@ -46,7 +49,9 @@ from twisted.web.http import PotentialDataLoss
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from flannel_tw.etcd.errors import EtcdError, EtcdProtocolError, EtcdUnavailable, error_from_body
+from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdProtocolError,
+                                    EtcdUnavailable, describe_transport_error,
+                                    error_from_body)
 
 __all__ = ["Node", "Response", "EtcdV2Client"]
 
@@ -158,6 +163,8 @@ class EtcdV2Client:
         self.error_counts = collections.Counter()   # kind -> count, for metrics
         self.last_answer_at = None                   # reactor time of the last answer
         self._current = 0
+        self._failing = {}                           # endpoint -> last logged failure text
+        self.tls_files = getattr(tls, "files", None)  # {ca, cert, key} paths for messages
         self._pool = None
         self._auth = None if username is None else (username, password or "")
         self.request_timeout = request_timeout
@@ -226,7 +233,7 @@ class EtcdV2Client:
         fails with L{KeyNotFound} if it is missing."""
         return self._call(b"DELETE", key, [])
 
-    def watch(self, key, wait_index, recursive=False):
+    def watch(self, key, wait_index, recursive=False, detect_reset=False):
         """Long-poll C{?recursive=..&wait=true&waitIndex=N} with no timeout.
 
         Fires with the L{Response} of the first event with modifiedIndex >= wait_index.
@@ -234,10 +241,16 @@ class EtcdV2Client:
         (401) when wait_index fell out of etcd's 1000-event history, and with the errors in
         the module docstring.  Cancelling the Deferred aborts the HTTP request (the
         connection is closed) and fails it with CancelledError.
+
+        With C{detect_reset}, a watch that reaches an etcd whose X-Etcd-Index (sent with
+        the headers, before any event) is below C{wait_index - 1} fails at once with
+        L{EtcdIndexWentBack}: for a caller whose C{wait_index} is always one past an
+        index it saw, that means the cluster was wiped or restored.
         """
         query = [("recursive", _bool(recursive)), ("wait", "true"),
                  ("waitIndex", str(int(wait_index)))]
-        return self._call(b"GET", key, query, watch=True)
+        return self._call(b"GET", key, query, watch=True,
+                          wait_index=int(wait_index) if detect_reset else None)
 
     # -- machinery --------------------------------------------------------------------
 
@@ -251,13 +264,13 @@ class EtcdV2Client:
             url += "?" + urlencode(query)
         return url
 
-    def _call(self, method, key, query, form=None, watch=False):
+    def _call(self, method, key, query, form=None, watch=False, wait_index=None):
         try:
             for ep in self.endpoints:
                 self._url(ep, key, query)
         except Exception:
             return defer.fail()
-        d = defer.ensureDeferred(self._failover(method, key, query, form, watch))
+        d = defer.ensureDeferred(self._failover(method, key, query, form, watch, wait_index))
         d.addCallbacks(self._answered, self._count_failure)
         return d
 
@@ -274,6 +287,9 @@ class EtcdV2Client:
             kind = "unavailable"
         elif failure.check(EtcdProtocolError):
             kind = "protocol"
+        elif failure.check(EtcdIndexWentBack):
+            self.last_answer_at = self._reactor.seconds()
+            kind = "index_went_back"
         elif failure.check(defer.CancelledError):
             return failure
         else:
@@ -281,7 +297,7 @@ class EtcdV2Client:
         self.error_counts[kind] += 1
         return failure
 
-    async def _failover(self, method, key, query, form, watch):
+    async def _failover(self, method, key, query, form, watch, wait_index=None):
         errors = {}
         n = len(self.endpoints)
         start = self._current
@@ -290,25 +306,31 @@ class EtcdV2Client:
             endpoint = self.endpoints[idx]
             url = self._url(endpoint, key, query)
             try:
-                result = await self._attempt_until_answer(method, url, form, watch)
+                result = await self._attempt_until_answer(method, url, form, watch, wait_index)
             except _Transport as t:
                 errors[endpoint] = t.failure.value
                 self.error_counts["transport"] += 1
                 nxt = self.endpoints[(idx + 1) % n] if i + 1 < n else None
-                self.log.warn(
+                text = describe_transport_error(t.failure.value, self.tls_files)
+                # Each distinct cause is logged once per endpoint; repeats go to debug.
+                emit = self.log.debug if self._failing.get(endpoint) == text else self.log.warn
+                self._failing[endpoint] = text
+                emit(
                     "etcd endpoint {endpoint} failed: {error}"
                     + ("; trying {next_endpoint}" if nxt else "; no endpoint left"),
-                    endpoint=endpoint, error=t.failure.value, next_endpoint=nxt,
+                    endpoint=endpoint, error=text, next_endpoint=nxt,
                     method=method.decode("ascii"), key=key,
                 )
                 continue
+            if self._failing.pop(endpoint, None) is not None:
+                self.log.info("etcd endpoint {endpoint} answers again", endpoint=endpoint)
             self._current = idx
             return result
-        raise EtcdUnavailable(errors)
+        raise EtcdUnavailable(errors, self.tls_files)
 
-    async def _attempt_until_answer(self, method, url, form, watch):
+    async def _attempt_until_answer(self, method, url, form, watch, wait_index=None):
         while True:
-            d = defer.ensureDeferred(self._attempt(method, url, form))
+            d = defer.ensureDeferred(self._attempt(method, url, form, wait_index))
             if not watch and self.request_timeout is not None:
                 d.addTimeout(self.request_timeout, self._reactor)
             try:
@@ -316,7 +338,7 @@ class EtcdV2Client:
             except defer.CancelledError:
                 # Cancelled by our caller (a timeout arrives as TimeoutError instead).
                 raise
-            except (EtcdError, EtcdProtocolError):
+            except (EtcdError, EtcdProtocolError, EtcdIndexWentBack):
                 raise
             except Exception:
                 raise _Transport(Failure())
@@ -324,7 +346,7 @@ class EtcdV2Client:
                 continue  # etcd (or a proxy) ended the long poll without an event
             return _parse(status, headers, body)
 
-    async def _attempt(self, method, url, form):
+    async def _attempt(self, method, url, form, wait_index=None):
         kwargs = {"unbuffered": True}
         headers = {}
         if form is not None:
@@ -343,7 +365,18 @@ class EtcdV2Client:
             if reasons and all(r.check(defer.CancelledError) for r in reasons):
                 raise defer.CancelledError() from None
             raise
-        body = await _read_body(getattr(response, "original", response))
+        raw = getattr(response, "original", response)
+        if wait_index is not None and response.code == 200:
+            # etcd flushes a watch's headers at once, with X-Etcd-Index = its current
+            # index. Below our cursor (wait_index - 1) means a wiped or restored cluster:
+            # the body would not come until the index catches up, so give up now.
+            current = _header_index(response.headers)
+            if current is not None and current < wait_index - 1:
+                reader = _read_body(raw)
+                reader.addErrback(lambda _f: None)
+                reader.cancel()
+                raise EtcdIndexWentBack(wait_index, current)
+        body = await _read_body(raw)
         return response.code, response.headers, body
 
 

@@ -44,12 +44,60 @@ def error_from_body(body: dict) -> EtcdError:
     return cls(code, str(body.get("message", "")), str(body.get("cause", "")), int(body.get("index", 0) or 0))
 
 
-class EtcdUnavailable(Exception):
-    """No endpoint answered; ``errors`` maps endpoint -> the transport error seen."""
+_CLIENT_CERT_REJECTED = ("bad certificate", "unknown ca", "certificate required",
+                         "certificate unknown", "unsupported certificate", "access denied",
+                         "certificate revoked", "certificate expired")
 
-    def __init__(self, errors: dict):
+
+def describe_transport_error(err, tls_files=None) -> str:
+    """
+    A one-line description of a transport failure for logs and /healthz: the reasons
+    inside Twisted's ResponseNeverReceived/RequestTransmissionFailed are unwrapped, and a
+    TLS handshake failure says which side refused and which file to check.
+
+    @param tls_files: optional dict with C{ca}, C{cert}, C{key} paths (None when unused).
+    """
+    reasons = getattr(err, "reasons", None)
+    if reasons:
+        parts = []
+        for r in reasons:
+            part = describe_transport_error(getattr(r, "value", r), tls_files)
+            if part not in parts:
+                parts.append(part)
+        return "; ".join(parts)
+    tls_files = tls_files or {}
+    cls = type(err)
+    if cls.__module__.startswith("OpenSSL") or cls.__name__ == "SSLError":
+        detail = []
+        for item in (err.args[0] if err.args and isinstance(err.args[0], list) else err.args):
+            text = item[-1] if isinstance(item, tuple) and item else item
+            if text and str(text) not in detail:
+                detail.append(str(text))
+        why = ", ".join(detail) or cls.__name__
+        if "certificate verify failed" in why:
+            return ("TLS handshake failed: etcd's certificate is not trusted by %s (%s)"
+                    % ("CA file " + tls_files["ca"] if tls_files.get("ca")
+                       else "the system CA roots (no --etcd-cafile)", why))
+        if any(marker in why for marker in _CLIENT_CERT_REJECTED):
+            return ("TLS handshake failed: etcd rejected our client certificate %s (%s)"
+                    % (tls_files.get("cert") or "(none given: set --etcd-certfile and "
+                       "--etcd-keyfile)", why))
+        return "TLS handshake failed: %s" % (why,)
+    if cls.__name__ == "VerificationError":  # service_identity: name mismatch
+        return "TLS: etcd's certificate does not match its address: %s" % (err,)
+    text = str(err).strip()
+    return "%s: %s" % (cls.__name__, text) if text else cls.__name__
+
+
+class EtcdUnavailable(Exception):
+    """No endpoint answered; ``errors`` maps endpoint -> the transport error seen, and
+    ``descriptions`` endpoint -> a readable line (L{describe_transport_error})."""
+
+    def __init__(self, errors: dict, tls_files=None):
         self.errors = dict(errors)
-        detail = "; ".join("%s: %s" % (ep, err) for ep, err in self.errors.items())
+        self.descriptions = {ep: describe_transport_error(err, tls_files)
+                             for ep, err in self.errors.items()}
+        detail = "; ".join("%s: %s" % (ep, text) for ep, text in self.descriptions.items())
         super().__init__("etcd cluster is unavailable or misconfigured; " + detail)
 
 
@@ -63,3 +111,18 @@ class EtcdProtocolError(Exception):
         self.status = status
         self.body = body
         super().__init__(message)
+
+
+class EtcdIndexWentBack(Exception):
+    """
+    A watch at C{wait_index} reached an etcd whose index (X-Etcd-Index) is below the
+    index we already saw: the cluster was wiped or restored from an older backup. etcd v2
+    would hold such a watch open until its index catches up, silently, so the caller must
+    re-list instead (as for 401 EventIndexCleared).
+    """
+
+    def __init__(self, wait_index: int, etcd_index: int):
+        self.wait_index = wait_index
+        self.etcd_index = etcd_index
+        super().__init__("etcd's index went back to %d while we wait for %d: the cluster was "
+                         "wiped or restored" % (etcd_index, wait_index))

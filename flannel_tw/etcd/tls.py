@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_etcd_tls -*-
+# -*- test-case-name: tests.test_tls -*-
 """TLS to etcd: CA, client certificate and key, as an Agent policy (IPolicyForHTTPS)."""
 import os
 from twisted.internet import ssl
@@ -22,9 +22,11 @@ def _read(path, what):
 class EtcdTLSPolicy:
     """Verifies etcd against C{ca} (or the system roots) and presents the client certificate."""
 
-    def __init__(self, trust_root=None, client_cert=None):
+    def __init__(self, trust_root=None, client_cert=None, files=None):
         self._trust_root = trust_root
         self._client_cert = client_cert
+        #: C{{"ca": path, "cert": path, "key": path}} (None when unused), for error messages.
+        self.files = dict(files or {})
 
     def creatorForNetloc(self, hostname, port):
         kwargs = {}
@@ -54,7 +56,9 @@ def tls_policy(cafile=None, certfile=None, keyfile=None):
         except Exception as e:
             raise TLSFileError("client certificate %s / key %s cannot be loaded: %s"
                                % (certfile, keyfile, e))
-    return EtcdTLSPolicy(trust_root, client_cert)
+    return EtcdTLSPolicy(trust_root, client_cert,
+                         files={"ca": cafile or None, "cert": certfile or None,
+                                "key": keyfile or None})
 
 
 DEFAULT_SSL_DIR = "/etc/ssl/etcd"

@@ -187,10 +187,13 @@ class EtcdSubnetManager:
     def watch_leases(self, wait_index):
         """
         Deferred C{(event_or_None, modified_index)}; None for a node that is not a
-        lease (stepped past). Fails with EventIndexCleared when the index is too old.
+        lease (stepped past). Fails with EventIndexCleared when the index is too old,
+        and with EtcdIndexWentBack when etcd's index is below C{wait_index - 1} (the
+        cluster was wiped or restored; both mean: re-list).
         """
         while True:
-            resp = yield self._client.watch(self.subnets_key, wait_index, recursive=True)
+            resp = yield self._client.watch(self.subnets_key, wait_index, recursive=True,
+                                            detect_reset=True)
             node = resp.node
             if self._is_direct_child(node.key) and not node.dir:
                 break

@@ -12,6 +12,9 @@ WATCHING) ; stop() -> STOPPED from anywhere.
 - WATCHING: one long-poll at cursor+1; an event moves the cursor to its index. An
   event that cannot be parsed is stepped past (the manager logs it once).
 - 401 EventIndexCleared: log and go to LISTING (re-list and diff).
+- EtcdIndexWentBack (etcd wiped or restored: its index is below our cursor, and a v2
+  watch there would wait silently until the index caught up): log and re-list, so that
+  a missing own lease reaches the keeper and is re-created.
 - Other errors: BACKOFF with a capped, jittered delay, then retry from the same
   cursor (or LISTING if we never listed).
 
@@ -21,7 +24,7 @@ Our own subnet is never reported to the sink; its events go to C{own_sink}
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from flannel_tw.etcd.errors import EventIndexCleared
+from flannel_tw.etcd.errors import EtcdIndexWentBack, EventIndexCleared
 from flannel_tw.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.lease import Lease
 from flannel_tw.subnet.backoff import make_backoff
@@ -109,6 +112,14 @@ class LeaseWatcher:
             self.log.warn("Watch of subnet leases failed because etcd index outside history "
                           "window; re-listing ({error})", error=failure.value)
             self.resyncs += 1
+            self._list()
+            return None
+        if failure.check(EtcdIndexWentBack):
+            self.log.error("etcd's index went back from {cursor} to {index}: the etcd cluster "
+                           "was wiped or restored from a backup; re-listing the leases",
+                           cursor=self.cursor, index=failure.value.etcd_index)
+            self.resyncs += 1
+            self.cursor = None
             self._list()
             return None
         delay = self._backoff(self.failures)
