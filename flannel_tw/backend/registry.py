@@ -16,7 +16,17 @@ def _udp(reactor, ext_iface):
     return UdpBackend(reactor, ext_iface)
 
 
-FACTORIES = {"alloc": _alloc, "udp": _udp}
+def _vxlan(reactor, ext_iface):
+    from flannel_tw.backend.vxlan import VxlanBackend
+    return VxlanBackend(reactor, ext_iface)
+
+
+def _hostgw(reactor, ext_iface):
+    from flannel_tw.backend.hostgw import HostGwBackend
+    return HostGwBackend(reactor, ext_iface)
+
+
+FACTORIES = {"alloc": _alloc, "udp": _udp, "vxlan": _vxlan, "host-gw": _hostgw}
 
 
 def make_backend(name, reactor, ext_iface, factories=None):

@@ -1,0 +1,136 @@
+# -*- test-case-name: tests.test_hostgw -*-
+"""
+The host-gw backend (flannel-compat.md section 8): no encapsulation, one route per
+remote host-gw lease, C{<subnet> via <PublicIP> dev <ext iface>}; the hosts must share
+an L2 segment.
+
+- prepare() fails when our PublicIP differs from the interface address (flanneld's NAT
+  message; the daemon exits 1);
+- MTU = the ext iface MTU; lease C{{"PublicIP":...,"BackendType":"host-gw"}};
+- a peer whose PublicIP is not directly reachable: the route add fails and an error naming
+  the peer is logged (and retried quietly every 10 s);
+- every 10 s (on the injected reactor) routes of installed peers that someone deleted are
+  put back ("Route recovered").
+"""
+from twisted.internet import defer, task
+from zope.interface import implementer
+
+from flannel_tw.backend.routed import PeerBackend
+from flannel_tw.interfaces import IBackend
+from flannel_tw.lease import LeaseAttrs
+from flannel_tw.net.kernel import HostGwRoute, RouteEntry
+
+ROUTE_CHECK_INTERVAL = 10.0     # seconds (flanneld's routeCheckRetries loop)
+
+NAT_MESSAGE = ("your PublicIP differs from interface IP, meaning that probably you're on a "
+               "NAT, which is not supported by host-gw backend")
+
+
+class HostGwError(Exception):
+    """The host-gw backend cannot run here."""
+
+
+@implementer(IBackend)
+class HostGwBackend(PeerBackend):
+    """L{IBackend} for the host-gw type."""
+
+    name = "host-gw"
+
+    def __init__(self, reactor, ext_iface, kernel=None, to_thread=None,
+                 check_interval=ROUTE_CHECK_INTERVAL):
+        PeerBackend.__init__(self, reactor, ext_iface, kernel, to_thread)
+        self.check_interval = check_interval
+        self.recovered = 0
+        self._check = None
+
+    def prepare(self, config):
+        """@return: Deferred firing with the L{LeaseAttrs}; fails with L{HostGwError} behind NAT."""
+        if self.ext_iface.public_ip != self.ext_iface.addr:
+            return defer.fail(HostGwError("%s (PublicIP %s, %s has %s)" % (
+                NAT_MESSAGE, self.ext_iface.public_ip, self.ext_iface.name,
+                self.ext_iface.addr)))
+        self.mtu = self.ext_iface.mtu
+        return defer.succeed(LeaseAttrs(public_ip=self.ext_iface.public_ip,
+                                        backend_type="host-gw"))
+
+    def start(self, config, lease):
+        """Nothing to configure for our own lease; starts the 10 s route check. Deferred."""
+        self._own(config, lease)
+        if self._check is None:
+            self._check = task.LoopingCall(self.check_routes)
+            self._check.clock = self._reactor
+            self._check.start(self.check_interval, now=False)
+        self.log.info("host-gw backend: routes via {iface}, MTU {mtu}",
+                      iface=self.ext_iface.name, mtu=self.mtu)
+        return defer.succeed(None)
+
+    def reconfigure(self, config, lease):
+        """Our lease moved: only our own subnet changes. Deferred."""
+        self._own(config, lease)
+        return defer.succeed(None)
+
+    def stop(self):
+        if self._check is not None and self._check.running:
+            self._check.stop()
+        self._check = None
+        return defer.succeed(None)
+
+    # -- PeerBackend ------------------------------------------------------------
+
+    def _peer(self, lease):
+        return HostGwRoute(subnet=lease.subnet, gateway=lease.attrs.public_ip)
+
+    def _install(self, route):
+        return self.kernel.install_hostgw(route, self.ext_iface.index)
+
+    def _remove(self, route):
+        self.kernel.remove_hostgw(route, self.ext_iface.index)
+
+    def _remove_stale(self, leases):
+        return self.kernel.remove_stale(self.network, [l.subnet for l in leases], None,
+                                        self.ext_iface.index)
+
+    # -- the route check ----------------------------------------------------------
+
+    def check_routes(self):
+        """
+        Put back routes of installed peers that are missing from the kernel, then retry
+        peers whose route could not be added.
+
+        @return: Deferred firing with the list of L{HostGwRoute}s recovered.
+        """
+        d = self._serial(self._kernel, self._recover, list(self.installed.values()))
+
+        def done(result):
+            recovered, errors = result
+            for route in recovered:
+                self.recovered += 1
+                self.log.info("Route recovered: {subnet} via {gw} dev {iface}",
+                              subnet=route.subnet, gw=route.gateway, iface=self.ext_iface.name)
+            for route, error in errors:
+                self.log.error("host-gw backend: cannot put back the route to {subnet} via "
+                               "{gw}: {error}", subnet=route.subnet, gw=route.gateway,
+                               error=error)
+            return self.resync().addCallback(lambda _: recovered)
+
+        def failed(f):
+            self.log.error("host-gw backend: route check failed: {error}",
+                           error=f.getErrorMessage())
+            return []
+        return d.addCallbacks(done, failed)
+
+    def _recover(self, routes):
+        """In a thread: re-add each route the kernel lacks; returns C{(re-added, errors)}."""
+        oif = self.ext_iface.index
+        present = set(self.kernel.routes(self.network)) if routes else set()
+        recovered, errors = [], []
+        for route in routes:
+            if RouteEntry(route.subnet, route.gateway, oif) in present:
+                continue
+            try:
+                self.kernel.install_hostgw(route, oif)
+            except Exception as e:
+                errors.append((route, e))
+            else:
+                recovered.append(route)
+        return recovered, errors
