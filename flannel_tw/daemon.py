@@ -412,6 +412,8 @@ def build_daemon(options, reactor):
                               healthz_port=options["healthz-port"])
     daemon = FlannelDaemon(reactor, manager, ext_iface, settings, rules_factory=_rules_factory())
     daemon.etcd_client = client
+    from flannel_tw.logs import install as install_logging
+    install_logging(daemon, options, reactor)   # --log-format text|json, rate-limited errors
     if options["metrics-port"]:
         from flannel_tw.metrics import metrics_service
         metrics_service(daemon, reactor, options["metrics-ip"], options["metrics-port"]

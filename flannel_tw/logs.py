@@ -1,0 +1,251 @@
+# -*- test-case-name: tests.test_logs -*-
+"""
+The daemon's log output: ``--log-format text|json`` and a rate limit on repeated
+warnings and errors.
+
+- ``text``: twistd's usual lines (L{twisted.logger.textFileLogObserver}).
+- ``json``: one JSON object per line, L{twisted.logger.eventAsJSON} of the event
+  plus ``text`` (the formatted message), ``time`` (ISO 8601, UTC) and ``level``;
+  readable back with L{twisted.logger.eventFromJSON}. Handy for journald/Loki.
+
+Both go through L{RateLimitingObserver}: a warning or error with the same format,
+namespace and error text as one emitted less than C{interval} seconds ago is held
+back, and a single "repeated K times" summary follows when the window closes (or
+with the next one let through). Each retry still logs its cause, but a dead etcd
+does not fill the disk. Info and debug events always pass.
+
+With ``-v 0`` (the default) debug events are not written.
+
+The observer replaces twistd's own (so that the format applies to everything the
+process logs), honouring twistd's ``--logfile``/``--nodaemon``; twistd's
+``--logger`` and ``--syslog`` still win.
+"""
+import datetime
+import os
+import sys
+import threading
+
+from twisted.logger import (FileLogObserver, FilteringLogObserver, ILogObserver,
+                            LogLevel, LogLevelFilterPredicate, eventAsJSON, formatEvent,
+                            textFileLogObserver)
+from twisted.python import threadable
+from zope.interface import implementer
+
+FORMATS = ("text", "json")
+DEFAULT_INTERVAL = 60.0
+_LIMITED = (LogLevel.warn, LogLevel.error, LogLevel.critical)
+
+
+# -- formats ---------------------------------------------------------------------
+
+def json_event(event):
+    """One JSON line for C{event}: eventAsJSON plus C{text}, C{time} and C{level}."""
+    extra = dict(event)
+    extra["text"] = _text(event)
+    t = event.get("log_time")
+    if t is not None:
+        extra["time"] = datetime.datetime.fromtimestamp(
+            t, tz=datetime.timezone.utc).isoformat(timespec="microseconds")
+    level = event.get("log_level")
+    if level is not None:
+        extra["level"] = level.name
+    return eventAsJSON(extra) + "\n"
+
+
+def _text(event):
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            text = "%s\n%s" % (text, failure.getTraceback())
+        except Exception:
+            pass
+    return text
+
+
+def jsonLinesObserver(out):
+    """An ILogObserver writing one JSON object per line (no RFC 7464 separators) to C{out}."""
+    return FileLogObserver(out, json_event)
+
+
+def file_observer(log_format, out):
+    """The text or json observer writing to the file object C{out}."""
+    if log_format == "json":
+        return jsonLinesObserver(out)
+    if log_format == "text":
+        return textFileLogObserver(out)
+    raise ValueError("log format must be one of %s, not %r" % (", ".join(FORMATS), log_format))
+
+
+# -- rate limit -----------------------------------------------------------------
+
+def _error_text(event):
+    failure = event.get("log_failure")
+    if failure is not None:
+        return "%s: %s" % (failure.type.__name__ if failure.type else "", failure.getErrorMessage())
+    error = event.get("error")
+    return "" if error is None else str(error)
+
+
+@implementer(ILogObserver)
+class RateLimitingObserver:
+    """
+    Passes events on to C{observer}, holding back a warning/error that repeats one
+    emitted less than C{interval} seconds ago (same C{log_namespace},
+    C{log_format} and error text: the C{error} field or the failure's message).
+
+    When a window with held-back repeats ends, one summary event goes out: a copy
+    of the last repeat without its traceback, its format prefixed with
+    ``[repeated K times in N s]``, and C{log_repeated=K}. The window ends at the
+    next repeat after C{interval} or, if the reactor thread logged it, at a timer
+    on C{clock} (C{callLater}), whichever comes first.
+
+    @param clock: an IReactorTime (the reactor; L{twisted.internet.task.Clock} in tests).
+    """
+
+    def __init__(self, observer, clock, interval=DEFAULT_INTERVAL):
+        self._observer = observer
+        self._clock = clock
+        self.interval = interval
+        self._lock = threading.RLock()
+        self._windows = {}   # key -> [started_at, repeats, last_event, delayed_call]
+
+    def __call__(self, event):
+        if event.get("log_level") not in _LIMITED:
+            self._observer(event)
+            return
+        key = (event.get("log_namespace"), event.get("log_format"), _error_text(event))
+        now = self._clock.seconds()
+        out = []
+        with self._lock:
+            window = self._windows.get(key)
+            if window is not None and now - window[0] >= self.interval:
+                out.extend(self._close(key))
+                window = None
+            if window is None:
+                self._windows[key] = [now, 0, None, None]
+                out.append(event)
+            else:
+                window[1] += 1
+                window[2] = event
+                if window[3] is None and _in_reactor_thread():
+                    window[3] = self._clock.callLater(
+                        max(0.0, window[0] + self.interval - now), self._expire, key)
+        for e in out:
+            self._observer(e)
+
+    def _close(self, key):
+        """Remove the window for C{key}; returns the summary events to emit (0 or 1)."""
+        window = self._windows.pop(key, None)
+        if window is None:
+            return []
+        started, repeats, last, delayed = window
+        if delayed is not None and delayed.active():
+            delayed.cancel()
+        if not repeats:
+            return []
+        summary = dict(last)
+        summary.pop("log_failure", None)
+        summary["log_repeated"] = repeats
+        summary["log_repeat_window"] = self.interval
+        summary["log_format"] = ("[repeated {log_repeated} times in {log_repeat_window:g}s] "
+                                 + (last.get("log_format") or ""))
+        summary["log_time"] = self._clock.seconds()
+        return [summary]
+
+    def _expire(self, key):
+        with self._lock:
+            window = self._windows.get(key)
+            if window is not None:
+                window[3] = None
+            out = self._close(key)
+        for e in out:
+            self._observer(e)
+
+    def flush(self):
+        """Emit the summaries of every open window now (e.g. at shutdown)."""
+        with self._lock:
+            out = []
+            for key in list(self._windows):
+                out.extend(self._close(key))
+        for e in out:
+            self._observer(e)
+
+
+def _in_reactor_thread():
+    return threadable.ioThread is None or threadable.isInIOThread()
+
+
+def make_observer(log_format, out, clock, verbosity=0, interval=DEFAULT_INTERVAL):
+    """
+    The daemon's observer: level filter (info unless C{verbosity} > 0), then the
+    rate limit, then the C{log_format} observer writing to C{out}.
+    """
+    limited = RateLimitingObserver(file_observer(log_format, out), clock, interval)
+    level = LogLevel.debug if verbosity > 0 else LogLevel.info
+    observer = FilteringLogObserver(limited, [LogLevelFilterPredicate(defaultLogLevel=level)])
+    observer.rate_limiter = limited
+    return observer
+
+
+# -- twistd wiring ----------------------------------------------------------------
+
+def _twistd_config(options):
+    """
+    twistd's own options (``--logfile``, ``--nodaemon``, ``--logger``, ``--syslog``):
+    the plugin's parent options, or, in a .tac file, sys.argv parsed again. None
+    when unknown (then twistd's default observer is left alone).
+    """
+    parent = getattr(options, "parent", None)
+    if parent is not None and "logfile" in parent:
+        return parent
+    if not os.path.basename(sys.argv[0] or "").startswith("twistd"):
+        return None
+    try:
+        from twisted.scripts.twistd import ServerOptions
+        config = ServerOptions()
+        config.parseOptions(sys.argv[1:])
+    except (Exception, SystemExit):
+        return None
+    return config
+
+
+def log_target(config):
+    """
+    Where twistd would log for C{config}: a file object, or None when twistd's own
+    choice must stay (``--logger`` or ``--syslog``, or the config is unknown).
+    """
+    if config is None or config.get("logger") or config.get("syslog"):
+        return None
+    name = config.get("logfile") or ""
+    if name == "-" or (not name and config.get("nodaemon")):
+        return sys.stdout
+    from twisted.python.logfile import LogFile
+    return LogFile.fromFullPath(name or "twistd.log")
+
+
+def install(service, options, reactor):
+    """
+    Arrange for the twistd application that C{service} joins to log with
+    L{make_observer}: when C{service.setServiceParent} is given the application
+    (a Componentized, as twistd and .tac files do), the observer is set as its
+    ILogObserver component before twistd starts logging. Does nothing when an
+    observer is already set there or twistd's target is unknown.
+    """
+    log_format = options["log-format"]
+    verbosity = int(options.get("v", 0) or 0)
+    original = service.setServiceParent
+
+    def setServiceParent(parent):
+        set_component = getattr(parent, "setComponent", None)
+        if set_component is not None and parent.getComponent(ILogObserver, None) is None:
+            target = log_target(_twistd_config(options))
+            if target is not None:
+                observer = make_observer(log_format, target, reactor, verbosity)
+                set_component(ILogObserver, observer)
+                reactor.addSystemEventTrigger("after", "shutdown",
+                                              observer.rate_limiter.flush)
+        return original(parent)
+
+    service.setServiceParent = setServiceParent
+    return service
