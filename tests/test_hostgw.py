@@ -7,7 +7,7 @@ in tests.test_vxlan (KernelHostGwTests) and tests.test_kernel_overlay.
 from ipaddress import IPv4Address, IPv4Network
 
 from pyroute2.netlink.exceptions import NetlinkError
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 

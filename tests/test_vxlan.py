@@ -3,7 +3,6 @@ The vxlan backend: options and lease attrs (pure), the backend's event logic aga
 recording fake kernel, and the netlink helpers of flannel_tw.net.kernel on a real kernel
 inside a private network namespace (root only).
 """
-import json
 import os
 import shutil
 import subprocess
