@@ -5,6 +5,7 @@ daemon per host, put a docker-like container behind each host, and ping every
 container from every other container and host.
 
     python3 -m flannel_tw.lab.run --hosts 2 --backend udp
+    python3 -m flannel_tw.lab.run --backend vxlan --ip-masq   # or host-gw
     python3 -m flannel_tw.lab.run --keep          # leave it running
     python3 -m flannel_tw.lab.run down [PREFIX]   # tear down kept labs
 
