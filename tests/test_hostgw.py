@@ -147,3 +147,25 @@ class HostGwTests(unittest.TestCase):
         self.successResultOf(self.backend.settle())
         self.assertEqual(self.backend.own_subnet, a.subnet)
         self.assertEqual(self.backend.installed, {})       # our own subnet now: no route
+
+
+class FirstListTests(unittest.TestCase):
+    """The daemon hands the watcher's first lease list to the backend's reconcile."""
+
+    def test_first_list_only(self):
+        from twisted.internet import defer
+        from flannel_tw.daemon import _FirstList
+        from flannel_tw.testing.fakes import FakeSubnetManager
+        manager = FakeSubnetManager()
+        seen = []
+        listing = _FirstList(manager, seen.append)
+        a = lease("10.5.2.0/24", "192.168.250.12", kind="host-gw")
+        d1 = listing.list_leases()
+        manager.next("list_leases")[2].callback(([a], 7))
+        self.assertEqual(self.successResultOf(d1), ([a], 7))
+        d2 = listing.list_leases()
+        manager.next("list_leases")[2].callback(([], 9))
+        self.assertEqual(self.successResultOf(d2), ([], 9))
+        self.assertEqual(seen, [[a]])
+        self.assertEqual(listing.prefix, manager.prefix)        # the rest passes through
+        self.assertIsInstance(listing.watch_leases(8), defer.Deferred)
