@@ -1,0 +1,192 @@
+"""
+Control-plane helpers that run inside lab namespaces (``ip netns exec NS python3 -m
+bench.scale ...``), started by bench/run.py. Each prints one JSON object on stdout.
+Times are CLOCK_MONOTONIC (time.monotonic()), which every namespace shares, so the
+parent can compare them with its own.
+
+    put URL PREFIX BACKEND N [FIRST]   write N leases fast (concurrent v2 PUTs)
+    probe HEALTH_PORT BACKEND N GW     wait for the lease, then for N routes
+    latency URL PREFIX BACKEND HEALTH_PORT GW COUNT BASE
+                                       add COUNT leases one at a time, time each to its route
+"""
+import http.client
+import json
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+
+PUBLIC_BASE = (192 << 24) | (168 << 16) | (250 << 8)
+
+
+def lease_key(i):
+    """Lease i: 10.(1 + i // 256).(i % 256).0/24 (the daemon's own lease lands after them)."""
+    return "10.%d.%d.0-24" % (1 + i // 256, i % 256), "10.%d.%d.0" % (1 + i // 256, i % 256)
+
+
+def lease_value(i, backend):
+    ip = "192.168.250.%d" % (100 + i % 150)
+    if backend == "udp":
+        return json.dumps({"PublicIP": ip}, separators=(",", ":"))
+    if backend == "host-gw":
+        return json.dumps({"PublicIP": ip, "BackendType": "host-gw"}, separators=(",", ":"))
+    mac = "02:%02x:%02x:%02x:%02x:%02x" % (i >> 24 & 255, i >> 16 & 255, i >> 8 & 255, i & 255, 1)
+    return json.dumps({"PublicIP": ip, "BackendType": "vxlan",
+                       "BackendData": {"VtepMAC": mac}}, separators=(",", ":"))
+
+
+def _conn(url):
+    u = urllib.parse.urlsplit(url)
+    return http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+
+
+def _put(conn, prefix, i, backend):
+    key, _ = lease_key(i)
+    body = urllib.parse.urlencode({"value": lease_value(i, backend), "ttl": "86400"})
+    conn.request("PUT", "/v2/keys%s/subnets/%s" % (prefix, key), body=body,
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = conn.getresponse()
+    r.read()
+    if r.status not in (200, 201):
+        raise RuntimeError("PUT %s: HTTP %d" % (key, r.status))
+
+
+def put(url, prefix, backend, n, first=0, workers=32):
+    t0 = time.monotonic()
+    errors = []
+    idx = iter(range(first, first + n))
+    lock = threading.Lock()
+
+    def work():
+        conn = _conn(url)
+        while True:
+            with lock:
+                i = next(idx, None)
+            if i is None:
+                return
+            try:
+                _put(conn, prefix, i, backend)
+            except Exception as e:   # one retry on a fresh connection
+                conn.close()
+                conn = _conn(url)
+                try:
+                    _put(conn, prefix, i, backend)
+                except Exception as e2:
+                    errors.append("%s / %s" % (e, e2))
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"written": n - len(errors), "errors": errors[:5], "seconds": time.monotonic() - t0}
+
+
+def health(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        c.request("GET", "/healthz")
+        return json.loads(c.getresponse().read())
+    finally:
+        c.close()
+
+
+def kernel_routes():
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        return sum(1 for r in ipr.get_routes(family=socket.AF_INET, table=254)
+                   if r["dst_len"] == 24 and (r.get_attr("RTA_DST") or "").startswith("10."))
+
+
+def route_count(port, backend):
+    if backend == "udp":
+        return health(port).get("routes") or 0
+    return kernel_routes()
+
+
+def has_route(port, backend, i, gw, ipr=None):
+    """Whether lease i's subnet is routed (udp: by the daemon's table size, see latency)."""
+    _, net = lease_key(i)
+    dst = net[:-1] + "1"
+    r = ipr.route("get", dst=dst)[0]
+    via = r.get_attr("RTA_GATEWAY")
+    return via is not None and via != gw
+
+
+def probe(port, backend, n, gw, timeout=120.0):
+    """Times (monotonic) at which /healthz first shows a lease, and n routes."""
+    deadline = time.monotonic() + timeout
+    out = {"lease_at": None, "routes_at": None, "routes": 0}
+    while time.monotonic() < deadline:
+        try:
+            h = health(port)
+        except (OSError, ValueError, http.client.HTTPException):
+            time.sleep(0.01)
+            continue
+        now = time.monotonic()
+        if out["lease_at"] is None and h.get("lease"):
+            out["lease_at"] = now
+            out["lease"] = h["lease"]
+        if out["lease_at"] is not None:
+            count = h.get("routes") if backend == "udp" else kernel_routes()
+            out["routes"] = count or 0
+            if out["routes"] >= n:
+                out["routes_at"] = time.monotonic()
+                return out
+        time.sleep(0.02 if backend == "udp" else 0.1)
+    return out
+
+
+def latency(url, prefix, backend, port, gw, count, base):
+    """Add leases base..base+count-1 one by one; seconds from each PUT's reply to its route."""
+    from pyroute2 import IPRoute
+    conn = _conn(url)
+    ipr = IPRoute() if backend != "udp" else None
+    got = []
+    try:
+        have = route_count(port, backend) if backend == "udp" else None
+        for k in range(count):
+            i = base + k
+            t0 = time.monotonic()
+            _put(conn, prefix, i, backend)
+            deadline = t0 + 10
+            while time.monotonic() < deadline:
+                if backend == "udp":
+                    if health(port).get("routes", 0) > have:
+                        have += 1
+                        break
+                elif has_route(port, backend, i, gw, ipr):
+                    break
+                time.sleep(0.001)
+            else:
+                got.append(None)
+                continue
+            got.append(time.monotonic() - t0)
+            time.sleep(0.05)
+    finally:
+        conn.close()
+        if ipr is not None:
+            ipr.close()
+    return {"latencies": got}
+
+
+def main(argv):
+    cmd = argv[0]
+    if cmd == "put":
+        url, prefix, backend, n = argv[1:5]
+        first = int(argv[5]) if len(argv) > 5 else 0
+        res = put(url, prefix, backend, int(n), first)
+    elif cmd == "probe":
+        port, backend, n, gw = argv[1:5]
+        res = probe(int(port), backend, int(n), gw)
+    elif cmd == "latency":
+        url, prefix, backend, port, gw, count, base = argv[1:8]
+        res = latency(url, prefix, backend, int(port), gw, int(count), int(base))
+    else:
+        raise SystemExit("unknown command %r" % cmd)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
