@@ -148,7 +148,7 @@ class BackendTestBase(TestCase):
         self.addCleanup(self._cleanup)
 
     def make_backend(self, **kw):
-        def opener(name):
+        def opener(name, **kw):
             self.opened.append(name)
             return self.tun
         return UdpBackend(reactor, EXT, tun_opener=opener, netlink=self.netlink, **kw)
@@ -206,7 +206,7 @@ class PrepareStartStopTests(BackendTestBase):
         """The socket binds IfaceAddr; the lease carries the --public-ip."""
         ext = ExtIface(name="lo", index=1, addr=IPv4Address(OURS),
                        public_ip=IPv4Address("203.0.113.9"), mtu=9000)
-        b = UdpBackend(reactor, ext, tun_opener=lambda n: self.tun, netlink=self.netlink)
+        b = UdpBackend(reactor, ext, tun_opener=lambda n, **kw: self.tun, netlink=self.netlink)
         self.addCleanup(b.stop)
         attrs = yield b.prepare(config(self.port))
         self.assertEqual(attrs, LeaseAttrs(public_ip=IPv4Address("203.0.113.9")))
@@ -232,7 +232,7 @@ class PrepareStartStopTests(BackendTestBase):
     def test_tun_error_propagates(self):
         from flannel_tw.net.tun import TunError
 
-        def opener(name):
+        def opener(name, **kw):
             raise TunError("cannot open TUN device 'flannel%d': nope")
         b = UdpBackend(reactor, EXT, tun_opener=opener, netlink=self.netlink)
         yield self.assertFailure(b.prepare(config(self.port)), TunError)
@@ -767,7 +767,7 @@ class ReconfigureTests(TestCase):
                 calls.append(args)
 
         iface = ExtIface("lo", 1, IPv4Address("127.0.0.1"), IPv4Address("127.0.0.1"), 1500)
-        backend = UdpBackend(reactor, iface, tun_opener=lambda name: FakeTun("flannel0"),
+        backend = UdpBackend(reactor, iface, tun_opener=lambda name, **kw: FakeTun("flannel0"),
                              netlink=Netlink)
         config = NetworkConfig(IPv4Network("10.5.0.0/16"), 24, IPv4Address("10.5.1.0"),
                                IPv4Address("10.5.255.0"), "udp", {"Port": 0 + 18285})

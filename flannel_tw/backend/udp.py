@@ -10,8 +10,22 @@ Differences from flanneld, on purpose:
     of a current lease, and only if its inner source lies in that lease's subnet;
   - a packet with TTL 0 or 1 is dropped (flanneld wraps TTL 0 to 255);
   - datagrams longer than the tun MTU are not truncated.
+
+The data path drains up to 256 packets from the TUN and up to 256 datagrams from the
+socket per reactor wake-up, into two reusable buffers (no per-packet allocation on
+the plain path; Twisted's own UDP reader allocates 64 KB per datagram and stops after
+256 KB, so the socket is read here instead).
+
+Offloaded mode (L{flannel_tw.udp.offload}): unless the Backend config says
+C{"Offload": false} or the environment says C{FLANNEL_TW_UDP_OFFLOAD=0}, flannel0 is
+opened with IFF_VNET_HDR and TSO, our lease carries C{"BackendData":{"FlannelTW":
+{"Offload":1}}}, and peers advertising the same get whole super-packets (up to 64 KB)
+in one datagram. Towards every other peer (flanneld, or offload off) the wire stays
+flanneld's: super-packets are segmented and partial checksums completed in user space,
+so a mixed cluster works and flannel-tw pairs keep their speed.
 """
 import errno
+import os
 import socket
 from ipaddress import IPv4Interface, IPv4Network
 
@@ -27,6 +41,8 @@ from flannel_tw.interfaces import IBackend
 from flannel_tw.lease import LeaseAttrs
 from flannel_tw.net import netlink as _netlink
 from flannel_tw.net.tun import open_tun
+from flannel_tw.net.tun import TunError
+from flannel_tw.udp import offload as _off
 from flannel_tw.udp import packet as _pkt
 from flannel_tw.udp.routes import RouteTable
 
@@ -35,7 +51,9 @@ TUN_NAME = "flannel%d"
 ENCAP_OVERHEAD = 28          # IPv4 (20) + UDP (8)
 READS_PER_WAKEUP = 256
 READ_BUFFER = 65535
-SOCKET_BUFFER = 4 * 1024 * 1024
+SOCKET_BUFFER = 8 * 1024 * 1024
+VNET = _off.VNET_HDR_LEN
+_ZERO_VNET = bytes(VNET)
 
 DROP_REASONS = ("short", "not-ipv4", "bad-header", "unknown-peer", "spoofed-source",
                 "ttl-expired", "no-route", "send-error", "tun-write-error", "error")
@@ -79,6 +97,8 @@ def new_counters() -> dict:
         "packets_in", "bytes_in",                # datagrams received over UDP
         "tun_packets_out", "tun_bytes_out",      # delivered into the tun (incl. ICMP)
         "icmp_unreachable",                      # ICMP net-unreachable replies written
+        "gso_segmented",                         # super-packets cut up for a plain peer
+        "gso_split",                             # super-packets too big for one datagram
     ), 0)
     for reason in DROP_REASONS:
         c[reason] = 0
@@ -86,11 +106,34 @@ def new_counters() -> dict:
 
 
 class _UdpProtocol(DatagramProtocol):
+    """Only used if Twisted's own reader runs (it is replaced by L{_SocketReader})."""
+
     def __init__(self, backend):
         self._backend = backend
 
     def datagramReceived(self, data, addr):
         self._backend._from_udp(data, addr)
+
+
+@implementer(IReadDescriptor)
+class _SocketReader:
+    """The UDP socket as a reactor reader; drains up to READS_PER_WAKEUP datagrams."""
+
+    def __init__(self, backend, sock):
+        self._backend = backend
+        self._fd = sock.fileno()
+
+    def fileno(self):
+        return self._fd
+
+    def doRead(self):
+        return self._backend._drain_udp()
+
+    def connectionLost(self, reason):
+        pass
+
+    def logPrefix(self):
+        return "udp-backend-socket"
 
 
 @implementer(IReadDescriptor)
@@ -130,7 +173,13 @@ class UdpBackend:
     log = Logger()
 
     def __init__(self, reactor, ext_iface, tun_opener=open_tun, netlink=_netlink,
-                 filter_sources=True, tun_name=TUN_NAME):
+                 filter_sources=True, tun_name=TUN_NAME, offload=None, environ=None):
+        """
+        @param offload: False never uses the offloaded mode; None (default) uses it
+            unless C{FLANNEL_TW_UDP_OFFLOAD=0} is in C{environ} (default os.environ);
+            the Backend config's C{Offload} can turn it off too. C{tun_opener} is
+            called as C{tun_opener(name, vnet_hdr=True)} for the offloaded mode.
+        """
         self._reactor = reactor
         self.ext_iface = ext_iface
         self._tun_opener = tun_opener
@@ -147,8 +196,19 @@ class UdpBackend:
         self._udp_port = None        # twisted IListeningPort
         self._sendto = None
         self._reader = None
-        self._buf = bytearray(READ_BUFFER)
+        if offload is None:
+            offload = _off.env_allows_offload(os.environ if environ is None else environ)
+        self._offload_allowed = bool(offload)
+        self.offload = False         # True once the TUN is open with a vnet header
+        self._sock = None
+        self._sock_reader = None
+        # the TUN side: [vnet header][packet] in offloaded mode, [packet] otherwise
+        self._buf = bytearray(VNET + READ_BUFFER + 1)
         self._view = memoryview(self._buf)
+        # the socket side: datagrams land at offset VNET, the 10 bytes before stay zero
+        # (the header for a plain packet written into a vnet TUN)
+        self._rbuf = bytearray(VNET + READ_BUFFER + 1)
+        self._rview = memoryview(self._rbuf)
 
     # -- IBackend ----------------------------------------------------------------
 
@@ -157,10 +217,19 @@ class UdpBackend:
 
     def _prepare(self, config):
         port = backend_port(config.backend)
+        want_offload = _off.offload_option(config.backend) and self._offload_allowed
         self.port = port
         self.routes = RouteTable(port)
         self.mtu = self.ext_iface.mtu - ENCAP_OVERHEAD
-        tun = self._tun_opener(self._tun_name)
+        tun = None
+        if want_offload:
+            try:
+                tun = self._tun_opener(self._tun_name, vnet_hdr=True)
+            except TunError as e:
+                self.log.warn("udp backend: no TUN offloads ({e}); plain mode only", e=e)
+        if tun is None:
+            tun = self._tun_opener(self._tun_name)
+        self.offload = bool(getattr(tun, "vnet_hdr", False))
         addr = str(self.ext_iface.addr)
         try:
             udp_port = self._reactor.listenUDP(port, _UdpProtocol(self), interface=addr,
@@ -175,17 +244,27 @@ class UdpBackend:
         self.tun = tun
         self._udp_port = udp_port
         sock = udp_port.getHandle()
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        for force, opt in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):
             try:        # best effort: absorb bursts between reactor wake-ups
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)  # *BUFFORCE (root)
             except OSError:
-                pass
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                except OSError:
+                    pass
+        # Our own reader drains the socket (see the module docstring).
+        udp_port.stopReading()
+        self._sock = sock
+        self._sock_reader = _SocketReader(self, sock)
+        self._reactor.addReader(self._sock_reader)
         # Straight to the socket: Port.write() re-validates the address string on
         # every packet; peer addresses here come from the route table, already valid.
         self._sendto = sock.sendto
-        self.log.info("udp backend: TUN {tun}, UDP {addr}:{port}, MTU {mtu}",
-                      tun=tun.name, addr=addr, port=port, mtu=self.mtu)
-        return LeaseAttrs(public_ip=self.ext_iface.public_ip)
+        self.log.info("udp backend: TUN {tun}, UDP {addr}:{port}, MTU {mtu}, offload {offload}",
+                      tun=tun.name, addr=addr, port=port, mtu=self.mtu,
+                      offload="on" if self.offload else "off")
+        return LeaseAttrs(public_ip=self.ext_iface.public_ip,
+                          backend_data=_off.lease_backend_data(self.offload))
 
     def start(self, config, lease):
         if self.tun is None:
@@ -196,7 +275,7 @@ class UdpBackend:
         self._tun_ip = int(network_address)
         address = IPv4Interface("%s/32" % (network_address,))
         d = threads.deferToThread(self._netlink.configure_tun, self.tun.name, address,
-                                  self.mtu, IPv4Network(config.network))
+                                  self.mtu, IPv4Network(config.network), **self._gso_kw())
 
         def configured(_):
             if self.tun is None:      # stopped meanwhile
@@ -223,7 +302,10 @@ class UdpBackend:
         self._tun_ip = int(self.own_subnet.network_address)
         address = IPv4Interface("%s/32" % (self.own_subnet.network_address,))
         return threads.deferToThread(self._netlink.configure_tun, self.tun.name, address,
-                                     self.mtu, IPv4Network(config.network))
+                                     self.mtu, IPv4Network(config.network), **self._gso_kw())
+
+    def _gso_kw(self):
+        return {}
 
     def handle_events(self, events):
         for event in events:
@@ -233,7 +315,8 @@ class UdpBackend:
                 if subnet == self.own_subnet:
                     continue
                 if event.kind == ADDED:
-                    self.routes.set(subnet, lease.attrs.public_ip)
+                    self.routes.set(subnet, lease.attrs.public_ip,
+                                    self.offload and _off.peer_offload(lease.attrs))
                 elif event.kind == REMOVED:
                     self.routes.remove(subnet)
             except Exception:
@@ -243,6 +326,10 @@ class UdpBackend:
         if self._reader is not None:
             self._reactor.removeReader(self._reader)
             self._reader = None
+        if self._sock_reader is not None:
+            self._reactor.removeReader(self._sock_reader)
+            self._sock_reader = None
+            self._sock = None
         d = defer.succeed(None)
         if self._udp_port is not None:
             d = defer.maybeDeferred(self._udp_port.stopListening)
@@ -263,15 +350,16 @@ class UdpBackend:
         buf = self._buf
         view = self._view
         counters = self.counters
+        vnet = self.offload
+        off = VNET if vnet else 0
         for _ in range(READS_PER_WAKEUP):
             try:
                 if readinto is not None:
                     n = readinto(buf)
-                    pkt = view[:n]
                 else:
                     data = tun.read()
                     n = len(data)
-                    pkt = bytearray(data)
+                    buf[:n] = data
             except BlockingIOError:
                 return
             except InterruptedError:
@@ -288,13 +376,17 @@ class UdpBackend:
                     self._reader = None
                 return
             counters["tun_packets_in"] += 1
-            counters["tun_bytes_in"] += n
+            counters["tun_bytes_in"] += n - off
             try:
-                self._from_tun(pkt, n)
+                if vnet:
+                    self._from_tun_vnet(n)
+                else:
+                    self._from_tun(view[:n], n)
             except Exception:
                 self._count_error("udp backend: error handling a packet from the tun")
 
     def _from_tun(self, pkt, n):
+        """A plain packet (no vnet header) from the tun: flanneld's path."""
         counters = self.counters
         reason = _check_ipv4(pkt, n)
         if reason is not None:
@@ -309,14 +401,65 @@ class UdpBackend:
         if not _decrement_ttl(pkt):
             counters["ttl-expired"] += 1
             return
+        self._send(pkt, n, peer)
+
+    def _send(self, data, n, peer):
         try:
-            self._sendto(pkt, peer)
+            self._sendto(data, peer)
         except OSError as e:
-            counters["send-error"] += 1
+            self.counters["send-error"] += 1
             self.log.debug("udp backend: send to {peer} failed: {e}", peer=peer, e=e)
             return
-        counters["packets_out"] += 1
-        counters["bytes_out"] += n
+        self.counters["packets_out"] += 1
+        self.counters["bytes_out"] += n
+
+    def _from_tun_vnet(self, n):
+        """C{self._buf[:n]}: a vnet header and a (maybe GSO) packet from the tun."""
+        counters = self.counters
+        buf = self._buf
+        view = self._view
+        plen = n - VNET
+        if plen < 0:
+            counters["short"] += 1
+            return
+        pkt = view[VNET:n]
+        reason = _check_ipv4(pkt, plen)
+        if reason is not None:
+            counters[reason] += 1
+            return
+        dst = (buf[26] << 24) | (buf[27] << 16) | (buf[28] << 8) | buf[29]
+        entry = self.routes.lookup_entry(dst)
+        if entry is None:
+            counters["no-route"] += 1
+            self._send_unreachable(pkt)
+            return
+        if not _decrement_ttl(pkt):
+            counters["ttl-expired"] += 1
+            return
+        peer = entry[1]
+        flags, gso, _hl, gso_size, cstart, coff = _off.parse_vnet(buf)
+        if entry[2]:
+            # a flannel-tw peer with offload: header and super-packet in one datagram
+            if n <= _off.MAX_DATAGRAM:
+                self._send(view[:n], plen, peer)
+            elif gso & ~_off.GSO_ECN == _off.GSO_TCPV4 and buf[VNET + 9] == 6 and gso_size:
+                counters["gso_split"] += 1
+                for part in _off.split_gso(buf, n):
+                    self._send(part, len(part) - VNET, peer)
+            else:
+                counters["bad-header"] += 1
+            return
+        if gso & ~_off.GSO_ECN:
+            if gso & ~_off.GSO_ECN != _off.GSO_TCPV4 or buf[VNET + 9] != 6:
+                counters["bad-header"] += 1
+                return
+            counters["gso_segmented"] += 1
+            for seg in _off.segment_tcp4(buf, VNET, plen, gso_size):
+                self._send(seg, len(seg), peer)
+            return
+        if flags & _off.F_NEEDS_CSUM:
+            _off.finish_checksum(buf, VNET, plen, cstart, coff)
+        self._send(pkt, plen, peer)
 
     def _send_unreachable(self, pkt):
         if self._tun_ip is None:
@@ -324,7 +467,7 @@ class UdpBackend:
         reply = _pkt.icmp_net_unreachable(pkt, self._tun_ip)
         if reply is None:
             return
-        if self._write_tun(reply):
+        if self._write_tun(_ZERO_VNET + reply if self.offload else reply):
             self.counters["icmp_unreachable"] += 1
 
     def _write_tun(self, data):
@@ -335,7 +478,7 @@ class UdpBackend:
             self.log.debug("udp backend: tun write failed: {e}", e=e)
             return False
         self.counters["tun_packets_out"] += 1
-        self.counters["tun_bytes_out"] += len(data)
+        self.counters["tun_bytes_out"] += len(data) - (VNET if self.offload else 0)
         return True
 
     def _tun_lost(self, reason):
@@ -344,24 +487,74 @@ class UdpBackend:
 
     # -- udp -> tun ----------------------------------------------------------------
 
-    def _from_udp(self, data, addr):
+    def _drain_udp(self):
+        sock = self._sock
+        if sock is None:
+            return
+        recv = sock.recvfrom_into
+        into = self._rview[VNET:]
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                n, addr = recv(into)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                # e.g. ICMP port unreachable reported on the socket: keep reading
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    return
+                self.log.debug("udp backend: socket error {e}", e=e)
+                continue
+            try:
+                self._from_udp_buf(n, addr)
+            except Exception:
+                self._count_error("udp backend: error handling a datagram from {addr}",
+                                  addr=addr)
+
+    def _from_udp_buf(self, n, addr):
+        """The datagram C{self._rbuf[VNET:VNET+n]} from C{addr}."""
         counters = self.counters
         counters["packets_in"] += 1
-        counters["bytes_in"] += len(data)
+        counters["bytes_in"] += n
+        rbuf = self._rbuf
+        rview = self._rview
+        if n and rbuf[VNET] < 0x10 and self.offload:
+            # [vnet header][packet] from an offloading flannel-tw peer
+            ip = VNET + VNET
+            plen = n - VNET
+            if plen < _pkt.IPV4_MIN_HEADER:
+                counters["short"] += 1
+                return
+            reason = _off.check_vnet(rbuf, VNET, plen)
+            start = VNET
+        else:
+            ip = VNET
+            plen = n
+            reason = None
+            start = 0 if self.offload else VNET     # a zero header before it, if needed
+        pkt = rview[ip:ip + plen]
+        if reason is None:
+            reason = _check_ipv4(pkt, plen)
+        if reason is None and self.filter_sources:
+            src = (rbuf[ip + 12] << 24) | (rbuf[ip + 13] << 16) | (rbuf[ip + 14] << 8) | rbuf[ip + 15]
+            reason = self.routes.check_source(addr[0], src)
+        if reason is not None:
+            counters[reason] += 1
+            return
+        if not _decrement_ttl(pkt):
+            counters["ttl-expired"] += 1
+            return
+        if self.tun is not None:
+            self._write_tun(rview[start:ip + plen])
+
+    def _from_udp(self, data, addr):
+        """One datagram given as bytes (tests, and Twisted's reader if it ever runs)."""
+        n = len(data)
+        if n > READ_BUFFER:
+            data = data[:READ_BUFFER]
+            n = READ_BUFFER
+        self._rbuf[VNET:VNET + n] = data
         try:
-            reason = _check_ipv4(data)
-            if reason is None and self.filter_sources:
-                src = (data[12] << 24) | (data[13] << 16) | (data[14] << 8) | data[15]
-                reason = self.routes.check_source(addr[0], src)
-            if reason is not None:
-                counters[reason] += 1
-                return
-            pkt = bytearray(data)
-            if not _decrement_ttl(pkt):
-                counters["ttl-expired"] += 1
-                return
-            if self.tun is not None:
-                self._write_tun(pkt)
+            self._from_udp_buf(n, addr)
         except Exception:
             self._count_error("udp backend: error handling a datagram from {addr}", addr=addr)
 

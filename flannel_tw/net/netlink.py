@@ -24,7 +24,7 @@ def _index(ipr, ifname):
     return found[0]
 
 
-def configure_tun(ifname, address, mtu, route):
+def configure_tun(ifname, address, mtu, route, gso_max_size=None):
     """
     Configure the udp backend's TUN device as flanneld v0.11+ does:
 
@@ -39,6 +39,8 @@ def configure_tun(ifname, address, mtu, route):
     @param address: L{IPv4Interface}, normally C{<lease .0>/32}.
     @param mtu: int.
     @param route: L{IPv4Network}, the whole flannel Network.
+    @param gso_max_size: when set (the offloaded mode), the device's largest GSO
+        packet, so that one super-packet plus its header fits one UDP datagram.
     @raise LinkNotFound: no such device.
     @raise NetlinkError: the kernel refused a step.
     """
@@ -66,6 +68,8 @@ def configure_tun(ifname, address, mtu, route):
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise
+        if gso_max_size:
+            ipr.link("set", index=idx, gso_max_size=int(gso_max_size))
         ipr.link("set", index=idx, mtu=int(mtu), state="up")
         # The ICMP net-unreachable replies we write into the tun have our own .0 as source:
         # without accept_local the kernel drops them as martians (source is a local address).

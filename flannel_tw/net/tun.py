@@ -1,16 +1,30 @@
 # -*- test-case-name: tests.test_udp_backend -*-
 """
 Opening the udp backend's TUN device (IFF_TUN|IFF_NO_PI, name template flannel%d)
-with python-pytun (flannel-compat.md section 6).
+with python-pytun (flannel-compat.md section 6); and, for the offloaded mode, with
+IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4) through ioctls of our own
+(python-pytun does not expose IFF_VNET_HDR).
 """
 import errno
+import fcntl
 import os
+import struct
 
 from zope.interface import implementer
 
 from flannel_tw.interfaces import ITun
 
 READ_SIZE = 65535
+
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+TUNSETVNETLE = 0x400454DC
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
 
 
 class TunError(Exception):
@@ -24,6 +38,8 @@ class PytunDevice:
     BlockingIOError when no packet is queued. Closing the fd leaves a persistent
     kernel device in place (and removes a non-persistent one, as flanneld's does).
     """
+
+    vnet_hdr = False     # packets carry no virtio_net_hdr
 
     def __init__(self, dev):
         self._dev = dev
@@ -54,16 +70,81 @@ class PytunDevice:
         return "<PytunDevice %s fd=%d%s>" % (self.name, self._fd, " closed" if self.closed else "")
 
 
-def open_tun(name="flannel%d"):
+@implementer(ITun)
+class VnetTunDevice(PytunDevice):
+    """
+    A TUN device opened with IFF_VNET_HDR and TUN offloads: every read starts with a
+    10-byte little-endian virtio_net_hdr and may be a GSO super-packet of up to 64 KB;
+    every write must start with such a header.
+    """
+
+    vnet_hdr = True
+
+    def __init__(self, fd, name):
+        self._dev = None
+        self.name = name
+        self._fd = fd
+        os.set_blocking(fd, False)
+        self.closed = False
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            os.close(self._fd)
+
+    def __repr__(self):
+        return "<VnetTunDevice %s fd=%d%s>" % (self.name, self._fd,
+                                                " closed" if self.closed else "")
+
+
+def open_vnet_tun(name="flannel%d", offloads=TUN_F_CSUM | TUN_F_TSO4):
+    """
+    Open (or attach to) a TUN device with IFF_TUN|IFF_NO_PI|IFF_VNET_HDR, a 10-byte
+    little-endian vnet header, and TUNSETOFFLOAD(C{offloads}).
+
+    @return: L{VnetTunDevice} with a non-blocking fd.
+    @raise TunError: as L{open_tun}.
+    """
+    if len(name.encode()) >= 16:
+        raise TunError("cannot open TUN device %r: name longer than 15 bytes" % (name,))
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        raise TunError(_describe(name, e)) from e
+    try:
+        ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI | IFF_VNET_HDR)
+        ifr = fcntl.ioctl(fd, TUNSETIFF, ifr)
+        real = ifr[:16].split(b"\0", 1)[0].decode()
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", 10))
+        try:
+            fcntl.ioctl(fd, TUNSETVNETLE, struct.pack("i", 1))
+        except OSError:
+            import sys
+            if sys.byteorder != "little":
+                raise
+        fcntl.ioctl(fd, TUNSETOFFLOAD, offloads)
+        return VnetTunDevice(fd, real)
+    except OSError as e:
+        os.close(fd)
+        raise TunError(_describe(name, e)) from e
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_tun(name="flannel%d", vnet_hdr=False):
     """
     Open (or create) a TUN device with IFF_TUN|IFF_NO_PI.
 
     @param name: a device name or a kernel template such as C{"flannel%d"} (the kernel
         picks the first free number). A persistent device of that exact name is reused:
         opening it attaches to it.
+    @param vnet_hdr: open it with IFF_VNET_HDR and offloads instead (L{open_vnet_tun}).
     @return: L{PytunDevice} (provides L{ITun}) with a non-blocking fd.
     @raise TunError: with a clear message (no /dev/net/tun, not permitted, busy, ...).
     """
+    if vnet_hdr:
+        return open_vnet_tun(name)
     try:
         import pytun
     except ImportError as e:  # pragma: no cover - the dependency is installed

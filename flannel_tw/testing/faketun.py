@@ -43,10 +43,15 @@ class FakeTunPeer:
 
 @implementer(ITun)
 class FakeTun:
-    """Provides L{ITun}; also has C{readinto} like the real device."""
+    """
+    Provides L{ITun}; also has C{readinto} like the real device. With C{vnet_hdr} it
+    stands for a TUN opened with IFF_VNET_HDR: the test injects and reads packets
+    with their 10-byte virtio_net_hdr (the fake passes bytes through either way).
+    """
 
-    def __init__(self, name="flannel0"):
+    def __init__(self, name="flannel0", vnet_hdr=False):
         self.name = name
+        self.vnet_hdr = vnet_hdr
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # room for bursts in the tests
         for s in (a, b):

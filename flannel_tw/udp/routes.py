@@ -40,10 +40,13 @@ class RouteTable:
 
     # -- updates -----------------------------------------------------------------
 
-    def set(self, subnet: IPv4Network, public_ip) -> None:
+    def set(self, subnet: IPv4Network, public_ip, offload: bool = False) -> None:
         """
         Route C{subnet} to C{public_ip} (IPv4Address, str or int). Replaces any route
         for the same subnet (a lease whose PublicIP changed).
+
+        @param offload: the peer speaks the offloaded wire format
+            (L{flannel_tw.udp.offload}); otherwise flanneld's.
         """
         subnet = IPv4Network(subnet)
         ip = _ip_str(public_ip)
@@ -57,7 +60,7 @@ class RouteTable:
             self._rebuild_levels()
         net = int(subnet.network_address)
         mask = int(subnet.netmask)
-        level[net] = (subnet, (ip, self.port))
+        level[net] = (subnet, (ip, self.port), bool(offload))
         self._subnets[subnet] = ip
         self._by_peer.setdefault(ip, {})[subnet] = (net, mask)
 
@@ -108,6 +111,25 @@ class RouteTable:
             if hit is not None:
                 return hit[1]
         return None
+
+    def lookup_entry(self, dst_ip: int):
+        """
+        Longest-prefix match of the inner destination.
+
+        @return: C{(subnet, ("1.2.3.4", port), offload)} or None.
+        """
+        for mask, level in self._levels:
+            hit = level.get(dst_ip & mask)
+            if hit is not None:
+                return hit
+        return None
+
+    def offload_of(self, subnet) -> bool:
+        """Whether the peer routed for C{subnet} gets the offloaded format."""
+        subnet = IPv4Network(subnet)
+        level = self._by_len.get(subnet.prefixlen)
+        hit = level.get(int(subnet.network_address)) if level else None
+        return bool(hit and hit[2])
 
     def check_source(self, peer_ip: str, inner_src: int):
         """
