@@ -95,7 +95,11 @@ class EtcdServer:
     @param extra_args: more etcd flags.
     @param netns: run as C{ip netns exec <netns> etcd ...} and poll readiness from inside.
     @param tls: optional C{dict(cert=, key=, ca=, client_cert_auth=True)}: serve https with
-        these files (passed through as etcd flags).
+        these files (passed through as etcd flags). The files are re-read at each
+        C{start()}, so a test can swap them and C{restart()}. The sync v2 helpers trust
+        C{ca} and present C{helper_cert}/C{helper_key} (default: C{cert}/C{key}).
+        (L{flannel_tw.testing.certs.make_pki} writes a matching set.)
+    @ivar auth: C{(user, password)} that the sync v2 helpers send (etcd v2 auth), or None.
     """
 
     def __init__(self, host="127.0.0.1", client_port=None, data_dir=None, extra_args=(),
@@ -105,6 +109,7 @@ class EtcdServer:
         self.tls = dict(tls) if tls else None
         self.extra_args = tuple(extra_args)
         self.name = name
+        self.auth = None
         self._client_port = client_port
         self._peer_port = peer_port
         self._user_data_dir = data_dir
@@ -286,9 +291,13 @@ class EtcdServer:
             self._log_file = None
 
     def stop(self):
-        """Stop etcd (SIGTERM, then SIGKILL after 10 s); remove the temp dir if we made it.
-        Idempotent."""
-        self._stop_process()
+        """Stop etcd and remove the temp dir if we made it. Idempotent.
+
+        SIGKILL when the data dir goes away with it (a graceful etcd 3.5 stop often takes
+        7 s, a cost every test would pay for nothing); SIGTERM, then SIGKILL after 10 s,
+        for a caller-owned data dir."""
+        self._stop_process(sig=signal.SIGKILL if self._user_data_dir is None
+                           else signal.SIGTERM)
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
@@ -299,8 +308,9 @@ class EtcdServer:
         return self.start(timeout=timeout)
 
     def wipe(self, timeout=20):
-        """Stop, empty the data dir, start again (same ports): a fresh cluster."""
-        self._stop_process()
+        """Stop (SIGKILL: the data is thrown away), empty the data dir, start again (same
+        ports): a fresh cluster."""
+        self._stop_process(sig=signal.SIGKILL)
         d = self.data_dir
         if d is not None and os.path.isdir(d):
             for entry in os.listdir(d):
@@ -324,10 +334,29 @@ class EtcdServer:
         if form is not None:
             data = urllib.parse.urlencode(form).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
+        return self._raw(method, url, data, headers)
+
+    def _raw(self, method, url, data, headers):
+        if self.auth is not None:
+            import base64
+            token = base64.b64encode(("%s:%s" % self.auth).encode("utf-8")).decode("ascii")
+            headers["Authorization"] = "Basic " + token
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        opener = _OPENER
+        if self.tls:
+            import ssl
+            ctx = ssl.create_default_context(cafile=self.tls.get("ca"))
+            ctx.load_cert_chain(self.tls.get("helper_cert") or self.tls["cert"],
+                                self.tls.get("helper_key") or self.tls["key"])
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                 urllib.request.HTTPSHandler(context=ctx))
         try:
-            with _OPENER.open(req, timeout=10) as resp:
-                return json.loads(resp.read().decode("utf-8"))
+            with opener.open(req, timeout=10) as resp:
+                text = resp.read().decode("utf-8")
+            try:
+                return json.loads(text)
+            except ValueError:
+                return text
         except urllib.error.HTTPError as e:
             raw = e.read().decode("utf-8", "replace")
             try:
@@ -335,6 +364,27 @@ class EtcdServer:
             except ValueError:
                 body = raw
             raise EtcdHTTPError(e.code, body) from None
+
+    def v2_request(self, method, path, body=None):
+        """A raw request to C{path} (e.g. C{/v2/auth/enable}) with a JSON C{body}; returns
+        the parsed JSON (or text).  @raise EtcdHTTPError: on a non-2xx answer."""
+        url = self.url + path
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        return self._raw(method, url, data, headers)
+
+    def enable_v2_auth(self, root_password, guest_access=False):
+        """etcd v2 auth: create root, enable auth, and (unless C{guest_access}) revoke
+        the guest role's read/write on every key; afterwards the helpers send root's
+        credentials (C{self.auth})."""
+        self.v2_request("PUT", "/v2/auth/users/root",
+                        {"user": "root", "password": root_password})
+        self.v2_request("PUT", "/v2/auth/enable")
+        self.auth = ("root", root_password)
+        if not guest_access:
+            self.v2_request("PUT", "/v2/auth/roles/guest",
+                            {"role": "guest",
+                             "revoke": {"kv": {"read": ["/*"], "write": ["/*"]}}})
 
     def v2_get(self, key, **params):
         """GET /v2/keys<key>?params; returns the parsed JSON.  Booleans become true/false.

