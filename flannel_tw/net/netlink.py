@@ -39,8 +39,9 @@ def configure_tun(ifname, address, mtu, route, gso_max_size=None):
     @param address: L{IPv4Interface}, normally C{<lease .0>/32}.
     @param mtu: int.
     @param route: L{IPv4Network}, the whole flannel Network.
-    @param gso_max_size: when set (the offloaded mode), the device's largest GSO
-        packet, so that one super-packet plus its header fits one UDP datagram.
+    @param gso_max_size: when set, the device's largest GSO packet (the udp backend
+        leaves the default: a lower value makes the kernel segment forwarded 64 KB
+        packets in software; see flannel_tw.udp.offload.MAX_DATAGRAM).
     @raise LinkNotFound: no such device.
     @raise NetlinkError: the kernel refused a step.
     """
