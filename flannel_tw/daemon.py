@@ -93,6 +93,7 @@ class FlannelDaemon(service.MultiService):
         self._last_config_error = None
         self.config_attempts = 0
         self._probe_error = None
+        self._stopping = False
         # rules_factory(reactor, network, subnet, ip_masq) -> object with start(), update(subnet),
         # stop(): flanneld's iptables rules (FORWARD accept, and masquerade with --ip-masq).
         self._rules_factory = rules_factory
@@ -113,6 +114,7 @@ class FlannelDaemon(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        self._stopping = True
         if self._run is not None:
             self._run.cancel()
         if self._probe is not None and self._probe.running:
@@ -191,6 +193,10 @@ class FlannelDaemon(service.MultiService):
                       subnet=lease.subnet, backend=backend.name, mtu=backend.mtu)
 
     def _sleep(self, seconds):
+        """Deferred None after C{seconds}; fails with CancelledError once stopping (a
+        cancelled request may fail with another error, so the retry loops ask here)."""
+        if self._stopping:
+            return defer.fail(defer.CancelledError())
         return task.deferLater(self._reactor, seconds, lambda: None)
 
     def _log_config_problem(self, message, delay):

@@ -123,6 +123,12 @@ def _validate_endpoint(endpoint) -> str:
     return endpoint.strip().rstrip("/")
 
 
+class _Cancel:
+    """Set when the caller cancelled a request (see L{EtcdV2Client._call})."""
+
+    cancelled = False
+
+
 class _Transport(Exception):
     """Internal wrapper marking a transport-level failure of one attempt."""
 
@@ -270,9 +276,30 @@ class EtcdV2Client:
                 self._url(ep, key, query)
         except Exception:
             return defer.fail()
-        d = defer.ensureDeferred(self._failover(method, key, query, form, watch, wait_index))
-        d.addCallbacks(self._answered, self._count_failure)
-        return d
+        token = _Cancel()
+        inner = defer.ensureDeferred(self._failover(method, key, query, form, watch,
+                                                    wait_index, token))
+
+        def cancel(_outer):
+            # A cancelled request can surface as another error (e.g. a TLS handshake cut
+            # short); the token makes sure it neither fails over nor answers late.
+            token.cancelled = True
+            inner.cancel()
+
+        outer = defer.Deferred(cancel)
+
+        def relay(result):
+            if outer.called:
+                return None  # cancelled meanwhile: outer already failed with CancelledError
+            if isinstance(result, Failure):
+                outer.errback(result)
+            else:
+                outer.callback(result)
+            return None
+
+        inner.addBoth(relay)
+        outer.addCallbacks(self._answered, self._count_failure)
+        return outer
 
     def _answered(self, result):
         self.last_answer_at = self._reactor.seconds()
@@ -297,7 +324,7 @@ class EtcdV2Client:
         self.error_counts[kind] += 1
         return failure
 
-    async def _failover(self, method, key, query, form, watch, wait_index=None):
+    async def _failover(self, method, key, query, form, watch, wait_index=None, token=None):
         errors = {}
         n = len(self.endpoints)
         start = self._current
@@ -308,6 +335,8 @@ class EtcdV2Client:
             try:
                 result = await self._attempt_until_answer(method, url, form, watch, wait_index)
             except _Transport as t:
+                if token is not None and token.cancelled:
+                    raise defer.CancelledError() from None
                 errors[endpoint] = t.failure.value
                 self.error_counts["transport"] += 1
                 nxt = self.endpoints[(idx + 1) % n] if i + 1 < n else None

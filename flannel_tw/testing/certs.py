@@ -107,6 +107,7 @@ class PKI:
     server_key: str
     client_cert: str
     client_key: str
+    ca_object: CA = None     #: the L{CA} behind C{ca}, to issue more certificates
 
     def etcd_tls(self, client_cert_auth=True):
         """The C{tls} dict for L{flannel_tw.testing.etcd.EtcdServer}."""
@@ -136,4 +137,5 @@ def make_pki(directory, host="127.0.0.1", ca=None, client_ca=None):
         server_key=_write(j("server-key.pem"), server_key, 0o600),
         client_cert=_write(j("client.pem"), client_pem),
         client_key=_write(j("client-key.pem"), client_key, 0o600),
+        ca_object=ca,
     )
