@@ -323,7 +323,8 @@ class FlannelDaemon(service.MultiService):
     def health(self):
         """
         A dict for /healthz: C{healthy} is True only while the daemon runs, holds its
-        lease (held, renewing, or retrying a renewal before the TTL runs out) and etcd
+        lease (held, renewing, or retrying a renewal; not after it was found gone or
+        taken, until it is re-acquired) and etcd
         answered within C{etcd_stale_after} seconds (the periodic probe, or any other
         request). The watcher's own failures are reported, not judged: an idle long
         poll that has not answered yet is normal.
@@ -331,7 +332,8 @@ class FlannelDaemon(service.MultiService):
         from flannel_tw.subnet.keeper import HELD, RENEWING, RETRYING
         lease = self.lease
         now = self._reactor.seconds()
-        keeper_ok = self.keeper is not None and self.keeper.state in (HELD, RENEWING, RETRYING)
+        keeper_ok = (self.keeper is not None and self.keeper.state in (HELD, RENEWING, RETRYING)
+                     and not self.keeper.lease_lost)
         etcd_ok = (self.etcd_ok_at is not None
                    and now - self.etcd_ok_at <= self.settings.etcd_stale_after)
         return {
@@ -339,6 +341,7 @@ class FlannelDaemon(service.MultiService):
             "etcd_ok": bool(etcd_ok),
             "etcd_answered_ago": None if self.etcd_ok_at is None else now - self.etcd_ok_at,
             "keeper": self.keeper.state if self.keeper else None,
+            "lease_lost": self.keeper.lease_lost if self.keeper else None,
             "watcher": self.watcher.state if self.watcher else None,
             "ready": self.ready,
             "phase": self.phase,

@@ -56,6 +56,7 @@ class LeaseKeeper:
         self._on_new_lease = on_new_lease
         self._backoff = backoff or make_backoff(initial=1.0, maximum=60.0)
         self.state = HELD
+        self.lease_lost = False   # True from "gone or not ours" until re-acquired
         self.failures = 0
         self.renewals = 0
         self.renewal_failures = 0
@@ -160,6 +161,7 @@ class LeaseKeeper:
     def _reacquire(self, prefer):
         self._cancel_timer()
         self.state = REACQUIRING
+        self.lease_lost = True
         self._track(defer.maybeDeferred(self._manager.acquire_lease, self._config, self._attrs,
                                         prefer),
                     self._reacquired, lambda f: self._reacquire_failed(f, prefer))
@@ -167,6 +169,7 @@ class LeaseKeeper:
     def _reacquired(self, lease):
         old, self.lease = self.lease, lease
         self.state = HELD
+        self.lease_lost = False
         self.failures = 0
         if lease.subnet != old.subnet:
             self.log.critical("Lease changed from {old} to {new}: subnet.env is rewritten; "
