@@ -73,7 +73,8 @@ class Node:
 
     @classmethod
     def from_json(cls, obj) -> "Node":
-        """Build a Node from etcd's JSON object; raises ValueError/TypeError on bad shapes."""
+        """Build a Node from etcd's JSON object; raises ValueError/TypeError on bad shapes
+        (OverflowError for an infinite number, RecursionError for absurd nesting)."""
         if not isinstance(obj, dict):
             raise TypeError("node is not an object: %r" % (obj,))
         children = obj.get("nodes") or ()
@@ -461,14 +462,14 @@ def _parse(status, headers, body) -> Response:
     snippet = body[:_SNIPPET]
     try:
         obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise EtcdProtocolError(
             "etcd answered HTTP %d with a body that is not JSON: %r" % (status, snippet),
             status, snippet) from None
     if isinstance(obj, dict) and "errorCode" in obj:
         try:
             err = error_from_body(obj)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: e.g. 1e999
             raise EtcdProtocolError(
                 "etcd answered HTTP %d with a malformed error body: %r" % (status, snippet),
                 status, snippet) from None
@@ -485,7 +486,7 @@ def _parse(status, headers, body) -> Response:
         node = Node.from_json(obj["node"])
         prev = obj.get("prevNode")
         prev_node = None if prev is None else Node.from_json(prev)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:
         raise EtcdProtocolError(
             "etcd answered HTTP %d with a malformed node (%s): %r" % (status, e, snippet),
             status, snippet) from None

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from flannel_tw.allocate import choose_subnet, fits
-from flannel_tw.config import parse_config
+from flannel_tw.config import ConfigError, parse_config
 from flannel_tw.etcd.errors import KeyNotFound, NodeExist
 from flannel_tw.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import ISubnetManager
@@ -38,7 +38,10 @@ def node_to_lease(node):
     @raise LeaseParseError: the key or value is not a lease, as flanneld would skip it.
     """
     subnet = key_to_subnet(node.key)
-    attrs = LeaseAttrs.from_json(node.value if node.value is not None else "")
+    try:
+        attrs = LeaseAttrs.from_json(node.value if node.value is not None else "")
+    except RecursionError:  # the JSON parser gives up on absurdly nested values
+        raise LeaseParseError("lease value is nested too deeply to be a lease") from None
     return Lease(subnet=subnet, attrs=attrs, ttl=node.ttl, modified_index=node.modified_index)
 
 
@@ -70,7 +73,10 @@ class EtcdSubnetManager:
         """Deferred L{NetworkConfig}; fails with ConfigError, KeyNotFound or a transport error."""
         resp = yield self._client.get(self.prefix + "/config", quorum=True, recursive=False,
                                       sorted=False)
-        return parse_config(resp.node.value if resp.node.value is not None else "")
+        try:
+            return parse_config(resp.node.value if resp.node.value is not None else "")
+        except RecursionError:  # the JSON parser gives up on absurdly nested values
+            raise ConfigError("config is not valid JSON: nested too deeply") from None
 
     def _warn_bad_node(self, node, err):
         marker = (node.key, node.modified_index)
