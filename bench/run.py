@@ -365,6 +365,8 @@ def build_parser():
     p.add_argument("--no-scale", action="store_true", help="skip the control-plane run")
     p.add_argument("--scale-only", action="store_true", help="only the control-plane run")
     p.add_argument("--leases", type=int, default=10000, help="leases for the scale run")
+    p.add_argument("--scale-backends", default="udp,vxlan,host-gw",
+                   help="comma-separated backends for the scale run (default udp,vxlan,host-gw)")
     p.add_argument("--keep-logs", action="store_true", help="keep the per-scenario workdirs")
     p.add_argument("--out", default=None, help="JSON path (default bench/results-<time>.json)")
     return p
@@ -401,7 +403,7 @@ def main(argv=None):
         say("%-14s %s" % (name, json.dumps(results[name], sort_keys=True)))
     scale = []
     if not args.no_scale:
-        for backend in ("udp", "vxlan", "host-gw"):
+        for backend in args.scale_backends.split(","):
             if backend not in FACTORIES:
                 scale.append({"backend": backend, "unavailable": True})
                 continue

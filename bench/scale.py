@@ -92,10 +92,44 @@ def health(port):
 
 
 def kernel_routes():
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        return sum(1 for r in ipr.get_routes(family=socket.AF_INET, table=254)
-                   if r["dst_len"] == 24 and (r.get_attr("RTA_DST") or "").startswith("10."))
+    """
+    Main-table IPv4 /24 routes to 10.x: one raw rtnetlink dump, parsed with struct
+    (about 0.05 s for 10,000 routes; pyroute2's get_routes() takes about 0.8 s, which made
+    the probe both slow to notice the last route and a CPU hog next to the daemon).
+    """
+    import struct
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    try:
+        sock.bind((0, 0))
+        sock.settimeout(10)
+        sock.send(struct.pack("=IHHII", 16 + 12, 26, 0x301, 1, 0)       # RTM_GETROUTE dump
+                  + struct.pack("=BBBBBBBBI", socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0))
+        count = 0
+        while True:
+            data = sock.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(data):
+                n, kind = struct.unpack_from("=IH", data, off)
+                if kind in (2, 3) or n < 16:        # NLMSG_ERROR, NLMSG_DONE
+                    return count
+                if kind == 24:                      # RTM_NEWROUTE
+                    family, dst_len, _, _, table = struct.unpack_from("=BBBBB", data, off + 16)
+                    ten = False
+                    a, end = off + 28, off + n
+                    while a + 4 <= end:
+                        alen, atype = struct.unpack_from("=HH", data, a)
+                        if alen < 4:
+                            break
+                        if atype == 15:             # RTA_TABLE
+                            table = struct.unpack_from("=I", data, a + 4)[0]
+                        elif atype == 1:            # RTA_DST
+                            ten = data[a + 4] == 10
+                        a += (alen + 3) & ~3
+                    if family == socket.AF_INET and dst_len == 24 and ten and table == 254:
+                        count += 1
+                off += (n + 3) & ~3
+    finally:
+        sock.close()
 
 
 def route_count(port, backend):
