@@ -119,6 +119,25 @@ class HostGwTests(unittest.TestCase):
         self.assertTrue(any(m.startswith("Route recovered: 10.5.2.0/24 via 192.168.250.12 "
                                           "dev eth0") for _, m in self.log))
 
+    def test_batches_and_route_check_recovers_in_one_call(self):
+        self.start()
+        calls = []
+        self.backend._to_thread = lambda f, *a: calls.append(f) or sync(f, *a)
+        leases = [lease("10.5.%d.0/24" % i, "192.168.250.%d" % i, kind="host-gw")
+                  for i in range(2, 102)]
+        self.backend.handle_events([LeaseEvent(ADDED, l) for l in leases])
+        self.assertEqual((len(calls), self.kernel.batches), (1, [100]))
+        for subnet in [l.subnet for l in leases][::3]:
+            del self.kernel.routes_now[subnet]             # someone deleted 34 routes
+        del self.kernel.events[:]
+        self.clock.advance(10)
+        self.assertEqual(len(calls), 2)                     # one dump and one batch
+        self.assertEqual(self.kernel.batches, [100, 34])
+        self.assertEqual([e[1].subnet for e in self.kernel.events],
+                         [l.subnet for l in leases][::3])
+        self.assertEqual(self.backend.recovered, 34)
+        self.assertEqual(len(self.kernel.routes_now), 100)
+
     def test_stop_ends_the_check(self):
         self.start()
         self.backend.handle_events([LeaseEvent(ADDED, lease("10.5.2.0/24", "192.168.250.12",

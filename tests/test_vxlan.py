@@ -3,13 +3,16 @@ The vxlan backend: options and lease attrs (pure), the backend's event logic aga
 recording fake kernel, and the netlink helpers of flannel_tw.net.kernel on a real kernel
 inside a private network namespace (root only).
 """
+import errno
 import os
 import shutil
+import socket
 import subprocess
 import uuid
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from pyroute2.netlink.exceptions import NetlinkError
 from twisted.internet import defer
 from twisted.logger import Logger, formatEvent
@@ -25,7 +28,8 @@ from flannel_tw.interfaces import IBackend
 from flannel_tw.lease import Lease, LeaseAttrs
 from flannel_tw.net.iface import ExtIface
 from flannel_tw.net.kernel import (
-    HostGwRoute, Kernel, KernelError, RouteEntry, VxlanPeer, VxlanSpec)
+    HostGwRoute, Kernel, KernelError, RouteEntry, VxlanPeer, VxlanSpec, fdb_request,
+    neigh_request, route_request)
 
 IFACE = ExtIface(name="eth0", index=7, addr=IPv4Address("192.168.250.11"),
                  public_ip=IPv4Address("192.168.250.11"), mtu=1500)
@@ -57,12 +61,18 @@ def logged(obj):
 
 
 class FakeKernel:
-    """Records every call of the Kernel methods the backends use; keeps routes in a dict."""
+    """
+    Records every call of the Kernel methods the backends use; keeps routes in a dict.
+    Batches (apply_*) record one "install"/"remove" per entry and their sizes in
+    C{batches}; C{fail_for} fails only the entries of the given subnets.
+    """
 
     def __init__(self):
         self.events = []
         self.fail = {}          # method name -> exception to raise
+        self.fail_for = {}      # subnet -> exception for that entry's install only
         self.routes_now = {}    # subnet -> RouteEntry
+        self.batches = []       # size of each apply_* call
 
     def _call(self, name, *args):
         self.events.append((name,) + args)
@@ -76,21 +86,33 @@ class FakeKernel:
     def configure_vxlan(self, index, address):
         self._call("configure_vxlan", index, address)
 
-    def install_vxlan_peer(self, index, ext_index, peer, direct_routing=False):
-        self._call("install", peer)
-        return peer
+    def _batch(self, changes, install, remove):
+        self.batches.append(len(changes))
+        out = []
+        for have, target in changes:
+            try:
+                if have is not None:
+                    self._call("remove", have)
+                    remove(have)
+                if target is not None:
+                    self._call("install", target)
+                    if target.subnet in self.fail_for:
+                        raise self.fail_for[target.subnet]
+                    install(target)
+            except Exception as e:
+                out.append(e)
+            else:
+                out.append(target)
+        return out
 
-    def remove_vxlan_peer(self, index, ext_index, peer):
-        self._call("remove", peer)
+    def apply_vxlan_peers(self, index, ext_index, changes, direct_routing=False):
+        return self._batch(changes, lambda p: None, lambda p: None)
 
-    def install_hostgw(self, route, oif):
-        self._call("install", route)
-        self.routes_now[route.subnet] = RouteEntry(route.subnet, route.gateway, oif)
-        return route
-
-    def remove_hostgw(self, route, oif):
-        self._call("remove", route)
-        self.routes_now.pop(route.subnet, None)
+    def apply_hostgw(self, oif, changes):
+        def install(route):
+            self.routes_now[route.subnet] = RouteEntry(route.subnet, route.gateway, oif)
+        return self._batch(changes, install,
+                           lambda route: self.routes_now.pop(route.subnet, None))
 
     def routes(self, network):
         return list(self.routes_now.values())
@@ -301,6 +323,177 @@ class BackendTests(unittest.TestCase):
         self.assertTrue(any("left from an earlier run" in m for _, m in self.log))
 
 
+class ManualThread:
+    """A to_thread that holds each call until run() (a batch "in the kernel")."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, f, *args):
+        d = defer.Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def run(self):
+        f, args, d = self.calls.pop(0)
+        d.callback(f(*args))
+
+
+def vxlan_lease(i, ip="192.168.250.12"):
+    return lease("10.5.%d.0/24" % i, ip, data={"VtepMAC": "02:00:00:00:00:%02x" % i})
+
+
+class BatchTests(unittest.TestCase):
+    """Lease events reach the kernel in batches: one thread call each, in order."""
+
+    def setUp(self):
+        self.kernel = FakeKernel()
+        self.backend = VxlanBackend(None, IFACE, kernel=self.kernel, to_thread=sync)
+        self.log = logged(self.backend)
+        self.successResultOf(self.backend.prepare(config()))
+        self.successResultOf(self.backend.start(config(), lease("10.5.1.0/24",
+                                                                "192.168.250.11")))
+        del self.kernel.events[:]
+        del self.log[:]
+        self.thread = ManualThread()
+        self.backend._to_thread = self.thread
+
+    def test_one_thread_call_per_list_in_order(self):
+        events = [LeaseEvent(ADDED, vxlan_lease(i)) for i in range(2, 202)]
+        self.backend.handle_events(events)
+        self.assertEqual(len(self.thread.calls), 1)
+        self.thread.run()
+        self.assertEqual(self.kernel.batches, [200])
+        self.assertEqual([e[1].subnet for e in self.kernel.events],
+                         [e.lease.subnet for e in events])
+        self.assertEqual(len(self.backend.installed), 200)
+        self.assertEqual(self.backend.batches, 1)
+        info = [m for level, m in self.log if level == "info"]
+        self.assertEqual(len(info), 1, info)          # a summary, not 200 lines
+        self.assertIn("batch of 200 changes", info[0])
+        self.assertIn("200 installed, 0 removed, 0 failed", info[0])
+
+    def test_events_during_a_batch_make_the_next_one(self):
+        a, b, c = vxlan_lease(2), vxlan_lease(3), vxlan_lease(4)
+        self.backend.handle_events([LeaseEvent(ADDED, a)])
+        self.assertEqual(len(self.thread.calls), 1)               # in the kernel
+        moved = vxlan_lease(2, ip="192.168.250.99")
+        self.backend.handle_events([LeaseEvent(ADDED, b)])
+        self.backend.handle_events([LeaseEvent(ADDED, moved), LeaseEvent(ADDED, c)])
+        self.backend.handle_events([LeaseEvent(REMOVED, b)])
+        self.assertEqual(len(self.thread.calls), 1)               # the rest waits
+        d = self.backend.settle()
+        self.thread.run()
+        self.assertEqual(len(self.thread.calls), 1)               # one batch for the rest
+        self.thread.run()
+        self.successResultOf(d)
+        peer = peer_from_lease
+        # b came and went before its batch: nothing for it; a replaced; c added
+        self.assertEqual(self.kernel.batches, [1, 2])
+        self.assertEqual(self.kernel.events, [
+            ("install", peer(a)), ("remove", peer(a)), ("install", peer(moved)),
+            ("install", peer(c))])
+        self.assertEqual(sorted(self.backend.installed), [a.subnet, c.subnet])
+
+    def test_a_failed_entry_fails_alone_and_is_retried(self):
+        leases = [vxlan_lease(i) for i in (2, 3, 4)]
+        self.kernel.fail_for[leases[1].subnet] = NetlinkError(22, "Invalid argument")
+        self.backend.handle_events([LeaseEvent(ADDED, l) for l in leases])
+        self.thread.run()
+        self.assertEqual(sorted(self.backend.installed), [leases[0].subnet, leases[2].subnet])
+        self.assertIn(leases[1].subnet, self.backend.failed)
+        errors = [m for level, m in self.log if level == "error"]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("10.5.3.0/24", errors[0])
+        self.assertIn("Invalid argument", errors[0])
+        del self.kernel.fail_for[leases[1].subnet]
+        d = self.backend.resync()
+        self.thread.run()
+        self.successResultOf(d)
+        self.assertEqual(self.kernel.batches, [3, 1])             # only the failed one again
+        self.assertEqual(len(self.backend.installed), 3)
+
+    def test_many_failures_log_a_bounded_number_of_lines(self):
+        leases = [vxlan_lease(i) for i in range(2, 52)]
+        for l in leases:
+            self.kernel.fail_for[l.subnet] = NetlinkError(22, "Invalid argument")
+        self.backend.handle_events([LeaseEvent(ADDED, l) for l in leases])
+        self.thread.run()
+        errors = [m for level, m in self.log if level == "error"]
+        self.assertEqual(len(errors), 10)
+        self.assertEqual(len(self.backend.failed), 50)
+        self.assertTrue(any("50 failed (the first 10 named above)" in m for _, m in self.log))
+
+    def test_a_failed_thread_call_fails_the_batch_only(self):
+        self.backend.handle_events([LeaseEvent(ADDED, vxlan_lease(2))])
+        f, args, d = self.thread.calls.pop(0)
+        d.errback(RuntimeError("socket gone"))
+        self.assertEqual(self.backend.installed, {})
+        self.assertTrue(any("a batch of 1 changes failed: socket gone" in m
+                            for level, m in self.log if level == "error"))
+        self.backend.handle_events([LeaseEvent(ADDED, vxlan_lease(3))])
+        self.thread.run()                                          # the queue goes on
+        self.assertEqual(list(self.backend.installed), [IPv4Network("10.5.3.0/24")])
+
+
+# -- the netlink requests, byte for byte as pyroute2 packs them ------------------------
+
+class EncodingTests(unittest.TestCase):
+    """Our packed requests equal pyroute2's (IPBatch compiles without sending)."""
+
+    ipb = None
+
+    def pyroute2(self, call):
+        if EncodingTests.ipb is None:
+            from pyroute2 import IPBatch
+            EncodingTests.ipb = IPBatch()
+        ipb = EncodingTests.ipb
+        ipb.reset()
+        call(ipb)
+        data = bytes(ipb.batch)
+        # nlmsghdr: our sequence numbers and flags are compared apart from pyroute2's
+        return data[4:8], data[16:]
+
+    def ours(self, request):
+        kind, flags, payload = request
+        return kind.to_bytes(2, "little") + flags.to_bytes(2, "little"), payload
+
+    def check(self, request, call):
+        self.assertEqual(self.ours(request), self.pyroute2(call))
+
+    # 0.0.0.0 is left out: pyroute2 omits an all-zero RTA_DST / RTA_GATEWAY (never ours)
+    @settings(max_examples=40)
+    @given(st.integers(1 << 24, (1 << 32) - 1), st.integers(8, 32),
+           st.integers(1, (1 << 32) - 1), st.integers(1, (1 << 31) - 1), st.booleans())
+    def test_routes(self, net, plen, gw, oif, onlink):
+        subnet = IPv4Network((net, plen), strict=False)
+        gw = IPv4Address(gw)
+        kw = dict(dst=str(subnet.network_address), dst_len=plen, gateway=str(gw), oif=oif,
+                  table=254)
+        self.check(route_request("replace", subnet, gw, oif, onlink),
+                   lambda i: i.route("replace", proto=3, flags=4 if onlink else 0, **kw))
+        self.check(route_request("del", subnet, gw, oif), lambda i: i.route("del", **kw))
+
+    def test_route_del_without_gateway(self):
+        subnet = IPv4Network("10.5.2.0/24")
+        self.check(route_request("del", subnet, None, 5),
+                   lambda i: i.route("del", dst="10.5.2.0", dst_len=24, oif=5, table=254))
+
+    @settings(max_examples=40)
+    @given(st.integers(1, (1 << 31) - 1), st.integers(1, (1 << 32) - 1),
+           st.binary(min_size=6, max_size=6))
+    def test_neighbours_and_fdb(self, index, ip, raw):
+        mac = ":".join("%02x" % b for b in raw)
+        ip = IPv4Address(ip)
+        for command in ("replace", "del"):
+            self.check(neigh_request(command, index, ip, mac),
+                       lambda i: i.neigh(command, ifindex=index, dst=str(ip), lladdr=mac,
+                                         state=0x80))
+            self.check(fdb_request(command, index, mac, ip),
+                       lambda i: i.neigh(command, family=socket.AF_BRIDGE, ifindex=index,
+                                         lladdr=mac, dst=str(ip), state=0xc0, flags=2))
+
+
 # -- flannel_tw.net.kernel on a real kernel -------------------------------------------------
 
 def _root_skip():
@@ -330,6 +523,7 @@ class NamespaceCase(unittest.TestCase):
         self.ip("link", "set", "peer", "up")
         self.ip("link", "set", "lo", "up")
         self.kernel = Kernel(netns=self.ns)
+        self.addCleanup(self.kernel.close)
         self.eth0 = self.kernel.link_index("eth0")
 
     def ip(self, *args):
@@ -436,19 +630,70 @@ class KernelVxlanTests(NamespaceCase):
 
     def test_failed_route_undoes_neighbour_and_fdb(self):
         index, _, _ = self.kernel.ensure_vxlan(self.spec())
+        self.kernel.configure_vxlan(index, IPv4Address("10.5.1.0"))
 
         class Failing(Kernel):
-            @staticmethod
-            def _route(ipr, command, *args, **kw):
-                if command == "replace":
-                    raise NetlinkError(22, "Invalid argument")
-                return Kernel._route(ipr, command, *args, **kw)
+            def _peer_route(self, peer, index):     # a device that does not exist
+                return route_request("replace", peer.subnet, peer.gateway, 999999,
+                                     onlink=True)
         peer = VxlanPeer(IPv4Network("10.5.2.0/24"), IPv4Address("192.168.250.12"), MAC1)
-        self.assertRaises(NetlinkError, Failing(self.ns).install_vxlan_peer, index, self.eth0,
-                          peer)
+        failing = Failing(self.ns)
+        self.addCleanup(failing.close)
+        e = self.assertRaises(NetlinkError, failing.install_vxlan_peer, index, self.eth0,
+                              peer)
+        self.assertEqual(e.code, errno.ENODEV)
         routes, neigh, fdb = self.entries()
         self.assertEqual((routes.strip(), neigh.strip()), ("", ""))
         self.assertNotIn("dst", fdb)
+
+    def test_batch_failure_undoes_only_that_entry(self):
+        """One batch, three peers; the middle one's route fails: only its entries go."""
+        index, _, _ = self.kernel.ensure_vxlan(self.spec())
+        self.kernel.configure_vxlan(index, IPv4Address("10.5.1.0"))
+        bad = IPv4Network("10.5.3.0/24")
+
+        class Failing(Kernel):
+            def _peer_route(self, peer, index):
+                if peer.subnet == bad:
+                    index = 999999
+                return Kernel._peer_route(self, peer, index)
+        peers = [VxlanPeer(IPv4Network("10.5.%d.0/24" % i), IPv4Address("192.168.250.%d" % i),
+                           "02:00:00:00:00:%02x" % i) for i in (2, 3, 4)]
+        failing = Failing(self.ns)
+        self.addCleanup(failing.close)
+        results = failing.apply_vxlan_peers(index, self.eth0, [(None, p) for p in peers])
+        self.assertEqual(results[0], peers[0])
+        self.assertIsInstance(results[1], NetlinkError)
+        self.assertEqual(results[2], peers[2])
+        self.assertEqual(sorted(r.subnet for r in self.kernel.routes(IPv4Network("10.5.0.0/16"))),
+                         [peers[0].subnet, peers[2].subnet])
+        self.assertEqual(sorted(self.kernel.neighbours(index)),
+                         [(p.gateway, p.mac) for p in (peers[0], peers[2])])
+        self.assertEqual(sorted(self.kernel.fdb(index)),
+                         [(p.mac, p.public_ip) for p in (peers[0], peers[2])])
+
+    def test_big_batch_one_socket_few_datagrams(self):
+        """1,000 peers in one call: every entry in place, a handful of datagrams."""
+        index, _, _ = self.kernel.ensure_vxlan(self.spec())
+        self.kernel.configure_vxlan(index, IPv4Address("10.5.1.0"))
+        peers = [VxlanPeer(IPv4Network("10.%d.%d.0/24" % (6 + i // 256, i % 256)),
+                           IPv4Address("192.168.250.%d" % (100 + i % 100)),
+                           "02:00:00:00:%02x:%02x" % (i >> 8, i & 255)) for i in range(1000)]
+        before = self.kernel.netlink.sends
+        results = self.kernel.apply_vxlan_peers(index, self.eth0, [(None, p) for p in peers])
+        self.assertEqual(results, peers)
+        self.assertLessEqual(self.kernel.netlink.sends - before, 3 * 4)   # 4 windows
+        self.assertEqual(len(self.kernel.routes(IPv4Network("10.0.0.0/8"))), 1000)
+        self.assertEqual(len(self.kernel.neighbours(index)), 1000)
+        self.assertEqual(len(self.kernel.fdb(index)), 1000)
+        # moved: remove + install in the same batch, and removals only
+        moved = [replace(p, public_ip=IPv4Address("192.168.250.9")) for p in peers[:10]]
+        changes = [(p, m) for p, m in zip(peers[:10], moved)] + [(p, None) for p in peers[10:]]
+        results = self.kernel.apply_vxlan_peers(index, self.eth0, changes)
+        self.assertEqual(results, moved + [None] * 990)
+        self.assertEqual(sorted(self.kernel.fdb(index)),
+                         sorted((m.mac, m.public_ip) for m in moved))
+        self.assertEqual(len(self.kernel.routes(IPv4Network("10.0.0.0/8"))), 10)
 
     def test_remove_stale(self):
         index, _, _ = self.kernel.ensure_vxlan(self.spec())

@@ -80,11 +80,8 @@ class HostGwBackend(PeerBackend):
     def _peer(self, lease):
         return HostGwRoute(subnet=lease.subnet, gateway=lease.attrs.public_ip)
 
-    def _install(self, route):
-        return self.kernel.install_hostgw(route, self.ext_iface.index)
-
-    def _remove(self, route):
-        self.kernel.remove_hostgw(route, self.ext_iface.index)
+    def _apply_batch(self, changes):
+        return self.kernel.apply_hostgw(self.ext_iface.index, changes)
 
     def _remove_stale(self, leases):
         return self.kernel.remove_stale(self.network, [l.subnet for l in leases], None,
@@ -120,17 +117,19 @@ class HostGwBackend(PeerBackend):
         return d.addCallbacks(done, failed)
 
     def _recover(self, routes):
-        """In a thread: re-add each route the kernel lacks; returns C{(re-added, errors)}."""
+        """
+        In a thread: re-add (in one batch) each route the kernel lacks, after one route
+        dump; returns C{(re-added, errors)}.
+        """
         oif = self.ext_iface.index
         present = set(self.kernel.routes(self.network)) if routes else set()
+        missing = [r for r in routes if RouteEntry(r.subnet, r.gateway, oif) not in present]
         recovered, errors = [], []
-        for route in routes:
-            if RouteEntry(route.subnet, route.gateway, oif) in present:
-                continue
-            try:
-                self.kernel.install_hostgw(route, oif)
-            except Exception as e:
-                errors.append((route, e))
-            else:
-                recovered.append(route)
+        if missing:
+            results = self.kernel.apply_hostgw(oif, [(None, r) for r in missing])
+            for route, result in zip(missing, results):
+                if isinstance(result, Exception):
+                    errors.append((route, result))
+                else:
+                    recovered.append(route)
         return recovered, errors

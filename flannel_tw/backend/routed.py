@@ -5,9 +5,16 @@ remote leases of our type become kernel entries, one peer per subnet.
 
 - C{wanted}: subnet -> remote lease of our type, from lease events (pure bookkeeping on
   the reactor thread);
-- C{installed}: subnet -> the entry the kernel has, as the subclass's C{_install} returned it;
-- every kernel change runs in a thread (C{deferToThread}), one at a time, in order (a
-  C{DeferredLock}), so a removal never overtakes the addition before it;
+- C{installed}: subnet -> the entry the kernel has, as C{_apply_batch} returned it;
+- kernel changes are batched: lease events mark subnets dirty (in the order of their
+  first pending event); one flush takes every dirty subnet, works out what to remove and
+  install (reactor thread, no kernel reads) and applies the whole batch in ONE thread call
+  (C{_apply_batch}, one netlink socket); flushes and other kernel work run one at a time,
+  in order (a C{DeferredLock}), so a removal never overtakes the addition before it, and
+  events arriving while a batch is in the kernel make up the next one;
+- a batch applies each entry on its own: a failure undoes that entry's partial work only;
+- logs: each change is logged for small batches; bigger ones (the first lease list with
+  thousands of peers) get one summary line, and at most L{LOG_EACH} error lines;
 - a changed lease (new PublicIP or VtepMAC) removes the old entry, then installs the new;
 - a failed install is logged naming the peer (once per distinct error) and retried by
   L{PeerBackend.resync} (host-gw runs that every 10 s);
@@ -23,13 +30,17 @@ from twisted.logger import Logger
 from flannel_tw.events import ADDED, REMOVED
 from flannel_tw.net.kernel import Kernel
 
+LOG_EACH = 10       # batches up to this size log every change; bigger ones a summary
+
 
 class PeerBackend:
     """
     Base of L{flannel_tw.backend.vxlan.VxlanBackend} and
     L{flannel_tw.backend.hostgw.HostGwBackend}. Subclasses set C{name} and define
-    C{_peer(lease)} (pure: lease -> entry, may raise ValueError), C{_install(entry)} and
-    C{_remove(entry)} (blocking, run in a thread) and C{_remove_stale(leases)} (blocking).
+    C{_peer(lease)} (pure: lease -> entry, may raise ValueError),
+    C{_apply_batch(changes)} (blocking, run in a thread: C{(have, target)} pairs -> per pair
+    the entry installed, None, or the exception that failed it) and
+    C{_remove_stale(leases)} (blocking).
 
     @param kernel: a L{Kernel} (tests may pass one bound to a namespace, or a fake).
     @param to_thread: C{(f, *args) -> Deferred}, default C{deferToThread}.
@@ -52,6 +63,11 @@ class PeerBackend:
         self.failed = {}        # subnet -> last error logged
         self._ignored = set()   # subnets of other backend types, logged once
         self._busy = []         # Deferreds of kernel work in flight (for tests: settle())
+        self._dirty = {}        # subnet -> None: waiting for the next flush, in order
+        self._waiters = []      # Deferreds of _sync callers, fired after that flush
+        self._flush_queued = False
+        self._holding = False   # inside handle_events: flush once at the end
+        self.batches = 0        # flushes that reached the kernel (tests, metrics)
 
     # -- running kernel work in order -------------------------------------------
 
@@ -76,12 +92,18 @@ class PeerBackend:
     # -- events -----------------------------------------------------------------
 
     def handle_events(self, events):
-        for event in events:
-            try:
-                self._event(event)
-            except Exception:
-                self.log.failure("{backend} backend: bad lease event {event!r}",
-                                 backend=self.name, event=event)
+        """Apply a list of lease events: their kernel changes go in one batch."""
+        self._holding = True
+        try:
+            for event in events:
+                try:
+                    self._event(event)
+                except Exception:
+                    self.log.failure("{backend} backend: bad lease event {event!r}",
+                                     backend=self.name, event=event)
+        finally:
+            self._holding = False
+        self._queue_flush()
 
     def _event(self, event):
         lease = event.lease
@@ -109,56 +131,110 @@ class PeerBackend:
                 self._sync(subnet)
 
     def _sync(self, subnet):
-        """Queue: make the kernel entry of C{subnet} match C{wanted}. Deferred, never fails."""
-        d = self._serial(self._sync_now, subnet)
-        d.addErrback(lambda f: self.log.failure("{backend} backend: updating {subnet} failed",
-                                                f, backend=self.name, subnet=subnet))
+        """
+        Mark C{subnet} for the next flush (queued behind earlier kernel work).
+
+        @return: Deferred firing with None once the flush that handles it is done; never
+            fails (errors are logged).
+        """
+        if subnet not in self._dirty:
+            self._dirty[subnet] = None
+        d = defer.Deferred()
+        self._waiters.append(d)
+        if not self._holding:
+            self._queue_flush()
         return d
 
-    def _sync_now(self, subnet):
-        lease = self.wanted.get(subnet)
-        have = self.installed.get(subnet)
-        target = None
-        if lease is not None:
-            try:
-                target = self._peer(lease)
-            except ValueError as e:
-                self._failure(subnet, lease, str(e))
-        if have is not None and have == target:
-            return None
-        if have is None and target is None:
-            if lease is None:
-                self.failed.pop(subnet, None)
-            return None
-        d = self._kernel(self._apply, have, target)
+    def _queue_flush(self):
+        if self._waiters and not self._flush_queued:
+            self._flush_queued = True
+            self._serial(self._flush).addErrback(
+                lambda f: self.log.failure("{backend} backend: batch failed", f,
+                                           backend=self.name))
 
-        def done(entry):
-            if entry is None:
+    def _flush(self):
+        """Apply every dirty subnet in one thread call. Deferred firing when done."""
+        self._flush_queued = False
+        dirty, self._dirty = list(self._dirty), {}
+        waiters, self._waiters = self._waiters, []
+        plan = []
+        for subnet in dirty:
+            lease = self.wanted.get(subnet)
+            have = self.installed.get(subnet)
+            target = None
+            if lease is not None:
+                try:
+                    target = self._peer(lease)
+                except ValueError as e:
+                    self._failure(subnet, lease, str(e))
+            if have is not None and have == target:
+                continue
+            if have is None and target is None:
+                if lease is None:
+                    self.failed.pop(subnet, None)
+                continue
+            plan.append((subnet, lease, have, target))
+        if not plan:
+            d = defer.succeed(None)
+        else:
+            self.batches += 1
+            started = self._reactor.seconds() if self._reactor is not None else None
+            d = self._kernel(self._apply_batch, [(have, target) for _, _, have, target in plan])
+            d.addCallbacks(self._applied, self._batch_failed, callbackArgs=(plan, started),
+                           errbackArgs=(plan,))
+
+        def wake(result):
+            for w in waiters:
+                w.callback(None)
+            return result
+        return d.addBoth(wake)
+
+    def _applied(self, results, plan, started):
+        installed, removed, errors = [], [], 0
+        small = len(plan) <= LOG_EACH
+        for (subnet, lease, have, target), result in zip(plan, results):
+            if isinstance(result, Exception):
                 self.installed.pop(subnet, None)
-                self.log.info("{backend} backend: removed {subnet}", backend=self.name,
-                              subnet=subnet)
+                errors += 1
+                if small or errors <= LOG_EACH:
+                    self._failure(subnet, lease, _message(result))
+                else:
+                    self.failed[subnet] = _message(result)
+            elif result is None:
+                self.installed.pop(subnet, None)
                 self.failed.pop(subnet, None)
+                removed.append(subnet)
+                if small:
+                    self.log.info("{backend} backend: removed {subnet}", backend=self.name,
+                                  subnet=subnet)
             else:
-                self.installed[subnet] = entry
-                if self.failed.pop(subnet, None) is not None:
+                self.installed[subnet] = result
+                installed.append(result)
+                again = self.failed.pop(subnet, None) is not None
+                if not small:
+                    continue
+                if again:
                     self.log.info("{backend} backend: {entry} installed after an earlier "
-                                  "failure", backend=self.name, entry=entry)
+                                  "failure", backend=self.name, entry=result)
                 else:
                     self.log.info("{backend} backend: installed {entry}", backend=self.name,
-                                  entry=entry)
+                                  entry=result)
+        if not small:
+            took = (self._reactor.seconds() - started) if started is not None else 0.0
+            self.log.info("{backend} backend: batch of {n} changes in {took:.2f}s: "
+                          "{installed} installed, {removed} removed, {errors} failed"
+                          "{more}", backend=self.name, n=len(plan), took=took,
+                          installed=len(installed), removed=len(removed), errors=errors,
+                          more=(" (the first %d named above)" % LOG_EACH
+                                if errors > LOG_EACH else ""))
 
-        def failed(f):
+    def _batch_failed(self, f, plan):
+        """The thread call itself failed: no entry of the batch is known to be in place."""
+        for subnet, lease, have, target in plan:
             self.installed.pop(subnet, None)
-            self._failure(subnet, lease, f.getErrorMessage())
-        return d.addCallbacks(done, failed)
-
-    def _apply(self, have, target):
-        """In a thread: remove C{have}, install C{target}; returns what is installed."""
-        if have is not None:
-            self._remove(have)
-        if target is None:
-            return None
-        return self._install(target)
+            self.failed[subnet] = f.getErrorMessage()
+        self.log.error("{backend} backend: a batch of {n} changes failed: {error}",
+                       backend=self.name, n=len(plan), error=f.getErrorMessage())
 
     def _failure(self, subnet, lease, message):
         if self.failed.get(subnet) != message:
@@ -168,7 +244,7 @@ class PeerBackend:
         self.failed[subnet] = message
 
     def resync(self):
-        """Retry every wanted peer that is not installed. Deferred firing when done."""
+        """Retry every wanted peer that is not installed (one batch). Deferred firing when done."""
         ds = [self._sync(s) for s in sorted(self.wanted) if s not in self.installed]
         return defer.gatherResults(ds)
 
@@ -205,3 +281,7 @@ class PeerBackend:
                            "failed: {error}", backend=self.name, error=f.getErrorMessage())
             return []
         return d.addCallbacks(done, failed)
+
+
+def _message(e):
+    return str(e) or type(e).__name__

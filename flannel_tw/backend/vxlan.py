@@ -151,12 +151,9 @@ class VxlanBackend(PeerBackend):
     def _peer(self, lease):
         return peer_from_lease(lease)
 
-    def _install(self, peer):
-        return self.kernel.install_vxlan_peer(self.index, self.ext_iface.index, peer,
-                                              self.options.direct_routing)
-
-    def _remove(self, peer):
-        self.kernel.remove_vxlan_peer(self.index, self.ext_iface.index, peer)
+    def _apply_batch(self, changes):
+        return self.kernel.apply_vxlan_peers(self.index, self.ext_iface.index, changes,
+                                             self.options.direct_routing)
 
     def _remove_stale(self, leases):
         keep_macs = []
