@@ -541,6 +541,122 @@ def in_netns(netns, fn, *args):
     return result["value"]
 
 
+class UdpGsoTests(BackendTestBase):
+    """
+    Plain mode: runs of equal-sized packets for one peer leave in one UDP GSO sendmsg
+    (UDP_SEGMENT); the peer still gets one ordinary datagram per packet.
+    """
+
+    def record_sendmsg(self):
+        calls = []
+        real = self.backend._sendmsg
+
+        def sendmsg(buffers, ancdata, flags, addr):
+            calls.append((sum(len(b) for b in buffers), ancdata, addr))
+            return real(buffers, ancdata, flags, addr)
+        self.backend._sendmsg = sendmsg
+        return calls
+
+    @defer.inlineCallbacks
+    def test_run_is_one_sendmsg(self):
+        peer = self.listen_peer()
+        yield self.started()
+        calls = self.record_sendmsg()
+        pkts = [make_ipv4(payload=b"%04d" % i + b"x" * 996) for i in range(10)]
+        pkts.append(make_ipv4(payload=b"tail"))          # a shorter packet ends the run
+        for p in pkts:
+            self.tun.peer.inject(p)
+        yield wait_for(lambda: len(peer.received) == 11, what="11 datagrams")
+        self.assertEqual(len(calls), 1)
+        total, ancdata, addr = calls[0]
+        self.assertEqual(total, sum(len(p) for p in pkts))
+        self.assertEqual(ancdata, ((socket.SOL_UDP, udpmod.UDP_SEGMENT,
+                                    struct.pack("=H", 1020)),))
+        self.assertEqual(addr, (PEER, self.port))
+        for (data, src), p in zip(peer.received, pkts):
+            self.assertEqual(src, (OURS, self.port))
+            self.assertEqual(data[8], 63)
+            self.assertTrue(header_ok(data))
+            self.assertEqual(data[12:], p[12:])
+        c = self.backend.counters
+        self.assertEqual((c["packets_out"], c["bytes_out"]), (11, total))
+        self.assertTrue(self.backend.udp_gso)
+
+    @defer.inlineCallbacks
+    def test_runs_split_by_peer_size_and_drops(self):
+        """A run ends at another peer, a longer packet, or the segment limit; dropped
+        packets (TTL, junk, no route) are left out of it."""
+        other = IPv4Network("10.1.9.0/24")
+        peer = self.listen_peer(PEER)
+        stranger = self.listen_peer(STRANGER)
+        yield self.started(peers=((PEER_SUBNET, PEER), (other, STRANGER)))
+        calls = self.record_sendmsg()
+        to_peer = [make_ipv4(payload=b"%03d" % i + b"a" * 97) for i in range(3)]
+        sent = list(to_peer)
+        sent.append(make_ipv4(dst="10.1.9.4", payload=b"b" * 100))        # other peer
+        sent.append(make_ipv4(payload=b"expired" + b"c" * 93, ttl=1))     # dropped
+        sent.append(make_ipv4(payload=b"d" * 100))
+        sent.append(b"\x45junk")                                         # dropped
+        sent.append(make_ipv4(payload=b"e" * 100))
+        sent.append(make_ipv4(payload=b"f" * 300))                        # longer: new run
+        sent.extend(make_ipv4(payload=b"%03d" % i + b"g" * 17) for i in range(70))
+        for p in sent:
+            self.tun.peer.inject(p)
+        yield wait_for(lambda: len(peer.received) == 76 and len(stranger.received) == 1,
+                       what="76 + 1 datagrams")
+        self.assertEqual([d[20:] for d, _ in peer.received],
+                         [p[20:] for p in to_peer]
+                         + [b"d" * 100, b"e" * 100, b"f" * 300]
+                         + [b"%03d" % i + b"g" * 17 for i in range(70)])
+        self.assertEqual(stranger.received[0][0][20:], b"b" * 100)
+        # 3 for PEER | 1 for STRANGER (a sendto) | d, e | f and the first (shorter) g
+        # ends its run | 64 g (the limit) | the last 5 g
+        self.assertEqual([(t, a[0]) for t, _, a in calls],
+                         [(360, PEER), (240, PEER), (360, PEER), (64 * 40, PEER),
+                          (5 * 40, PEER)])
+        c = self.backend.counters
+        self.assertEqual(c["packets_out"], 77)
+        self.assertEqual((c["ttl-expired"], c["short"]), (1, 1))
+
+    @defer.inlineCallbacks
+    def test_gso_refused_falls_back_to_sendto(self):
+        peer = self.listen_peer()
+        yield self.started()
+        refused = []
+
+        def sendmsg(buffers, ancdata, flags, addr):
+            refused.append(addr)
+            raise OSError(errno.EIO, "Input/output error")
+        self.backend._sendmsg = sendmsg
+        pkts = [make_ipv4(payload=b"%02d" % i + b"z" * 98) for i in range(20)]
+        for p in pkts:
+            self.tun.peer.inject(p)
+        yield wait_for(lambda: len(peer.received) == 20, what="20 datagrams")
+        self.assertEqual([d[20:] for d, _ in peer.received], [p[20:] for p in pkts])
+        self.assertFalse(self.backend.udp_gso)
+        self.assertEqual(len(refused), 1)                 # never tried again
+        for p in pkts:
+            self.tun.peer.inject(p)
+        yield wait_for(lambda: len(peer.received) == 40, what="40 datagrams")
+        self.assertEqual(len(refused), 1)
+        c = self.backend.counters
+        self.assertEqual((c["packets_out"], c["send-error"]), (40, 0))
+
+    @defer.inlineCallbacks
+    def test_send_error_counts_every_packet_of_the_run(self):
+        yield self.started()
+
+        def sendmsg(buffers, ancdata, flags, addr):
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        self.backend._sendmsg = sendmsg
+        for i in range(5):
+            self.tun.peer.inject(make_ipv4())
+        c = self.backend.counters
+        yield wait_for(lambda: c["send-error"] == 5, what="5 send errors")
+        self.assertEqual(c["packets_out"], 0)
+        self.assertTrue(self.backend.udp_gso)
+
+
 class RealTunTests(TestCase):
     """
     Real /dev/net/tun and netlink, inside a network namespace created for the test

@@ -14,7 +14,11 @@ Differences from flanneld, on purpose:
 The data path drains up to 256 packets from the TUN and up to 256 datagrams from the
 socket per reactor wake-up, into two reusable buffers (no per-packet allocation on
 the plain path; Twisted's own UDP reader allocates 64 KB per datagram and stops after
-256 KB, so the socket is read here instead).
+256 KB, so the socket is read here instead). In plain mode a run of equal-sized
+packets for one peer (a TCP stream) leaves in one sendmsg with UDP_SEGMENT (UDP GSO):
+the kernel cuts it into the same datagrams flanneld would send, after a single trip
+through routing, veth, bridge and netfilter (a sendto per packet if the kernel refuses
+it).
 
 Offloaded mode (L{flannel_tw.udp.offload}): unless the Backend config says
 C{"Offload": false} or the environment says C{FLANNEL_TW_UDP_OFFLOAD=0}, flannel0 is
@@ -27,6 +31,7 @@ so a mixed cluster works and flannel-tw pairs keep their speed.
 import errno
 import os
 import socket
+import struct
 from ipaddress import IPv4Interface, IPv4Network
 
 from twisted.internet import defer, threads
@@ -51,6 +56,13 @@ TUN_NAME = "flannel%d"
 ENCAP_OVERHEAD = 28          # IPv4 (20) + UDP (8)
 READS_PER_WAKEUP = 256
 READ_BUFFER = 65535
+# UDP GSO (Linux >= 4.18): one sendmsg with a UDP_SEGMENT cmsg carries a run of
+# equal-sized datagrams to one peer; the kernel cuts it into ordinary datagrams (the
+# wire is unchanged) after one trip through routing, veth, bridge and netfilter.
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+GSO_MAX_SEGMENTS = 64         # UDP_MAX_SEGMENTS
+GSO_MAX_BYTES = 65507         # one IPv4 UDP payload
+_GSO_FATAL = frozenset((errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
 SOCKET_BUFFER = 8 * 1024 * 1024
 VNET = _off.VNET_HDR_LEN
 _ZERO_VNET = bytes(VNET)
@@ -58,6 +70,7 @@ _ZERO_VNET = bytes(VNET)
 DROP_REASONS = ("short", "not-ipv4", "bad-header", "unknown-peer", "spoofed-source",
                 "ttl-expired", "no-route", "send-error", "tun-write-error", "error")
 
+_U16 = struct.Struct("=H").pack      # the UDP_SEGMENT cmsg: a native u16
 _check_ipv4 = _pkt.check_ipv4
 _decrement_ttl = _pkt.decrement_ttl
 
@@ -202,9 +215,13 @@ class UdpBackend:
         self.offload = False         # True once the TUN is open with a vnet header
         self._sock = None
         self._sock_reader = None
-        # the TUN side: [vnet header][packet] in offloaded mode, [packet] otherwise
-        self._buf = bytearray(VNET + READ_BUFFER + 1)
+        # the TUN side: [vnet header][packet] in offloaded mode, [packet] otherwise;
+        # in plain mode a run of packets for one peer is read back to back into it
+        # and sent with one UDP GSO sendmsg
+        self._buf = bytearray(GSO_MAX_BYTES + VNET + READ_BUFFER + 1)
         self._view = memoryview(self._buf)
+        self.udp_gso = True          # False once the kernel refused UDP_SEGMENT
+        self._sendmsg = None
         # the socket side: datagrams land at offset VNET, the 10 bytes before stay zero
         # (the header for a plain packet written into a vnet TUN)
         self._rbuf = bytearray(VNET + READ_BUFFER + 1)
@@ -260,6 +277,7 @@ class UdpBackend:
         # Straight to the socket: Port.write() re-validates the address string on
         # every packet; peer addresses here come from the route table, already valid.
         self._sendto = sock.sendto
+        self._sendmsg = sock.sendmsg
         self.log.info("udp backend: TUN {tun}, UDP {addr}:{port}, MTU {mtu}, offload {offload}",
                       tun=tun.name, addr=addr, port=port, mtu=self.mtu,
                       offload="on" if self.offload else "off")
@@ -335,6 +353,7 @@ class UdpBackend:
             d = defer.maybeDeferred(self._udp_port.stopListening)
             self._udp_port = None
             self._sendto = None
+            self._sendmsg = None
         if self.tun is not None:
             self.tun.close()
             self.tun = None
@@ -346,16 +365,146 @@ class UdpBackend:
         tun = self.tun
         if tun is None:
             return
+        if self.offload:
+            return self._drain_tun_vnet(tun)
+        return self._drain_tun_plain(tun)
+
+    def _tun_read_failed(self, tun, e):
+        """A read error other than EAGAIN (e.g. the device was deleted under us)."""
+        # stop polling a dead fd rather than spin on it
+        self.log.error("udp backend: reading {tun} failed, no longer forwarding "
+                       "from it: {e}", tun=tun.name, e=e)
+        if self._reader is not None:
+            self._reactor.removeReader(self._reader)
+            self._reader = None
+
+    def _drain_tun_plain(self, tun):
+        """
+        Plain mode: read up to READS_PER_WAKEUP packets. Consecutive packets for the
+        same peer with the same length (a TCP stream's full-sized segments) are read
+        back to back into C{self._buf} and leave in one UDP GSO sendmsg (at most
+        GSO_MAX_SEGMENTS, GSO_MAX_BYTES; a shorter packet may end a run).
+        """
         readinto = getattr(tun, "readinto", None)
         buf = self._buf
         view = self._view
         counters = self.counters
-        vnet = self.offload
-        off = VNET if vnet else 0
+        lookup = self.routes.lookup
+        check = _check_ipv4
+        dec_ttl = _decrement_ttl
+        chunk = READ_BUFFER + 1
+        off = 0          # bytes of the pending run at the front of buf
+        count = 0        # packets in it
+        seg = 0          # their length
+        peer = None      # their destination
+        try:
+            for _ in range(READS_PER_WAKEUP):
+                try:
+                    if readinto is not None:
+                        n = readinto(view[off:off + chunk])
+                    else:
+                        data = tun.read()
+                        n = len(data)
+                        buf[off:off + n] = data
+                except BlockingIOError:
+                    return
+                except InterruptedError:
+                    continue
+                except OSError as e:
+                    if e.errno == errno.EAGAIN:
+                        return
+                    self._tun_read_failed(tun, e)
+                    return
+                counters["tun_packets_in"] += 1
+                counters["tun_bytes_in"] += n
+                try:
+                    pkt = view[off:off + n]
+                    reason = check(pkt, n)
+                    if reason is not None:
+                        counters[reason] += 1
+                        continue
+                    dst = (pkt[16] << 24) | (pkt[17] << 16) | (pkt[18] << 8) | pkt[19]
+                    to = lookup(dst)
+                    if to is None:
+                        counters["no-route"] += 1
+                        self._send_unreachable(pkt)
+                        continue
+                    if not dec_ttl(pkt):
+                        counters["ttl-expired"] += 1
+                        continue
+                except Exception:
+                    self._count_error("udp backend: error handling a packet from the tun")
+                    continue
+                if count:
+                    if to == peer and off + n <= GSO_MAX_BYTES and count < GSO_MAX_SEGMENTS:
+                        if n == seg:
+                            count += 1
+                            off += n
+                            continue
+                        if n < seg:          # a short packet ends the run
+                            self._send_run(view, off + n, count + 1, seg, peer)
+                            off = count = 0
+                            continue
+                    self._send_run(view, off, count, seg, peer)
+                    if off:
+                        buf[:n] = buf[off:off + n]
+                count = 1
+                seg = off = n
+                peer = to
+        finally:
+            if count:
+                self._send_run(view, off, count, seg, peer)
+
+    def _send_run(self, view, total, count, seg, peer):
+        """
+        Send C{view[:total]}, C{count} packets of C{seg} bytes (the last one may be
+        shorter) for C{peer}: one UDP GSO sendmsg, or one sendto each if the kernel
+        refuses UDP_SEGMENT (then never tried again).
+        """
+        if count == 1:
+            return self._send(view[:total], total, peer)
+        if self.udp_gso:
+            try:
+                self._sendmsg((view[:total],),
+                              ((socket.SOL_UDP, UDP_SEGMENT, _U16(seg)),), 0, peer)
+            except OSError as e:
+                if e.errno not in _GSO_FATAL:
+                    self.counters["send-error"] += count
+                    self.log.debug("udp backend: send to {peer} failed: {e}", peer=peer, e=e)
+                    return
+                self.udp_gso = False
+                self.log.info("udp backend: no UDP GSO ({e}); one sendto per packet", e=e)
+            except Exception:
+                self._count_error("udp backend: error sending to {peer}", peer=peer)
+                return
+            else:
+                self.counters["packets_out"] += count
+                self.counters["bytes_out"] += total
+                return
+        for start in range(0, total, seg):
+            end = min(start + seg, total)
+            self._send(view[start:end], end - start, peer)
+
+    def _send(self, data, n, peer):
+        try:
+            self._sendto(data, peer)
+        except OSError as e:
+            self.counters["send-error"] += 1
+            self.log.debug("udp backend: send to {peer} failed: {e}", peer=peer, e=e)
+            return
+        self.counters["packets_out"] += 1
+        self.counters["bytes_out"] += n
+
+    def _drain_tun_vnet(self, tun):
+        readinto = getattr(tun, "readinto", None)
+        buf = self._buf
+        view = self._view
+        counters = self.counters
+        chunk = view[:VNET + READ_BUFFER + 1]
         for _ in range(READS_PER_WAKEUP):
             try:
                 if readinto is not None:
-                    n = readinto(buf)
+                    n = readinto(chunk)
                 else:
                     data = tun.read()
                     n = len(data)
@@ -367,51 +516,14 @@ class UdpBackend:
             except OSError as e:
                 if e.errno == errno.EAGAIN:
                     return
-                # e.g. the device was deleted under us: stop polling a dead fd rather
-                # than spin on it.
-                self.log.error("udp backend: reading {tun} failed, no longer forwarding "
-                               "from it: {e}", tun=tun.name, e=e)
-                if self._reader is not None:
-                    self._reactor.removeReader(self._reader)
-                    self._reader = None
+                self._tun_read_failed(tun, e)
                 return
             counters["tun_packets_in"] += 1
-            counters["tun_bytes_in"] += n - off
+            counters["tun_bytes_in"] += n - VNET
             try:
-                if vnet:
-                    self._from_tun_vnet(n)
-                else:
-                    self._from_tun(view[:n], n)
+                self._from_tun_vnet(n)
             except Exception:
                 self._count_error("udp backend: error handling a packet from the tun")
-
-    def _from_tun(self, pkt, n):
-        """A plain packet (no vnet header) from the tun: flanneld's path."""
-        counters = self.counters
-        reason = _check_ipv4(pkt, n)
-        if reason is not None:
-            counters[reason] += 1
-            return
-        dst = (pkt[16] << 24) | (pkt[17] << 16) | (pkt[18] << 8) | pkt[19]
-        peer = self.routes.lookup(dst)
-        if peer is None:
-            counters["no-route"] += 1
-            self._send_unreachable(pkt)
-            return
-        if not _decrement_ttl(pkt):
-            counters["ttl-expired"] += 1
-            return
-        self._send(pkt, n, peer)
-
-    def _send(self, data, n, peer):
-        try:
-            self._sendto(data, peer)
-        except OSError as e:
-            self.counters["send-error"] += 1
-            self.log.debug("udp backend: send to {peer} failed: {e}", peer=peer, e=e)
-            return
-        self.counters["packets_out"] += 1
-        self.counters["bytes_out"] += n
 
     def _from_tun_vnet(self, n):
         """C{self._buf[:n]}: a vnet header and a (maybe GSO) packet from the tun."""
@@ -454,12 +566,21 @@ class UdpBackend:
                 counters["bad-header"] += 1
                 return
             counters["gso_segmented"] += 1
-            for seg in _off.segment_tcp4(buf, VNET, plen, gso_size):
-                self._send(seg, len(seg), peer)
+            self._send_segments(_off.segment_tcp4(buf, VNET, plen, gso_size), peer)
             return
         if flags & _off.F_NEEDS_CSUM:
             _off.finish_checksum(buf, VNET, plen, cstart, coff)
         self._send(pkt, plen, peer)
+
+    def _send_segments(self, segs, peer):
+        """Send the packets C{segs} (all as long as the first, but the last may be
+        shorter) to C{peer} in runs of at most GSO_MAX_SEGMENTS / GSO_MAX_BYTES."""
+        seg = len(segs[0])
+        per = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // seg) if seg else 1
+        for i in range(0, len(segs), per):
+            run = segs[i:i + per]
+            data = b"".join(run) if len(run) > 1 else run[0]
+            self._send_run(data, len(data), len(run), seg, peer)
 
     def _send_unreachable(self, pkt):
         if self._tun_ip is None:
