@@ -64,9 +64,31 @@ class Pairs(list):
     """A decoded JSON object as its list of (key, value) pairs, in document order."""
 
 
+MAX_JSON_DEPTH = 64  # far beyond any config or lease; keeps plain() and friends off the recursion limit
+
+
 def decode_pairs(text):
-    """json.loads keeping every object as Pairs, so duplicate and case-variant keys survive."""
-    return json.loads(text, object_pairs_hook=Pairs, parse_constant=_reject_constant)
+    """
+    json.loads keeping every object as Pairs, so duplicate and case-variant keys survive.
+
+    @raise ValueError: not JSON, or nested deeper than L{MAX_JSON_DEPTH}.
+    """
+    try:
+        doc = json.loads(text, object_pairs_hook=Pairs, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    _check_depth(doc)
+    return doc
+
+
+def _check_depth(doc):
+    level = [doc]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [child for v in level if isinstance(v, list)  # Pairs is a list too
+                 for child in ((c for _, c in v) if isinstance(v, Pairs) else v)]
+        if not level:
+            return
+    raise ValueError("nested too deeply (more than %d levels)" % (MAX_JSON_DEPTH,))
 
 
 def _reject_constant(name):

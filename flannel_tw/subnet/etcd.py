@@ -38,10 +38,7 @@ def node_to_lease(node):
     @raise LeaseParseError: the key or value is not a lease, as flanneld would skip it.
     """
     subnet = key_to_subnet(node.key)
-    try:
-        attrs = LeaseAttrs.from_json(node.value if node.value is not None else "")
-    except RecursionError:  # the JSON parser gives up on absurdly nested values
-        raise LeaseParseError("lease value is nested too deeply to be a lease") from None
+    attrs = LeaseAttrs.from_json(node.value if node.value is not None else "")
     return Lease(subnet=subnet, attrs=attrs, ttl=node.ttl, modified_index=node.modified_index)
 
 
@@ -73,10 +70,7 @@ class EtcdSubnetManager:
         """Deferred L{NetworkConfig}; fails with ConfigError, KeyNotFound or a transport error."""
         resp = yield self._client.get(self.prefix + "/config", quorum=True, recursive=False,
                                       sorted=False)
-        try:
-            return parse_config(resp.node.value if resp.node.value is not None else "")
-        except RecursionError:  # the JSON parser gives up on absurdly nested values
-            raise ConfigError("config is not valid JSON: nested too deeply") from None
+        return parse_config(resp.node.value if resp.node.value is not None else "")
 
     def _warn_bad_node(self, node, err):
         marker = (node.key, node.modified_index)
