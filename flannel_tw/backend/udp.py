@@ -119,7 +119,7 @@ def new_counters() -> dict:
 
 
 class _UdpProtocol(DatagramProtocol):
-    """Only used if Twisted's own reader runs (it is replaced by L{_SocketReader})."""
+    """Only used if Twisted's own reader runs (it is replaced by a L{_Reader})."""
 
     def __init__(self, backend):
         self._backend = backend
@@ -129,46 +129,25 @@ class _UdpProtocol(DatagramProtocol):
 
 
 @implementer(IReadDescriptor)
-class _SocketReader:
-    """The UDP socket as a reactor reader; drains up to READS_PER_WAKEUP datagrams."""
+class _Reader:
+    """
+    A file descriptor as a reactor reader: the UDP socket or the TUN device.
 
-    def __init__(self, backend, sock):
-        self._backend = backend
-        self._fd = sock.fileno()
+    C{drain} reads what is ready (up to READS_PER_WAKEUP a wake-up); C{lost} is told
+    when the reactor drops the descriptor.
+    """
 
-    def fileno(self):
-        return self._fd
-
-    def doRead(self):
-        return self._backend._drain_udp()
-
-    def connectionLost(self, reason):
-        pass
-
-    def logPrefix(self):
-        return "udp-backend-socket"
-
-
-@implementer(IReadDescriptor)
-class _TunReader:
-    """The TUN fd as a reactor reader; drains up to READS_PER_WAKEUP packets a wake-up."""
-
-    def __init__(self, backend, tun):
-        self._backend = backend
-        self._tun = tun
-        self._fd = tun.fileno()
+    def __init__(self, fd, drain, lost, prefix):
+        self._fd = fd
+        self.doRead = drain
+        self.connectionLost = lost
+        self._prefix = prefix
 
     def fileno(self):
         return self._fd
 
-    def doRead(self):
-        return self._backend._drain_tun()
-
-    def connectionLost(self, reason):
-        self._backend._tun_lost(reason)
-
     def logPrefix(self):
-        return "udp-backend-tun"
+        return self._prefix
 
 
 @implementer(IBackend)
@@ -272,7 +251,8 @@ class UdpBackend:
         # Our own reader drains the socket (see the module docstring).
         udp_port.stopReading()
         self._sock = sock
-        self._sock_reader = _SocketReader(self, sock)
+        self._sock_reader = _Reader(sock.fileno(), self._drain_udp, lambda reason: None,
+                                    "udp-backend-socket")
         self._reactor.addReader(self._sock_reader)
         # Straight to the socket: Port.write() re-validates the address string on
         # every packet; peer addresses here come from the route table, already valid.
@@ -298,7 +278,8 @@ class UdpBackend:
         def configured(_):
             if self.tun is None:      # stopped meanwhile
                 return None
-            self._reader = _TunReader(self, self.tun)
+            self._reader = _Reader(self.tun.fileno(), self._drain_tun, self._tun_lost,
+                                  "udp-backend-tun")
             self._reactor.addReader(self._reader)
             self.log.info("udp backend: {tun} has {address}, route {network}; forwarding",
                           tun=self.tun.name, address=address, network=config.network)
