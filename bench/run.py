@@ -1,7 +1,7 @@
 """
 flannel-tw benchmark: data planes and control plane in the namespace lab, one run.
 
-    python3 -m bench [--seconds 5] [--only udp,udp-offload] [--no-scale] [--leases 10000]
+    python3 -m bench [--rounds 3] [--seconds 5] [--only udp,udp-offload] [--no-scale] [--leases 10000]
     python3 bench/run.py ...        (the same)
 
 Needs root, iproute2, iperf3. For every scenario it builds a fresh lab (a switch and two
@@ -19,6 +19,9 @@ Scenarios: ``underlay`` (host to host over the lab bridge), ``kernel-vxlan`` and
 routes, or plain routes; no daemon), ``udp`` (flanneld's wire format; offload off in
 the Backend config), ``udp-offload`` (TUN offloads, 64 KB datagrams between flannel-tw
 hosts), ``vxlan`` and ``host-gw`` (the daemon's backends, when this build has them).
+
+The scenarios run in rounds (all of them, then all again; --rounds, default 3) and each
+figure is the median over the rounds, so one noisy spell does not decide a ratio.
 
 Then the control-plane scale run: N leases written into etcd, one daemon started; the
 time from its own lease to all N routes, from a new lease to its route (median of 20),
@@ -298,6 +301,23 @@ def run_scale(backend, leases, keep_logs, samples=20):
 
 # -- report ------------------------------------------------------------------------
 
+def median_result(rs):
+    """The median of each numeric figure over the rounds that worked; an error if none did."""
+    ok = [r for r in rs if "error" not in r]
+    if not ok:
+        return rs[-1]
+    out = {}
+    for key in ok[0]:
+        vals = [r[key] for r in ok if isinstance(r.get(key), (int, float))]
+        out[key] = statistics.median(vals) if vals else ok[-1].get(key)
+    out["rounds"] = len(ok)
+    if len(ok) < len(rs):
+        out["failed_rounds"] = [r["error"] for r in rs if "error" in r]
+    if len(ok) > 1 and ok[0].get("tcp_bps") is not None:
+        out["tcp_bps_runs"] = [r.get("tcp_bps") for r in ok]
+    return out
+
+
 def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -337,22 +357,24 @@ def targets(results, scale, ref_name):
 
 def table(results, ref_name):
     ref = (results.get(ref_name) or {}).get("tcp_bps")
-    rows = [("scenario", "TCP Gbit/s", "ratio", "ping ms", "64B pps", "CPU s/GB", "retr")]
+    rows = [("scenario", "TCP Gbit/s", "ratio", "ping ms", "64B pps", "CPU s/GB", "retr",
+             "TCP each round")]
     for name in SCENARIOS:
         r = results.get(name)
         if r is None:
             continue
         if "unavailable" in r:
-            rows.append((name, "not available", "", "", "", "", ""))
+            rows.append((name, "not available", "", "", "", "", "", ""))
             continue
         if "error" in r:
-            rows.append((name, "error: " + r["error"][:60], "", "", "", "", ""))
+            rows.append((name, "error: " + r["error"][:60], "", "", "", "", "", ""))
             continue
         bps = r.get("tcp_bps")
         rows.append((name, fmt(bps and bps / 1e9, ".3f"),
                      fmt(bps / ref if bps and ref else None, ".3f"),
                      fmt(r.get("ping_ms"), ".3f"), fmt(r.get("udp_pps"), ",.0f"),
-                     fmt(r.get("cpu_s_per_gb"), ".1f"), fmt(r.get("tcp_retransmits"), "d")))
+                     fmt(r.get("cpu_s_per_gb"), ".1f"), fmt(r.get("tcp_retransmits"), ".0f"),
+                     " ".join(fmt(v and v / 1e9, ".2f") for v in r.get("tcp_bps_runs", ()))))
     w = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(x) for v, x in zip(row, w)).rstrip() for row in rows)
 
@@ -360,6 +382,8 @@ def table(results, ref_name):
 def build_parser():
     p = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=int, default=5, help="TCP test length (default 5)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds over the scenarios, interleaved; figures are medians (default 3)")
     p.add_argument("--only", default=None,
                    help="comma-separated scenarios (default all): " + ",".join(SCENARIOS))
     p.add_argument("--no-scale", action="store_true", help="skip the control-plane run")
@@ -385,22 +409,36 @@ def main(argv=None):
     names = SCENARIOS if not args.only else tuple(args.only.split(","))
     if args.scale_only:
         names = ()
-    results = {}
     for name in names:
         if name not in SCENARIOS:
             print("bench: unknown scenario %r" % name, file=sys.stderr)
             return 2
-        backend = DAEMON_BACKENDS.get(name, {}).get("Type")
-        if backend and backend not in FACTORIES:
-            results[name] = {"unavailable": "backend %r is not registered in this build" % backend}
-            say("%-14s not available (backend %r not registered)" % (name, backend))
-            continue
-        say("%-14s running ..." % name)
-        try:
-            results[name] = run_scenario(name, args.seconds, args.keep_logs)
-        except Exception as e:
-            results[name] = {"error": "%s: %s" % (type(e).__name__, e)}
-        say("%-14s %s" % (name, json.dumps(results[name], sort_keys=True)))
+    if args.rounds < 1:
+        print("bench: --rounds must be at least 1", file=sys.stderr)
+        return 2
+    results = {}
+    runs = {}
+    # Rounds are interleaved (every scenario once, then again), so a slow spell of the
+    # machine hits the static kernel paths and the daemon's alike; each figure is the
+    # median over the rounds.
+    for rnd in range(1, args.rounds + 1):
+        for name in names:
+            backend = DAEMON_BACKENDS.get(name, {}).get("Type")
+            if backend and backend not in FACTORIES:
+                results[name] = {"unavailable": "backend %r is not registered in this build"
+                                 % backend}
+                if rnd == 1:
+                    say("%-14s not available (backend %r not registered)" % (name, backend))
+                continue
+            say("%-14s round %d/%d ..." % (name, rnd, args.rounds))
+            try:
+                res = run_scenario(name, args.seconds, args.keep_logs)
+            except Exception as e:
+                res = {"error": "%s: %s" % (type(e).__name__, e)}
+            say("%-14s %s" % (name, json.dumps(res, sort_keys=True)))
+            runs.setdefault(name, []).append(res)
+    for name, rs in runs.items():
+        results[name] = median_result(rs)
     scale = []
     if not args.no_scale:
         for backend in args.scale_backends.split(","):
@@ -441,7 +479,8 @@ def main(argv=None):
     out = args.out or os.path.join(HERE, "results-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
     with open(out, "w") as f:
         json.dump({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "reference": ref_name,
-                   "seconds": args.seconds, "results": results, "scale": scale,
+                   "seconds": args.seconds, "rounds": args.rounds, "results": results,
+                   "runs": runs, "scale": scale,
                    "targets": checks, "cpus": os.cpu_count(),
                    "kernel": os.uname().release}, f, indent=2, sort_keys=True)
     say("\nwrote %s" % out)

@@ -129,43 +129,140 @@ class SegmentationTests(TestCase):
         O.finish_checksum(buf, H, len(pkt), 20, 16)
         self.assertTrue(tcp_ok(buf[H:]))
 
-    @settings(max_examples=30, deadline=None)
-    @given(st.integers(60000, 65400), st.sampled_from([536, 1400, 1420, 1448, 8960]),
-           st.integers(0, 0xFF))
-    def test_split_gso(self, size, mss, flags):
-        payload = os.urandom(size)
-        pkt = tcp_packet(payload, flags=flags, partial=True)
-        buf = bytearray(O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, mss, 20, 16)) + pkt
-        parts = O.split_gso(buf, len(buf), max_len=32000)
-        got = b""
-        for k, part in enumerate(parts):
-            self.assertLessEqual(len(part), 32000)
-            ip = part[H:]
-            self.assertIsNone(P.check_ipv4(ip))
-            self.assertEqual(P.ones_complement_sum(ip, 0, 20), 0xFFFF)
-            data = bytes(ip[40:])
-            if k < len(parts) - 1:
-                self.assertEqual(len(data) % mss, 0)
-            # partial checksum: the pseudo-header sum for this part's TCP length
-            pseudo = bytes(ip[12:20]) + struct.pack("!BBH", 0, 6, len(ip) - 20)
-            self.assertEqual(struct.unpack_from("!H", ip, 36)[0] % 0xFFFF,
-                             P.ones_complement_sum(pseudo) % 0xFFFF)
-            # finishing it gives a valid packet
-            whole = bytearray(ip)
-            O.finish_checksum(whole, 0, len(whole), 20, 16)
-            self.assertTrue(tcp_ok(whole))
-            gso = O.parse_vnet(part)[1]
-            self.assertEqual(gso, O.GSO_TCPV4 if len(data) > mss else O.GSO_NONE)
-            got += data
-        self.assertEqual(got, payload)
+
+
+class FrameTests(TestCase):
+    """Frames cut into segments and put back together (pure, hypothesis)."""
+
+    @staticmethod
+    def segments(frame, seg, fid=1):
+        out = bytearray(len(frame) + 300 * O.FRAME_HDR_LEN)
+        count, total = O.pack_frame(frame, len(frame), seg, out, fid)
+        return [bytes(out[o:min(o + seg, total)]) for o in range(0, total, seg)], count
+
+    @staticmethod
+    def counters():
+        return {"incomplete-frame": 0, "bad-header": 0, "short": 0}
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.binary(min_size=1, max_size=O.MAX_FRAME), st.integers(300, 9000),
+           st.integers(0, 0xFFFF))
+    def test_round_trip(self, frame, seg, fid):
+        segs, count = self.segments(frame, seg, fid)
+        self.assertEqual(len(segs), count)
+        self.assertLessEqual(count, O.MAX_SEGMENTS)
+        for k, s in enumerate(segs):
+            self.assertEqual(s[:4], bytes([0xF7, fid & 0xFF, k, count]))
+            if k < count - 1:
+                self.assertEqual(len(s), seg)      # UDP_SEGMENT: all but the last full
+        c = self.counters()
+        r = O.Reassembler(c)
+        got = [r.feed("p", s, 0, len(s)) for s in segs]
+        self.assertEqual(got[:-1], [None] * (count - 1))
+        self.assertEqual(bytes(got[-1]), frame)
+        self.assertEqual(c, self.counters())
+        self.assertEqual(len(r), 0)
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.lists(st.binary(min_size=1, max_size=20000), min_size=1, max_size=4),
+           st.integers(300, 1500), st.randoms(use_true_random=False), st.data())
+    def test_loss_and_reordering_never_give_a_wrong_frame(self, frames, seg, rnd, data):
+        """Whatever is lost, duplicated or reordered, what comes out is a frame that was
+        sent, whole; with nothing disturbed every frame comes out."""
+        stream = []
+        for i, f in enumerate(frames):
+            stream += self.segments(f, seg, i)[0]
+        ops = data.draw(st.sampled_from(["none", "drop", "swap", "dup"]))
+        if len(stream) == 1:
+            ops = "none"
+        if ops != "none":
+            k = rnd.randrange(len(stream) - 1)
+            if ops == "drop":
+                del stream[k]
+            elif ops == "swap":
+                stream[k], stream[k + 1] = stream[k + 1], stream[k]
+            else:
+                stream.insert(k, stream[k])
+        c = self.counters()
+        r = O.Reassembler(c)
+        out = [bytes(f) for f in (r.feed("p", s, 0, len(s)) for s in stream) if f is not None]
+        for f in out:
+            self.assertIn(f, frames)
+        if ops == "none":
+            self.assertEqual(out, frames)
+            self.assertEqual(c, self.counters())
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.lists(st.binary(min_size=1, max_size=O.MAX_FRAME), min_size=1, max_size=3),
+           st.integers(300, 9000), st.data())
+    def test_coalesced_runs(self, frames, seg, data):
+        """Segments read in coalesced runs (as UDP_GRO hands them over: equal sizes, the
+        last of a run maybe shorter) give the same frames as one by one, and a run of
+        one frame is taken whole."""
+        stream = []
+        for i, f in enumerate(frames):
+            stream += self.segments(f, seg, i)[0]
+        runs = []
+        while stream:
+            k = data.draw(st.integers(1, len(stream)))
+            run = [stream.pop(0)]
+            while len(run) < k and stream and len(run[-1]) == seg and len(stream[0]) <= seg:
+                run.append(stream.pop(0))
+            runs.append(run)
+        c = self.counters()
+        r = O.Reassembler(c)
+        out = []
+        whole = 0
+        for run in runs:
+            buf = b"".join(run)
+            taken, frame = r.feed_run("p", buf, 0, len(buf), len(run[0]))
+            if taken:
+                whole += 1
+                if frame is not None:
+                    out.append(bytes(frame))
+                continue
+            for s in run:
+                f = r.feed("p", s, 0, len(s))
+                if f is not None:
+                    out.append(bytes(f))
+        self.assertEqual(out, frames)
+        self.assertEqual(c, self.counters())
+        # a run inside one frame is never refused
+        self.assertEqual(whole, sum(1 for run in runs if len({s[1] for s in run}) == 1))
+
+    def test_peers_are_separate_and_pending_is_bounded(self):
+        a, _ = self.segments(b"A" * 5000, 1000)
+        b, _ = self.segments(b"B" * 5000, 1000)
+        c = self.counters()
+        r = O.Reassembler(c, max_pending=2)
+        got = []
+        for x, y in zip(a, b):             # interleaved from two peers
+            got += [r.feed("a", x, 0, len(x)), r.feed("b", y, 0, len(y))]
+        self.assertEqual([bytes(g) for g in got if g is not None], [b"A" * 5000, b"B" * 5000])
+        for peer in ("c", "d", "e"):       # three frames started, room for two
+            r.feed(peer, a[0], 0, len(a[0]))
+        self.assertEqual(len(r), 2)
+        self.assertEqual(c["incomplete-frame"], 1)
+        r.forget("e")
+        self.assertEqual(c["incomplete-frame"], 2)
+
+    def test_bad_segments(self):
+        c = self.counters()
+        r = O.Reassembler(c)
+        self.assertIsNone(r.feed("p", b"\xf7\x01\x00\x02", 0, 4))                # no data
+        self.assertIsNone(r.feed("p", b"\xf7\x01\x00\x00xx", 0, 6))              # count 0
+        self.assertIsNone(r.feed("p", b"\xf7\x01\x00\xff" + bytes(60000), 0, 60004))  # > 64 KB
+        self.assertIsNone(r.feed("p", b"\xf7\x01\x01\x02xx", 0, 6))              # orphan
+        self.assertEqual(c, {"incomplete-frame": 1, "bad-header": 2, "short": 1})
+        self.assertRaises(ValueError, O.pack_frame, bytes(65545), 65545, 200, bytearray(70000), 0)
 
 
 class NegotiationTests(TestCase):
     def test_peer_offload(self):
         def attrs(data):
             return LeaseAttrs(IPv4Address("192.0.2.1"), backend_data=data)
-        self.assertTrue(O.peer_offload(attrs({"FlannelTW": {"Offload": 1}})))
-        for data in (None, {}, {"FlannelTW": {}}, {"FlannelTW": {"Offload": 2}},
+        self.assertTrue(O.peer_offload(attrs({"FlannelTW": {"Offload": 2}})))
+        for data in (None, {}, {"FlannelTW": {}}, {"FlannelTW": {"Offload": 1}},
                      {"FlannelTW": {"Offload": True}}, {"FlannelTW": 1}, "x", [1],
                      {"VtepMAC": "02:00:00:00:00:01"}):
             self.assertFalse(O.peer_offload(attrs(data)), data)
@@ -173,7 +270,7 @@ class NegotiationTests(TestCase):
     def test_lease_value_exact(self):
         a = LeaseAttrs(IPv4Address("10.0.0.1"), backend_data=O.lease_backend_data(True))
         self.assertEqual(a.to_json(),
-                         '{"PublicIP":"10.0.0.1","BackendData":{"FlannelTW":{"Offload":1}}}')
+                         '{"PublicIP":"10.0.0.1","BackendData":{"FlannelTW":{"Offload":2}}}')
         self.assertTrue(O.peer_offload(LeaseAttrs.from_json(a.to_json())))
         plain = LeaseAttrs(IPv4Address("10.0.0.1"), backend_data=O.lease_backend_data(False))
         self.assertEqual(plain.to_json(), '{"PublicIP":"10.0.0.1"}')
@@ -225,7 +322,7 @@ class VnetBackendTests(BackendTestBase):
     def test_lease_advertises_offload(self):
         attrs = yield self.started()
         self.assertEqual(self.vnet_opens, [True])
-        self.assertEqual(attrs.backend_data, {"FlannelTW": {"Offload": 1}})
+        self.assertEqual(attrs.backend_data, {"FlannelTW": {"Offload": 2}})
         self.assertTrue(self.backend.offload)
         self.assertTrue(self.backend.routes.offload_of(PEER_SUBNET))
 
@@ -266,18 +363,39 @@ class VnetBackendTests(BackendTestBase):
         return p
 
     @defer.inlineCallbacks
-    def test_gso_to_offload_peer_is_one_datagram(self):
+    def test_gso_to_offload_peer_is_one_frame(self):
         peer = self.listen_peer()
         yield self.started(offload_peer=True)
-        pkt = tcp_packet(os.urandom(20000), partial=True)
+        pkt = tcp_packet(os.urandom(65000), partial=True)
         hdr = O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 16)
         self.tun.peer.inject(hdr + pkt)
-        yield wait_for(peer.poll, what="datagram")
-        data, _ = peer.received[0]
-        self.assertEqual(len(peer.received), 1)
-        self.assertEqual(data[:H], hdr)
-        self.assertEqual(data[H + 8], 63)
-        self.assertEqual(data[H + 12:], bytes(pkt[12:]))
+        n = -(-(H + len(pkt)) // (self.backend.mtu - O.FRAME_HDR_LEN))
+        yield wait_for(lambda: len(peer.poll()) == n, what="%d segments" % n)
+        c = FrameTests.counters()
+        r = O.Reassembler(c)
+        frames = []
+        for data, _ in peer.received:
+            self.assertLessEqual(len(data), self.backend.mtu)     # never fragmented
+            self.assertEqual(data[0], O.FRAME_MAGIC)
+            f = r.feed(PEER, data, 0, len(data))
+            if f is not None:
+                frames.append(bytes(f))
+        self.assertEqual(len(frames), 1)
+        self.assertEqual(frames[0][:H], hdr)
+        self.assertEqual(frames[0][H + 8], 63)                # TTL decremented
+        self.assertEqual(frames[0][H + 12:], bytes(pkt[12:]))
+        self.assertEqual(self.backend.counters["frames_out"], 1)
+
+    @defer.inlineCallbacks
+    def test_small_packet_to_offload_peer_is_flanneld_format(self):
+        peer = self.listen_peer()
+        yield self.started(offload_peer=True)
+        pkt = tcp_packet(b"abc" * 100, partial=True)
+        self.tun.peer.inject(O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16) + pkt)
+        yield wait_for(peer.poll)
+        data = peer.received[0][0]
+        self.assertEqual(len(data), len(pkt))
+        self.assertTrue(tcp_ok(data))
 
     @defer.inlineCallbacks
     def test_gso_to_plain_peer_is_segmented(self):
@@ -308,6 +426,9 @@ class VnetBackendTests(BackendTestBase):
         self.assertEqual(len(data), len(pkt))
         self.assertTrue(tcp_ok(data))
 
+    def frame_segments(self, frame, fid=1):
+        return FrameTests.segments(frame, self.backend.mtu, fid)[0]
+
     @defer.inlineCallbacks
     def test_receive_both_formats(self):
         yield self.started()
@@ -316,7 +437,8 @@ class VnetBackendTests(BackendTestBase):
         s.sendto(plain, (OURS, self.port))
         hdr = O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 16)
         big = tcp_packet(os.urandom(30000), src="10.1.7.3", dst="10.1.15.2", partial=True)
-        s.sendto(hdr + big, (OURS, self.port))
+        for seg in self.frame_segments(hdr + big):
+            s.sendto(seg, (OURS, self.port))
         got = []
         yield wait_for(lambda: got.extend(self.tun.peer.written()) or len(got) == 2)
         self.assertEqual(got[0][:H], bytes(H))            # zero header before a plain packet
@@ -325,17 +447,51 @@ class VnetBackendTests(BackendTestBase):
         self.assertEqual(got[1][:H], hdr)
         self.assertEqual(got[1][H + 8], 63)
         self.assertEqual(got[1][H + 12:], bytes(big[12:]))
+        self.assertEqual(self.backend.counters["frames_in"], 1)
+
+    @defer.inlineCallbacks
+    def test_coalesced_read_is_taken_apart(self):
+        """A UDP GSO send arrives as one GRO read (loopback coalesces it): plain packets
+        and the segments of a frame in it are handled one by one."""
+        yield self.started()
+        if not self.backend.udp_gro:
+            raise SkipTest("this kernel has no UDP_GRO")
+        import socket
+        s = self.peer_socket(PEER)
+        seg = self.backend.mtu
+        plain = [make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=bytes([k]) * (seg - 20))
+                 for k in range(5)]
+        hdr = O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 16)
+        big = tcp_packet(os.urandom(20000), src="10.1.7.3", dst="10.1.15.2", partial=True)
+        segs = self.frame_segments(hdr + big)
+        for burst in (b"".join(plain), b"".join(segs)):
+            s.sendmsg([burst], [(socket.SOL_UDP, 103, struct.pack("=H", seg))], 0,
+                      (OURS, self.port))
+        got = []
+        yield wait_for(lambda: got.extend(self.tun.peer.written()) or len(got) == 6)
+        for k, w in enumerate(got[:5]):
+            self.assertEqual(w[:H], bytes(H))
+            self.assertEqual(w[H + 20:], bytes([k]) * (seg - 20))
+        self.assertEqual(got[5][H + 12:], bytes(big[12:]))
+        self.assertEqual(self.backend.counters["packets_in"], 5 + len(segs))
 
     @defer.inlineCallbacks
     def test_filter_applies_to_offload_frames(self):
         yield self.started()
         s = self.peer_socket(PEER)
         hdr = O.build_vnet()
-        s.sendto(hdr + make_ipv4(src="10.1.99.3", dst="10.1.15.2"), (OURS, self.port))
-        s.sendto(hdr + make_ipv4(src="10.1.7.3", dst="10.1.15.2", ttl=1), (OURS, self.port))
-        yield wait_for(lambda: self.backend.counters["packets_in"] == 2)
+        for fid, pkt in enumerate((make_ipv4(src="10.1.99.3", dst="10.1.15.2"),
+                                   make_ipv4(src="10.1.7.3", dst="10.1.15.2", ttl=1))):
+            for seg in self.frame_segments(hdr + pkt, fid):
+                s.sendto(seg, (OURS, self.port))
+        stranger = self.peer_socket("127.0.0.77")
+        for seg in self.frame_segments(hdr + make_ipv4(src="10.1.7.3", dst="10.1.15.2")):
+            stranger.sendto(seg, (OURS, self.port))
+        yield wait_for(lambda: self.backend.counters["packets_in"] == 3)
         self.assertEqual(self.backend.counters["spoofed-source"], 1)
         self.assertEqual(self.backend.counters["ttl-expired"], 1)
+        self.assertEqual(self.backend.counters["unknown-peer"], 1)
+        self.assertEqual(len(self.backend.reassembler), 0)     # strangers leave no state
         self.assertEqual(self.tun.peer.written(), [])
 
     @defer.inlineCallbacks
@@ -405,6 +561,9 @@ def _lab_skip():
     return None
 
 
+METRICS_PORT = 9187
+
+
 class OffloadLabTests(TestCase):
     """Two hosts in the lab with real daemons; TCP data checked end to end."""
 
@@ -432,8 +591,9 @@ class OffloadLabTests(TestCase):
             os.makedirs(os.path.join(self.workdir, "h%d" % i))
             env = _child_env()
             env.update(extra)
-            procs[i] = lab.spawn(lab.host_ns(i), daemon_argv(self.workdir, i, self.etcd,
-                                                             lab.host_ip(i)),
+            argv = daemon_argv(self.workdir, i, self.etcd, lab.host_ip(i)) + [
+                "--metrics-port=%d" % METRICS_PORT, "--metrics-ip=%s" % lab.host_ip(i)]
+            procs[i] = lab.spawn(lab.host_ns(i), argv,
                                  os.path.join(self.workdir, "h%d.out" % i), env=env,
                                  cwd=self.workdir)
         wait_subnet_files(self.workdir, procs, 60)
@@ -450,6 +610,18 @@ class OffloadLabTests(TestCase):
                            self.etcd + "/v2/keys/coreos.com/network/subnets"])
         nodes = json.loads(cp.stdout)["node"]["nodes"]
         return {json.loads(n["value"])["PublicIP"]: n["value"] for n in nodes}
+
+    def counter(self, i, name, metric="flannel_backend_counter_total", label="backend=\"udp\",name"):
+        """A udp backend counter of host i's daemon, from its metrics endpoint."""
+        cp = self.lab.exec(self.lab.host_ns(i), [
+            sys.executable, "-c",
+            "import urllib.request,sys;print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+            "http://%s:%d/metrics" % (self.lab.host_ip(i), METRICS_PORT)])
+        want = '%s{%s="%s"}' % (metric, label, name)
+        for line in cp.stdout.splitlines():
+            if line.startswith(want):
+                return float(line.split()[-1])
+        self.fail("no %s in the metrics of h%d:\n%s" % (want, i, cp.stdout))
 
     def reassembled(self, i):
         cp = self.lab.exec(self.lab.host_ns(i), ["cat", "/proc/net/snmp"])
@@ -474,13 +646,19 @@ class OffloadLabTests(TestCase):
         values = self.leases()
         for i in (1, 2):
             self.assertEqual(values[str(self.lab.host_ip(i))],
-                             '{"PublicIP":"%s","BackendData":{"FlannelTW":{"Offload":1}}}'
+                             '{"PublicIP":"%s","BackendData":{"FlannelTW":{"Offload":2}}}'
                              % self.lab.host_ip(i))
-        before = self.reassembled(2)
+        before = self.reassembled(2), self.reassembled(1)
         self.transfer(1, 2)
         self.transfer(2, 1, port=5556)
-        # super-packets crossed the underlay as fragmented 64 KB datagrams
-        self.assertGreater(self.reassembled(2) - before, 10)
+        # super-packets crossed the underlay as frames of MTU-sized datagrams: many
+        # frames each way, and no IP fragment to reassemble on either host
+        for i in (1, 2):
+            self.assertGreater(self.counter(i, "frames_out"), 10)
+            self.assertGreater(self.counter(i, "frames_in"), 10)
+            self.assertEqual(self.counter(i, "incomplete-frame",
+                                          "flannel_udp_dropped_packets_total", "reason"), 0)
+        self.assertEqual((self.reassembled(2), self.reassembled(1)), before)
 
     def test_mixed_with_plain_peer(self):
         """h2 runs with offload off: its lease is flanneld's, and so is the wire."""

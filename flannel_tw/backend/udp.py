@@ -23,10 +23,15 @@ it).
 Offloaded mode (L{flannel_tw.udp.offload}): unless the Backend config says
 C{"Offload": false} or the environment says C{FLANNEL_TW_UDP_OFFLOAD=0}, flannel0 is
 opened with IFF_VNET_HDR and TSO, our lease carries C{"BackendData":{"FlannelTW":
-{"Offload":1}}}, and peers advertising the same get whole super-packets (up to 64 KB)
-in one datagram. Towards every other peer (flanneld, or offload off) the wire stays
-flanneld's: super-packets are segmented and partial checksums completed in user space,
-so a mixed cluster works and flannel-tw pairs keep their speed.
+{"Offload":2}}}, and peers advertising the same get each TCP super-packet (up to 64 KB)
+as one frame: MTU-sized segments with a 4-byte frame header, handed to the kernel in
+one UDP GSO sendmsg and read back in one recvmsg thanks to UDP_GRO on the socket.
+Everything else, and everything towards other peers (flanneld, or offload off), is
+flanneld's wire: super-packets are segmented and partial checksums completed in user
+space, so a mixed cluster works and flannel-tw pairs keep their speed.
+
+UDP_GRO is asked for in both modes: a run of datagrams from one peer then arrives in
+one read (the cmsg gives the segment size) and is taken apart here.
 """
 import errno
 import os
@@ -60,6 +65,8 @@ READ_BUFFER = 65535
 # equal-sized datagrams to one peer; the kernel cuts it into ordinary datagrams (the
 # wire is unchanged) after one trip through routing, veth, bridge and netfilter.
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+UDP_GRO = getattr(socket, "UDP_GRO", 104)
+_GRO_CMSG = socket.CMSG_SPACE(4)
 GSO_MAX_SEGMENTS = 64         # UDP_MAX_SEGMENTS
 GSO_MAX_BYTES = 65507         # one IPv4 UDP payload
 _GSO_FATAL = frozenset((errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
@@ -68,9 +75,12 @@ VNET = _off.VNET_HDR_LEN
 _ZERO_VNET = bytes(VNET)
 
 DROP_REASONS = ("short", "not-ipv4", "bad-header", "unknown-peer", "spoofed-source",
-                "ttl-expired", "no-route", "send-error", "tun-write-error", "error")
+                "ttl-expired", "no-route", "send-error", "tun-write-error",
+                "incomplete-frame", "error")
 
 _U16 = struct.Struct("=H").pack      # the UDP_SEGMENT cmsg: a native u16
+_GRO_SIZE = struct.Struct("=i").unpack_from   # the UDP_GRO cmsg: a native int
+_FRAME_MAGIC = _off.FRAME_MAGIC
 _check_ipv4 = _pkt.check_ipv4
 _decrement_ttl = _pkt.decrement_ttl
 
@@ -111,7 +121,7 @@ def new_counters() -> dict:
         "tun_packets_out", "tun_bytes_out",      # delivered into the tun (incl. ICMP)
         "icmp_unreachable",                      # ICMP net-unreachable replies written
         "gso_segmented",                         # super-packets cut up for a plain peer
-        "gso_split",                             # super-packets too big for one datagram
+        "frames_out", "frames_in",               # super-packets to / from offload peers
     ), 0)
     for reason in DROP_REASONS:
         c[reason] = 0
@@ -205,6 +215,12 @@ class UdpBackend:
         # (the header for a plain packet written into a vnet TUN)
         self._rbuf = bytearray(VNET + READ_BUFFER + 1)
         self._rview = memoryview(self._rbuf)
+        # offload frames: packed here on the way out, put together again on the way in
+        self._fbuf = bytearray(_off.MAX_FRAME + _off.MAX_SEGMENTS * _off.FRAME_HDR_LEN)
+        self._fview = memoryview(self._fbuf)
+        self._frame_id = 0
+        self.reassembler = _off.Reassembler(self.counters)
+        self.udp_gro = False         # True when the socket coalesces datagrams (UDP_GRO)
 
     # -- IBackend ----------------------------------------------------------------
 
@@ -248,6 +264,11 @@ class UdpBackend:
                     sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
                 except OSError:
                     pass
+        try:
+            sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+            self.udp_gro = True
+        except OSError as e:
+            self.log.info("udp backend: no UDP GRO ({e}); one read per datagram", e=e)
         # Our own reader drains the socket (see the module docstring).
         udp_port.stopReading()
         self._sock = sock
@@ -318,6 +339,8 @@ class UdpBackend:
                                     self.offload and _off.peer_offload(lease.attrs))
                 elif event.kind == REMOVED:
                     self.routes.remove(subnet)
+                    if not self.routes.is_peer(str(lease.attrs.public_ip)):
+                        self.reassembler.forget(str(lease.attrs.public_ip))
             except Exception:
                 self.log.failure("udp backend: bad lease event {event!r}", event=event)
 
@@ -531,20 +554,11 @@ class UdpBackend:
             return
         peer = entry[1]
         flags, gso, _hl, gso_size, cstart, coff = _off.parse_vnet(buf)
-        if entry[2]:
-            # a flannel-tw peer with offload: header and super-packet in one datagram
-            if n <= _off.MAX_DATAGRAM:
-                self._send(view[:n], plen, peer)
-            elif gso & ~_off.GSO_ECN == _off.GSO_TCPV4 and buf[VNET + 9] == 6 and gso_size:
-                counters["gso_split"] += 1
-                for part in _off.split_gso(buf, n):
-                    self._send(part, len(part) - VNET, peer)
-            else:
-                counters["bad-header"] += 1
-            return
         if gso & ~_off.GSO_ECN:
-            if gso & ~_off.GSO_ECN != _off.GSO_TCPV4 or buf[VNET + 9] != 6:
+            if gso & ~_off.GSO_ECN != _off.GSO_TCPV4 or buf[VNET + 9] != 6 or not gso_size:
                 counters["bad-header"] += 1
+                return
+            if entry[2] and self._send_frame(n, peer):
                 return
             counters["gso_segmented"] += 1
             self._send_segments(_off.segment_tcp4(buf, VNET, plen, gso_size), peer)
@@ -552,6 +566,28 @@ class UdpBackend:
         if flags & _off.F_NEEDS_CSUM:
             _off.finish_checksum(buf, VNET, plen, cstart, coff)
         self._send(pkt, plen, peer)
+
+    def _send_frame(self, n, peer):
+        """
+        The super-packet C{self._buf[:n]} (vnet header first) to an offloading peer as
+        one frame: segments of C{self.mtu} bytes in UDP GSO sendmsgs of at most
+        GSO_MAX_SEGMENTS / GSO_MAX_BYTES. False when it cannot be framed (an MTU too
+        small for 255 segments); the caller then segments it for flanneld's wire.
+        """
+        seg = self.mtu
+        fid = self._frame_id = (self._frame_id + 1) & 0xFF
+        try:
+            count, total = _off.pack_frame(self._view, n, seg, self._fbuf, fid)
+        except ValueError:
+            return False
+        self.counters["frames_out"] += 1
+        fview = self._fview
+        per = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // seg)
+        step = per * seg
+        for start in range(0, total, step):
+            end = min(start + step, total)
+            self._send_run(fview[start:end], end - start, -(-(end - start) // seg), seg, peer)
+        return True
 
     def _send_segments(self, segs, peer):
         """Send the packets C{segs} (all as long as the first, but the last may be
@@ -593,11 +629,12 @@ class UdpBackend:
         sock = self._sock
         if sock is None:
             return
-        recv = sock.recvfrom_into
-        into = self._rview[VNET:]
+        recv = sock.recvmsg_into
+        into = [self._rview[VNET:]]
+        handle = self._from_udp_at
         for _ in range(READS_PER_WAKEUP):
             try:
-                n, addr = recv(into)
+                n, anc, flags, addr = recv(into, _GRO_CMSG)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -607,37 +644,90 @@ class UdpBackend:
                 self.log.debug("udp backend: socket error {e}", e=e)
                 continue
             try:
-                self._from_udp_buf(n, addr)
+                if flags & socket.MSG_TRUNC:
+                    self.counters["packets_in"] += 1
+                    self.counters["bytes_in"] += n
+                    self.counters["bad-header"] += 1
+                    continue
+                gro = 0
+                for level, kind, data in anc:
+                    if level == socket.SOL_UDP and kind == UDP_GRO:
+                        gro = _GRO_SIZE(data)[0]
+                if 0 < gro < n:
+                    # datagrams of gro bytes (the last may be shorter), coalesced: a
+                    # run of one frame's segments in one go, else one by one
+                    if self.offload and self._frame_run(n, gro, addr):
+                        continue
+                    for off in range(VNET, VNET + n, gro):
+                        handle(off, min(gro, VNET + n - off), addr)
+                else:
+                    handle(VNET, n, addr)
             except Exception:
                 self._count_error("udp backend: error handling a datagram from {addr}",
                                   addr=addr)
 
-    def _from_udp_buf(self, n, addr):
-        """The datagram C{self._rbuf[VNET:VNET+n]} from C{addr}."""
+    def _frame_run(self, n, seg, addr):
+        """
+        A coalesced read at C{self._rbuf[VNET:VNET+n]} that may be consecutive segments
+        of one frame: taken whole when it is (True), else False and nothing counted.
+        """
+        if self._rbuf[VNET] != _FRAME_MAGIC:
+            return False
+        if self.filter_sources and not self.routes.is_peer(addr[0]):
+            return False            # counted datagram by datagram
+        taken, frame = self.reassembler.feed_run(addr[0], self._rbuf, VNET, n, seg)
+        if not taken:
+            return False
+        counters = self.counters
+        counters["packets_in"] += -(-n // seg)
+        counters["bytes_in"] += n
+        if frame is not None:
+            self._deliver_frame(frame, addr)
+        return True
+
+    def _deliver_frame(self, frame, addr):
+        self.counters["frames_in"] += 1
+        plen = len(frame) - VNET
+        self._deliver(frame, memoryview(frame), VNET, plen, 0, addr,
+                      _off.check_vnet(frame, 0, plen)
+                      if plen >= _pkt.IPV4_MIN_HEADER else "short")
+
+    def _from_udp_at(self, base, n, addr):
+        """
+        The datagram C{self._rbuf[base:base+n]} from C{addr} (C{base} >= VNET: the
+        bytes before it may be overwritten, the datagrams of a coalesced read are
+        handled in order).
+        """
         counters = self.counters
         counters["packets_in"] += 1
         counters["bytes_in"] += n
         rbuf = self._rbuf
-        rview = self._rview
-        if n and rbuf[VNET] < 0x10 and self.offload:
-            # [vnet header][packet] from an offloading flannel-tw peer
-            ip = VNET + VNET
-            plen = n - VNET
-            if plen < _pkt.IPV4_MIN_HEADER:
-                counters["short"] += 1
+        if n and rbuf[base] == _FRAME_MAGIC and self.offload:
+            if self.filter_sources and not self.routes.is_peer(addr[0]):
+                counters["unknown-peer"] += 1
                 return
-            reason = _off.check_vnet(rbuf, VNET, plen)
-            start = VNET
+            frame = self.reassembler.feed(addr[0], rbuf, base, n)
+            if frame is not None:
+                self._deliver_frame(frame, addr)
+            return
+        start = base - VNET
+        if self.offload:
+            rbuf[start:base] = _ZERO_VNET     # a zero vnet header before the plain packet
         else:
-            ip = VNET
-            plen = n
-            reason = None
-            start = 0 if self.offload else VNET     # a zero header before it, if needed
-        pkt = rview[ip:ip + plen]
+            start = base
+        self._deliver(rbuf, self._rview, base, n, start, addr, None)
+
+    def _deliver(self, buf, view, ip, plen, start, addr, reason):
+        """
+        Check the IPv4 packet C{buf[ip:ip+plen]} from C{addr} and write
+        C{buf[start:ip+plen]} (with its vnet header in offloaded mode) into the TUN.
+        """
+        counters = self.counters
+        pkt = view[ip:ip + plen]
         if reason is None:
             reason = _check_ipv4(pkt, plen)
         if reason is None and self.filter_sources:
-            src = (rbuf[ip + 12] << 24) | (rbuf[ip + 13] << 16) | (rbuf[ip + 14] << 8) | rbuf[ip + 15]
+            src = (buf[ip + 12] << 24) | (buf[ip + 13] << 16) | (buf[ip + 14] << 8) | buf[ip + 15]
             reason = self.routes.check_source(addr[0], src)
         if reason is not None:
             counters[reason] += 1
@@ -646,7 +736,7 @@ class UdpBackend:
             counters["ttl-expired"] += 1
             return
         if self.tun is not None:
-            self._write_tun(rview[start:ip + plen])
+            self._write_tun(view[start:ip + plen])
 
     def _from_udp(self, data, addr):
         """One datagram given as bytes (tests, and Twisted's reader if it ever runs)."""
@@ -656,7 +746,7 @@ class UdpBackend:
             n = READ_BUFFER
         self._rbuf[VNET:VNET + n] = data
         try:
-            self._from_udp_buf(n, addr)
+            self._from_udp_at(VNET, n, addr)
         except Exception:
             self._count_error("udp backend: error handling a datagram from {addr}", addr=addr)
 

@@ -41,7 +41,7 @@ def configure_tun(ifname, address, mtu, route, gso_max_size=None):
     @param route: L{IPv4Network}, the whole flannel Network.
     @param gso_max_size: when set, the device's largest GSO packet (the udp backend
         leaves the default: a lower value makes the kernel segment forwarded 64 KB
-        packets in software; see flannel_tw.udp.offload.MAX_DATAGRAM).
+        packets in software).
     @raise LinkNotFound: no such device.
     @raise NetlinkError: the kernel refused a step.
     """

@@ -150,6 +150,10 @@ class RouteTable:
                 return None
         return "spoofed-source"
 
+    def is_peer(self, peer_ip: str) -> bool:
+        """True when C{peer_ip} is the PublicIP of a current lease."""
+        return peer_ip in self._by_peer
+
     def source_allowed(self, peer_ip: str, inner_src: int) -> bool:
         """True when a datagram from C{peer_ip} carrying C{inner_src} passes the filter."""
         return self.check_source(peer_ip, inner_src) is None
