@@ -377,9 +377,12 @@ class UdpReceiveFuzzTests(unittest.TestCase):
         self.assertEqual(self._deliver(data, STRANGER), [])
 
 
-class OffloadFrameFuzzTests(UdpReceiveFuzzTests):
-    """The same with offload on: datagrams that claim to be frame segments, alone and in
-    coalesced runs, from a peer and from a stranger."""
+class OffloadFrameFuzzTests(unittest.TestCase):
+    """The receive path with offload on: any datagram, and datagrams that claim to be
+    frame segments, alone and in coalesced runs, from a peer and from a stranger."""
+
+    tearDown = UdpReceiveFuzzTests.tearDown
+    _deliver = UdpReceiveFuzzTests._deliver
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -401,6 +404,11 @@ class OffloadFrameFuzzTests(UdpReceiveFuzzTests):
             pkt = w[O.VNET_HDR_LEN:]
             self.assertEqual(pkt[0] >> 4, 4)
             self.assertIn(IPv4Address(bytes(pkt[12:16])), PEER_SUBNET)
+
+    @fuzz(800)
+    @given(st.binary(max_size=1600))
+    def test_arbitrary_datagrams_with_offload(self, data):
+        self._check_forwarded(data, self._deliver(data, PEER))
 
     segment = st.builds(
         lambda fid, idx, count, body: bytes([O.FRAME_MAGIC, fid, idx, count]) + body,
