@@ -211,8 +211,8 @@ class UdpBackend:
         self._view = memoryview(self._buf)
         self.udp_gso = True          # False once the kernel refused UDP_SEGMENT
         self._sendmsg = None
-        # the socket side: datagrams land at offset VNET, the 10 bytes before stay zero
-        # (the header for a plain packet written into a vnet TUN)
+        # the socket side: datagrams land at offset VNET; the 10 bytes before a plain
+        # packet are zeroed to be its header when it is written into a vnet TUN
         self._rbuf = bytearray(VNET + READ_BUFFER + 1)
         self._rview = memoryview(self._rbuf)
         # offload frames: packed here on the way out, put together again on the way in
