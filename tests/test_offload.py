@@ -386,6 +386,39 @@ class VnetBackendTests(BackendTestBase):
         self.assertEqual(frames[0][H + 12:], bytes(pkt[12:]))
         self.assertEqual(self.backend.counters["frames_out"], 1)
 
+    @defer.inlineCallbacks
+    def test_small_packets_batch_and_keep_order_around_a_super_packet(self):
+        """Plain packets read with vnet headers join runs (one UDP GSO sendmsg) as in
+        plain mode; a super-packet in between leaves after the run before it."""
+        peer = self.listen_peer()
+        yield self.started(offload_peer=True)
+        calls = []
+        real = self.backend._sendmsg
+
+        def sendmsg(buffers, ancdata, flags, addr):
+            calls.append(sum(len(b) for b in buffers))
+            return real(buffers, ancdata, flags, addr)
+        self.backend._sendmsg = sendmsg
+        small = [tcp_packet(b"%03d" % i + b"s" * 197, seq=i, partial=True) for i in range(6)]
+        big = tcp_packet(os.urandom(30000), seq=99, partial=True)
+        csum = O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16)
+        for p in small[:3]:
+            self.tun.peer.inject(csum + p)
+        self.tun.peer.inject(O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 16) + big)
+        for p in small[3:]:
+            self.tun.peer.inject(csum + p)
+        nseg = -(-(H + len(big)) // (self.backend.mtu - O.FRAME_HDR_LEN))
+        yield wait_for(lambda: len(peer.poll()) == 6 + nseg, what="%d datagrams" % (6 + nseg))
+        got = [d for d, _ in peer.received]
+        for d, p in zip(got[:3] + got[3 + nseg:], small):
+            self.assertEqual(d[0], 0x45)
+            self.assertTrue(tcp_ok(d))
+            self.assertEqual(d[40:], p[40:])
+        self.assertTrue(all(d[0] == O.FRAME_MAGIC for d in got[3:3 + nseg]))
+        self.assertEqual(calls[0], 3 * 240)
+        self.assertEqual(calls[-1], 3 * 240)
+        self.assertEqual(self.backend.counters["packets_out"], 6 + nseg)
+
     def test_small_packet_to_offload_peer_is_flanneld_format(self):
         """Not a super-packet: flanneld's format (checksum completed) to any peer."""
         return self.test_partial_checksum_completed_for_plain_peer(offload_peer=True)

@@ -81,6 +81,7 @@ DROP_REASONS = ("short", "not-ipv4", "bad-header", "unknown-peer", "spoofed-sour
 _U16 = struct.Struct("=H").pack      # the UDP_SEGMENT cmsg: a native u16
 _GRO_SIZE = struct.Struct("=i").unpack_from   # the UDP_GRO cmsg: a native int
 _FRAME_MAGIC = _off.FRAME_MAGIC
+_SUPER = object()       # _prepare_vnet: "a super-packet, send it with _send_super"
 _check_ipv4 = _pkt.check_ipv4
 _decrement_ttl = _pkt.decrement_ttl
 
@@ -219,6 +220,7 @@ class UdpBackend:
         self._fbuf = bytearray(_off.MAX_FRAME + _off.MAX_SEGMENTS * _off.FRAME_HDR_LEN)
         self._fview = memoryview(self._fbuf)
         self._frame_id = 0
+        self._super = None           # (route entry, gso_size) of the super-packet at hand
         self.reassembler = _off.Reassembler(self.counters)
         self.udp_gro = False         # True when the socket coalesces datagrams (UDP_GRO)
 
@@ -365,14 +367,6 @@ class UdpBackend:
 
     # -- tun -> udp ----------------------------------------------------------------
 
-    def _drain_tun(self):
-        tun = self.tun
-        if tun is None:
-            return
-        if self.offload:
-            return self._drain_tun_vnet(tun)
-        return self._drain_tun_plain(tun)
-
     def _tun_read_failed(self, tun, e):
         """A read error other than EAGAIN (e.g. the device was deleted under us)."""
         # stop polling a dead fd rather than spin on it
@@ -382,21 +376,26 @@ class UdpBackend:
             self._reactor.removeReader(self._reader)
             self._reader = None
 
-    def _drain_tun_plain(self, tun):
+    def _drain_tun(self):
         """
-        Plain mode: read up to READS_PER_WAKEUP packets. Consecutive packets for the
-        same peer with the same length (a TCP stream's full-sized segments) are read
-        back to back into C{self._buf} and leave in one UDP GSO sendmsg (at most
-        GSO_MAX_SEGMENTS, GSO_MAX_BYTES; a shorter packet may end a run).
+        Read up to READS_PER_WAKEUP packets from the TUN. Consecutive packets for the
+        same peer with the same length (a TCP stream's full-sized segments, a burst of
+        small datagrams) are gathered back to back at the front of C{self._buf} and
+        leave in one UDP GSO sendmsg (at most GSO_MAX_SEGMENTS, GSO_MAX_BYTES; a
+        shorter packet may end a run). In offloaded mode each read brings a vnet header
+        first: a plain packet is moved down over it to join the run, a super-packet is
+        sent on its own (after the run before it, to keep the order).
         """
+        tun = self.tun
+        if tun is None:
+            return
         readinto = getattr(tun, "readinto", None)
         buf = self._buf
         view = self._view
         counters = self.counters
-        lookup = self.routes.lookup
-        check = _check_ipv4
-        dec_ttl = _decrement_ttl
-        chunk = READ_BUFFER + 1
+        hdr = VNET if self.offload else 0
+        prepare = self._prepare_vnet if hdr else self._prepare_plain
+        chunk = hdr + READ_BUFFER + 1
         off = 0          # bytes of the pending run at the front of buf
         count = 0        # packets in it
         seg = 0          # their length
@@ -420,25 +419,22 @@ class UdpBackend:
                     self._tun_read_failed(tun, e)
                     return
                 counters["tun_packets_in"] += 1
-                counters["tun_bytes_in"] += n
+                counters["tun_bytes_in"] += n - hdr
                 try:
-                    pkt = view[off:off + n]
-                    reason = check(pkt, n)
-                    if reason is not None:
-                        counters[reason] += 1
-                        continue
-                    dst = (pkt[16] << 24) | (pkt[17] << 16) | (pkt[18] << 8) | pkt[19]
-                    to = lookup(dst)
+                    to = prepare(off, n)
                     if to is None:
-                        counters["no-route"] += 1
-                        self._send_unreachable(pkt)
                         continue
-                    if not dec_ttl(pkt):
-                        counters["ttl-expired"] += 1
+                    if to is _SUPER:
+                        if count:
+                            self._send_run(view, off, count, seg, peer)
+                        count = 0
+                        self._send_super(off, n)
+                        off = 0
                         continue
                 except Exception:
                     self._count_error("udp backend: error handling a packet from the tun")
                     continue
+                n -= hdr
                 if count:
                     if to == peer and off + n <= GSO_MAX_BYTES and count < GSO_MAX_SEGMENTS:
                         if n == seg:
@@ -458,6 +454,27 @@ class UdpBackend:
         finally:
             if count:
                 self._send_run(view, off, count, seg, peer)
+
+    def _prepare_plain(self, off, n):
+        """
+        The packet read into C{self._buf[off:off+n]}: checked, routed and its TTL
+        decremented. Returns the peer address to send it to, or None when it was
+        dropped (counted) or answered with an ICMP error.
+        """
+        pkt = self._view[off:off + n]
+        reason = _check_ipv4(pkt, n)
+        if reason is not None:
+            self.counters[reason] += 1
+            return None
+        to = self.routes.lookup((pkt[16] << 24) | (pkt[17] << 16) | (pkt[18] << 8) | pkt[19])
+        if to is None:
+            self.counters["no-route"] += 1
+            self._send_unreachable(pkt)
+            return None
+        if not _decrement_ttl(pkt):
+            self.counters["ttl-expired"] += 1
+            return None
+        return to
 
     def _send_run(self, view, total, count, seg, peer):
         """
@@ -499,77 +516,60 @@ class UdpBackend:
         self.counters["packets_out"] += 1
         self.counters["bytes_out"] += n
 
-    def _drain_tun_vnet(self, tun):
-        readinto = getattr(tun, "readinto", None)
-        buf = self._buf
-        view = self._view
-        counters = self.counters
-        chunk = view[:VNET + READ_BUFFER + 1]
-        for _ in range(READS_PER_WAKEUP):
-            try:
-                if readinto is not None:
-                    n = readinto(chunk)
-                else:
-                    data = tun.read()
-                    n = len(data)
-                    buf[:n] = data
-            except BlockingIOError:
-                return
-            except InterruptedError:
-                continue
-            except OSError as e:
-                if e.errno == errno.EAGAIN:
-                    return
-                self._tun_read_failed(tun, e)
-                return
-            counters["tun_packets_in"] += 1
-            counters["tun_bytes_in"] += n - VNET
-            try:
-                self._from_tun_vnet(n)
-            except Exception:
-                self._count_error("udp backend: error handling a packet from the tun")
-
-    def _from_tun_vnet(self, n):
-        """C{self._buf[:n]}: a vnet header and a (maybe GSO) packet from the tun."""
+    def _prepare_vnet(self, off, n):
+        """
+        A vnet header and a packet read into C{self._buf[off:off+n]}: checked, routed,
+        TTL decremented. A plain packet has its partial checksum completed and is moved
+        down over its header to C{self._buf[off:off+n-VNET]}; its peer is returned.
+        A super-packet returns L{_SUPER} (send it with L{_send_super}). None when it
+        was dropped (counted) or answered with an ICMP error.
+        """
         counters = self.counters
         buf = self._buf
-        view = self._view
         plen = n - VNET
         if plen < 0:
             counters["short"] += 1
-            return
-        pkt = view[VNET:n]
+            return None
+        ip = off + VNET
+        pkt = self._view[ip:off + n]
         reason = _check_ipv4(pkt, plen)
         if reason is not None:
             counters[reason] += 1
-            return
-        dst = (buf[26] << 24) | (buf[27] << 16) | (buf[28] << 8) | buf[29]
-        entry = self.routes.lookup_entry(dst)
+            return None
+        entry = self.routes.lookup_entry(
+            (pkt[16] << 24) | (pkt[17] << 16) | (pkt[18] << 8) | pkt[19])
         if entry is None:
             counters["no-route"] += 1
             self._send_unreachable(pkt)
-            return
+            return None
         if not _decrement_ttl(pkt):
             counters["ttl-expired"] += 1
-            return
-        peer = entry[1]
-        flags, gso, _hl, gso_size, cstart, coff = _off.parse_vnet(buf)
+            return None
+        flags, gso, _hl, gso_size, cstart, coff = _off.parse_vnet(buf, off)
         if gso & ~_off.GSO_ECN:
-            if gso & ~_off.GSO_ECN != _off.GSO_TCPV4 or buf[VNET + 9] != 6 or not gso_size:
+            if gso & ~_off.GSO_ECN != _off.GSO_TCPV4 or pkt[9] != 6 or not gso_size:
                 counters["bad-header"] += 1
-                return
-            if entry[2] and self._send_frame(n, peer):
-                return
-            counters["gso_segmented"] += 1
-            self._send_segments(_off.segment_tcp4(buf, VNET, plen, gso_size), peer)
-            return
+                return None
+            self._super = (entry, gso_size)
+            return _SUPER
         if flags & _off.F_NEEDS_CSUM:
-            _off.finish_checksum(buf, VNET, plen, cstart, coff)
-        self._send(pkt, plen, peer)
+            _off.finish_checksum(buf, ip, plen, cstart, coff)
+        buf[off:off + plen] = buf[ip:ip + plen]
+        return entry[1]
 
-    def _send_frame(self, n, peer):
+    def _send_super(self, off, n):
+        """The TCP super-packet at C{self._buf[off:off+n]} (vnet header first), checked
+        by L{_prepare_vnet}: one frame to an offloading peer, else flanneld's segments."""
+        entry, gso_size = self._super
+        peer = entry[1]
+        if entry[2] and self._send_frame(self._view[off:off + n], n, peer):
+            return
+        self.counters["gso_segmented"] += 1
+        self._send_segments(_off.segment_tcp4(self._buf, off + VNET, n - VNET, gso_size), peer)
+
+    def _send_frame(self, src, n, peer):
         """
-        The super-packet C{self._buf[:n]} (vnet header first) to an offloading peer as
+        The super-packet C{src[:n]} (vnet header first) to an offloading peer as
         one frame: segments of C{self.mtu} bytes in UDP GSO sendmsgs of at most
         GSO_MAX_SEGMENTS / GSO_MAX_BYTES. False when it cannot be framed (an MTU too
         small for 255 segments); the caller then segments it for flanneld's wire.
@@ -577,7 +577,7 @@ class UdpBackend:
         seg = self.mtu
         fid = self._frame_id = (self._frame_id + 1) & 0xFF
         try:
-            count, total = _off.pack_frame(self._view, n, seg, self._fbuf, fid)
+            count, total = _off.pack_frame(src, n, seg, self._fbuf, fid)
         except ValueError:
             return False
         self.counters["frames_out"] += 1
