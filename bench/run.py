@@ -20,8 +20,9 @@ routes, or plain routes; no daemon), ``udp`` (flanneld's wire format; offload of
 the Backend config), ``udp-offload`` (TUN offloads, 64 KB datagrams between flannel-tw
 hosts), ``vxlan`` and ``host-gw`` (the daemon's backends, when this build has them).
 
-The scenarios run in rounds (all of them, then all again; --rounds, default 3) and each
-figure is the median over the rounds, so one noisy spell does not decide a ratio.
+The scenarios run in rounds (all of them, then all again; --rounds, default 3), each
+static kernel path next to the daemon's and every other round backwards; each figure
+is the median over the rounds, so one noisy spell does not decide a ratio.
 
 Then the control-plane scale run: N leases written into etcd, one daemon started; the
 time from its own lease to all N routes, from a new lease to its route (median of 20),
@@ -301,6 +302,19 @@ def run_scale(backend, leases, keep_logs, samples=20):
 
 # -- report ------------------------------------------------------------------------
 
+# Each static kernel path runs next to the daemon's, and every other round runs
+# backwards, so neither side of a comparison always comes first or always follows the
+# CPU-heavy udp runs (on a shared VM that position alone moved figures by ~10%).
+RUN_ORDER = ("underlay", "kernel-vxlan", "vxlan", "kernel-hostgw", "host-gw", "udp",
+             "udp-offload")
+
+
+def run_order(names, rnd):
+    """The scenarios of round C{rnd} (1-based) in the order they run."""
+    order = [n for n in RUN_ORDER if n in names]
+    return order if rnd % 2 else order[::-1]
+
+
 def median_result(rs):
     """The median of each numeric figure over the rounds that worked; an error if none did."""
     ok = [r for r in rs if "error" not in r]
@@ -422,7 +436,7 @@ def main(argv=None):
     # machine hits the static kernel paths and the daemon's alike; each figure is the
     # median over the rounds.
     for rnd in range(1, args.rounds + 1):
-        for name in names:
+        for name in run_order(names, rnd):
             backend = DAEMON_BACKENDS.get(name, {}).get("Type")
             if backend and backend not in FACTORIES:
                 results[name] = {"unavailable": "backend %r is not registered in this build"
