@@ -40,6 +40,7 @@ class FatalError(Exception):
 class DaemonSettings:
     subnet_file: str = "/run/flannel/subnet.env"
     ip_masq: bool = False
+    forward_rules: bool = True      # --iptables-forward-rules
     renew_margin: float = 3600.0     # seconds
     config_retry: float = 1.0        # first delay between config fetches (flanneld: 1 s) ...
     config_retry_max: float = 10.0   # ... doubling (plus up to 20% jitter) up to this cap
@@ -94,8 +95,10 @@ class FlannelDaemon(service.MultiService):
         self.config_attempts = 0
         self._probe_error = None
         self._stopping = False
-        # rules_factory(reactor, network, subnet, ip_masq) -> object with start(), update(subnet),
-        # stop(): flanneld's iptables rules (FORWARD accept, and masquerade with --ip-masq).
+        # rules_factory(reactor, network, subnet, ip_masq, forward) -> object with start(),
+        # update(subnet), stop(): flanneld's iptables rules (FORWARD accept unless
+        # --iptables-forward-rules=false, masquerade with --ip-masq); not called at all
+        # when neither is wanted, so then iptables is never touched.
         self._rules_factory = rules_factory
         self.rules = None
         self.etcd_ok_at = None
@@ -168,9 +171,11 @@ class FlannelDaemon(service.MultiService):
                              % (backend.name, lease.subnet, e))
         self.keeper = LeaseKeeper(self._reactor, self.manager, config, attrs, lease,
                                   self.settings.renew_margin, on_new_lease=self._new_lease)
-        if self._rules_factory is not None:
+        if self._rules_factory is not None and (self.settings.ip_masq
+                                                or self.settings.forward_rules):
             self.rules = self._rules_factory(self._reactor, config.network, lease.subnet,
-                                             self.settings.ip_masq)
+                                             self.settings.ip_masq,
+                                             forward=self.settings.forward_rules)
             yield self.rules.start()
         self._write_subnet_env(lease)
         self.phase = RUNNING
@@ -416,6 +421,7 @@ def build_daemon(options, reactor):
                           password=options["etcd-password"] or None, tls=tls)
     manager = EtcdSubnetManager(client, prefix=options["etcd-prefix"])
     settings = DaemonSettings(subnet_file=options["subnet-file"], ip_masq=options["ip-masq"],
+                              forward_rules=options["iptables-forward-rules"],
                               renew_margin=options["subnet-lease-renew-margin"] * 60.0,
                               healthz_ip=options["healthz-ip"],
                               healthz_port=options["healthz-port"])

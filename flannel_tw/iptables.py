@@ -7,7 +7,7 @@ flanneld v0.10's iptables rules (flannel-compat.md section 9), N = Network, S = 
     -s N ! -d 224.0.0.0/4 -j MASQUERADE
     ! -s N -d S -j RETURN
     ! -s N -d N -j MASQUERADE
-  always, table filter, chain FORWARD:
+  unless --iptables-forward-rules=false (newer flanneld's flag), table filter, chain FORWARD:
     -s N -j ACCEPT
     -d N -j ACCEPT
 
@@ -93,11 +93,12 @@ class TrafficRules:
     log = Logger()
 
     def __init__(self, reactor, network, subnet, ip_masq, runner=None,
-                 interval=CHECK_INTERVAL):
+                 interval=CHECK_INTERVAL, forward=True):
         self._reactor = reactor
         self.network = IPv4Network(network)
         self.subnet = IPv4Network(subnet)
         self.ip_masq = bool(ip_masq)
+        self.forward = bool(forward)
         self._run = runner if runner is not None else ProcessRunner(reactor)
         self.interval = interval
         self._lock = defer.DeferredLock()
@@ -106,11 +107,13 @@ class TrafficRules:
         self._last_error = None
 
     def rule_sets(self):
-        """The sets checked and restored as units: C{[masq (with ip_masq), forward]}."""
+        """The sets checked and restored as units: C{[masq (with ip_masq), forward
+        (unless forward is off)]}."""
         sets = []
         if self.ip_masq:
             sets.append(masq_rules(self.network, self.subnet))
-        sets.append(forward_rules(self.network))
+        if self.forward:
+            sets.append(forward_rules(self.network))
         return sets
 
     # -- the daemon's calls -----------------------------------------------------

@@ -46,7 +46,11 @@ _PARAMS = {
     "metrics-port": ("0", "port for the Prometheus metrics endpoint (0 to disable; flannel-tw)"),
     "metrics-ip": ("0.0.0.0", "the IP address for the metrics endpoint to listen (flannel-tw)"),
     "log-format": ("text", "log format on stdout/the twistd log: text or json (flannel-tw)"),
+    # a boolean that defaults to true (newer flanneld's flag): kept as text until validated
+    "iptables-forward-rules": ("true", "add FORWARD accept rules for the flannel network "
+                                       "(true/false)"),
 }
+_TRUE_BOOLS = {"iptables-forward-rules"}
 _MULTI = {
     "iface": "interface to use (IP or name) for inter-host communication; repeatable",
     "iface-regex": "regex expression to match the first interface to use (IP or name) for "
@@ -79,6 +83,8 @@ def normalize_argv(argv):
             name = arg[1:].split("=", 1)[0]
             if name in _LONG_NAMES and len(name) > 1:
                 arg = "-" + arg
+        if arg[2:] in _TRUE_BOOLS:            # a bare Go bool flag means true
+            arg += "=true"
         if arg.startswith("--") and "=" in arg:
             name, value = arg[2:].split("=", 1)
             if name in _BOOLS:
@@ -204,6 +210,16 @@ class Options(usage.Options):
         self["healthz-port"] = self._int("healthz-port", 0, 65535)
         self["v"] = self._int("v", 0, 10)
         self["metrics-port"] = self._int("metrics-port", 0, 65535)
+        for name in _TRUE_BOOLS:
+            raw = self[name]
+            if isinstance(raw, str):
+                if raw in _BOOL_TRUE:
+                    self[name] = True
+                elif raw in _BOOL_FALSE:
+                    self[name] = False
+                else:
+                    raise usage.UsageError("%s: invalid boolean value %r"
+                                           % (self._where(name), raw))
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("%s: %r is not one of text, json"
                                    % (self._where("log-format"), self["log-format"]))

@@ -86,6 +86,32 @@ class DaemonTests(unittest.TestCase):
         self.assertEqual(self.exits, [])
 
     @defer.inlineCallbacks
+    def test_iptables_rules_follow_the_flags(self):
+        """FORWARD accepts by default; --iptables-forward-rules=false without --ip-masq
+        means no rules object at all (iptables never run)."""
+        self.server.put_config('{"Network": "10.5.0.0/16"}', prefix=self.prefix)
+        made = []
+
+        class Rules:
+            def __init__(self, reactor_, network, subnet, ip_masq, forward):
+                made.append((str(network), ip_masq, forward))
+
+            def start(self):
+                return defer.succeed(None)
+
+            def stop(self):
+                return defer.succeed(None)
+
+            update = stop
+        for settings in ({}, {"forward_rules": False}, {"forward_rules": False, "ip_masq": True}):
+            d = self.make_daemon(**settings)
+            d._rules_factory = Rules
+            self.run_daemon(d)
+            yield wait_until(lambda: d.phase == daemon_mod.RUNNING)
+            yield d.stopService()
+        self.assertEqual(made, [("10.5.0.0/16", False, True), ("10.5.0.0/16", True, False)])
+
+    @defer.inlineCallbacks
     def test_invalid_config_is_reported_then_fixed(self):
         self.server.put_config('{"Network": "10.5.0.0/30"}', prefix=self.prefix)
         d = self.run_daemon(self.make_daemon())

@@ -77,8 +77,8 @@ class TrafficRulesTests(unittest.TestCase):
         self.clock = task.Clock()
         self.ipt = FakeIptables()
 
-    def rules(self, ip_masq=True, subnet=S):
-        r = TrafficRules(self.clock, N, subnet, ip_masq, runner=self.ipt)
+    def rules(self, ip_masq=True, subnet=S, forward=True):
+        r = TrafficRules(self.clock, N, subnet, ip_masq, runner=self.ipt, forward=forward)
         self.addCleanup(r.stop)
         return r
 
@@ -91,6 +91,14 @@ class TrafficRulesTests(unittest.TestCase):
         self.successResultOf(self.rules(ip_masq=False).start())
         self.assertEqual(self.ipt.dump("nat", "POSTROUTING"), [])
         self.assertEqual(self.ipt.dump("filter", "FORWARD"), FORWARD_S)
+
+    def test_forward_rules_off_only_masq(self):
+        """--iptables-forward-rules=false: FORWARD is never touched, not even checked."""
+        self.successResultOf(self.rules(forward=False).start())
+        self.clock.advance(5)
+        self.assertEqual(self.ipt.dump("nat", "POSTROUTING"), MASQ_S)
+        self.assertEqual(self.ipt.dump("filter", "FORWARD"), [])
+        self.assertFalse([c for c in self.ipt.calls if "FORWARD" in c])
 
     def test_restart_appends_nothing(self):
         first = self.rules()

@@ -45,6 +45,21 @@ class FlagTests(unittest.TestCase):
         self.assertFalse(parse(["--ip-masq=false"], env={"FLANNELD_IP_MASQ": "true"})["ip-masq"])
         self.assertRaises(usage.UsageError, parse, ["--ip-masq=maybe"])
 
+    def test_iptables_forward_rules_defaults_true(self):
+        self.assertIs(parse([])["iptables-forward-rules"], True)
+        for argv, env, want in (
+                (["--iptables-forward-rules=false"], {}, False),
+                (["-iptables-forward-rules=0"], {}, False),
+                (["-iptables-forward-rules"], {"FLANNELD_IPTABLES_FORWARD_RULES": "false"}, True),
+                ([], {"FLANNELD_IPTABLES_FORWARD_RULES": "false"}, False),
+                (["--iptables-forward-rules=true"], {}, True)):
+            self.assertIs(parse(argv, env=env)["iptables-forward-rules"], want, (argv, env))
+        e = self.assertRaises(usage.UsageError, parse, ["--iptables-forward-rules=maybe"])
+        self.assertIn("--iptables-forward-rules", str(e))
+        e = self.assertRaises(usage.UsageError, parse, [],
+                              env={"FLANNELD_IPTABLES_FORWARD_RULES": "nah"})
+        self.assertIn("FLANNELD_IPTABLES_FORWARD_RULES", str(e))
+
     def test_normalize_leaves_values_alone(self):
         self.assertEqual(normalize_argv(["--etcd-prefix", "-x"])[0], ["--etcd-prefix", "-x"])
 
