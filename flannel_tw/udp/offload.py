@@ -301,8 +301,9 @@ class Reassembler:
         usual case: one sendmsg of ours comes out as one read), take them in one go.
 
         @return: C{(taken, frame)}: C{taken} False means "not one run of a frame": feed
-            the segments one by one instead (nothing was changed); C{frame} is the
-            completed frame or None.
+            the segments one by one instead (a pending frame of the peer that they do
+            not continue has been dropped and counted); C{frame} is the completed
+            frame or None.
         """
         k = -(-n // seg)
         end = off + n
@@ -342,16 +343,9 @@ class Reassembler:
                 return True     # counted here already
             if pending.pop(peer, None) is not None:
                 counters["incomplete-frame"] += 1
-            if k == 1:
-                data = buf[off + FRAME_HDR_LEN:end]
-                if count == 1:
-                    return bytearray(data)
-            else:
-                mv = memoryview(buf)
-                views = [mv[o + FRAME_HDR_LEN:min(o + seg, end)] for o in range(off, end, seg)]
-                if k == count:
-                    return bytearray().join(views)
-                data = b"".join(views)
+            data = _data(buf, off, end, seg)
+            if k == count:
+                return bytearray(data)
             if len(pending) >= self.max_pending:
                 del pending[next(iter(pending))]
                 counters["incomplete-frame"] += 1
@@ -366,15 +360,17 @@ class Reassembler:
                 counters["incomplete-frame"] += 1
             return None
         parts = st[4]
-        if k == 1:
-            data = buf[off + FRAME_HDR_LEN:end]
-        else:
-            mv = memoryview(buf)
-            data = b"".join([mv[o + FRAME_HDR_LEN:min(o + seg, end)]
-                             for o in range(off, end, seg)])
-        parts.append(data)
+        parts.append(_data(buf, off, end, seg))
         if idx + k == count:
             del pending[peer]
             return bytearray().join(parts)
         st[2] = idx + k
         return True
+
+
+def _data(buf, off, end, seg):
+    """The data of the segments of C{seg} bytes at C{buf[off:end]}, joined (a copy)."""
+    if end - off <= seg:
+        return buf[off + FRAME_HDR_LEN:end]
+    mv = memoryview(buf)
+    return b"".join([mv[o + FRAME_HDR_LEN:min(o + seg, end)] for o in range(off, end, seg)])
