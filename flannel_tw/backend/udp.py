@@ -457,24 +457,32 @@ class UdpBackend:
 
     def _prepare_plain(self, off, n):
         """
-        The packet read into C{self._buf[off:off+n]}: checked, routed and its TTL
-        decremented. Returns the peer address to send it to, or None when it was
-        dropped (counted) or answered with an ICMP error.
+        The packet read into C{self._buf[off:off+n]}: see L{_route_packet}. Returns the
+        peer address to send it to, or None.
         """
-        pkt = self._view[off:off + n]
-        reason = _check_ipv4(pkt, n)
+        entry = self._route_packet(self._view[off:off + n], n)
+        return None if entry is None else entry[1]
+
+    def _route_packet(self, pkt, plen):
+        """
+        The IPv4 packet C{pkt} (C{plen} bytes) from the TUN: checked, routed and its TTL
+        decremented. Returns its route entry C{(subnet, peer, offload)}, or None when
+        it was dropped (counted) or answered with an ICMP error.
+        """
+        reason = _check_ipv4(pkt, plen)
         if reason is not None:
             self.counters[reason] += 1
             return None
-        to = self.routes.lookup((pkt[16] << 24) | (pkt[17] << 16) | (pkt[18] << 8) | pkt[19])
-        if to is None:
+        entry = self.routes.lookup_entry(
+            (pkt[16] << 24) | (pkt[17] << 16) | (pkt[18] << 8) | pkt[19])
+        if entry is None:
             self.counters["no-route"] += 1
             self._send_unreachable(pkt)
             return None
         if not _decrement_ttl(pkt):
             self.counters["ttl-expired"] += 1
             return None
-        return to
+        return entry
 
     def _send_run(self, view, total, count, seg, peer):
         """
@@ -532,18 +540,8 @@ class UdpBackend:
             return None
         ip = off + VNET
         pkt = self._view[ip:off + n]
-        reason = _check_ipv4(pkt, plen)
-        if reason is not None:
-            counters[reason] += 1
-            return None
-        entry = self.routes.lookup_entry(
-            (pkt[16] << 24) | (pkt[17] << 16) | (pkt[18] << 8) | pkt[19])
+        entry = self._route_packet(pkt, plen)
         if entry is None:
-            counters["no-route"] += 1
-            self._send_unreachable(pkt)
-            return None
-        if not _decrement_ttl(pkt):
-            counters["ttl-expired"] += 1
             return None
         flags, gso, _hl, gso_size, cstart, coff = _off.parse_vnet(buf, off)
         if gso & ~_off.GSO_ECN:
