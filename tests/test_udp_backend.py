@@ -453,7 +453,7 @@ class DataPathTests(BackendTestBase):
     def test_exception_per_packet_is_contained(self):
         peer = self.listen_peer()
         yield self.started()
-        real_lookup = self.backend.routes.lookup
+        real_lookup = self.backend.routes.lookup_entry
         calls = []
 
         def lookup(dst):
@@ -461,7 +461,7 @@ class DataPathTests(BackendTestBase):
             if len(calls) == 1:
                 raise RuntimeError("boom")
             return real_lookup(dst)
-        self.backend.routes.lookup = lookup
+        self.backend.routes.lookup_entry = lookup
         self.tun.peer.inject(make_ipv4())
         self.tun.peer.inject(make_ipv4())
         yield wait_for(lambda: peer.received)
