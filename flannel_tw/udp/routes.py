@@ -106,11 +106,8 @@ class RouteTable:
 
         @return: the peer address C{("1.2.3.4", port)} or None.
         """
-        for mask, level in self._levels:
-            hit = level.get(dst_ip & mask)
-            if hit is not None:
-                return hit[1]
-        return None
+        hit = self.lookup_entry(dst_ip)
+        return None if hit is None else hit[1]
 
     def lookup_entry(self, dst_ip: int):
         """
