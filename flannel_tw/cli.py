@@ -4,6 +4,7 @@
 
     flannel-tw docker-opts [-f subnet.env] [-d out] [-i] [-c] [-k KEY] [-m]
     flannel-tw lab [--hosts N] [--backend udp] [--keep] | flannel-tw lab down
+    flannel-tw plugin-cache
     flannel-tw version
 
 The daemon itself runs as ``twistd -n flannel [flags]``.
@@ -18,6 +19,8 @@ commands:
   docker-opts   turn subnet.env into Docker daemon options (mk-docker-opts.sh)
   lab           build a local overlay of network namespaces and ping across it (root)
   cni           the CNI plugin (invoked by a container runtime with CNI_* variables)
+  plugin-cache  rebuild Twisted's plugin cache (after installing or upgrading, as the
+                user that owns the install) and check that 'twistd flannel' is found
   version       print the version
 
 The daemon runs as: twistd -n flannel [flags]   (see: twistd flannel --help)
@@ -41,11 +44,43 @@ def main(argv=None, stdout=None, stderr=None):
     if command == "cni":
         from flannel_tw.cni import main as cni
         return cni(rest)
+    if command == "plugin-cache":
+        return plugin_cache(stdout, stderr)
     if command in ("version", "--version"):
         stdout.write("flannel-tw %s\n" % flannel_tw.__version__)
         return 0
     stderr.write("flannel-tw: unknown command %r\n\n%s" % (command, USAGE))
     return 2
+
+
+def plugin_cache(stdout, stderr):
+    """
+    Rebuild Twisted's plugin cache (C{twisted/plugins/dropin.cache}) and check
+    that the C{flannel} plugin is in it.  Twisted rebuilds a stale cache on its
+    own only when the directory is writable by the user running C{twistd}; a
+    root-owned install run by another user would otherwise log the failure at
+    every start.  Returns 0, or 1 when the plugin is missing or the cache could
+    not be written.
+    """
+    import os
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+    import twisted.plugins
+
+    names = sorted(p.tapname for p in getPlugins(IServiceMaker))
+    if "flannel" not in names:
+        stderr.write("flannel-tw: the 'flannel' twistd plugin is not installed "
+                     "(twisted/plugins/flannel_plugin.py missing from %s)\n"
+                     % ", ".join(twisted.plugins.__path__))
+        return 1
+    for d in twisted.plugins.__path__:
+        if os.path.exists(os.path.join(d, "flannel_plugin.py")):
+            cache = os.path.join(d, "dropin.cache")
+            if not os.path.exists(cache):
+                stderr.write("flannel-tw: could not write %s\n" % (cache,))
+                return 1
+            stdout.write("twistd plugin 'flannel' in %s (cache %s)\n" % (d, cache))
+    return 0
 
 
 def entry():

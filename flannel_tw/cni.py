@@ -26,7 +26,7 @@ environment, 5 I/O failure, 6 undecodable config, 7 invalid config, 11 try again
 later (subnet.env missing: flannel is not up yet), 100 plugin error (delegate not
 found or failed without a CNI error).
 
-Runtimes find the plugin by type ``flannel`` in CNI_PATH: install dist/cni/flannel
+Runtimes find the plugin by type ``flannel`` in CNI_PATH: install flannel_tw/deploy/cni/flannel
 (``exec flannel-tw cni``) there.
 """
 import json

@@ -243,14 +243,14 @@ class LabTests(unittest.TestCase):
                                     "(Debian package containernetworking-plugins)")
 
     def make_cni_path(self, workdir):
-        """A CNI_PATH dir holding the 'flannel' shim (dist/cni/flannel, or a copy
+        """A CNI_PATH dir holding the 'flannel' shim (flannel_tw/deploy/cni/flannel, or a copy
         running this interpreter's flannel-tw when the command is not installed)."""
         from flannel_tw.lab.run import repo_root
         d = os.path.join(workdir, "cni-bin")
         os.makedirs(d)
         shim = os.path.join(d, "flannel")
         if shutil.which("flannel-tw"):
-            shutil.copy(os.path.join(repo_root(), "dist", "cni", "flannel"), shim)
+            shutil.copy(os.path.join(repo_root(), "flannel_tw", "deploy", "cni", "flannel"), shim)
         else:
             _write(shim, '#!/bin/sh\nexec %s -m flannel_tw.cli cni "$@"\n' % sys.executable)
         os.chmod(shim, 0o755)

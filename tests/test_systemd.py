@@ -1,5 +1,5 @@
 """
-The systemd units in dist/systemd: each file parsed (a small unit-file parser
+The systemd units in flannel_tw/deploy/systemd: each file parsed (a small unit-file parser
 that keeps repeated keys, as systemd does) and its key directives checked; then
 ``systemd-analyze verify`` over a scratch root holding the units, the distro's
 targets and stub executables for the commands they run.
@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from flannel_tw.lab.run import repo_root
 
-DIST = os.path.join(repo_root(), "dist", "systemd")
+DIST = os.path.join(repo_root(), "flannel_tw", "deploy", "systemd")
 
 
 def parse_unit(text):
