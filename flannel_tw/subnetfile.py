@@ -5,6 +5,7 @@ the Docker options that mk-docker-opts.sh derives from it. Pure apart from file 
 """
 import os
 import re
+import tempfile
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Dict, Optional
 
@@ -81,18 +82,31 @@ def read_env(path: str) -> Dict[str, str]:
         raise SubnetFileError("%s: %s" % (path, e))
 
 
-def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Create the directory (0755), write ``<dir>/.<name>`` then rename over ``path``."""
+def write_atomic(path: str, text: str, mode: int = 0o644, dir_mode: int = 0o755) -> None:
+    """
+    Write C{text} to C{path} atomically: create the directory (C{dir_mode}, minus the
+    umask, as Go's MkdirAll), write a temp file in it, give it C{mode} exactly, fsync it,
+    rename it over C{path}, fsync the directory.
+
+    Symlink-safe: the temp file has a random name (``.<name>.XXXXXXXX``) created with
+    O_CREAT|O_EXCL|O_NOFOLLOW (tempfile.mkstemp), so nothing planted in the directory is
+    opened, written or chmod'ed (flanneld's fixed ``.<name>`` is not used). A symlink AT
+    C{path} is replaced by the regular file (rename(2) never follows its destination, as
+    flanneld's rename), never written through: its target is untouched. Concurrent
+    writers each have their own temp file, so readers see one writer's whole text.
+
+    Blocking (fsync): the daemon calls it in a thread. Raises OSError; the temp file is
+    removed on failure.
+    """
     directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, 0o755, exist_ok=True)
-    temp = os.path.join(directory, "." + name)
+    os.makedirs(directory, dir_mode, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix="." + name + ".", dir=directory)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode("utf-8"))
             f.flush()
-            os.fsync(f.fileno())
             os.fchmod(f.fileno(), mode)    # exact mode, whatever the umask
+            os.fsync(f.fileno())
         os.replace(temp, path)
     except BaseException:
         try:
@@ -100,6 +114,21 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable; a filesystem that cannot fsync a directory is let be."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def parse_interface(value: str) -> IPv4Interface:

@@ -116,6 +116,136 @@ class WriteAtomicTests(TestCase):
         self.assertTrue(os.path.isdir(self.path))
 
 
+class SymlinkSafeWriteTests(TestCase):
+    """
+    Writes never follow a symlink planted in the output directory: not at flanneld's old
+    fixed temp name ``.<name>``, not at the final name (which is replaced by a regular
+    file, as rename(2) does; the link's target is never opened), and never chmod it.
+    """
+
+    def setUp(self):
+        self.dir = os.path.join(self.mktemp(), "run", "flannel")
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "subnet.env")
+        self.target = os.path.abspath(self.mktemp())     # outside the directory
+        with open(self.target, "w") as f:
+            f.write("precious\n")
+        os.chmod(self.target, 0o600)
+
+    def assertTargetUntouched(self):
+        with open(self.target) as f:
+            self.assertEqual(f.read(), "precious\n")
+        self.assertEqual(stat.S_IMODE(os.stat(self.target).st_mode), 0o600)
+
+    def test_link_at_old_temp_name(self):
+        os.symlink(self.target, os.path.join(self.dir, ".subnet.env"))
+        write_atomic(self.path, "A=1\n")
+        self.assertTargetUntouched()
+        with open(self.path) as f:
+            self.assertEqual(f.read(), "A=1\n")
+        self.assertFalse(os.path.islink(self.path))
+
+    def test_dangling_link_at_old_temp_name(self):
+        """A link to a file that does not exist yet is not created through either."""
+        os.unlink(self.target)
+        os.symlink(self.target, os.path.join(self.dir, ".subnet.env"))
+        write_atomic(self.path, "A=1\n")
+        self.assertFalse(os.path.lexists(self.target))
+
+    def test_link_at_final_name_is_replaced_not_followed(self):
+        os.symlink(self.target, self.path)
+        write_atomic(self.path, "A=1\n")
+        self.assertTargetUntouched()
+        self.assertFalse(os.path.islink(self.path))
+        with open(self.path) as f:
+            self.assertEqual(f.read(), "A=1\n")
+        self.assertEqual(stat.S_IMODE(os.lstat(self.path).st_mode), 0o644)
+
+    def test_docker_opts_write_is_symlink_safe(self):
+        """flannel-tw docker-opts writes through the same function."""
+        import io
+        from flannel_tw import dockeropts
+        env = os.path.join(self.dir, "subnet.env")
+        with open(env, "w") as f:
+            f.write("FLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1472\n")
+        out = os.path.join(self.dir, "docker_opts.env")
+        os.symlink(self.target, os.path.join(self.dir, ".docker_opts.env"))
+        self.patch(os, "environ", {})
+        self.assertEqual(dockeropts.main(["-f", env, "-d", out], io.StringIO(),
+                                         io.StringIO()), 0)
+        self.assertTargetUntouched()
+        with open(out) as f:
+            self.assertIn("--bip=10.1.74.1/24", f.read())
+
+
+class ConcurrentWriteTests(TestCase):
+    """Writers racing on one path: each write succeeds and readers only ever see one
+    writer's whole text (each writer has its own temp file; the rename is atomic)."""
+
+    def setUp(self):
+        self.dir = os.path.join(self.mktemp(), "run")
+        self.path = os.path.join(self.dir, "subnet.env")
+
+    def texts(self, n):
+        # large enough that interleaved writes of one shared temp file would show
+        return ["%d" % i * 200000 + "\n" for i in range(n)]
+
+    def test_threads(self):
+        import threading
+        texts = self.texts(4)
+        errors, seen = [], set()
+        stop = threading.Event()
+
+        def writer(text):
+            try:
+                for _ in range(15):
+                    write_atomic(self.path, text)
+            except Exception as e:        # reported below
+                errors.append(e)
+
+        def reader():
+            while not stop.is_set():
+                try:
+                    with open(self.path) as f:
+                        seen.add(f.read())
+                except FileNotFoundError:
+                    pass
+        write_atomic(self.path, texts[0])
+        threads = [threading.Thread(target=writer, args=(t,)) for t in texts]
+        watcher = threading.Thread(target=reader)
+        watcher.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        watcher.join()
+        self.assertEqual(errors, [])
+        self.assertLessEqual(seen, set(texts))
+        with open(self.path) as f:
+            self.assertIn(f.read(), texts)
+        self.assertEqual(os.listdir(self.dir), ["subnet.env"])
+
+    def test_processes(self):
+        import multiprocessing
+        texts = self.texts(3)
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=_write_many, args=(self.path, t, 15)) for t in texts]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        self.assertEqual([p.exitcode for p in procs], [0] * len(procs))
+        with open(self.path) as f:
+            self.assertIn(f.read(), texts)
+        self.assertEqual(os.listdir(self.dir), ["subnet.env"])
+
+
+def _write_many(path, text, count):
+    for _ in range(count):
+        write_atomic(path, text)
+
+
 class PreviousSubnetTests(TestCase):
     """FLANNEL_SUBNET read back on the next start."""
 
