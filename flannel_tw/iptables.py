@@ -68,19 +68,38 @@ class ProcessRunner:
 
     Calling it returns a Deferred firing with C{(exit code, stderr text)}; fails with
     L{IptablesError} when the binary is missing.
+
+    The binary is looked up in PATH (shutil.which: a stat per PATH entry, on the reactor
+    thread) once, at the first call, and cached; it is looked up again only while it is
+    missing, or after the cached path could not be run or a failed run found it gone.
     """
 
     def __init__(self, reactor, binary="iptables"):
         self._reactor = reactor
         self._binary = binary
+        self._path = None
 
     def __call__(self, args):
-        path = shutil.which(self._binary)
+        path = self._path
+        if path is None:
+            path = self._path = shutil.which(self._binary)
         if path is None:
             return defer.fail(IptablesError("cannot find the %r command" % (self._binary,)))
-        d = utils.getProcessOutputAndValue(path, args, env=dict(os.environ),
-                                           reactor=self._reactor)
-        return d.addCallback(lambda r: (r[2], r[1].decode("utf-8", "replace").strip()))
+        try:
+            d = utils.getProcessOutputAndValue(path, args, env=dict(os.environ),
+                                               reactor=self._reactor)
+        except OSError as e:           # posix_spawn: the binary vanished
+            self._path = None
+            return defer.fail(IptablesError("cannot run %s: %s" % (path, e.strerror or e)))
+        return d.addCallback(self._result, path)
+
+    def _result(self, result, path):
+        _out, err, code = result
+        if code != 0 and not os.access(path, os.X_OK):
+            # the fork path reports a failed exec as an exit status: was the binary removed?
+            self._path = None
+            raise IptablesError("%s is gone" % (path,))
+        return code, err.decode("utf-8", "replace").strip()
 
 
 class TrafficRules:
