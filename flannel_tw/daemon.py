@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 
 from flannel_tw.backend.registry import UnknownBackend, make_backend
@@ -90,6 +91,7 @@ class FlannelDaemon(service.MultiService):
         self.watcher = None
         self.ready = False
         self.subnet_env_written_at = None
+        self._subnet_env_lock = defer.DeferredLock()
         self._run = None
         self._last_config_error = None
         self.config_attempts = 0
@@ -177,7 +179,7 @@ class FlannelDaemon(service.MultiService):
                                              self.settings.ip_masq,
                                              forward=self.settings.forward_rules)
             yield self.rules.start()
-        self._write_subnet_env(lease)
+        yield self._write_subnet_env(lease)     # in a thread; READY=1 only once written
         self.phase = RUNNING
         self.ready = True
         self._notify("READY=1")
@@ -273,16 +275,36 @@ class FlannelDaemon(service.MultiService):
                 return lease
 
     def _write_subnet_env(self, lease):
+        """
+        Write subnet.env for C{lease}. The write (fsync of the file and the directory:
+        unbounded on a slow disk) runs in the reactor's thread pool; writes run one at a
+        time, in call order, so the last lease's file wins.
+
+        @return: Deferred firing with None once written; a failure to write is logged
+            (as flanneld, only an error), not raised.
+        """
         text = render_subnet_env(self.config.network, lease.subnet, self.backend.mtu,
                                  self.settings.ip_masq)
-        try:
-            write_atomic(self.settings.subnet_file, text)
-        except OSError as e:
-            self.log.error("Failed to write subnet file {path}: {error}",
-                           path=self.settings.subnet_file, error=e)
-            return
-        self.subnet_env_written_at = self._reactor.seconds()
-        self.log.info("Wrote {path}", path=self.settings.subnet_file)
+        path = self.settings.subnet_file
+        d = self._subnet_env_lock.run(self._in_thread, write_atomic, path, text)
+
+        def written(_):
+            self.subnet_env_written_at = self._reactor.seconds()
+            self.log.info("Wrote {path}", path=path)
+
+        def failed(f):
+            f.trap(OSError)
+            self.log.error("Failed to write subnet file {path}: {error}", path=path,
+                           error=f.value)
+        return d.addCallbacks(written, failed)
+
+    def _in_thread(self, f, *args):
+        """Deferred result of C{f(*args)} run in the reactor's thread pool (inline for a
+        reactor without threads, e.g. a test's Clock)."""
+        if IReactorThreads.providedBy(self._reactor):
+            return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                             f, *args)
+        return defer.maybeDeferred(f, *args)
 
     def _probe_etcd(self):
         """
@@ -321,7 +343,8 @@ class FlannelDaemon(service.MultiService):
             d = defer.maybeDeferred(reconfigure, self.config, lease)
             d.addErrback(lambda f: self.log.failure("Reconfiguring the backend for {subnet} "
                                                     "failed", f, subnet=lease.subnet))
-        self._write_subnet_env(lease)
+        self._write_subnet_env(lease).addErrback(
+            lambda f: self.log.failure("Writing the subnet file failed", f))
 
     # -- health ---------------------------------------------------------------
 

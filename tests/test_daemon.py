@@ -86,6 +86,30 @@ class DaemonTests(unittest.TestCase):
         self.assertEqual(self.exits, [])
 
     @defer.inlineCallbacks
+    def test_subnet_env_written_in_a_thread_before_ready(self):
+        """The write (with its fsyncs) runs off the reactor thread, and READY=1 (and
+        /readyz) wait for it to finish."""
+        import threading
+        import time
+        events = []
+        real_write = daemon_mod.write_atomic
+
+        def slow_write(path, text, *args, **kwargs):
+            events.append(("write", threading.current_thread() is threading.main_thread()))
+            time.sleep(0.3)
+            real_write(path, text, *args, **kwargs)
+            events.append("written")
+        self.patch(daemon_mod, "write_atomic", slow_write)
+        self.server.put_config('{"Network": "10.5.0.0/16"}', prefix=self.prefix)
+        d = self.make_daemon()
+        d._notify = lambda message: events.append((message, d.subnet_env_written_at is not None))
+        self.run_daemon(d)
+        yield wait_until(lambda: d.phase == daemon_mod.RUNNING)
+        self.assertEqual(events, [("write", False), "written", ("READY=1", True)])
+        self.assertIn("FLANNEL_SUBNET=%s/24" % (d.lease.subnet.network_address + 1),
+                      open(self.subnet_file).read())
+
+    @defer.inlineCallbacks
     def test_iptables_rules_follow_the_flags(self):
         """FORWARD accepts by default; --iptables-forward-rules=false without --ip-masq
         means no rules object at all (iptables never run)."""
