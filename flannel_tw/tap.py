@@ -71,6 +71,7 @@ def _env_name(flag):
 def normalize_argv(argv):
     """
     Go flag syntax -> getopt syntax: ``-etcd-prefix=x`` becomes ``--etcd-prefix=x``,
+    glog's ``-v=N``/``--v=N``/``--v N`` become ``-v N``,
     ``--ip-masq=true`` becomes ``--ip-masq`` and ``--ip-masq=false`` is dropped (its
     name is returned in the second value so that the environment does not set it).
     """
@@ -79,6 +80,10 @@ def normalize_argv(argv):
         if arg == "--":
             out.extend(argv[i:])
             break
+        if arg in ("--v", "-v") or arg.startswith(("--v=", "-v=")):
+            # glog's -v: getopt would take "--v" for a prefix of --version, "-v=10" as "=10"
+            out.extend(["-v"] + arg.split("=", 1)[1:])
+            continue
         if arg.startswith("-") and not arg.startswith("--"):
             name = arg[1:].split("=", 1)[0]
             if name in _LONG_NAMES and len(name) > 1:

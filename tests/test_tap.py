@@ -87,6 +87,28 @@ class FlagTests(unittest.TestCase):
         self.assertRaises(usage.UsageError, parse, ["--no-such-flag"])
 
 
+class VerbosityTests(unittest.TestCase):
+    """glog's -v as flanneld users pass it (its troubleshooting guide says -v=10)."""
+
+    def test_every_form_of_v(self):
+        for argv in (["-v=10"], ["--v=10"], ["-v", "10"], ["--v", "10"], ["-v10"]):
+            o = parse(argv + ["--etcd-prefix=/p"])
+            self.assertEqual((o["v"], o["etcd-prefix"]), (10, "/p"), argv)
+        self.assertEqual(parse([], {"FLANNELD_V": "3"})["v"], 3)
+        self.assertEqual(parse(["-v=2"], {"FLANNELD_V": "3"})["v"], 2)
+        self.assertEqual(parse([])["v"], 0)
+
+    def test_bad_v_names_the_flag(self):
+        for argv in (["-v=x"], ["--v="], ["--v=11"], ["-v=-1"]):
+            with self.assertRaises(usage.UsageError, msg=argv) as cm:
+                parse(argv)
+            self.assertTrue(str(cm.exception).startswith("--v: "), (argv, str(cm.exception)))
+
+    def test_version_is_still_version(self):
+        self.assertEqual(normalize_argv(["--version"])[0], ["--version"])
+        self.assertEqual(normalize_argv(["-version"])[0], ["--version"])
+
+
 class EnvironmentTests(unittest.TestCase):
     def test_env_applies_to_flags_not_given(self):
         env = {"FLANNELD_ETCD_PREFIX": "/from/env", "FLANNELD_IFACE": "eth9",
@@ -122,6 +144,18 @@ class TwistdProcessTests(unittest.TestCase):
         p = self.twistd("flannel", "--version")
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("flannel-tw", p.stderr)
+
+    def test_venv_twistd_takes_flanneld_v(self):
+        """The installed twistd script with glog's -v=10 / --v=10 (not taken for --version)."""
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        self.assertTrue(os.path.exists(twistd), twistd)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=root)    # this tree, not the venv's installed copy
+        for flag in ("-v=10", "--v=10"):
+            p = subprocess.run([twistd, "flannel", flag, "--version"], capture_output=True,
+                               text=True, timeout=60, env=env, cwd="/")
+            self.assertEqual((p.returncode, p.stdout), (0, ""), (flag, p.stderr))
+            self.assertRegex(p.stderr, r"^flannel-tw \S+\n$")
 
     def test_unknown_flag_exits_non_zero_naming_it(self):
         p = self.twistd("-n", "flannel", "--bogus-flag")
