@@ -15,7 +15,7 @@ DEFAULT_DOCKER_ENV = "/run/flannel/flannel_docker_opts.env"
 DEFAULT_KEY = "DOCKER_OPTS"
 
 USAGE = """\
-flannel-tw docker-opts [-f FLANNEL-ENV-FILE] [-d DOCKER-ENV-FILE] [-i] [-c] [-m] [-k COMBINED-KEY]
+usage: flannel-tw docker-opts [-f FLANNEL-ENV-FILE] [-d DOCKER-ENV-FILE] [-i] [-c] [-m] [-k COMBINED-KEY]
 
 Generate Docker daemon options based on flannel env file
 OPTIONS:
@@ -25,6 +25,7 @@ OPTIONS:
 \t-c\tOutput combined Docker options into DOCKER_OPTS var
 \t-k\tSet the combined options key to this value (default DOCKER_OPTS=)
 \t-m\tDo not output --ip-masq (useful for older Docker version)
+\t-h, --help\tShow this help and exit
 """ % (DEFAULT_SUBNET_FILE, DEFAULT_DOCKER_ENV)
 
 _SHELL_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
@@ -33,14 +34,13 @@ _SHELL_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 def main(argv, stdout, stderr) -> int:
     """Run with ``argv`` = the arguments after ``docker-opts`` (no program name).
 
-    Returns the exit status: 0 when the Docker env file was written; 1 after a
-    usage error, ``-h``, or a missing/malformed subnet.env (reported on
+    Returns the exit status: 0 when the Docker env file was written, or after
+    ``-h``/``--help`` (the usage on ``stdout``; mk-docker-opts.sh exits 1 there);
+    1 after a usage error or a missing/malformed subnet.env (reported on
     ``stderr``, naming the file), in which case the output file is left as it was.
-    ``stdout`` is unused (the script prints nothing on success) but kept for
-    symmetry with the other subcommands.
     """
     try:
-        opts, args = getopt.getopt(argv, "f:d:icmk:h")
+        opts, args = getopt.getopt(argv, "f:d:icmk:h", ["help"])
     except getopt.GetoptError as e:
         stderr.write("flannel-tw docker-opts: %s\n%s" % (e, USAGE))
         return 1
@@ -51,9 +51,9 @@ def main(argv, stdout, stderr) -> int:
     individual = combined = False
     ipmasq = True
     for opt, value in opts:
-        if opt == "-h":
-            stderr.write(USAGE)
-            return 1
+        if opt in ("-h", "--help"):
+            stdout.write(USAGE)
+            return 0
         elif opt == "-f":
             flannel_env = value
         elif opt == "-d":

@@ -4,6 +4,8 @@ output of mk-docker-opts.sh (flannel-compat.md section 5).
 """
 import io
 import os
+import subprocess
+import sys
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import TestCase
@@ -106,9 +108,31 @@ class DockerOptsTests(TestCase):
             self.assertFailsUntouched(mentions=(self.env, problem))
 
     def test_usage(self):
-        """-h, a bad option, a missing argument, or a stray argument: usage, exit 1."""
-        for args in (["-h"], ["-x"], ["-k"], ["extra"]):
+        """A bad option, a missing argument, or a stray argument: usage, exit 1."""
+        for args in (["-x"], ["-?"], ["-k"], ["extra"], ["--bogus"]):
             self.assertFailsUntouched(*args, mentions=("-k COMBINED-KEY",))
+
+    def test_help_prints_usage_and_exits_0(self):
+        """-h and --help (anywhere): the usage on stdout, exit 0, nothing read or written."""
+        from flannel_tw.cli import main
+        for args in (["-h"], ["--help"], ["-f", "/nonexistent", "--help"], ["-c", "-h"]):
+            stdout, stderr = io.StringIO(), io.StringIO()
+            self.assertEqual(main(["docker-opts"] + args + ["-d", self.out], stdout, stderr),
+                             0, (args, stderr.getvalue()))
+            self.assertEqual((stdout.getvalue(), stderr.getvalue()), (dockeropts.USAGE, ""))
+            self.assertIn("-k COMBINED-KEY", stdout.getvalue())
+            self.assertFalse(os.path.exists(self.out))
+
+    def test_help_from_the_installed_command(self):
+        """The venv's flannel-tw script (this tree on its path): --help exits 0."""
+        script = os.path.join(os.path.dirname(sys.executable), "flannel-tw")
+        self.assertTrue(os.path.exists(script), script)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for flag in ("--help", "-h"):
+            p = subprocess.run([script, "docker-opts", flag], capture_output=True, text=True,
+                               timeout=60, env=dict(os.environ, PYTHONPATH=root), cwd="/")
+            self.assertEqual((p.returncode, p.stderr), (0, ""), flag)
+            self.assertTrue(p.stdout.startswith("usage: flannel-tw docker-opts"), p.stdout)
 
     def test_bad_key(self):
         """-k must be a shell variable name."""
