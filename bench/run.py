@@ -46,6 +46,9 @@ import time
 
 if __package__ in (None, ""):      # python3 bench/run.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.preflight import check as _check
+    if __name__ == "__main__" and _check():
+        sys.exit(2)
 
 from flannel_tw.backend.registry import FACTORIES                     # noqa: E402
 from flannel_tw.lab.run import TWISTD, _child_env, repo_root, start_etcd  # noqa: E402
@@ -422,13 +425,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench: needs root (namespaces, TUN, iperf3 in namespaces)", file=sys.stderr)
+    from bench.preflight import check
+    if check():
         return 2
-    for tool in ("ip", "iperf3", "ping", "bridge"):
-        if shutil.which(tool) is None:
-            print("bench: needs %r (bash .ci/setup installs it)" % tool, file=sys.stderr)
-            return 2
     os.chdir(repo_root())
     names = SCENARIOS if not args.only else tuple(args.only.split(","))
     if args.scale_only:
