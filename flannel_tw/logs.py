@@ -4,9 +4,10 @@ The daemon's log output: ``--log-format text|json`` and a rate limit on repeated
 warnings and errors.
 
 - ``text``: twistd's usual lines (L{twisted.logger.textFileLogObserver}).
-- ``json``: one JSON object per line, L{twisted.logger.eventAsJSON} of the event
-  plus ``text`` (the formatted message), ``time`` (ISO 8601, UTC) and ``level``;
-  readable back with L{twisted.logger.eventFromJSON}. Handy for journald/Loki.
+- ``json``: one compact JSON object per line (L{json_event}): ``time`` (RFC 3339,
+  UTC), ``level``, ``logger``, ``msg`` and the event's own fields, e.g.
+  ``{"time":"2026-12-01T14:23:44.120001Z","level":"info","logger":"flannel_tw.daemon.FlannelDaemon","msg":"Wrote /run/flannel/subnet.env","path":"/run/flannel/subnet.env"}``.
+  Handy for journald/Loki.
 
 Both go through L{RateLimitingObserver}: a warning or error with the same format,
 namespace and error text as one emitted less than C{interval} seconds ago is held
@@ -21,12 +22,14 @@ process logs), honouring twistd's ``--logfile``/``--nodaemon``; twistd's
 ``--logger`` and ``--syslog`` still win.
 """
 import datetime
+import ipaddress as _ipaddress
+import json
 import os
 import sys
 import threading
 
 from twisted.logger import (FileLogObserver, FilteringLogObserver, ILogObserver,
-                            LogLevel, LogLevelFilterPredicate, eventAsJSON, formatEvent,
+                            LogLevel, LogLevelFilterPredicate, formatEvent,
                             textFileLogObserver)
 from twisted.python import threadable
 from zope.interface import implementer
@@ -38,29 +41,66 @@ _LIMITED = (LogLevel.warn, LogLevel.error, LogLevel.critical)
 
 # -- formats ---------------------------------------------------------------------
 
+# the keys of the JSON object that are not the event's own fields
+_JSON_KEYS = ("time", "level", "logger", "msg", "traceback", "repeated")
+# keys that twisted.python.log (and the legacy observer bridge) put into events
+_LEGACY_KEYS = frozenset(("message", "time", "system", "format", "isError", "why", "failure",
+                          "printed", "logLevel"))
+
+
 def json_event(event):
-    """One JSON line for C{event}: eventAsJSON plus C{text}, C{time} and C{level}."""
-    extra = dict(event)
-    extra["text"] = _text(event)
+    """
+    One compact JSON line for C{event}: C{time} (RFC 3339, UTC), C{level}, C{logger}
+    (the namespace; the system for twisted.python.log events), C{msg} (the formatted
+    message), the event's own keyword fields, C{traceback} for a failure and
+    C{repeated} for a rate-limit summary. Twisted's own keys (C{log_*}, and the
+    legacy C{message}, C{system}, C{isError}, ...) are left out; an own field named
+    like one of ours becomes C{field_<name>}. Values JSON cannot hold (or holds only
+    loosely, like NaN) become their C{repr}, addresses and networks their C{str}.
+    """
+    legacy = "isError" in event and "message" in event
+    out = {}
     t = event.get("log_time")
     if t is not None:
-        extra["time"] = datetime.datetime.fromtimestamp(
-            t, tz=datetime.timezone.utc).isoformat(timespec="microseconds")
+        out["time"] = datetime.datetime.fromtimestamp(
+            t, tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     level = event.get("log_level")
-    if level is not None:
-        extra["level"] = level.name
-    return eventAsJSON(extra) + "\n"
-
-
-def _text(event):
-    text = formatEvent(event)
+    out["level"] = level.name if level is not None else "info"
+    logger = event.get("log_namespace")
+    if logger == "log_legacy" or logger is None:
+        logger = event.get("log_system") or event.get("system") or "-"
+    out["logger"] = logger
+    out["msg"] = _message(event)
+    for key, value in event.items():
+        if key.startswith("log_") or (legacy and key in _LEGACY_KEYS):
+            continue
+        out["field_" + key if key in _JSON_KEYS else key] = _json_safe(value)
     failure = event.get("log_failure")
     if failure is not None:
         try:
-            text = "%s\n%s" % (text, failure.getTraceback())
+            out["traceback"] = failure.getTraceback()
         except Exception:
-            pass
-    return text
+            out["traceback"] = repr(failure)
+    if "log_repeated" in event:
+        out["repeated"] = event["log_repeated"]
+    return json.dumps(out, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def _message(event):
+    try:
+        return formatEvent(event)
+    except Exception:       # formatEvent reports its own errors; this is a last resort
+        return repr(event.get("log_format"))
+
+
+def _json_safe(value):
+    if isinstance(value, (_ipaddress._BaseAddress, _ipaddress._BaseNetwork)):
+        return str(value)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)
+    return value
 
 
 def jsonLinesObserver(out):

@@ -5,7 +5,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet import task
-from twisted.logger import (ILogObserver, LogLevel, Logger, eventFromJSON, formatEvent)
+from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -107,32 +107,91 @@ class RateLimitTests(unittest.TestCase):
 
 
 class FormatTests(unittest.TestCase):
-    def test_json_one_object_per_line_readable_by_twisted(self):
+    def json_lines(self, emit, namespace="flannel.test"):
         out = io.StringIO()
-        log = Logger(namespace="flannel.test", observer=logs.file_observer("json", out))
-        log.info("Wrote {path}", path="/run/flannel/subnet.env")
-        log.error("lease {subnet} lost", subnet="10.1.74.0/24")
-        lines = out.getvalue().splitlines()
-        self.assertEqual(len(lines), 2)
-        first = json.loads(lines[0])
-        self.assertEqual(first["text"], "Wrote /run/flannel/subnet.env")
-        self.assertEqual(first["level"], "info")
-        self.assertEqual(first["path"], "/run/flannel/subnet.env")
-        self.assertEqual(first["log_namespace"], "flannel.test")
-        self.assertTrue(first["time"].endswith("+00:00"))
-        second = eventFromJSON(lines[1])
-        self.assertEqual(second["log_level"], LogLevel.error)
-        self.assertEqual(formatEvent(second), "lease 10.1.74.0/24 lost")
+        emit(Logger(namespace=namespace, observer=logs.file_observer("json", out)))
+        text = out.getvalue()
+        self.assertTrue(text.endswith("\n"))
+        return [json.loads(line) for line in text.splitlines()], text
 
-    def test_json_includes_traceback_text(self):
+    def test_json_compact_object_with_the_event_fields_only(self):
+        from ipaddress import IPv4Network
+        events, text = self.json_lines(lambda log: (
+            log.info("Wrote {path}", path="/run/flannel/subnet.env"),
+            log.error("lease {subnet} lost after {n} tries", subnet=IPv4Network("10.1.74.0/24"),
+                      n=3, peers=["a", 1], extra={"k": None}, obj=object(), nan=float("nan"))))
+        self.assertEqual(len(events), 2)
+        self.assertNotIn(": ", text)              # compact separators
+        first, second = events
+        self.assertEqual(list(first), ["time", "level", "logger", "msg", "path"])
+        self.assertEqual((first["level"], first["logger"], first["msg"], first["path"]),
+                         ("info", "flannel.test", "Wrote /run/flannel/subnet.env",
+                          "/run/flannel/subnet.env"))
+        self.assertRegex(first["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+        self.assertEqual(set(second), {"time", "level", "logger", "msg", "subnet", "n", "peers",
+                                       "extra", "obj", "nan"})
+        self.assertEqual((second["level"], second["msg"], second["n"], second["peers"],
+                          second["extra"], second["subnet"]),
+                         ("error", "lease 10.1.74.0/24 lost after 3 tries", 3, ["a", 1],
+                          {"k": None}, "10.1.74.0/24"))
+        self.assertTrue(second["obj"].startswith("<object object at "))   # repr
+        self.assertEqual(second["nan"], "nan")
+
+    def test_json_time_is_rfc3339_utc(self):
         out = io.StringIO()
-        log = Logger(observer=logs.file_observer("json", out))
+        logs.file_observer("json", out)({"log_time": 0.25, "log_level": LogLevel.warn,
+                                         "log_namespace": "n", "log_format": "x"})
+        self.assertEqual(json.loads(out.getvalue()),
+                         {"time": "1970-01-01T00:00:00.250000Z", "level": "warn",
+                          "logger": "n", "msg": "x"})
+
+    def test_json_failure_traceback_is_a_field(self):
+        def emit(log):
+            try:
+                1 / 0
+            except ZeroDivisionError:
+                log.failure("boom {what}", what="x")
+        (event,), _ = self.json_lines(emit)
+        self.assertEqual(set(event), {"time", "level", "logger", "msg", "what", "traceback"})
+        self.assertEqual((event["msg"], event["level"]), ("boom x", "critical"))
+        self.assertIn("ZeroDivisionError", event["traceback"])
+        self.assertIn("Traceback", event["traceback"])
+
+    def test_json_drops_twisted_internals_and_keeps_colliding_fields(self):
+        (event,), _ = self.json_lines(lambda log: log.info(
+            "{msg} at {time}", msg="hello", time="noon", traceback=5, log_extra="x"))
+        self.assertEqual(event["msg"], "hello at noon")
+        self.assertEqual((event["field_msg"], event["field_time"], event["field_traceback"]),
+                         ("hello", "noon", 5))
+        for key in event:
+            self.assertFalse(key.startswith("log_"), key)
+
+    def test_json_legacy_events(self):
+        """twisted.python.log.msg (Twisted's own modules): system as logger, no internals."""
+        from twisted.python import log as legacy
+        out = io.StringIO()
+        observer = logs.file_observer("json", out)
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(observer)
         try:
-            1 / 0
-        except ZeroDivisionError:
-            log.failure("boom")
-        event = json.loads(out.getvalue())
-        self.assertIn("ZeroDivisionError", event["text"])
+            legacy.msg("Starting protocol {x}", system="UDP,client", port=8285)
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        event = json.loads(out.getvalue().splitlines()[-1])
+        self.assertEqual(event, {"time": event["time"], "level": "info",
+                                 "logger": "UDP,client", "msg": "Starting protocol {x}",
+                                 "port": 8285})
+
+    def test_json_rate_limit_summary_says_how_many(self):
+        out = io.StringIO()
+        clock = task.Clock()
+        log = Logger(namespace="n", observer=logs.make_observer("json", out, clock))
+        for _ in range(3):
+            log.warn("w {error}", error="e")
+        clock.advance(60)
+        last = json.loads(out.getvalue().splitlines()[-1])
+        self.assertEqual((last["msg"], last["repeated"], last["error"]),
+                         ("[repeated 2 times in 60s] w e", 2, "e"))
 
     def test_text(self):
         out = io.StringIO()
@@ -181,6 +240,29 @@ class InstallTests(unittest.TestCase):
         self.patch(sys, "stdout", out)
         target = logs.log_target(opts.parent)
         self.assertIs(target, out)
+
+    def test_v_flag_lets_debug_events_through(self):
+        """-v=N (N > 0) from the command line or FLANNELD_V reaches the installed observer."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        for argv, env, debug_shown in (([], {}, False), (["-v=10"], {}, True),
+                                       (["--v", "2"], {}, True), ([], {"FLANNELD_V": "1"}, True)):
+            out.seek(0)
+            out.truncate()
+            clock = task.Clock()
+            clock.addSystemEventTrigger = lambda *a: None
+            opts = Options(environ=env)
+            opts.parseOptions(argv)
+            opts.parent = FakeServerOptions(logfile="-", nodaemon=True)
+            svc = service.MultiService()
+            logs.install(svc, opts, clock)
+            app = service.Application("flannel")
+            svc.setServiceParent(app)
+            log = Logger(namespace="n", observer=app.getComponent(ILogObserver))
+            log.debug("a debug line")
+            log.info("an info line")
+            self.assertIn("an info line", out.getvalue())
+            self.assertEqual("a debug line" in out.getvalue(), debug_shown, (argv, env))
 
     def test_logfile_and_logger_and_syslog(self):
         path = self.mktemp()

@@ -93,7 +93,7 @@ class TacTests(unittest.TestCase):
         self.assertEqual(self.get("http://127.0.0.1:8472/readyz"), "flanneld is ready\n")
         self.stop(proc, log)
         events = [json.loads(line) for line in open(log) if line.strip()]
-        texts = [e["text"] for e in events]
+        texts = [e["msg"] for e in events]
         self.assertTrue(any(t.startswith("Wrote ") for t in texts), texts)
         self.assertFalse(any("9086" in t for t in texts))
 
@@ -107,7 +107,7 @@ class TacTests(unittest.TestCase):
         self.stop(proc, log)
         events = [json.loads(line) for line in open(log) if line.strip()]
         self.assertTrue(events)
-        wrote = [e for e in events if e["text"].startswith("Wrote ")]
+        wrote = [e for e in events if e["msg"].startswith("Wrote ")]
         self.assertEqual(wrote[0]["path"], subnet_file)
         self.assertEqual(wrote[0]["level"], "info")
 
