@@ -449,6 +449,8 @@ def build_daemon(options, reactor):
                               healthz_ip=options["healthz-ip"],
                               healthz_port=options["healthz-port"])
     daemon = FlannelDaemon(reactor, manager, ext_iface, settings, rules_factory=_rules_factory())
+    for warning in getattr(options, "warnings", ()):   # insecure or unused etcd flags
+        daemon.log.warn("{problem}", problem=warning)
     daemon.etcd_client = client
     from flannel_tw.logs import install as install_logging
     install_logging(daemon, options, reactor)   # --log-format text|json, rate-limited errors

@@ -117,6 +117,8 @@ class Options(usage.Options):
         self.environ = os.environ if environ is None else environ
         self._given = set()
         self.from_env = {}
+        #: texts of settings accepted but insecure or unused (see _insecure_settings)
+        self.warnings = []
         for name, (default, _) in _PARAMS.items():
             self[name] = default
         for name in _MULTI:
@@ -260,12 +262,39 @@ class Options(usage.Options):
         for name in ("etcd-keyfile", "etcd-certfile", "etcd-cafile"):
             if self[name] and not os.path.isfile(self[name]):
                 raise usage.UsageError("%s: file %r does not exist" % (self._where(name), self[name]))
-        if bool(self["etcd-keyfile"]) != bool(self["etcd-certfile"]):
-            raise usage.UsageError("--etcd-certfile and --etcd-keyfile must be given together")
+        for given, other in (("etcd-keyfile", "etcd-certfile"), ("etcd-certfile", "etcd-keyfile")):
+            if self[given] and not self[other]:
+                raise usage.UsageError("%s given without --%s: a client certificate needs "
+                                       "both the certificate and its key"
+                                       % (self._where(given), other))
         if self["etcd-password"] and not self["etcd-username"]:
             raise usage.UsageError("--etcd-password given without --etcd-username")
+        self.warnings = self._insecure_settings(endpoints)
         if not self["subnet-file"]:
             raise usage.UsageError("%s: must not be empty" % self._where("subnet-file"))
+
+    def _insecure_settings(self, endpoints):
+        """
+        Settings that are accepted but do not do what they say, as warning texts (the
+        daemon logs each once at start-up): basic auth towards http:// endpoints (the
+        password travels in clear), TLS files with http:// endpoints (not used for them).
+        """
+        warnings = []
+        plain = [ep for ep in endpoints if urlsplit(ep).scheme == "http"]
+        if self["etcd-username"] and plain:
+            warnings.append(
+                "%s: etcd basic auth over http://, password sent in clear to %s; use "
+                "https:// endpoints" % (self._where("etcd-username"), ", ".join(plain)))
+        tls = [self._where(n) for n in ("etcd-cafile", "etcd-certfile", "etcd-keyfile")
+               if self[n]]
+        if tls and plain:
+            if len(plain) == len(endpoints):
+                warnings.append("%s unused: every etcd endpoint is http:// (TLS needs "
+                                "https://)" % ", ".join(tls))
+            else:
+                warnings.append("%s not used for %s (TLS needs https://)"
+                                % (", ".join(tls), ", ".join(plain)))
+        return warnings
 
 
 def _param_method(name, default, doc):

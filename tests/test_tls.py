@@ -120,6 +120,94 @@ class TLSFileTests(unittest.TestCase):
                           "key": self.pki.client_key})
 
 
+class InsecureSettingsTests(unittest.TestCase):
+    """
+    Flags that cannot do what they say: a client key without its certificate (or the
+    reverse) is a usage error naming the flag given; basic auth towards an http://
+    endpoint (the password travels in clear) and TLS files with http:// endpoints (never
+    used for them) are warned about once, at start-up.
+    """
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        self.pki = make_pki(self.dir)
+
+    def parse(self, *argv, env=None):
+        options = Options(environ=env or {})
+        options.parseOptions(["--iface=eth0"] + list(argv))
+        return options
+
+    def test_lone_keyfile_or_certfile_is_refused_naming_it(self):
+        e = self.assertRaises(UsageError, self.parse, "--etcd-keyfile=" + self.pki.client_key,
+                              "--etcd-endpoints=https://127.0.0.1:2379")
+        self.assertIn("--etcd-keyfile given without --etcd-certfile", str(e))
+        e = self.assertRaises(UsageError, self.parse, "--etcd-certfile=" + self.pki.client_cert)
+        self.assertIn("--etcd-certfile given without --etcd-keyfile", str(e))
+        e = self.assertRaises(UsageError, self.parse,
+                              env={"FLANNELD_ETCD_KEYFILE": self.pki.client_key})
+        self.assertIn("FLANNELD_ETCD_KEYFILE given without --etcd-certfile", str(e))
+
+    def test_lone_cafile_is_fine(self):
+        """A CA alone verifies the server: no client certificate needed."""
+        options = self.parse("--etcd-cafile=" + self.pki.ca,
+                             "--etcd-endpoints=https://127.0.0.1:2379")
+        self.assertEqual(options.warnings, [])
+
+    def test_basic_auth_over_http_warns_once(self):
+        options = self.parse("--etcd-username=u", "--etcd-password=p",
+                             "--etcd-endpoints=http://10.0.0.1:2379,https://e2:2379,"
+                             "http://10.0.0.3:2379")
+        self.assertEqual(len(options.warnings), 1)
+        warning = options.warnings[0]
+        self.assertIn("password sent in clear", warning)
+        self.assertIn("--etcd-username", warning)
+        self.assertIn("http://10.0.0.1:2379, http://10.0.0.3:2379", warning)
+        self.assertNotIn("https://e2", warning)
+        env = {"FLANNELD_ETCD_USERNAME": "u"}
+        self.assertIn("FLANNELD_ETCD_USERNAME", self.parse(env=env).warnings[0])
+
+    def test_basic_auth_over_https_only_is_quiet(self):
+        self.assertEqual(self.parse("--etcd-username=u", "--etcd-password=p",
+                                    "--etcd-endpoints=https://e1:2379").warnings, [])
+
+    def test_tls_files_with_http_endpoints_warn(self):
+        options = self.parse("--etcd-cafile=" + self.pki.ca,
+                             "--etcd-certfile=" + self.pki.client_cert,
+                             "--etcd-keyfile=" + self.pki.client_key,
+                             "--etcd-endpoints=http://10.0.0.1:2379")
+        self.assertEqual(len(options.warnings), 1)
+        warning = options.warnings[0]
+        self.assertIn("--etcd-cafile, --etcd-certfile, --etcd-keyfile", warning)
+        self.assertIn("unused", warning)
+        self.assertIn("every etcd endpoint is http://", warning)
+        mixed = self.parse("--etcd-cafile=" + self.pki.ca,
+                           "--etcd-endpoints=https://e1:2379,http://10.0.0.2:2379")
+        self.assertEqual(len(mixed.warnings), 1)
+        self.assertIn("not used for http://10.0.0.2:2379", mixed.warnings[0])
+
+    def test_no_flags_no_warnings(self):
+        self.assertEqual(self.parse().warnings, [])
+
+    def test_daemon_logs_the_warnings_at_start_up(self):
+        import flannel_tw.net.iface as iface_mod
+        from twisted.logger import globalLogPublisher
+        self.patch(iface_mod, "lookup_ext_iface", lambda *a, **kw: IFACE)
+        self.patch(os, "environ", dict(os.environ, ETCD_SSL_DIR=os.path.join(self.dir, "no")))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        options = self.parse("--etcd-username=u", "--etcd-password=secret",
+                             "--etcd-cafile=" + self.pki.ca,
+                             "--etcd-endpoints=http://127.0.0.1:1")
+        d = daemon_mod.build_daemon(options, reactor)
+        self.addCleanup(d.etcd_client.close)
+        warnings = logged(events, "", LogLevel.warn)
+        self.assertEqual(len(warnings), 2, warnings)
+        self.assertTrue(any("password sent in clear" in w for w in warnings), warnings)
+        self.assertTrue(any("every etcd endpoint is http://" in w for w in warnings), warnings)
+        self.assertFalse(any("secret" in w for w in warnings), warnings)
+
+
 class RealTLSTests(DaemonHarness, unittest.TestCase):
     """A real etcd serving https with --client-cert-auth and --trusted-ca-file."""
 
