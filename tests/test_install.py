@@ -224,3 +224,25 @@ class FreshVenvTests(unittest.TestCase):
         env = parse_subnet_env(subnet_file)
         self.assertEqual(env["FLANNEL_NETWORK"], "10.8.0.0/16")
         self.assertTrue(env["FLANNEL_SUBNET"].startswith("10.8."), env)
+
+
+class ReadmeTests(unittest.TestCase):
+    """README.rst is the package's long description: it must render cleanly (PyPI
+    refuses a description with reST errors) and show the commands it promises."""
+
+    def test_renders_without_warnings(self):
+        import io
+        import docutils.core
+        warnings = io.StringIO()
+        with open(os.path.join(ROOT, "README.rst")) as f:
+            docutils.core.publish_string(f.read(), writer_name="null", settings_overrides={
+                "report_level": 2, "halt_level": 5, "warning_stream": warnings})
+        self.assertEqual(warnings.getvalue(), "")
+
+    def test_top_commands(self):
+        with open(os.path.join(ROOT, "README.rst")) as f:
+            top = f.read()[:2000]
+        self.assertIn("bash .ci/setup && .venv/bin/flannel-tw lab --hosts 3", top)
+        self.assertIn("bash .ci/run", top)
+        with open(os.path.join(ROOT, ".ci", "run")) as f:
+            self.assertIn(".venv/bin/python -m twisted.trial", f.read())
