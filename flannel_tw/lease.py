@@ -5,7 +5,7 @@ exactly as flanneld writes it (flannel-compat.md section 2). Pure: no reactor.
 """
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Optional
 
@@ -83,6 +83,15 @@ class Lease:
     attrs: LeaseAttrs
     ttl: Optional[int] = None         # seconds left as etcd reported; None = reservation (no TTL)
     modified_index: int = 0
+    # the last component of the etcd key as stored (None: not read from etcd). flanneld's
+    # parser is lenient (see key_to_subnet), so "x10.5.7.0-24" gives the subnet of
+    # "10.5.7.0-24"; only a lease whose key is canonical (is_canonical) may be routed.
+    key: Optional[str] = field(default=None, compare=False)
+
+    @property
+    def is_canonical(self) -> bool:
+        """True when the key is exactly flanneld's form for this subnet (or unknown)."""
+        return self.key is None or self.key == subnet_to_key(self.subnet)
 
     @property
     def is_reservation(self) -> bool:
@@ -94,6 +103,11 @@ def subnet_to_key(subnet: IPv4Network) -> str:
     return "%s-%d" % (subnet.network_address, subnet.prefixlen)
 
 
+def key_name(key: str) -> str:
+    """The last path component of an etcd key."""
+    return key.rstrip("/").rsplit("/", 1)[-1]
+
+
 def key_to_subnet(key: str) -> IPv4Network:
     """Last path component of a key -> network. Raises LeaseParseError.
 
@@ -101,9 +115,11 @@ def key_to_subnet(key: str) -> IPv4Network:
     ``x10.5.34.0-24y`` is accepted as flanneld accepts it. LEN must be at most 31.
     flanneld keeps the address as written; we mask host bits (``10.5.34.7-24`` ->
     10.5.34.0/24) because an IPv4Network cannot hold them, which is what
-    flanneld's overlap test amounts to anyway.
+    flanneld's overlap test amounts to anyway. This lenient reading is right for
+    "which subnets are taken" (allocation); routing needs the exact form too
+    (L{Lease.is_canonical}, L{parse_canonical_key}).
     """
-    name = key.rstrip("/").rsplit("/", 1)[-1]
+    name = key_name(key)
     m = SUBNET_KEY_RE.search(name)
     if m is None:
         raise LeaseParseError("not a subnet key: %r" % (key,))
@@ -116,3 +132,19 @@ def key_to_subnet(key: str) -> IPv4Network:
     except ValueError:
         raise LeaseParseError("subnet key address is not IPv4: %r" % (key,))
     return IPv4Network("%s/%d" % (address, prefixlen), strict=False)
+
+
+def parse_canonical_key(key: str) -> IPv4Network:
+    """
+    Last path component of a key in exactly the form flanneld writes it -> network:
+    C{A.B.C.D-N}, anchored, a canonical dotted quad (no leading zeros), N in 0..31
+    without leading zeros, and A.B.C.D the network address of the prefix.
+    C{x10.5.7.0-24}, C{10.5.7.0-024}, C{10.5.7.1-24} and C{010.5.7.0-24} are refused.
+
+    @raise LeaseParseError: anything else.
+    """
+    subnet = key_to_subnet(key)
+    if key_name(key) != subnet_to_key(subnet):
+        raise LeaseParseError("subnet key is not in flanneld's exact form A.B.C.D-N "
+                              "(expected %r): %r" % (subnet_to_key(subnet), key))
+    return subnet

@@ -255,11 +255,12 @@ class WatchFuzzTests(unittest.TestCase):
             globalLogPublisher.removeObserver(events.append)
         self.assertEqual(index, 40)
         warned = logged(events, "Ignoring bad subnet node")
-        # one warning per distinct bad (key, index), across both listings
-        bad = {(n["key"], n["modifiedIndex"]) for n in nodes
+        # one warning per distinct bad node (key), across both listings
+        bad = {n["key"] for n in nodes
                if not n.get("dir") and manager._is_direct_child(n["key"])
                and not any(l.modified_index == n["modifiedIndex"]
-                           and manager.lease_key(l.subnet) == n["key"] for l in leases)}
+                           and l.key == n["key"].rstrip("/").rsplit("/", 1)[-1]
+                           for l in leases)}
         self.assertEqual(len(warned), len(bad))
 
 
@@ -336,6 +337,7 @@ class UdpReceiveFuzzTests(unittest.TestCase):
             self.assertTrue(header_ok(pkt), pkt[:40])
             src = IPv4Address(bytes(pkt[12:16]))
             self.assertIn(src, PEER_SUBNET)  # the source filter held
+            self.assertIn(IPv4Address(bytes(pkt[16:20])), OUR_SUBNET)   # and the destination
             self.assertEqual(pkt[8], data[8] - 1)  # TTL decremented once
 
     @fuzz(1500)
@@ -352,7 +354,8 @@ class UdpReceiveFuzzTests(unittest.TestCase):
            ttl=st.integers(0, 255), frag=st.integers(0, 0xFFFF), proto=st.integers(0, 255),
            src=st.sampled_from(["10.1.7.3", "10.1.15.9", "10.1.7.0", "192.0.2.1",
                                 "255.255.255.255", "0.0.0.0"]),
-           dst=st.sampled_from(["10.1.15.2", "10.1.7.3", "224.0.0.1"]),
+           dst=st.sampled_from(["10.1.15.2", "10.1.15.0", "10.1.7.3", "224.0.0.1",
+                                "127.0.0.1", "10.1.16.0", "255.255.255.255"]),
            payload=st.binary(max_size=64), fix_checksum=st.booleans(),
            truncate=st.integers(0, 100))
     def test_structured_ipv4_from_a_peer(self, ihl, version, total, ttl, frag, proto, src,
@@ -368,7 +371,8 @@ class UdpReceiveFuzzTests(unittest.TestCase):
         written = self._deliver(data, PEER)
         self._check_forwarded(data, written)
         if written:
-            self.assertEqual((version, IPv4Address(src) in PEER_SUBNET), (4, True))
+            self.assertEqual((version, IPv4Address(src) in PEER_SUBNET,
+                              IPv4Address(dst) in OUR_SUBNET), (4, True, True))
             self.assertGreater(ttl, 1)
 
     @fuzz(800)
@@ -404,6 +408,7 @@ class OffloadFrameFuzzTests(unittest.TestCase):
             pkt = w[O.VNET_HDR_LEN:]
             self.assertEqual(pkt[0] >> 4, 4)
             self.assertIn(IPv4Address(bytes(pkt[12:16])), PEER_SUBNET)
+            self.assertIn(IPv4Address(bytes(pkt[16:20])), OUR_SUBNET)
 
     @fuzz(800)
     @given(st.binary(max_size=1600))

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import TestCase
 
 from flannel_tw.lease import (Lease, LeaseAttrs, LeaseParseError, key_to_subnet,
-                              subnet_to_key)
+                              parse_canonical_key, subnet_to_key)
 
 IP = IPv4Address("10.0.0.1")
 
@@ -107,6 +107,49 @@ class KeyTests(TestCase):
         self.assertEqual(key_to_subnet("10.5.34.2-31"), IPv4Network("10.5.34.2/31"))
 
 
+class CanonicalKeyTests(TestCase):
+    """Keys a lease may be routed by: exactly flanneld's form, nothing that aliases it."""
+
+    def test_canonical(self):
+        self.assertEqual(parse_canonical_key("/coreos.com/network/subnets/10.5.34.0-24"),
+                         IPv4Network("10.5.34.0/24"))
+        self.assertEqual(parse_canonical_key("0.0.0.0-0"), IPv4Network("0.0.0.0/0"))
+
+    def test_aliases_refused(self):
+        """Each of these parses (flanneld would believe it) but is not the exact form."""
+        for key in ("x10.5.34.0-24", "10.5.34.0-24y", "10.5.34.0-024", "10.5.34.7-24",
+                    "10.5.34.0-24 ", " 10.5.34.0-24", "10.5.34.0-24-24", "1.10.5.34.0-24"):
+            self.assertEqual(key_to_subnet(key), IPv4Network("10.5.34.0/24"), key)
+            self.assertRaises(LeaseParseError, parse_canonical_key, key)
+        # leading zeros in the address are refused by both (Go's net.ParseIP agrees)
+        for key in ("010.5.34.0-24", "10.05.34.0-24"):
+            self.assertRaises(LeaseParseError, key_to_subnet, key)
+            self.assertRaises(LeaseParseError, parse_canonical_key, key)
+
+    def test_lease_is_canonical(self):
+        net = IPv4Network("10.5.34.0/24")
+        self.assertTrue(Lease(net, LeaseAttrs(IP)).is_canonical)        # made by us
+        self.assertTrue(Lease(net, LeaseAttrs(IP), key="10.5.34.0-24").is_canonical)
+        self.assertFalse(Lease(net, LeaseAttrs(IP), key="x10.5.34.0-24").is_canonical)
+        # the stored key does not take part in equality
+        self.assertEqual(Lease(net, LeaseAttrs(IP), key="x10.5.34.0-24"),
+                         Lease(net, LeaseAttrs(IP)))
+
+    @given(st.text(alphabet="0123456789.-x/ ", max_size=24))
+    def test_canonical_iff_round_trip(self, key):
+        """parse_canonical_key accepts exactly the keys subnet_to_key produces."""
+        try:
+            subnet = parse_canonical_key(key)
+        except LeaseParseError:
+            try:
+                subnet = key_to_subnet(key)
+            except LeaseParseError:
+                return
+            self.assertNotEqual(subnet_to_key(subnet), key.rstrip("/").rsplit("/", 1)[-1])
+        else:
+            self.assertEqual(subnet_to_key(subnet), key.rstrip("/").rsplit("/", 1)[-1])
+
+
 ipv4 = st.integers(0, 2 ** 32 - 1).map(IPv4Address)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2 ** 53, 2 ** 53) | st.text(),
@@ -124,6 +167,7 @@ class PropertyTests(TestCase):
         key = subnet_to_key(network)
         self.assertEqual(key_to_subnet(key), network)
         self.assertEqual(key_to_subnet("/coreos.com/network/subnets/" + key), network)
+        self.assertEqual(parse_canonical_key("/coreos.com/network/subnets/" + key), network)
 
     @given(ipv4, st.sampled_from(["", "vxlan", "host-gw", "alloc"]), json_values)
     def test_value_round_trip(self, public_ip, backend_type, data):

@@ -240,3 +240,71 @@ class WatchTests(ManagerTestMixin, unittest.TestCase):
         self.server._v2("DELETE", self.prefix + "/subnets/10.5.4.0-24",
                         params={"prevValue": '{"PublicIP":"192.0.2.4"}'})
         yield wait_until(lambda: ("removed", "10.5.4.0/24") in self.events())
+
+
+class BadNodeWarningTests(ManagerTestMixin, unittest.TestCase):
+    """Bad nodes are warned about once per node (not per write), and the memory of them
+    is bounded however much remote input arrives."""
+
+    def setUp(self):
+        self.server = shared_etcd()
+        self.prefix = unique_prefix(self)
+        self.logs = []
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(self.logs.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logs.append)
+
+    def warnings(self, key):
+        from twisted.logger import formatEvent
+        return [formatEvent(e) for e in self.logs if "Ignoring bad subnet node" in
+                e.get("log_format", "") and e.get("key") == key]
+
+    @defer.inlineCallbacks
+    def test_bad_node_rewritten_is_warned_once(self):
+        """A bad value renewed again and again (a new index each time) is one warning."""
+        key = self.prefix + "/subnets/10.5.3.0-24"
+        manager = self.make_manager()
+        for i in range(5):
+            self.server.v2_put(key, "not json %d" % i, ttl=600)
+            yield manager.list_leases()
+        self.assertEqual(len(self.warnings(key)), 1, self.warnings(key))
+        self.assertEqual(manager.skipped.counts["bad-value"], 1)
+
+    @defer.inlineCallbacks
+    def test_deleted_bad_nodes_are_forgotten(self):
+        """A full list forgets nodes that are gone; a delete event forgets its node."""
+        manager = self.make_manager()
+        keys = [self.prefix + "/subnets/junk-%d" % i for i in range(200)]
+        for key in keys:
+            self.server.v2_put(key, '{"PublicIP":"192.0.2.9"}')
+        yield manager.list_leases()
+        self.assertEqual(len(manager.skipped), 200)
+        self.assertEqual(manager.skipped.counts["bad-key"], 200)
+        for key in keys[1:]:
+            self.server.v2_delete(key)
+        _, index = yield manager.list_leases()
+        self.assertEqual(len(manager.skipped), 1)
+        d = manager.watch_leases(index + 1)
+        self.server.v2_delete(keys[0])
+        event, _ = yield d
+        self.assertIsNone(event)
+        self.assertEqual(len(manager.skipped), 0)
+        # the same key written bad again is a new bad node: warned again
+        self.server.v2_put(keys[0], "{")
+        yield manager.list_leases()
+        self.assertEqual(len(self.warnings(keys[0])), 2)
+
+    @defer.inlineCallbacks
+    def test_memory_is_bounded_under_a_flood_of_bad_events(self):
+        """Distinct bad nodes arriving through the watch (never listed, never deleted)
+        fill the memory up to its limit and no further."""
+        manager = self.make_manager()
+        manager.skipped.limit = 50
+        _, index = yield manager.list_leases()
+        for i in range(120):
+            d = manager.watch_leases(index + 1)
+            self.server.v2_put(self.prefix + "/subnets/10.5.%d.0-24" % (i % 250,), "{%d" % i)
+            event, index = yield d
+            self.assertIsNone(event)
+            self.assertLessEqual(len(manager.skipped), 50)
+        self.assertEqual(len(manager.skipped), 50)

@@ -19,7 +19,9 @@ from flannel_tw.config import ConfigError, parse_config
 from flannel_tw.etcd.errors import KeyNotFound, NodeExist
 from flannel_tw.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import ISubnetManager
-from flannel_tw.lease import Lease, LeaseAttrs, LeaseParseError, key_to_subnet, subnet_to_key
+from flannel_tw.lease import (Lease, LeaseAttrs, LeaseParseError, key_name, key_to_subnet,
+                              subnet_to_key)
+from flannel_tw.leasecheck import SkipMemory
 
 SUBNET_TTL = 86400
 RACE_RETRIES = 10
@@ -33,13 +35,15 @@ class AcquireError(Exception):
 
 def node_to_lease(node):
     """
-    An etcd node under subnets/ -> L{Lease}.
+    An etcd node under subnets/ -> L{Lease}, with the key's last component as stored in
+    C{key} (flanneld's lenient parse: see L{Lease.is_canonical} before routing it).
 
     @raise LeaseParseError: the key or value is not a lease, as flanneld would skip it.
     """
     subnet = key_to_subnet(node.key)
     attrs = LeaseAttrs.from_json(node.value if node.value is not None else "")
-    return Lease(subnet=subnet, attrs=attrs, ttl=node.ttl, modified_index=node.modified_index)
+    return Lease(subnet=subnet, attrs=attrs, ttl=node.ttl, modified_index=node.modified_index,
+                 key=key_name(node.key))
 
 
 @implementer(ISubnetManager)
@@ -48,6 +52,8 @@ class EtcdSubnetManager:
     L{ISubnetManager} on an L{flannel_tw.etcd.client.EtcdV2Client}.
 
     @param rand: a C{random.Random} for choosing among free subnets.
+    @ivar skipped: the L{SkipMemory} of nodes skipped as bad (reasons C{bad-key}: no
+        lease key at all, C{bad-value}), bounded, for one warning per node and metrics.
     """
 
     log = Logger()
@@ -56,7 +62,7 @@ class EtcdSubnetManager:
         self._client = client
         self.prefix = prefix.rstrip("/") or "/"
         self._rand = rand if rand is not None else random.SystemRandom()
-        self._warned = set()
+        self.skipped = SkipMemory()
 
     @property
     def subnets_key(self):
@@ -73,9 +79,15 @@ class EtcdSubnetManager:
         return parse_config(resp.node.value if resp.node.value is not None else "")
 
     def _warn_bad_node(self, node, err):
-        marker = (node.key, node.modified_index)
-        if marker not in self._warned:
-            self._warned.add(marker)
+        """One warning per bad node (not per event: a renewal with the same fault is
+        quiet); the memory is bounded and forgets deleted nodes."""
+        try:
+            key_to_subnet(node.key)
+        except LeaseParseError:
+            reason = "bad-key"
+        else:
+            reason = "bad-value"
+        if self.skipped.note(node.key, reason):
             self.log.warn("Ignoring bad subnet node {key} (index {index}): {error}",
                           key=node.key, index=node.modified_index, error=err)
 
@@ -92,13 +104,16 @@ class EtcdSubnetManager:
         except KeyNotFound as e:
             return [], e.index
         leases = []
+        keys = []
         for node in resp.node.nodes or ():
             if node.dir or not self._is_direct_child(node.key):
                 continue
+            keys.append(node.key)
             try:
                 leases.append(node_to_lease(node))
             except LeaseParseError as e:
                 self._warn_bad_node(node, e)
+        self.skipped.retain(keys)    # a complete list: forget nodes that are gone
         return leases, resp.etcd_index if resp.etcd_index is not None else resp.node.modified_index
 
     @defer.inlineCallbacks
@@ -200,11 +215,11 @@ class EtcdSubnetManager:
             wait_index = node.modified_index + 1  # a deeper or dir node: not a lease change
         index = node.modified_index
         if resp.action in REMOVAL_ACTIONS:
+            self.skipped.forget(node.key)
             try:
                 subnet = key_to_subnet(node.key)
-            except LeaseParseError as e:
-                self._warn_bad_node(node, e)
-                return None, index
+            except LeaseParseError:
+                return None, index   # it was never a lease: nothing to undo
             attrs = None
             if resp.prev_node is not None and resp.prev_node.value:
                 try:
@@ -212,10 +227,12 @@ class EtcdSubnetManager:
                 except LeaseParseError:
                     attrs = None
             return LeaseEvent(REMOVED, Lease(subnet=subnet, attrs=attrs, ttl=None,
-                                             modified_index=index)), index
+                                             modified_index=index,
+                                             key=key_name(node.key))), index
         try:
             lease = node_to_lease(node)
         except LeaseParseError as e:
             self._warn_bad_node(node, e)
             return None, index
+        self.skipped.forget(node.key)    # replaced by a good value
         return LeaseEvent(ADDED, lease), index
