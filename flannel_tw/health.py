@@ -10,7 +10,9 @@ once subnet.env is written, 503 ``flanneld is not ready yet`` before (as newest 
 import json
 
 from twisted.application import strports
-from twisted.web import resource, server
+from twisted.web import resource
+
+from flannel_tw.logs import QuietSite
 
 
 class HealthzResource(resource.Resource):
@@ -51,6 +53,5 @@ def health_root(daemon):
 
 def health_service(daemon, reactor, ip, port):
     """A TCP server service for the health endpoints."""
-    site = server.Site(health_root(daemon))
-    site.displayTracebacks = False
+    site = QuietSite(health_root(daemon), name="healthz")
     return strports.service("tcp:%d:interface=%s" % (port, ip), site, reactor=reactor)

@@ -27,11 +27,14 @@ import json
 import os
 import sys
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.logger import (FileLogObserver, FilteringLogObserver, ILogObserver,
-                            LogLevel, LogLevelFilterPredicate, formatEvent,
+                            LogLevel, LogLevelFilterPredicate, Logger, formatEvent,
                             textFileLogObserver)
 from twisted.python import threadable
+from twisted.web import server
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import implementer
 
 FORMATS = ("text", "json")
@@ -226,6 +229,60 @@ def make_observer(log_format, out, clock, verbosity=0, interval=DEFAULT_INTERVAL
     observer = FilteringLogObserver(limited, [LogLevelFilterPredicate(defaultLogLevel=level)])
     observer.rate_limiter = limited
     return observer
+
+
+# -- quiet network plumbing ---------------------------------------------------------
+
+def redact_url(url):
+    """C{url} without its userinfo (C{user:password@}), query and fragment: safe to log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False       # no "Starting factory" / "Stopping factory" per connection
+
+
+def quiet_pool(reactor, persistent=True):
+    """An HTTPConnectionPool whose per-connection factories log nothing."""
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool._factory = _QuietClientFactory
+    return pool
+
+
+_access_log = Logger(namespace="flannel_tw.web")
+
+
+class QuietSite(server.Site):
+    """
+    A twisted.web Site for /healthz, /readyz and /metrics: no "Starting factory"
+    line, no tracebacks in responses, and each request logged at debug only
+    (C{-v=1} and up) rather than as an access-log line at info. Twisted still says
+    "C{name} starting on <port>" once when it listens.
+    """
+
+    noisy = False
+    displayTracebacks = False
+
+    def __init__(self, resource, name="http", **kwargs):
+        server.Site.__init__(self, resource, **kwargs)
+        self.name = name
+
+    def logPrefix(self):
+        """Names the port in Twisted's "<name> starting on <port>" line."""
+        return self.name
+
+    def log(self, request):
+        client = request.getClientAddress()
+        _access_log.debug("{site}: {client} {method} {uri} {code} {length}", site=self.name,
+                          client=getattr(client, "host", "-"),
+                          method=request.method.decode("ascii", "replace"),
+                          uri=request.uri.decode("ascii", "replace"),
+                          code=request.code, length=request.sentLength)
 
 
 # -- twistd wiring ----------------------------------------------------------------

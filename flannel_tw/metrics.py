@@ -33,7 +33,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from twisted.application import strports
-from twisted.web import resource, server
+from twisted.web import resource
+
+from flannel_tw.logs import QuietSite
 
 # udp backend counter name -> (metric, direction label)
 _UDP_DIRECTIONAL = {
@@ -200,6 +202,5 @@ def metrics_root(daemon, registry=None):
 
 def metrics_service(daemon, reactor, ip, port):
     """A TCP server service (strports) for the metrics endpoint on C{ip}:C{port}."""
-    site = server.Site(metrics_root(daemon))
-    site.displayTracebacks = False
+    site = QuietSite(metrics_root(daemon), name="metrics")   # requests at debug only
     return strports.service("tcp:%d:interface=%s" % (port, ip), site, reactor=reactor)

@@ -237,3 +237,88 @@ class DaemonTests(unittest.TestCase):
         health = d.health()
         self.assertFalse(health["healthy"])
         self.assertIsNone(health["lease"])
+
+
+class RealRunLogTests(unittest.TestCase):
+    """
+    L{daemon_mod.build_daemon} as twistd builds it (alloc backend: a lease and no data
+    plane; no iptables), on a real etcd, with /healthz and /metrics on loopback; every
+    log event captured and rendered as the daemon's own observer would.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        from tests.test_faults import capture_logs
+        self.server = shared_etcd()
+        self.prefix = unique_prefix(self)
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.subnet_file = os.path.join(self.dir, "subnet.env")
+        self.events = capture_logs(self)
+
+    def render(self, verbosity=0):
+        """The captured events as the daemon's text observer at -v=C{verbosity} writes them."""
+        import io
+        from twisted.internet import task
+        from flannel_tw import logs
+        out = io.StringIO()
+        observer = logs.make_observer("text", out, task.Clock(), verbosity)
+        for event in list(self.events):
+            observer(dict(event))
+        return out.getvalue()
+
+    @defer.inlineCallbacks
+    def run_real_daemon(self, *extra):
+        from flannel_tw.tap import Options
+        from tests.test_faults import free_port
+        self.server.put_config('{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}',
+                               prefix=self.prefix)
+        self.healthz, self.metrics = free_port(), free_port()
+        options = Options(environ={})
+        options.parseOptions([
+            "--etcd-endpoints=%s" % self.server.url, "--etcd-prefix=%s" % self.prefix,
+            "--iface=127.0.0.1", "--subnet-file=%s" % self.subnet_file,
+            "--iptables-forward-rules=false",
+            "--healthz-ip=127.0.0.1", "--healthz-port=%d" % self.healthz,
+            "--metrics-ip=127.0.0.1", "--metrics-port=%d" % self.metrics] + list(extra))
+        d = daemon_mod.build_daemon(options, reactor)
+        d.startService()
+        self.addCleanup(d.etcd_client.close)
+        self.addCleanup(lambda: d.running and d.stopService())
+        yield wait_until(lambda: d.phase == daemon_mod.RUNNING, timeout=20)
+        return d
+
+    def http_get(self, port, path):
+        """Deferred body: a plain urllib request in a thread (so it logs nothing itself)."""
+        import urllib.request
+        from twisted.internet import threads
+        url = "http://127.0.0.1:%d%s" % (port, path)
+        return threads.deferToThread(lambda: urllib.request.urlopen(url, timeout=10).read())
+
+    @defer.inlineCallbacks
+    def test_no_connection_or_access_chatter_at_the_default_level(self):
+        d = yield self.run_real_daemon()
+        for _ in range(2):
+            body = yield self.http_get(self.healthz, "/healthz")
+            self.assertIn(b'"healthy": true', body)
+            self.assertEqual((yield self.http_get(self.healthz, "/readyz")), b"flanneld is ready")
+            self.assertIn(b"flannel_ready 1.0", (yield self.http_get(self.metrics, "/metrics")))
+        self.assertIsNotNone(d.etcd_client.last_answer_at)   # etcd was asked, via the pool
+        yield d.stopService()
+        yield d.etcd_client.close()                           # the pool's connections stop
+        text = self.render(verbosity=0)
+        self.assertIn("Wrote %s" % self.subnet_file, text)
+        for noise in ("Starting factory", "Stopping factory", "HTTP11ClientFactory",
+                      "GET /healthz", "GET /metrics", "GET /readyz", "HTTP/1.1", "Site"):
+            self.assertNotIn(noise, text)
+        # once per listener, naming it
+        self.assertIn("] healthz starting on %d\n" % self.healthz, text)
+        self.assertIn("] metrics starting on %d\n" % self.metrics, text)
+        # -v=1 shows each request at debug
+        verbose = self.render(verbosity=1)
+        for site, path in (("healthz", "/healthz"), ("healthz", "/readyz"),
+                           ("metrics", "/metrics")):
+            self.assertEqual(verbose.count("[flannel_tw.web#debug] %s: 127.0.0.1 GET %s 200 "
+                                           % (site, path)), 2, verbose)
+        self.assertNotIn("Starting factory", verbose)
