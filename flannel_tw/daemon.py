@@ -70,9 +70,12 @@ class FlannelDaemon(service.MultiService):
     log = Logger()
 
     def __init__(self, reactor, manager, ext_iface, settings, backend_factory=make_backend,
-                 notify=sd_notify, exit=None, backoff=None, rules_factory=None):
+                 notify=sd_notify, exit=None, backoff=None, rules_factory=None,
+                 keeper_clock=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
+        # the lease keeper's timers: a MonotonicClock from build_daemon (wall-clock steps)
+        self._keeper_clock = keeper_clock if keeper_clock is not None else reactor
         self.manager = manager
         self.ext_iface = ext_iface
         self.settings = settings
@@ -172,7 +175,8 @@ class FlannelDaemon(service.MultiService):
             raise FatalError("Error starting the %s backend for %s: %s"
                              % (backend.name, lease.subnet, e))
         self.keeper = LeaseKeeper(self._reactor, self.manager, config, attrs, lease,
-                                  self.settings.renew_margin, on_new_lease=self._new_lease)
+                                  self.settings.renew_margin, on_new_lease=self._new_lease,
+                                  clock=self._keeper_clock)
         if self._rules_factory is not None and (self.settings.ip_masq
                                                 or self.settings.forward_rules):
             self.rules = self._rules_factory(self._reactor, config.network, lease.subnet,
@@ -448,7 +452,9 @@ def build_daemon(options, reactor):
                               renew_margin=options["subnet-lease-renew-margin"] * 60.0,
                               healthz_ip=options["healthz-ip"],
                               healthz_port=options["healthz-port"])
-    daemon = FlannelDaemon(reactor, manager, ext_iface, settings, rules_factory=_rules_factory())
+    from flannel_tw.monoclock import MonotonicClock
+    daemon = FlannelDaemon(reactor, manager, ext_iface, settings, rules_factory=_rules_factory(),
+                           keeper_clock=MonotonicClock(reactor))
     for warning in getattr(options, "warnings", ()):   # insecure or unused etcd flags
         daemon.log.warn("{problem}", problem=warning)
     daemon.etcd_client = client

@@ -8,6 +8,8 @@ from flannel_tw.config import NetworkConfig
 from flannel_tw.etcd.errors import EtcdUnavailable, KeyNotFound, TestFailed
 from flannel_tw.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.lease import Lease, LeaseAttrs
+from flannel_tw import monoclock
+from flannel_tw.monoclock import MonotonicClock
 from flannel_tw.subnet import keeper
 from flannel_tw.subnet.backoff import make_backoff
 from flannel_tw.testing.fakes import FakeSubnetManager
@@ -133,3 +135,91 @@ class KeeperTests(unittest.TestCase):
         self.keeper.stop()
         self.clock.advance(10 ** 6)
         self.assertEqual(self.manager.events, [])
+
+
+class _World:
+    """
+    Real time, a wall clock (the reactor's task.Clock) that can step, and the keeper's
+    monotonic clock (a MonotonicClock on real time, woken as a timerfd would be).
+    """
+
+    def __init__(self):
+        self.real = 0.0
+        self.wall = task.Clock()
+        self.deadline = None
+        self.mono = MonotonicClock(self.wall, monotonic=lambda: self.real, alarm=self)
+
+    def set(self, deadline):
+        self.deadline = deadline
+
+    def clear(self):
+        self.deadline = None
+
+    def advance(self, seconds, step=10.0):
+        end = self.real + seconds
+        while self.real < end:
+            dt = min(step, end - self.real)
+            self.real += dt
+            self.wall.advance(dt)
+            if self.deadline is not None and self.deadline <= self.real:
+                self.mono._fire()
+
+
+class WallClockStepTests(unittest.TestCase):
+    """The wall clock steps by 2 h while the keeper waits to renew (TTL 86400, margin 3600)."""
+
+    def setUp(self):
+        self.world = _World()
+        self.manager = FakeSubnetManager()
+        self.keeper = keeper.LeaseKeeper(
+            self.world.wall, self.manager, CONFIG, ATTRS, Lease(NET, ATTRS, ttl=86400), 3600,
+            backoff=make_backoff(initial=1.0, maximum=60.0, jitter=lambda: 0.0),
+            clock=self.world.mono)
+        self.keeper.start()
+
+    def renewals(self):
+        return [e for e in self.manager.events if e[0] == "renew_lease"]
+
+    def check_renews_on_time(self, step):
+        self.world.advance(40000)
+        self.world.wall.rightNow += step
+        self.world.wall.advance(0)
+        self.world.advance(82800 - 40000 - 10)
+        self.assertEqual(self.renewals(), [])          # not early
+        self.world.advance(10)
+        self.assertEqual(len(self.renewals()), 1)      # at ttl - margin of real time
+        _, _, d = self.manager.next("renew_lease")
+        d.callback(Lease(NET, ATTRS, ttl=86400))
+        self.world.advance(82800 - 10)
+        self.assertEqual(len(self.renewals()), 1)      # no tight loop: next one a day later
+        self.world.advance(10)
+        self.assertEqual(len(self.renewals()), 2)
+
+    def test_wall_clock_steps_back_two_hours(self):
+        self.check_renews_on_time(-7200)
+
+    def test_wall_clock_steps_forward_two_hours(self):
+        self.check_renews_on_time(7200)
+
+    def test_retry_backoff_is_on_the_monotonic_clock(self):
+        self.world.advance(82800)
+        _, _, d = self.manager.next("renew_lease")
+        d.errback(EtcdUnavailable({}))
+        self.world.wall.rightNow -= 7200
+        self.world.advance(1.0, step=0.5)
+        self.assertEqual(len(self.renewals()), 2)
+
+
+class DaemonWiringTests(unittest.TestCase):
+    def test_build_daemon_gives_the_keeper_a_monotonic_clock(self):
+        from twisted.internet import reactor
+        from flannel_tw import daemon as daemon_mod
+        from flannel_tw.tap import Options
+        options = Options(environ={})
+        options.parseOptions(["--etcd-endpoints=http://127.0.0.1:9", "--iface=127.0.0.1",
+                              "--iptables-forward-rules=false"])
+        d = daemon_mod.build_daemon(options, reactor)
+        self.addCleanup(d.etcd_client.close)
+        self.addCleanup(d._keeper_clock.close)
+        self.assertIsInstance(d._keeper_clock, MonotonicClock)
+        self.assertIsInstance(d._keeper_clock._alarm, monoclock._TimerFdAlarm)

@@ -6,10 +6,12 @@ States: HELD (a renewal timer runs, or none for a reservation) -> RENEWING ->
 HELD ; RENEWING fails with a transport/etcd error -> RETRYING (backoff) -> RENEWING ;
 our lease gone or held by another host -> REACQUIRING -> HELD ; stop() -> STOPPED.
 
-- The renewal is scheduled from the TTL etcd returned, on the injected clock:
-  C{ttl - margin} (or C{ttl / 2} when the TTL is shorter than the margin), never
-  from an absolute expiry compared with the local wall clock, so a skewed clock
-  cannot make us lose the lease.
+- The renewal is scheduled from the TTL etcd returned (re-read on every renewal),
+  on the injected clock: C{ttl - margin} (or C{ttl / 2} when the TTL is shorter than
+  the margin), never from an absolute expiry compared with the local wall clock, so a
+  skewed clock cannot make us lose the lease. The daemon gives the keeper a
+  L{flannel_tw.monoclock.MonotonicClock}: a wall-clock step in either direction
+  neither delays a renewal past the TTL nor brings it forward.
 - Reservations (no TTL) are never renewed and never given a TTL.
 - Renewal is conditional on our own value: another host's lease is never overwritten.
 - When the lease is deleted or expires, we re-acquire, preferring the same subnet
@@ -38,7 +40,9 @@ def renewal_delay(ttl, margin):
 
 class LeaseKeeper:
     """
-    @param reactor: C{IReactorTime}.
+    @param reactor: C{IReactorTime}, for wall-clock timestamps (C{last_renewal_at}).
+    @param clock: C{IReactorTime} for every timer and duration (default: C{reactor});
+        a monotonic one in the daemon.
     @param margin: renewal margin in seconds (flanneld's --subnet-lease-renew-margin * 60).
     @param on_new_lease: called as C{on_new_lease(new_lease, old_lease)} when the subnet changes.
     """
@@ -46,8 +50,9 @@ class LeaseKeeper:
     log = Logger()
 
     def __init__(self, reactor, manager, config, attrs, lease, margin, on_new_lease=None,
-                 backoff=None):
+                 backoff=None, clock=None):
         self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
         self._manager = manager
         self._config = config
         self._attrs = attrs
@@ -79,7 +84,7 @@ class LeaseKeeper:
         """Seconds to the scheduled renewal or retry, None when nothing is scheduled."""
         if self._timer is None or not self._timer.active():
             return None
-        return self._timer.getTime() - self._reactor.seconds()
+        return self._timer.getTime() - self._clock.seconds()
 
     def own_event(self, event):
         """A watcher event about our own subnet."""
@@ -111,7 +116,7 @@ class LeaseKeeper:
         self._cancel_timer()
         if delay is None:
             return
-        self._timer = self._reactor.callLater(max(0.0, delay), action or self._renew)
+        self._timer = self._clock.callLater(max(0.0, delay), action or self._renew)
 
     def _track(self, d, ok, fail):
         self._pending = d
