@@ -375,6 +375,22 @@ class UdpReceiveFuzzTests(unittest.TestCase):
                               IPv4Address(dst) in OUR_SUBNET), (4, True, True))
             self.assertGreater(ttl, 1)
 
+    addresses = st.one_of(st.ip_addresses(v=4),
+                          st.sampled_from(["10.1.15.0", "10.1.15.255", "127.0.0.1", OURS]),
+                          st.integers(0, 255).map(lambda k: "10.1.15.%d" % k),
+                          st.integers(0, 255).map(lambda k: "10.1.7.%d" % k))
+
+    @fuzz(800)
+    @given(src=addresses, dst=addresses, ttl=st.integers(0, 255))
+    def test_well_formed_packets_with_any_addresses(self, src, dst, ttl):
+        """Delivered exactly when the source is the peer's and the destination ours."""
+        data = make_ipv4(src=str(src), dst=str(dst), ttl=ttl)
+        written = self._deliver(data, PEER)
+        self._check_forwarded(data, written)
+        want = (IPv4Address(src) in PEER_SUBNET and IPv4Address(dst) in OUR_SUBNET
+                and ttl > 1)
+        self.assertEqual(len(written), int(want))
+
     @fuzz(800)
     @given(st.binary(max_size=1600) | st.builds(make_ipv4, src=st.just("10.1.7.3")))
     def test_nothing_from_a_stranger_is_forwarded(self, data):

@@ -8,6 +8,11 @@ Differences from flanneld, on purpose:
   - IPv4 headers are validated (version 4, sane IHL and total length);
   - with C{filter_sources} (the default) a datagram is only accepted from the PublicIP
     of a current lease, and only if its inner source lies in that lease's subnet;
+  - a packet from the wire is written into the TUN only if its inner destination lies
+    in our own subnet ("foreign-destination" otherwise: flanneld would hand the kernel
+    packets for the host itself or for any address, to be forwarded and masqueraded)
+    and its inner source does not ("spoofed-source": our own pods never come from the
+    wire), whatever C{filter_sources} says;
   - a packet with TTL 0 or 1 is dropped (flanneld wraps TTL 0 to 255);
   - datagrams longer than the tun MTU are not truncated.
 
@@ -75,11 +80,12 @@ VNET = _off.VNET_HDR_LEN
 _ZERO_VNET = bytes(VNET)
 
 DROP_REASONS = ("short", "not-ipv4", "bad-header", "unknown-peer", "spoofed-source",
-                "ttl-expired", "no-route", "send-error", "tun-write-error",
-                "incomplete-frame", "error")
+                "foreign-destination", "ttl-expired", "no-route", "send-error",
+                "tun-write-error", "incomplete-frame", "error")
 
 _U16 = struct.Struct("=H").pack      # the UDP_SEGMENT cmsg: a native u16
 _GRO_SIZE = struct.Struct("=i").unpack_from   # the UDP_GRO cmsg: a native int
+_SRC_DST = struct.Struct("!II").unpack_from   # an IPv4 header's addresses, at offset 12
 _FRAME_MAGIC = _off.FRAME_MAGIC
 _SUPER = object()       # _prepare_vnet: "a super-packet, send it with _send_super"
 _check_ipv4 = _pkt.check_ipv4
@@ -196,6 +202,10 @@ class UdpBackend:
         self.counters = new_counters()
         self.own_subnet = None
         self._tun_ip = None          # int: our .0 address
+        # our subnet as (network int, mask int) for the receive path; until start()
+        # no address matches (-1 is never an address & mask)
+        self._own_net = -1
+        self._own_mask = 0xFFFFFFFF
         self._udp_port = None        # twisted IListeningPort
         self._sendto = None
         self._reader = None
@@ -290,10 +300,8 @@ class UdpBackend:
     def start(self, config, lease):
         if self.tun is None:
             return defer.fail(UdpBackendError("udp backend: start() before prepare()"))
-        self.own_subnet = IPv4Network(lease.subnet)
-        self.routes.remove(self.own_subnet)
+        self._set_own_subnet(lease.subnet)
         network_address = self.own_subnet.network_address
-        self._tun_ip = int(network_address)
         address = IPv4Interface("%s/32" % (network_address,))
         d = threads.deferToThread(self._netlink.configure_tun, self.tun.name, address,
                                   self.mtu, IPv4Network(config.network), **self._gso_kw())
@@ -319,15 +327,21 @@ class UdpBackend:
         """
         if self.tun is None:
             return defer.fail(UdpBackendError("udp backend: reconfigure() before prepare()"))
-        self.own_subnet = IPv4Network(lease.subnet)
-        self.routes.remove(self.own_subnet)
-        self._tun_ip = int(self.own_subnet.network_address)
+        self._set_own_subnet(lease.subnet)
         address = IPv4Interface("%s/32" % (self.own_subnet.network_address,))
         return threads.deferToThread(self._netlink.configure_tun, self.tun.name, address,
                                      self.mtu, IPv4Network(config.network), **self._gso_kw())
 
     def _gso_kw(self):
         return {}
+
+    def _set_own_subnet(self, subnet):
+        """Our lease's subnet: never routed to, the only destination delivered."""
+        self.own_subnet = IPv4Network(subnet)
+        self.routes.remove(self.own_subnet)
+        self._tun_ip = int(self.own_subnet.network_address)
+        self._own_mask = int(self.own_subnet.netmask)
+        self._own_net = self._tun_ip
 
     def handle_events(self, events):
         for event in events:
@@ -719,14 +733,23 @@ class UdpBackend:
         """
         Check the IPv4 packet C{buf[ip:ip+plen]} from C{addr} and write
         C{buf[start:ip+plen]} (with its vnet header in offloaded mode) into the TUN.
+        The checks: the header (unless C{reason} already says why it is dropped), the
+        source filter, the destination in our subnet, no source in it.
         """
         counters = self.counters
         pkt = view[ip:ip + plen]
         if reason is None:
             reason = _check_ipv4(pkt, plen)
-        if reason is None and self.filter_sources:
-            src = (buf[ip + 12] << 24) | (buf[ip + 13] << 16) | (buf[ip + 14] << 8) | buf[ip + 15]
-            reason = self.routes.check_source(addr[0], src)
+        if reason is None:
+            src, dst = _SRC_DST(buf, ip + 12)
+            if self.filter_sources:
+                reason = self.routes.check_source(addr[0], src)
+            if reason is None:
+                mask = self._own_mask
+                if dst & mask != self._own_net:
+                    reason = "foreign-destination"
+                elif src & mask == self._own_net:
+                    reason = "spoofed-source"
         if reason is not None:
             counters[reason] += 1
             return
