@@ -64,6 +64,21 @@ _BOOLS = {
 _LONG_NAMES = set(_PARAMS) | set(_MULTI) | set(_BOOLS) | {"version", "help"}
 
 
+EX_USAGE = 64   # sysexits.h: a bad flag or value; the unit has RestartPreventExitStatus=64
+
+
+def usage_exit(prog, error, stderr=None):
+    """
+    Print C{prog: error} and a pointer to C{twistd flannel --help} on stderr and exit
+    with L{EX_USAGE} (for C{twistd flannel} and the .tac files).
+    """
+    stderr = stderr or sys.stderr
+    stderr.write("%s: %s\nRun 'twistd flannel --help' for the flags and their FLANNELD_* "
+                 "variables.\n" % (prog, error))
+    stderr.flush()
+    raise SystemExit(EX_USAGE)
+
+
 def _env_name(flag):
     return ENV_PREFIX + flag.upper().replace("-", "_")
 
@@ -129,9 +144,16 @@ class Options(usage.Options):
     def parseOptions(self, options=None):
         if options is None:
             options = sys.argv[1:]
-        options, cleared = normalize_argv(list(options))
-        self._given |= cleared
-        usage.Options.parseOptions(self, options)
+        try:
+            options, cleared = normalize_argv(list(options))
+            self._given |= cleared
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            # Under twistd (our parent is its ServerOptions), which would print the whole
+            # --help and exit 1: a unit with Restart=always would loop on a bad flag.
+            usage_exit("twistd flannel", e)
 
     def _set(self, name, value):
         self._given.add(name)

@@ -15,12 +15,11 @@
 #   FLANNELD_LOG_FORMAT       text                      (json for log shippers)
 # twistd's --logfile/--nodaemon decide where the log goes, as for `twistd flannel`.
 import os
-import sys
 
 from twisted.application import service
 from twisted.python import usage
 
-from flannel_tw.tap import Options, makeService
+from flannel_tw.tap import Options, makeService, usage_exit
 
 DEFAULTS = {
     "FLANNELD_SUBNET_FILE": "/run/flannel/subnet.env",
@@ -37,7 +36,7 @@ options = Options(environ=environ)
 try:
     options.parseOptions([])
 except usage.UsageError as e:
-    sys.exit("flannel-udp.tac: %s" % (e,))
+    usage_exit("flannel-udp.tac", e)   # exit 64: the unit's RestartPreventExitStatus=64
 
 application = service.Application("flannel")
 makeService(options).setServiceParent(application)

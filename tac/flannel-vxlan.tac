@@ -17,12 +17,11 @@
 # keeps flowing across a restart (flanneld's running.md); keep VNI and
 # FLANNELD_IFACE the same across restarts.
 import os
-import sys
 
 from twisted.application import service
 from twisted.python import usage
 
-from flannel_tw.tap import Options, makeService
+from flannel_tw.tap import Options, makeService, usage_exit
 
 DEFAULTS = {
     "FLANNELD_SUBNET_FILE": "/run/flannel/subnet.env",
@@ -39,7 +38,7 @@ options = Options(environ=environ)
 try:
     options.parseOptions([])
 except usage.UsageError as e:
-    sys.exit("flannel-vxlan.tac: %s" % (e,))
+    usage_exit("flannel-vxlan.tac", e)   # exit 64: the unit's RestartPreventExitStatus=64
 
 application = service.Application("flannel")
 makeService(options).setServiceParent(application)
