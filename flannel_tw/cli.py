@@ -5,6 +5,8 @@
     flannel-tw docker-opts [-f subnet.env] [-d out] [-i] [-c] [-k KEY] [-m]
     flannel-tw lab [--hosts N] [--backend udp] [--keep] | flannel-tw lab down
     flannel-tw plugin-cache
+    flannel-tw install-units [--dest DIR] [--tls] [--network-config] [--docker] [--cni-dir DIR] ...
+    flannel-tw config get | set CONFIG_JSON|- | set --file F   [etcd flags]
     flannel-tw version
 
 The daemon itself runs as ``twistd -n flannel [flags]``.
@@ -21,6 +23,10 @@ commands:
   cni           the CNI plugin (invoked by a container runtime with CNI_* variables)
   plugin-cache  rebuild Twisted's plugin cache (after installing or upgrading, as the
                 user that owns the install) and check that 'twistd flannel' is found
+  install-units write flanneld.service, its drop-ins and the CNI plugin with this
+                install's absolute paths (see: flannel-tw install-units --help)
+  config        read or publish the network config <prefix>/config in etcd, with the
+                daemon's etcd flags and FLANNELD_* variables (flannel-tw config --help)
   version       print the version
 
 The daemon runs as: twistd -n flannel [flags]   (see: twistd flannel --help)
@@ -44,6 +50,12 @@ def main(argv=None, stdout=None, stderr=None):
     if command == "cni":
         from flannel_tw.cni import main as cni
         return cni(rest)
+    if command == "install-units":
+        from flannel_tw.install import main as install_units
+        return install_units(rest, stdout, stderr)
+    if command == "config":
+        from flannel_tw.netconfig import main as netconfig
+        return netconfig(rest, stdout, stderr)
     if command == "plugin-cache":
         return plugin_cache(stdout, stderr)
     if command in ("version", "--version"):
