@@ -21,13 +21,15 @@ from twisted.internet import defer, task, threads
 from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 
+import flannel_tw
 from flannel_tw.backend.registry import UnknownBackend, make_backend
 from flannel_tw.config import ConfigError
 from flannel_tw.subnet.backoff import make_backoff
 from flannel_tw.subnet.keeper import LeaseKeeper
 from flannel_tw.subnet.watch import LeaseWatcher
 from flannel_tw.subnetfile import read_previous_subnet, render_subnet_env, write_atomic
-from flannel_tw.sdnotify import sd_notify
+from flannel_tw.logs import redact_url
+from flannel_tw.sdnotify import sd_notify, sd_status
 
 WAITING_CONFIG, PREPARING, ACQUIRING, STARTING, RUNNING, STOPPED, FAILED = (
     "waiting-config", "preparing", "acquiring", "starting", "running", "stopped", "failed")
@@ -71,7 +73,7 @@ class FlannelDaemon(service.MultiService):
 
     def __init__(self, reactor, manager, ext_iface, settings, backend_factory=make_backend,
                  notify=sd_notify, exit=None, backoff=None, rules_factory=None,
-                 keeper_clock=None):
+                 keeper_clock=None, status=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
         # the lease keeper's timers: a MonotonicClock from build_daemon (wall-clock steps)
@@ -81,6 +83,8 @@ class FlannelDaemon(service.MultiService):
         self.settings = settings
         self._backend_factory = backend_factory
         self._notify = notify
+        self._status = status if status is not None else sd_status   # STATUS= for systemctl
+        self.etcd_client = None    # for the start-up line and STATUS= (set by build_daemon)
         self._exit = exit if exit is not None else (lambda code: exit_process(reactor, code))
         self._backoff = backoff or make_backoff(initial=1.0, maximum=30.0)
         self._config_backoff = make_backoff(
@@ -117,6 +121,14 @@ class FlannelDaemon(service.MultiService):
 
     def startService(self):
         service.MultiService.startService(self)
+        iface = self.ext_iface
+        self.log.info("flannel-tw {version} starting: etcd endpoints {endpoints_text}, "
+                      "prefix {prefix}", version=flannel_tw.__version__,
+                      endpoints=self._endpoints(), endpoints_text=", ".join(self._endpoints()),
+                      prefix=self.manager.prefix)
+        self.log.info("Using interface with name {iface} and address {iface_ip} (MTU "
+                      "{iface_mtu}), public IP {public_ip}", iface=iface.name,
+                      iface_ip=iface.addr, iface_mtu=iface.mtu, public_ip=iface.public_ip)
         self._run = self.run()
         self._run.addErrback(self._crashed)
 
@@ -152,11 +164,28 @@ class FlannelDaemon(service.MultiService):
 
     # -- the start-up sequence --------------------------------------------------
 
+    def _endpoints(self):
+        """The etcd endpoints without userinfo (safe to log)."""
+        return [redact_url(e) for e in getattr(self.etcd_client, "endpoints", None) or ()]
+
+    def _config_location(self):
+        endpoints = self._endpoints() or ["etcd"]
+        where = "%s%s/config" % (endpoints[0], self.manager.prefix.rstrip("/"))
+        if len(endpoints) > 1:
+            where += " (endpoints %s)" % ", ".join(endpoints)
+        return where
+
+    def _set_status(self, text):
+        """STATUS= for systemd (one line)."""
+        self._status(" ".join(text.splitlines()))
+
     @defer.inlineCallbacks
     def run(self):
         self.phase = WAITING_CONFIG
+        self._set_status("waiting for network config at %s" % self._config_location())
         config, backend = yield self._wait_for_config()
         self.config, self.backend = config, backend
+        self._set_status("acquiring lease in %s (%s backend)" % (config.network, backend.name))
 
         self.phase = PREPARING
         try:
@@ -186,6 +215,7 @@ class FlannelDaemon(service.MultiService):
         yield self._write_subnet_env(lease)     # in a thread; READY=1 only once written
         self.phase = RUNNING
         self.ready = True
+        self._set_status("running: subnet %s via %s" % (lease.subnet, backend.name))
         self._notify("READY=1")
         listing = self.manager
         if getattr(backend, "reconcile", None) is not None:
@@ -200,8 +230,9 @@ class FlannelDaemon(service.MultiService):
         self._probe = task.LoopingCall(self._probe_etcd)
         self._probe.clock = self._reactor
         self._probe.start(self.settings.etcd_probe_interval, now=False)
-        self.log.info("Running with lease {subnet} ({backend} backend, MTU {mtu})",
-                      subnet=lease.subnet, backend=backend.name, mtu=backend.mtu)
+        self.log.info("Running with lease {subnet} in network {network} ({backend} backend, "
+                      "MTU {mtu})", subnet=lease.subnet, network=config.network,
+                      backend=backend.name, mtu=backend.mtu)
 
     def _sleep(self, seconds):
         """Deferred None after C{seconds}; fails with CancelledError once stopping (a
@@ -214,6 +245,8 @@ class FlannelDaemon(service.MultiService):
         """Each distinct cause is logged once (as an error); repeats go to debug."""
         if message != self._last_config_error:
             self._last_config_error = message
+            self._set_status("waiting for network config at %s: %s"
+                             % (self._config_location(), message))
             self.log.error("Couldn't fetch network config: {error} (retrying in {delay:.1f}s, "
                            "backing off to {cap:.0f}s; logged once until the cause changes)",
                            error=message, delay=delay, cap=self.settings.config_retry_max)
@@ -274,6 +307,7 @@ class FlannelDaemon(service.MultiService):
                 attempt += 1
                 self.log.error("Error registering network: failed to acquire lease: {error} "
                                "(retrying in {delay:.1f}s)", error=e, delay=delay)
+                self._set_status("acquiring lease in %s: %s (retrying)" % (config.network, e))
                 yield self._sleep(delay)
             else:
                 return lease
@@ -349,6 +383,7 @@ class FlannelDaemon(service.MultiService):
                                                     "failed", f, subnet=lease.subnet))
         self._write_subnet_env(lease).addErrback(
             lambda f: self.log.failure("Writing the subnet file failed", f))
+        self._set_status("running: subnet %s via %s" % (lease.subnet, self.backend.name))
 
     # -- health ---------------------------------------------------------------
 

@@ -24,3 +24,8 @@ def sd_notify(state, environ=None):
     except OSError:
         return False
     return True
+
+
+def sd_status(text, environ=None):
+    """Send C{STATUS=text} (what C{systemctl status} shows), on one line."""
+    return sd_notify("STATUS=" + " ".join(str(text).splitlines()), environ)

@@ -7,6 +7,7 @@ import stat
 from ipaddress import IPv4Address, IPv4Network
 
 from twisted.internet import defer, reactor
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
 from flannel_tw import daemon as daemon_mod
@@ -17,6 +18,7 @@ from flannel_tw.subnetfile import parse_env
 from flannel_tw.testing.etcd import shared_etcd, unique_prefix
 from flannel_tw.testing.fakes import RecordingBackend
 
+from tests.test_faults import capture_logs
 from tests.test_subnet_manager import wait_until
 
 IFACE = ExtIface(name="eth0", index=2, addr=IPv4Address("192.0.2.1"),
@@ -34,7 +36,7 @@ class DaemonTests(unittest.TestCase):
         self.exits = []
         self.backends = []
 
-    def make_daemon(self, iface=IFACE, prepare_error=None, **settings):
+    def make_daemon(self, iface=IFACE, prepare_error=None, status=None, **settings):
         client = EtcdV2Client(reactor, [self.server.url])
         self.addCleanup(client.close)
         manager = EtcdSubnetManager(client, prefix=self.prefix)
@@ -51,7 +53,9 @@ class DaemonTests(unittest.TestCase):
         d = daemon_mod.FlannelDaemon(
             reactor, manager, iface,
             daemon_mod.DaemonSettings(subnet_file=self.subnet_file, **settings),
-            backend_factory=factory, notify=self.notified.append, exit=self.exits.append)
+            backend_factory=factory, notify=self.notified.append, exit=self.exits.append,
+            status=status)
+        d.etcd_client = client
         return d
 
     def run_daemon(self, daemon):
@@ -108,6 +112,50 @@ class DaemonTests(unittest.TestCase):
         self.assertEqual(events, [("write", False), "written", ("READY=1", True)])
         self.assertIn("FLANNEL_SUBNET=%s/24" % (d.lease.subnet.network_address + 1),
                       open(self.subnet_file).read())
+
+    @defer.inlineCallbacks
+    def test_status_tells_systemd_what_it_waits_for(self):
+        """STATUS= while waiting (with each new cause), acquiring, then running + READY=1."""
+        sent = []
+        d = self.make_daemon(status=lambda text: sent.append("STATUS=" + text))
+        self.notified = sent                      # READY=1 into the same list, in order
+        d._notify = sent.append
+        self.run_daemon(d)
+        yield wait_until(lambda: d._last_config_error is not None)
+        where = "%s%s/config" % (self.server.url, self.prefix)
+        self.assertEqual(sent[0], "STATUS=waiting for network config at " + where)
+        self.assertTrue(sent[1].startswith("STATUS=waiting for network config at %s: "
+                                           "100: Key not found (" % where), sent)
+        self.server.put_config('{"Network": "10.5.0.0/16"}', prefix=self.prefix)
+        yield wait_until(lambda: d.phase == daemon_mod.RUNNING)
+        self.assertEqual(sent[2:], [
+            "STATUS=acquiring lease in 10.5.0.0/16 (recording backend)",
+            "STATUS=running: subnet %s via recording" % d.lease.subnet,
+            "READY=1"])
+
+    def test_status_text_is_one_line_and_endpoints_have_no_userinfo(self):
+        class Manager:
+            prefix = "/coreos.com/network"
+
+            def get_network_config(self):
+                return defer.Deferred()             # etcd never answers
+        sent = []
+        d = daemon_mod.FlannelDaemon(reactor, Manager(), IFACE, daemon_mod.DaemonSettings(),
+                                     notify=sent.append, status=sent.append, exit=self.exits.append)
+
+        class Client:
+            endpoints = ["https://root:s3cret@etcd1:2379", "http://etcd2:2379"]
+        d.etcd_client = Client()
+        events = capture_logs(self)
+        self.run_daemon(d)
+        self.assertEqual(sent, ["waiting for network config at https://etcd1:2379"
+                                "/coreos.com/network/config (endpoints https://etcd1:2379, "
+                                "http://etcd2:2379)"])
+        d._set_status("a\nb\r\nc")
+        self.assertEqual(sent[-1], "a b c")
+        text = " ".join(formatEvent(e) + repr(e) for e in events)
+        self.assertNotIn("s3cret", text)
+        self.assertNotIn("root", text)
 
     @defer.inlineCallbacks
     def test_iptables_rules_follow_the_flags(self):
@@ -295,6 +343,31 @@ class RealRunLogTests(unittest.TestCase):
         from twisted.internet import threads
         url = "http://127.0.0.1:%d%s" % (port, path)
         return threads.deferToThread(lambda: urllib.request.urlopen(url, timeout=10).read())
+
+    @defer.inlineCallbacks
+    def test_startup_lines_say_what_was_chosen(self):
+        """The daemon's own info lines at start-up, exactly (the README quotes them)."""
+        import flannel_tw
+        d = yield self.run_real_daemon()
+        lines = [line.split(" ", 1)[1] for line in self.render().splitlines()
+                 if "[flannel_tw." in line]
+        subnet = d.lease.subnet
+        self.assertEqual(lines, [
+            "[flannel_tw.daemon.FlannelDaemon#info] flannel-tw %s starting: etcd endpoints %s, "
+            "prefix %s" % (flannel_tw.__version__, self.server.url, self.prefix),
+            "[flannel_tw.daemon.FlannelDaemon#info] Using interface with name lo and address "
+            "127.0.0.1 (MTU 65536), public IP 127.0.0.1",
+            "[flannel_tw.daemon.FlannelDaemon#info] Network config: Network=10.5.0.0/16 "
+            "SubnetLen=24 SubnetMin=10.5.1.0 SubnetMax=10.5.255.0 Backend=alloc",
+            "[flannel_tw.subnet.etcd.EtcdSubnetManager#info] Acquired lease %s" % subnet,
+            "[flannel_tw.daemon.FlannelDaemon#info] Wrote %s" % self.subnet_file,
+            "[flannel_tw.daemon.FlannelDaemon#info] Running with lease %s in network "
+            "10.5.0.0/16 (alloc backend, MTU 65536)" % subnet])
+        first = [e for e in self.events if e.get("log_level") == LogLevel.info
+                 and "flannel_tw" in e.get("log_namespace", "")]
+        self.assertEqual(first[0]["endpoints"], [self.server.url])   # fields, for JSON logs
+        self.assertEqual((first[1]["iface"], str(first[1]["public_ip"])), ("lo", "127.0.0.1"))
+        self.assertEqual((first[-1]["backend"], first[-1]["mtu"]), ("alloc", 65536))
 
     @defer.inlineCallbacks
     def test_no_connection_or_access_chatter_at_the_default_level(self):

@@ -19,7 +19,7 @@ from twisted.web import server as web_server
 
 from flannel_tw import daemon as daemon_mod
 from flannel_tw.health import health_root
-from flannel_tw.sdnotify import sd_notify
+from flannel_tw.sdnotify import sd_notify, sd_status
 from flannel_tw.testing.etcd import start_etcd_for_test
 
 from tests.test_faults import CONFIG, DaemonHarness, sleep
@@ -169,11 +169,41 @@ class NotifyTests(DaemonHarness, unittest.TestCase):
         def notify(state):
             env_at_notify.append(os.path.exists(self.subnet_file))
             return sd_notify(state, environ={"NOTIFY_SOCKET": address})
-        d = self.run_daemon(self.make_daemon(server.endpoints, notify=notify))
+        d = self.make_daemon(server.endpoints, notify=notify)
+        d._status = lambda text: sd_status(text, environ={"NOTIFY_SOCKET": address})
+        self.run_daemon(d)
         yield self.running(d)
         yield sleep(0.1)
-        self.assertEqual(received(sock), ["READY=1"])
+        self.assertEqual(received(sock), [
+            "STATUS=waiting for network config at %s/coreos.com/network/config" % server.url,
+            "STATUS=acquiring lease in 10.5.0.0/16 (recording backend)",
+            "STATUS=running: subnet %s via recording" % d.lease.subnet,
+            "READY=1"])
         self.assertEqual(env_at_notify, [True])  # READY=1 only after subnet.env exists
+
+    @defer.inlineCallbacks
+    def test_status_while_waiting_names_the_cause(self):
+        """STATUS= on a real socket while etcd has no config: where, then why."""
+        server = start_etcd_for_test(self)
+        short = tempfile.mkdtemp(prefix="ftw-")
+        self.addCleanup(shutil.rmtree, short, True)
+        address = os.path.join(short, "notify")
+        sock = notify_socket(address)
+        self.addCleanup(sock.close)
+        d = self.make_daemon(server.endpoints)
+        d._status = lambda text: sd_status(text, environ={"NOTIFY_SOCKET": address})
+        self.run_daemon(d)
+        got = []
+
+        def waited():
+            got.extend(received(sock))
+            return len(got) >= 2
+        yield wait_until(waited)
+        where = "%s/coreos.com/network/config" % server.url
+        self.assertEqual(got[0], "STATUS=waiting for network config at " + where)
+        self.assertTrue(got[1].startswith("STATUS=waiting for network config at %s: 100: Key "
+                                          "not found" % where), got)
+        self.assertEqual(self.notified, [])
 
     def test_ready_on_a_path_socket(self):
         short = tempfile.mkdtemp(prefix="ftw-")  # sun_path is 108 bytes at most
@@ -220,14 +250,17 @@ class TwistdNotifyTests(unittest.TestCase):
                          log, env=env, cwd=workdir)
         deadline = time.monotonic() + 40
         got = []
-        while not got:
-            got = received(sock)
-            if got:
+        while "READY=1" not in got:
+            got.extend(received(sock))
+            if "READY=1" in got:
                 exists_at_ready = os.path.exists(subnet_file)
             self.assertIsNone(proc.poll(), "daemon exited:\n%s" % open(log).read())
             self.assertLess(time.monotonic(), deadline, "no READY=1:\n%s" % open(log).read())
             time.sleep(0.05)
-        self.assertEqual(got, ["READY=1"])
+        self.assertEqual(got[-1], "READY=1")
+        self.assertEqual(got[0], "STATUS=waiting for network config at %s/coreos.com/network/"
+                                 "config" % etcd_url)
+        self.assertRegex(got[-2], r"^STATUS=running: subnet 10\.7\.\d+\.0/24 via alloc$")
         self.assertTrue(exists_at_ready)
         subnet = open(subnet_file).read().split("FLANNEL_SUBNET=")[1].split("\n")[0]
         key = "/coreos.com/network/subnets/%s.0-24" % subnet.rsplit(".", 1)[0]
