@@ -249,8 +249,13 @@ class LabTests(unittest.TestCase):
         d = os.path.join(workdir, "cni-bin")
         os.makedirs(d)
         shim = os.path.join(d, "flannel")
-        if shutil.which("flannel-tw"):
-            shutil.copy(os.path.join(repo_root(), "flannel_tw", "deploy", "cni", "flannel"), shim)
+        from flannel_tw.install import InstallError, find_bin_dir, render, shipped
+        try:   # the shipped shim, with this install's absolute path (as install-units writes it)
+            bin_dir = find_bin_dir()
+        except InstallError:
+            bin_dir = None
+        if bin_dir:
+            _write(shim, render(shipped("cni", "flannel"), bin_dir))
         else:
             _write(shim, '#!/bin/sh\nexec %s -m flannel_tw.cli cni "$@"\n' % sys.executable)
         os.chmod(shim, 0o755)
