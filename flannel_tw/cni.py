@@ -24,7 +24,13 @@ Errors are the spec's error JSON on stdout (``cniVersion``, ``code``, ``msg``,
 ``details``) with exit status 1. Codes: 1 incompatible version, 4 bad
 environment, 5 I/O failure, 6 undecodable config, 7 invalid config, 11 try again
 later (subnet.env missing: flannel is not up yet), 100 plugin error (delegate not
-found or failed without a CNI error).
+found or failed without a well-formed CNI error).
+
+Everything from outside is checked where it comes in: the environment (CNI_CONTAINERID
+as the spec's rule, whole string), every config field flannel reads (L{parse_netconf};
+``prevResult`` in CHECK), the saved delegate config and the delegate's answer (an
+error's ``code`` must be a positive integer). A bug still answers error JSON (100),
+never a traceback (L{main}); tests/test_cni.py fuzzes the config with hypothesis.
 
 Runtimes find the plugin by type ``flannel`` in CNI_PATH: install flannel_tw/deploy/cni/flannel
 (``exec flannel-tw cni``) there.
@@ -36,7 +42,7 @@ import subprocess
 import sys
 from ipaddress import IPv4Interface, IPv6Interface, ip_interface
 
-from flannel_tw.subnetfile import SubnetFileError, read_env
+from flannel_tw.subnetfile import SubnetFileError, read_env, write_atomic
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
@@ -56,7 +62,9 @@ INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
 PLUGIN_ERROR = 100
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# the spec's container ID (libcni's ValidateContainerID); matched with fullmatch: "$"
+# would accept a trailing newline
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _DELEGATE_TIMEOUT = 60
 
 
@@ -85,13 +93,51 @@ def _version_tuple(v):
         return None
 
 
+def _invalid(what, details=""):
+    return CNIError(INVALID_CONFIG, "invalid network config: %s" % (what,), details)
+
+
+def _check_string(value, where, empty_ok=True):
+    """A JSON string without NUL (paths, names, plugin types); CNIError 7 otherwise."""
+    if not isinstance(value, str):
+        raise _invalid("%s must be a JSON string" % (where,), "got %s" % (_kind(value),))
+    if "\0" in value or (not empty_ok and not value):
+        raise _invalid("%s must be a non-empty string without NUL" % (where,))
+    return value
+
+
+def _check_object(value, where):
+    if not isinstance(value, dict):
+        raise _invalid("%s must be a JSON object" % (where,), "got %s" % (_kind(value),))
+    return value
+
+
+def _check_plugin_type(value, where):
+    """A plugin's type names an executable in CNI_PATH: a plain file name."""
+    _check_string(value, where, empty_ok=False)
+    if "/" in value or value in (".", ".."):
+        raise _invalid("%s %r is not a plugin name" % (where, value))
+    return value
+
+
+def _kind(value):
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value),
+                                                                        type(value).__name__)
+
+
 def parse_netconf(data):
     """
     The network config from stdin (bytes or str): a dict with defaults filled in
-    (``subnetFile``, ``dataDir``, ``delegate`` = {}).
+    (``subnetFile``, ``dataDir``, ``delegate`` = {}). Every field flannel reads is
+    checked here, at the boundary: ``cniVersion``, ``name``, ``type``, ``subnetFile``,
+    ``dataDir`` (strings; paths without NUL), ``delegate`` (an object; its ``type`` a
+    plugin name), ``ipam`` (an object; ``type`` a plugin name, ``routes`` an array of
+    objects), ``runtimeConfig`` and ``prevResult`` (objects; null is absent).
+    ``prevResult``'s content is checked by CHECK, its only reader.
 
-    @raise CNIError: 6 when it is not a JSON object, 7 when a field has the wrong
-        type, 1 when cniVersion is not supported.
+    @raise CNIError: 6 when it is not a JSON object (or nested too deeply to decode),
+        7 when a field has the wrong type or value, 1 when cniVersion is not supported.
     """
     if isinstance(data, bytes):
         try:
@@ -100,24 +146,40 @@ def parse_netconf(data):
             raise CNIError(DECODING_FAILURE, "failed to decode network config", "not UTF-8")
     try:
         conf = json.loads(data)
-    except ValueError as e:
-        raise CNIError(DECODING_FAILURE, "failed to decode network config", str(e))
+    except (ValueError, RecursionError) as e:
+        raise CNIError(DECODING_FAILURE, "failed to decode network config",
+                       str(e) or e.__class__.__name__)
     if not isinstance(conf, dict):
         raise CNIError(DECODING_FAILURE, "failed to decode network config",
                        "expected a JSON object")
-    version = conf.get("cniVersion", "0.1.0") or "0.1.0"
+    version = conf.get("cniVersion")
+    if version is not None:
+        _check_string(version, "cniVersion")
+    version = version or "0.1.0"            # the spec: absent or empty means 0.1.0
     if version not in SUPPORTED_VERSIONS:
         raise CNIError(INCOMPATIBLE_VERSION, "incompatible CNI versions",
                        "config is %r, plugin supports %s" % (version, list(SUPPORTED_VERSIONS)))
-    for key, kind in (("name", str), ("subnetFile", str), ("dataDir", str),
-                      ("delegate", dict), ("ipam", dict), ("runtimeConfig", dict)):
-        if key in conf and conf[key] is not None and not isinstance(conf[key], kind):
-            raise CNIError(INVALID_CONFIG, "invalid network config",
-                           "%s must be a JSON %s" % (key, "string" if kind is str else "object"))
-    conf.setdefault("subnetFile", DEFAULT_SUBNET_FILE)
-    conf["subnetFile"] = conf["subnetFile"] or DEFAULT_SUBNET_FILE
+    for key in ("name", "type", "subnetFile", "dataDir"):
+        if conf.get(key) is not None:
+            _check_string(conf[key], key)
+    for key in ("delegate", "ipam", "runtimeConfig", "prevResult"):
+        if conf.get(key) is not None:
+            _check_object(conf[key], key)
+    delegate = conf.get("delegate") or {}
+    if "type" in delegate:
+        _check_plugin_type(delegate["type"], "delegate.type")
+    ipam = conf.get("ipam") or {}
+    if "type" in ipam:
+        _check_plugin_type(ipam["type"], "ipam.type")
+    routes = ipam.get("routes")
+    if routes is not None:
+        if not isinstance(routes, list):
+            raise _invalid("ipam.routes must be a JSON array", "got %s" % (_kind(routes),))
+        for route in routes:
+            _check_object(route, "each of ipam.routes")
+    conf["subnetFile"] = conf.get("subnetFile") or DEFAULT_SUBNET_FILE
     conf["dataDir"] = conf.get("dataDir") or DEFAULT_DATA_DIR
-    conf["delegate"] = dict(conf.get("delegate") or {})
+    conf["delegate"] = dict(delegate)
     return conf
 
 
@@ -220,7 +282,7 @@ def check_environment(environ):
         raise CNIError(INVALID_ENVIRONMENT, "required env variables [%s] missing"
                        % ",".join(missing))
     cid = environ["CNI_CONTAINERID"]
-    if not _CONTAINER_ID.match(cid):
+    if not _CONTAINER_ID.fullmatch(cid):
         raise CNIError(INVALID_ENVIRONMENT, "invalid characters in containerID",
                        "CNI_CONTAINERID %r must match %s" % (cid, _CONTAINER_ID.pattern))
     ifname = environ["CNI_IFNAME"]
@@ -233,8 +295,7 @@ def check_environment(environ):
 
 def find_plugin(name, cni_path):
     """The executable C{name} in the colon-separated C{cni_path}; raises CNIError 100."""
-    if not name or "/" in name:
-        raise CNIError(INVALID_CONFIG, "invalid delegate plugin type %r" % (name,))
+    _check_plugin_type(name, "delegate type")
     dirs = [d for d in cni_path.split(os.pathsep) if d]
     for d in dirs:
         path = os.path.join(d, name)
@@ -264,13 +325,18 @@ def invoke(command, netconf, environ, runner=subprocess.run):
     if out:
         try:
             parsed = json.loads(out.decode("utf-8", "replace"))
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
     if cp.returncode != 0:
         what = "failed to delegate %s" % command.lower()
         if isinstance(parsed, dict) and "code" in parsed:
-            raise CNIError(int(parsed.get("code") or PLUGIN_ERROR),
-                           "%s: %s" % (what, parsed.get("msg", "")), parsed.get("details", ""))
+            code = parsed["code"]
+            if type(code) is int and 0 < code < 2 ** 31:
+                raise CNIError(code, "%s: %s" % (what, _text(parsed.get("msg"))),
+                               _text(parsed.get("details")))
+            raise CNIError(PLUGIN_ERROR, "%s: %s exited with %s and a malformed error "
+                           "(code %s)" % (what, plugin, cp.returncode, _text(code)),
+                           out.decode("utf-8", "replace"))
         err = (cp.stderr or b"").decode("utf-8", "replace").strip()
         raise CNIError(PLUGIN_ERROR, "%s: %s exited with %s" % (what, plugin, cp.returncode),
                        err or out.decode("utf-8", "replace"))
@@ -280,6 +346,14 @@ def invoke(command, netconf, environ, runner=subprocess.run):
     return parsed
 
 
+def _text(value):
+    """A field of the delegate's error as text: strings as they are, null as "", other
+    JSON values as JSON."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 # -- scratch files (the saved delegate configs) -------------------------------------------
 
 def scratch_path(data_dir, container_id):
@@ -287,28 +361,28 @@ def scratch_path(data_dir, container_id):
 
 
 def save_scratch(data_dir, container_id, netconf):
+    """Save the delegate config (0600, the directory 0700), symlink-safe and atomic."""
     try:
-        os.makedirs(data_dir, mode=0o700, exist_ok=True)
-        path = scratch_path(data_dir, container_id)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(netconf, f)
-        os.rename(tmp, path)
+        write_atomic(scratch_path(data_dir, container_id), json.dumps(netconf), mode=0o600,
+                     dir_mode=0o700)
     except OSError as e:
         raise CNIError(IO_FAILURE, "failed to save the delegate config in %s" % data_dir, str(e))
 
 
 def load_scratch(data_dir, container_id):
-    """The saved delegate config, or None when there is none."""
+    """The saved delegate config (a JSON object), or None when there is none."""
     path = scratch_path(data_dir, container_id)
     try:
         with open(path) as f:
-            return json.load(f)
+            saved = json.load(f)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
-        raise CNIError(IO_FAILURE, "failed to read the saved delegate config %s" % path, str(e))
+    except (OSError, ValueError, RecursionError) as e:
+        raise CNIError(IO_FAILURE, "failed to read the saved delegate config %s" % path,
+                       str(e) or e.__class__.__name__)
+    if not isinstance(saved, dict):
+        raise CNIError(IO_FAILURE, "the saved delegate config %s is not a JSON object" % path)
+    return saved
 
 
 # -- commands -------------------------------------------------------------------------
@@ -341,7 +415,7 @@ def cmd_check(conf, environ, runner=subprocess.run):
     plugin's CHECK (containernetworking-plugins 1.1) rejects the gateway-less
     routes of flannel's delegate config, although ADD installed them correctly.
     """
-    if _version_tuple(conf.get("cniVersion", "0.1.0")) < (0, 4, 0):
+    if _version_tuple(conf.get("cniVersion") or "0.1.0") < (0, 4, 0):
         raise CNIError(INCOMPATIBLE_VERSION, "config version does not allow CHECK",
                        "CHECK needs cniVersion 0.4.0 or later")
     netconf = load_scratch(conf["dataDir"], environ["CNI_CONTAINERID"])
@@ -350,18 +424,33 @@ def cmd_check(conf, environ, runner=subprocess.run):
                        % environ["CNI_CONTAINERID"])
     fenv = load_subnet_env(conf["subnetFile"])
     subnets = [fenv["subnet"]] + ([fenv["ipv6_subnet"]] if fenv["ipv6_subnet"] else [])
-    prev = conf.get("prevResult") or {}
-    for entry in prev.get("ips") or []:
-        try:
-            addr = ip_interface(entry.get("address", "")).ip
-        except (ValueError, AttributeError):
-            raise CNIError(DECODING_FAILURE, "prevResult has a malformed address: %r" % (entry,))
+    for addr in _prev_addresses(conf.get("prevResult") or {}):
         if not any(addr in ip_interface(s).network for s in subnets):
             raise CNIError(PLUGIN_ERROR, "container address %s is outside flannel's subnet %s"
                            % (addr, ", ".join(subnets)),
                            "the lease in %s changed; the container needs a new address"
                            % conf["subnetFile"])
     return None
+
+
+def _prev_addresses(prev):
+    """The addresses of C{prevResult}'s ``ips``; CNIError 7 for a malformed one."""
+    ips = prev.get("ips")
+    if ips is None:
+        return []
+    if not isinstance(ips, list):
+        raise _invalid("prevResult.ips must be a JSON array", "got %s" % (_kind(ips),))
+    out = []
+    for entry in ips:
+        address = entry.get("address") if isinstance(entry, dict) else None
+        try:
+            if not isinstance(address, str):
+                raise ValueError("not a string")
+            out.append(ip_interface(address).ip)
+        except ValueError:
+            raise _invalid("prevResult.ips has a malformed entry",
+                           json.dumps(entry)[:200])
+    return out
 
 
 def version_info():
@@ -400,8 +489,12 @@ def main(argv=None, environ=None, stdin=None, stdout=None, stderr=None):
     stdin = stdin if stdin is not None else sys.stdin.buffer
     interactive = getattr(stdin, "isatty", lambda: False)()
     # VERSION's stdin ({"cniVersion": ...}) is read but not needed; never wait on a terminal
-    data = b"" if environ.get("CNI_COMMAND") == "VERSION" and interactive else stdin.read()
-    code, output = run(environ, data)
+    try:
+        data = b"" if environ.get("CNI_COMMAND") == "VERSION" and interactive else stdin.read()
+        code, output = run(environ, data)
+    except Exception as e:      # a bug: still the spec's error JSON, never a traceback
+        code, output = 1, CNIError(PLUGIN_ERROR, "flannel-tw cni: internal error",
+                                   "%s: %s" % (e.__class__.__name__, e)).as_json()
     if output is not None:
         stdout.write(json.dumps(output) + "\n")
         stdout.flush()
