@@ -15,7 +15,13 @@ back, and a single "repeated K times" summary follows when the window closes (or
 with the next one let through). Each retry still logs its cause, but a dead etcd
 does not fill the disk. Info and debug events always pass.
 
-With ``-v 0`` (the default) debug events are not written.
+With ``-v 0`` (the default) debug events are not written; ``-v=N`` (N > 0, or
+FLANNELD_V) writes them too.
+
+Quiet plumbing: the etcd client's connection pool (L{quiet_pool}) and the
+/healthz and /metrics sites (L{QuietSite}) log no "Starting factory" lines and no
+access-log lines at the default level (requests go to debug), and
+L{redact_url} keeps etcd credentials out of log lines.
 
 The observer replaces twistd's own (so that the format applies to everything the
 process logs), honouring twistd's ``--logfile``/``--nodaemon``; twistd's

@@ -290,3 +290,21 @@ class InstallTests(unittest.TestCase):
         parent = service.MultiService()
         svc.setServiceParent(parent)
         self.assertIs(svc.parent, parent)
+
+
+class QuietPlumbingTests(unittest.TestCase):
+    def test_redact_url_drops_userinfo_query_and_fragment(self):
+        for url, want in (("http://127.0.0.1:2379", "http://127.0.0.1:2379"),
+                          ("https://root:s3cret@etcd1:2379/", "https://etcd1:2379/"),
+                          ("https://a@b:c@[::1]:2379", "https://[::1]:2379"),
+                          ("http://u:p@h:1/x?token=t#f", "http://h:1/x")):
+            self.assertEqual(logs.redact_url(url), want)
+
+    def test_quiet_pool_factories_are_not_noisy(self):
+        pool = logs.quiet_pool(task.Clock())
+        self.assertFalse(pool._factory.noisy)
+        self.assertTrue(pool.persistent)
+        from twisted.web.resource import Resource
+        site = logs.QuietSite(Resource(), name="healthz")
+        self.assertEqual((site.noisy, site.displayTracebacks, site.logPrefix()),
+                         (False, False, "healthz"))
