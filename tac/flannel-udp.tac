@@ -3,7 +3,8 @@
 # The backend is never chosen here: every daemon takes it from the network config
 # in etcd, so publish e.g.
 #     {"Network": "10.1.0.0/16", "Backend": {"Type": "udp", "Port": 8285}}
-# at <prefix>/config (dist/systemd/flanneld.service.d/50-network-config.conf).
+# at <prefix>/config (`flannel-tw config set`, or the unit drop-in
+# flannel_tw/deploy/systemd/flanneld.service.d/50-network-config.conf).
 # Hosts must let UDP 8285 (or the configured Port) through between them; the
 # TUN device flannel0 gets MTU = external MTU - 28 (1472 on a 1500 link).
 #

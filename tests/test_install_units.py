@@ -257,3 +257,11 @@ class MainTests(unittest.TestCase):
             self.assertIn("ExecStart=%s/twistd --nodaemon" % bin_dir, f.read())
         with open(os.path.join(self.root, "etc/flannel/network.json")) as f:
             self.assertIn("10.1.0.0/16", f.read())
+
+
+class UsageTests(unittest.TestCase):
+    def test_commands_are_listed(self):
+        out = io.StringIO()
+        self.assertEqual(cli_main(["--help"], out, io.StringIO()), 0)
+        for command in ("install-units", "config"):
+            self.assertIn("\n  %s " % command, out.getvalue())
