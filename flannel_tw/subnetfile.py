@@ -65,15 +65,21 @@ def parse_env(text: str) -> Dict[str, str]:
     return env
 
 
+MAX_ENV_SIZE = 64 * 1024       # subnet.env is ~100 bytes; anything this big is not one
+
+
 def read_env(path: str) -> Dict[str, str]:
-    """parse_env of a file; SubnetFileError names the file (missing, unreadable, malformed)."""
+    """parse_env of a file; SubnetFileError names the file (missing, unreadable, larger
+    than MAX_ENV_SIZE, malformed)."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_ENV_SIZE + 1)
     except FileNotFoundError:
         raise SubnetFileError("%s: no such file" % (path,))
-    except OSError as e:
-        raise SubnetFileError("%s: cannot read: %s" % (path, e.strerror or e))
+    except (OSError, ValueError) as e:       # ValueError: a NUL in the path
+        raise SubnetFileError("%s: cannot read: %s" % (path, getattr(e, "strerror", None) or e))
+    if len(data) > MAX_ENV_SIZE:
+        raise SubnetFileError("%s: larger than %d bytes" % (path, MAX_ENV_SIZE))
     try:
         return parse_env(data.decode("utf-8"))
     except UnicodeDecodeError:

@@ -79,6 +79,28 @@ class ParseEnvTests(TestCase):
         self.assertIn("line 1", str(err))
 
 
+class ReadLimitTests(TestCase):
+    """read_env reads at most MAX_ENV_SIZE bytes: a huge file (or /dev/zero named as
+    subnetFile in a CNI config) is an error, not unbounded memory."""
+
+    def test_huge_file_is_refused(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# padding\n" * 200000 + "FLANNEL_MTU=1450\n")
+        err = self.assertRaises(SubnetFileError, read_env, path)
+        self.assertIn(path, str(err))
+        self.assertIn("larger than", str(err))
+
+    def test_limit_itself_is_fine(self):
+        from flannel_tw.subnetfile import MAX_ENV_SIZE
+        path = self.mktemp()
+        line = "FLANNEL_MTU=1450\n"
+        with open(path, "w") as f:
+            f.write("#" * (MAX_ENV_SIZE - len(line) - 1) + "\n" + line)
+        self.assertEqual(os.path.getsize(path), MAX_ENV_SIZE)
+        self.assertEqual(read_env(path), {"FLANNEL_MTU": "1450"})
+
+
 class WriteAtomicTests(TestCase):
     """Atomic replacement with a fixed mode."""
 
