@@ -45,6 +45,7 @@ class DaemonSettings:
     ip_masq: bool = False
     forward_rules: bool = True      # --iptables-forward-rules
     renew_margin: float = 3600.0     # seconds
+    renew_grace: float = 300.0       # /healthz fails once renewal has failed this long (at most)
     config_retry: float = 1.0        # first delay between config fetches (flanneld: 1 s) ...
     config_retry_max: float = 10.0   # ... doubling (plus up to 20% jitter) up to this cap
     healthz_ip: str = "0.0.0.0"
@@ -205,7 +206,7 @@ class FlannelDaemon(service.MultiService):
                              % (backend.name, lease.subnet, e))
         self.keeper = LeaseKeeper(self._reactor, self.manager, config, attrs, lease,
                                   self.settings.renew_margin, on_new_lease=self._new_lease,
-                                  clock=self._keeper_clock)
+                                  clock=self._keeper_clock, grace=self.settings.renew_grace)
         if self._rules_factory is not None and (self.settings.ip_masq
                                                 or self.settings.forward_rules):
             self.rules = self._rules_factory(self._reactor, config.network, lease.subnet,
@@ -221,9 +222,12 @@ class FlannelDaemon(service.MultiService):
         if getattr(backend, "reconcile", None) is not None:
             # the backend removes kernel entries of leases gone while we were down
             listing = _FirstList(self.manager, backend.reconcile)
+        # only leases that may be routed reach the backend (flannel_tw.leasecheck)
         self.watcher = LeaseWatcher(self._reactor, listing, backend.handle_events,
                                     own_subnet=lambda: self.keeper.lease.subnet,
-                                    own_sink=self.keeper.own_event)
+                                    own_sink=self.keeper.own_event,
+                                    network=config.network, subnet_len=config.subnet_len,
+                                    own_public_ip=attrs.public_ip)
         self.keeper.start()
         self.watcher.start()
         self.etcd_ok_at = self._reactor.seconds()
@@ -348,11 +352,13 @@ class FlannelDaemon(service.MultiService):
         """
         A cheap quorum read so that /healthz knows etcd answers even when the watch is
         idle. An etcd error answer (e.g. the config key is gone after a wipe) still
-        proves etcd answers; a transport failure does not. Each distinct failure is
-        logged once. The Deferred fires with None.
+        proves etcd answers; a transport failure does not, nor does a member that
+        cannot serve (HTTP 5xx, etcd's 300/301: no leader; the client passes such a
+        member over, so it only reaches us when no member could answer). Each distinct
+        failure is logged once. The Deferred fires with None.
         """
         from flannel_tw.config import ConfigError
-        from flannel_tw.etcd.errors import EtcdError
+        from flannel_tw.etcd.errors import SERVER_CODES, EtcdError
 
         d = defer.maybeDeferred(self.manager.get_network_config)
 
@@ -363,7 +369,8 @@ class FlannelDaemon(service.MultiService):
                 self._probe_error = None
 
         def failed(f):
-            if f.check(EtcdError, ConfigError):
+            if f.check(ConfigError) or (f.check(EtcdError)
+                                        and f.value.error_code not in SERVER_CODES):
                 self.etcd_ok_at = self._reactor.seconds()
             message = f.getErrorMessage()
             if message != self._probe_error:
@@ -384,14 +391,19 @@ class FlannelDaemon(service.MultiService):
         self._write_subnet_env(lease).addErrback(
             lambda f: self.log.failure("Writing the subnet file failed", f))
         self._set_status("running: subnet %s via %s" % (lease.subnet, self.backend.name))
+        if self.watcher is not None:
+            # after reconfigure() has set the backend's own subnet: the old subnet's new
+            # holder becomes a peer now, not at its renewal a day later
+            self.watcher.own_subnet_changed(old.subnet)
 
     # -- health ---------------------------------------------------------------
 
     def health(self):
         """
         A dict for /healthz: C{healthy} is True only while the daemon runs, holds its
-        lease (held, renewing, or retrying a renewal; not after it was found gone or
-        taken, until it is re-acquired) and etcd
+        lease (held, renewing, or retrying a renewal that is not late, see
+        L{LeaseKeeper.renewal_late}; not after it was found gone or taken, until it is
+        re-acquired) and etcd
         answered within C{etcd_stale_after} seconds (the periodic probe, or any other
         request). The watcher's own failures are reported, not judged: an idle long
         poll that has not answered yet is normal.
@@ -400,7 +412,7 @@ class FlannelDaemon(service.MultiService):
         lease = self.lease
         now = self._reactor.seconds()
         keeper_ok = (self.keeper is not None and self.keeper.state in (HELD, RENEWING, RETRYING)
-                     and not self.keeper.lease_lost)
+                     and not self.keeper.lease_lost and not self.keeper.renewal_late())
         etcd_ok = (self.etcd_ok_at is not None
                    and now - self.etcd_ok_at <= self.settings.etcd_stale_after)
         return {
@@ -417,6 +429,8 @@ class FlannelDaemon(service.MultiService):
             "backend": self.backend.name if self.backend else None,
             "renewals": self.keeper.renewals if self.keeper else 0,
             "last_renewal_at": self.keeper.last_renewal_at if self.keeper else None,
+            "renewal_failing_for": self.keeper.renewal_failing_for if self.keeper else None,
+            "lease_expires_in": self.keeper.lease_expires_in if self.keeper else None,
             "watch_failures": self.watcher.failures if self.watcher else 0,
             "last_watch_event_at": self.watcher.last_event_at if self.watcher else None,
             "peers": len(self.watcher.known) if self.watcher else 0,

@@ -5,7 +5,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from flannel_tw.config import NetworkConfig
-from flannel_tw.etcd.errors import EtcdUnavailable, KeyNotFound, TestFailed
+from flannel_tw.etcd.errors import EtcdError, EtcdUnavailable, KeyNotFound, TestFailed
 from flannel_tw.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.lease import Lease, LeaseAttrs
 from flannel_tw import monoclock
@@ -223,3 +223,71 @@ class DaemonWiringTests(unittest.TestCase):
         self.addCleanup(d._keeper_clock.close)
         self.assertIsInstance(d._keeper_clock, MonotonicClock)
         self.assertIsInstance(d._keeper_clock._alarm, monoclock._TimerFdAlarm)
+
+
+class RenewalLateTests(unittest.TestCase):
+    """When a failing renewal makes the keeper unhealthy (keeper.renewal_late)."""
+
+    def make(self, ttl, margin=3600):
+        self.clock = task.Clock()
+        self.manager = FakeSubnetManager()
+        k = keeper.LeaseKeeper(self.clock, self.manager, CONFIG, ATTRS,
+                               Lease(NET, ATTRS, ttl=ttl), margin,
+                               backoff=make_backoff(initial=1.0, maximum=60.0,
+                                                    jitter=lambda: 0.0))
+        k.start()
+        return k
+
+    def fail_renewals_for(self, k, seconds):
+        """Fail every renewal attempt (etcd answers an error) for C{seconds}."""
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end:
+            for name, _, d in list(self.manager.pending):
+                self.manager.next(name)
+                d.errback(EtcdError(110, "The request requires user authentication"))
+            self.clock.advance(min(1.0, end - self.clock.seconds()))
+
+    def test_late_after_grace_then_healthy_on_success(self):
+        k = self.make(86400)
+        self.clock.advance(82800)
+        self.assertFalse(k.renewal_late())
+        self.assertEqual(k.lease_expires_in, 3600)
+        self.fail_renewals_for(k, 299)
+        self.assertEqual(k.state, keeper.RETRYING)
+        self.assertFalse(k.renewal_late())
+        self.assertEqual(k.renewal_failing_for, 299)
+        self.fail_renewals_for(k, 2)
+        self.assertTrue(k.renewal_late())
+        self.clock.advance(60)
+        _, _, d = self.manager.next("renew_lease")
+        d.callback(Lease(NET, ATTRS, ttl=86400))
+        self.assertFalse(k.renewal_late())
+        self.assertIsNone(k.renewal_failing_for)
+        self.assertEqual(k.lease_expires_in, 86400)
+
+    def test_short_ttl_late_at_half_of_what_was_left(self):
+        k = self.make(600)
+        self.clock.advance(300)          # renewal at ttl/2; 300 s left
+        self.fail_renewals_for(k, 149)
+        self.assertFalse(k.renewal_late())
+        self.fail_renewals_for(k, 2)
+        self.assertTrue(k.renewal_late())
+
+    def test_renewal_without_answer_is_late_too(self):
+        k = self.make(86400)
+        self.clock.advance(82800)
+        self.assertEqual(k.state, keeper.RENEWING)
+        self.clock.advance(301)           # the request neither answers nor fails
+        self.assertTrue(k.renewal_late())
+
+    def test_held_lease_is_never_late(self):
+        k = self.make(86400)
+        self.clock.advance(82799)
+        self.assertFalse(k.renewal_late())
+        self.assertIsNone(k.renewal_failing_for)
+
+    def test_reservation_is_never_late(self):
+        k = self.make(None)
+        self.clock.advance(10 * 86400)
+        self.assertFalse(k.renewal_late())
+        self.assertIsNone(k.lease_expires_in)

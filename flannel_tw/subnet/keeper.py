@@ -12,6 +12,12 @@ our lease gone or held by another host -> REACQUIRING -> HELD ; stop() -> STOPPE
   skewed clock cannot make us lose the lease. The daemon gives the keeper a
   L{flannel_tw.monoclock.MonotonicClock}: a wall-clock step in either direction
   neither delays a renewal past the TTL nor brings it forward.
+- Health: L{LeaseKeeper.renewal_late} is True once a renewal round (the first attempt
+  to the next success) has lasted longer than C{grace} (300 s), or longer than half of
+  the lease's remaining life when the round began, whichever is shorter; /healthz then
+  fails although the lease may still be valid, so that an etcd answering errors is
+  noticed while there is time to act (with the defaults: 5 minutes after the first
+  failure, 55 minutes before the lease would expire).
 - Reservations (no TTL) are never renewed and never given a TTL.
 - Renewal is conditional on our own value: another host's lease is never overwritten.
 - When the lease is deleted or expires, we re-acquire, preferring the same subnet
@@ -31,6 +37,9 @@ HELD, RENEWING, RETRYING, REACQUIRING, STOPPED = (
     "held", "renewing", "retrying", "reacquiring", "stopped")
 
 
+RENEWAL_GRACE = 300.0
+
+
 def renewal_delay(ttl, margin):
     """Seconds until renewal for a lease etcd says lives C{ttl} more seconds; None = never."""
     if ttl is None:
@@ -45,12 +54,13 @@ class LeaseKeeper:
         a monotonic one in the daemon.
     @param margin: renewal margin in seconds (flanneld's --subnet-lease-renew-margin * 60).
     @param on_new_lease: called as C{on_new_lease(new_lease, old_lease)} when the subnet changes.
+    @param grace: seconds a renewal may keep failing before L{renewal_late} (at most).
     """
 
     log = Logger()
 
     def __init__(self, reactor, manager, config, attrs, lease, margin, on_new_lease=None,
-                 backoff=None, clock=None):
+                 backoff=None, clock=None, grace=RENEWAL_GRACE):
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._manager = manager
@@ -68,9 +78,35 @@ class LeaseKeeper:
         self.last_renewal_at = None
         self._timer = None
         self._pending = None
+        self._grace = grace
+        self._round_started = None   # clock time of the first attempt of a renewal round
+        self._round_limit = None     # the round is late after this clock time
+        self._valid_until = None     # clock time by which the lease expires at the latest
 
     def start(self):
+        self._set_valid(self.lease, self._clock.seconds())
         self._schedule(renewal_delay(self.lease.ttl, self._margin))
+
+    def _set_valid(self, lease, sent_at):
+        self._valid_until = None if lease.ttl is None else sent_at + lease.ttl
+
+    @property
+    def renewal_failing_for(self):
+        """Seconds since the current renewal round began (None when none runs)."""
+        if self._round_started is None:
+            return None
+        return self._clock.seconds() - self._round_started
+
+    @property
+    def lease_expires_in(self):
+        """Seconds the lease has left at most, by etcd's TTL (None: reservation or unknown)."""
+        if self._valid_until is None:
+            return None
+        return self._valid_until - self._clock.seconds()
+
+    def renewal_late(self):
+        """True when the renewal round has failed for too long (see the module docstring)."""
+        return self._round_limit is not None and self._clock.seconds() > self._round_limit
 
     def stop(self):
         self.state = STOPPED
@@ -103,6 +139,7 @@ class LeaseKeeper:
             # flanneld: an added event for our own key resets the expiration and the timer.
             self.lease = replace(self.lease, ttl=event.lease.ttl,
                                  modified_index=event.lease.modified_index)
+            self._set_valid(self.lease, self._clock.seconds())
             self._schedule(renewal_delay(event.lease.ttl, self._margin))
 
     # -- machinery ------------------------------------------------------------
@@ -134,15 +171,27 @@ class LeaseKeeper:
         d.addCallbacks(_ok, _fail)
         d.addErrback(lambda f: self.log.failure("Lease keeper bug", f))
 
+    def _end_round(self):
+        self._round_started = self._round_limit = None
+
     def _renew(self):
         self._timer = None
         self.state = RENEWING
+        now = self._clock.seconds()
+        if self._round_started is None:
+            self._round_started = now
+            left = None if self._valid_until is None else self._valid_until - now
+            self._round_limit = now + (self._grace if left is None
+                                       else max(0.0, min(self._grace, left / 2.0)))
+        self._sent_at = now
         self._track(defer.maybeDeferred(self._manager.renew_lease, self.lease),
                     self._renewed, self._renew_failed)
 
     def _renewed(self, lease):
         self.state = HELD
         self.failures = 0
+        self._end_round()
+        self._set_valid(lease, self._sent_at)
         self.renewals += 1
         self.last_renewal_at = self._reactor.seconds()
         self.lease = lease
@@ -165,6 +214,8 @@ class LeaseKeeper:
 
     def _reacquire(self, prefer):
         self._cancel_timer()
+        self._end_round()
+        self._sent_at = self._clock.seconds()
         self.state = REACQUIRING
         self.lease_lost = True
         self._track(defer.maybeDeferred(self._manager.acquire_lease, self._config, self._attrs,
@@ -173,6 +224,7 @@ class LeaseKeeper:
 
     def _reacquired(self, lease):
         old, self.lease = self.lease, lease
+        self._set_valid(lease, self._sent_at)
         self.state = HELD
         self.lease_lost = False
         self.failures = 0

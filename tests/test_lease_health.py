@@ -1,0 +1,71 @@
+"""
+/healthz over real HTTP while renewals of our lease fail with an etcd error answer (etcd
+itself answers the health probe): unhealthy once the renewal is late, before the lease
+expires, and healthy again after a successful renewal.
+"""
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from flannel_tw.etcd.errors import EtcdError
+from flannel_tw.testing.etcd import start_etcd_for_test
+
+from tests.test_faults import CONFIG, CountingManager, DaemonHarness
+from tests import test_health
+from tests.test_subnet_manager import wait_until
+
+
+class FailingRenewal(CountingManager):
+    """The real manager; while C{failing}, every renewal gets an etcd error answer."""
+
+    failing = True
+
+    def renew_lease(self, lease):
+        self.calls["renew_lease"] += 1
+        if self.failing:
+            return defer.fail(EtcdError(110, "The request requires user authentication",
+                                        "Insufficient credentials"))
+        return CountingManager.renew_lease(self, lease)
+
+
+class RenewalHealthTests(DaemonHarness, unittest.TestCase):
+    timeout = 60
+    listen = test_health.HealthHTTPTests.listen
+    get = test_health.HealthHTTPTests.get
+    healthz = test_health.HealthHTTPTests.healthz
+
+    def setUp(self):
+        DaemonHarness.setUp(self)
+        self.server = start_etcd_for_test(self)
+
+    @defer.inlineCallbacks
+    def test_failing_renewal_is_unhealthy_before_the_lease_expires(self):
+        self.server.put_config(CONFIG)
+        d = self.run_daemon(self.make_daemon(self.server.endpoints, manager_class=FailingRenewal,
+                                             etcd_probe_interval=0.2, etcd_stale_after=2.0))
+        self.listen(d)
+        yield self.running(d)
+        subnet = d.lease.subnet
+        # etcd says our lease has 12 s left: renewal after 6 s, which etcd refuses; half of
+        # the 6 s left then is the limit, so /healthz fails about 9 s in, 3 s before expiry.
+        self.server.v2_put(self.key(subnet), '{"PublicIP":"192.0.2.1"}', ttl=12)
+        yield wait_until(lambda: d.manager.calls["renew_lease"] >= 1, timeout=10)
+        code, body = yield self.healthz()
+        self.assertEqual(code, 200, body)          # failing, but not for long yet
+        self.assertEqual(body["keeper"], "retrying")
+        yield wait_until(lambda: d.keeper.renewal_failing_for > 3.2, timeout=10)
+        code, body = yield self.healthz()
+        self.assertEqual(code, 503, body)
+        self.assertTrue(body["etcd_ok"])           # etcd answers: the lease is the problem
+        self.assertFalse(body["lease_lost"])
+        self.assertEqual(body["lease"], str(subnet))
+        self.assertGreater(body["renewal_failing_for"], 3.0)
+        self.assertGreater(body["lease_expires_in"], 0)
+        self.assertTrue(self.server.v2_get(self.key(subnet))["node"]["ttl"] > 0)
+
+        d.manager.failing = False
+        yield wait_until(lambda: d.keeper.renewals >= 1, timeout=10)
+        code, body = yield self.healthz()
+        self.assertEqual(code, 200, body)
+        self.assertIsNone(body["renewal_failing_for"])
+        self.assertGreater(body["lease_expires_in"], 86000)
+        self.assertEqual(d.lease.subnet, subnet)
