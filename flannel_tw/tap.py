@@ -125,7 +125,8 @@ class Options(usage.Options):
     synopsis = "[flannel options]"
     longdesc = ("Run the flannel overlay network daemon (flanneld-compatible). Every flag can "
                 "also be given as FLANNELD_<FLAG> in the environment, e.g. "
-                "FLANNELD_ETCD_ENDPOINTS.")
+                "FLANNELD_ETCD_ENDPOINTS. Verbosity: -v=N or --v=N (or FLANNELD_V), 0 (the "
+                "default) logs info and up, 1..10 adds debug messages.")
 
     def __init__(self, environ=None):
         usage.Options.__init__(self)

@@ -104,6 +104,12 @@ class VerbosityTests(unittest.TestCase):
                 parse(argv)
             self.assertTrue(str(cm.exception).startswith("--v: "), (argv, str(cm.exception)))
 
+    def test_help_mentions_v(self):
+        """getopt's help lists no one-letter option: the description names -v."""
+        text = str(Options(environ={}))
+        self.assertIn("-v=N", text)
+        self.assertIn("FLANNELD_V", text)
+
     def test_version_is_still_version(self):
         self.assertEqual(normalize_argv(["--version"])[0], ["--version"])
         self.assertEqual(normalize_argv(["-version"])[0], ["--version"])
