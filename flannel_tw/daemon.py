@@ -222,12 +222,9 @@ class FlannelDaemon(service.MultiService):
         if getattr(backend, "reconcile", None) is not None:
             # the backend removes kernel entries of leases gone while we were down
             listing = _FirstList(self.manager, backend.reconcile)
-        # only leases that may be routed reach the backend (flannel_tw.leasecheck)
         self.watcher = LeaseWatcher(self._reactor, listing, backend.handle_events,
                                     own_subnet=lambda: self.keeper.lease.subnet,
-                                    own_sink=self.keeper.own_event,
-                                    network=config.network, subnet_len=config.subnet_len,
-                                    own_public_ip=attrs.public_ip)
+                                    own_sink=self.keeper.own_event)
         self.keeper.start()
         self.watcher.start()
         self.etcd_ok_at = self._reactor.seconds()
@@ -352,13 +349,11 @@ class FlannelDaemon(service.MultiService):
         """
         A cheap quorum read so that /healthz knows etcd answers even when the watch is
         idle. An etcd error answer (e.g. the config key is gone after a wipe) still
-        proves etcd answers; a transport failure does not, nor does a member that
-        cannot serve (HTTP 5xx, etcd's 300/301: no leader; the client passes such a
-        member over, so it only reaches us when no member could answer). Each distinct
-        failure is logged once. The Deferred fires with None.
+        proves etcd answers; a transport failure does not. Each distinct failure is
+        logged once. The Deferred fires with None.
         """
         from flannel_tw.config import ConfigError
-        from flannel_tw.etcd.errors import SERVER_CODES, EtcdError
+        from flannel_tw.etcd.errors import EtcdError
 
         d = defer.maybeDeferred(self.manager.get_network_config)
 
@@ -369,8 +364,7 @@ class FlannelDaemon(service.MultiService):
                 self._probe_error = None
 
         def failed(f):
-            if f.check(ConfigError) or (f.check(EtcdError)
-                                        and f.value.error_code not in SERVER_CODES):
+            if f.check(EtcdError, ConfigError):
                 self.etcd_ok_at = self._reactor.seconds()
             message = f.getErrorMessage()
             if message != self._probe_error:
@@ -391,10 +385,6 @@ class FlannelDaemon(service.MultiService):
         self._write_subnet_env(lease).addErrback(
             lambda f: self.log.failure("Writing the subnet file failed", f))
         self._set_status("running: subnet %s via %s" % (lease.subnet, self.backend.name))
-        if self.watcher is not None:
-            # after reconfigure() has set the backend's own subnet: the old subnet's new
-            # holder becomes a peer now, not at its renewal a day later
-            self.watcher.own_subnet_changed(old.subnet)
 
     # -- health ---------------------------------------------------------------
 
