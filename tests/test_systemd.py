@@ -530,3 +530,54 @@ class UsageExitTests(unittest.TestCase):
                                  os.path.join(repo_root(), "tac", name),
                                  env={"FLANNELD_HEALTHZ_PORT": "x"})
             self.assertUsageExit(cp, "%s: FLANNELD_HEALTHZ_PORT: 'x' is not an integer" % name)
+
+
+class ConfigDropInTests(unittest.TestCase):
+    """
+    The config drop-in's ExecStartPre as install-units writes it (this venv's
+    flannel-tw), run as a process in the environment systemd would give it (unit +
+    50-ssl.conf + options.env), against a real etcd that wants client certificates.
+    """
+
+    def test_publishes_over_tls(self):
+        import io
+        from flannel_tw.install import main as install_units
+        from flannel_tw.testing.certs import make_pki
+        from flannel_tw.testing.etcd import start_etcd_for_test
+        d = os.path.abspath(self.mktemp())
+        pki = make_pki(os.path.join(d, "ssl"))
+        server = start_etcd_for_test(self, tls=pki.etcd_tls())
+        root = os.path.join(d, "root")
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(install_units(["--root", root, "--tls", "--network-config"], out, err),
+                         0, err.getvalue())
+        etc = os.path.join(root, "etc", "systemd", "system")
+
+        def unit(*path):
+            with open(os.path.join(etc, *path)) as f:
+                return parse_unit(f.read().replace("/etc/ssl/etcd", pki.directory))
+
+        # the operator's options.env names this etcd (with https, as its comment asks)
+        options_env = os.path.join(root, "etc", "flannel", "options.env")
+        with open(options_env, "a") as f:
+            f.write("FLANNELD_ETCD_ENDPOINTS=%s\n" % server.url)
+        with open(options_env) as f:
+            env = effective_environment(
+                [unit("flanneld.service"), unit("flanneld.service.d", "50-network-config.conf"),
+                 unit("flanneld.service.d", "50-ssl.conf")],
+                {"/etc/flannel/options.env": f.read()})
+        (pre,) = values(unit("flanneld.service.d", "50-network-config.conf"), "Service",
+                        "ExecStartPre")
+        argv = exec_argv(pre)
+        self.assertEqual(argv[0], os.path.join(os.path.dirname(sys.executable), "flannel-tw"))
+        argv[-1] = os.path.join(root, argv[-1].lstrip("/"))   # /etc/flannel/network.json
+        env.update(PATH="/usr/bin:/bin", PYTHONPATH=repo_root())   # this checkout's code
+        cp = subprocess.run(argv, env=env, cwd="/", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, timeout=60)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertIn("wrote /coreos.com/network/config", cp.stdout)
+        from flannel_tw.config import parse_config
+        value = server.v2_get("/coreos.com/network/config")["node"]["value"]
+        with open(os.path.join(root, "etc", "flannel", "network.json")) as f:
+            self.assertEqual(value, f.read().strip())
+        self.assertEqual(str(parse_config(value).network), "10.1.0.0/16")
