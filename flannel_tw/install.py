@@ -28,6 +28,7 @@ import contextlib
 import os
 import shutil
 import sys
+import sysconfig
 from dataclasses import dataclass
 
 from flannel_tw.subnetfile import write_atomic
@@ -73,21 +74,25 @@ def _has_entry_points(d):
     return all(os.access(os.path.join(d, n), os.X_OK) for n in ENTRY_POINTS)
 
 
-def find_bin_dir(executable=None, prefix=None):
+def find_bin_dir(executable=None, prefix=None, scripts=None):
     """
     The bin directory of the running install: the directory of C{executable} (default
     C{sys.executable}, not resolved: a venv's python is often a symlink out of the
-    venv), else C{prefix}/bin (default C{sys.prefix}), whichever holds both C{twistd}
-    and C{flannel-tw}.
+    venv), else C{prefix}/bin (default C{sys.prefix}), else C{scripts} (default
+    sysconfig's scripts path, e.g. /usr/local/bin for pip with Debian's python),
+    the first that holds both C{twistd} and C{flannel-tw}.
 
-    @raise InstallError: when neither does.
+    @raise InstallError: when none does.
     """
     executable = sys.executable if executable is None else executable
     prefix = sys.prefix if prefix is None else prefix
+    scripts = sysconfig.get_path("scripts") if scripts is None else scripts
     candidates = []
     if executable:
         candidates.append(os.path.dirname(os.path.abspath(executable)))
     candidates.append(os.path.join(os.path.abspath(prefix), "bin"))
+    if scripts:
+        candidates.append(os.path.abspath(scripts))
     for d in candidates:
         if _has_entry_points(d):
             return d

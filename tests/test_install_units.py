@@ -43,21 +43,29 @@ class FindBinDirTests(unittest.TestCase):
         for n in ("python", "twistd", "flannel-tw"):
             _exe(os.path.join(venv, "bin", n))
         # the interpreter path is not resolved (a venv's python is often a symlink out)
-        self.assertEqual(install.find_bin_dir(os.path.join(venv, "bin", "python"), "/nowhere"),
+        self.assertEqual(install.find_bin_dir(os.path.join(venv, "bin", "python"), "/nowhere",
+                                              "/nowhere/bin"),
                          os.path.join(venv, "bin"))
 
     def test_prefix_bin_when_the_interpreter_is_elsewhere(self):
         prefix = os.path.join(self.dir, "prefix")
         for n in ("twistd", "flannel-tw"):
             _exe(os.path.join(prefix, "bin", n))
-        self.assertEqual(install.find_bin_dir("/usr/bin/python3", prefix),
+        self.assertEqual(install.find_bin_dir("/usr/bin/python3", prefix, "/nowhere/bin"),
                          os.path.join(prefix, "bin"))
+
+    def test_scripts_directory(self):
+        """pip with Debian's python puts the commands in /usr/local/bin, not beside python."""
+        scripts = os.path.join(self.dir, "local", "bin")
+        for n in ("twistd", "flannel-tw"):
+            _exe(os.path.join(scripts, n))
+        self.assertEqual(install.find_bin_dir("/usr/bin/python3", "/usr", scripts), scripts)
 
     def test_missing_entry_point_is_an_error(self):
         venv = os.path.join(self.dir, "venv")
         _exe(os.path.join(venv, "bin", "twistd"))     # no flannel-tw
         e = self.assertRaises(install.InstallError, install.find_bin_dir,
-                              os.path.join(venv, "bin", "python"), venv)
+                              os.path.join(venv, "bin", "python"), venv, "/nowhere/bin")
         self.assertIn("twistd and flannel-tw", str(e))
         self.assertIn(os.path.join(venv, "bin"), str(e))
         self.assertIn("--bin-dir", str(e))
