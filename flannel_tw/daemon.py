@@ -84,7 +84,10 @@ class FlannelDaemon(service.MultiService):
         self.settings = settings
         self._backend_factory = backend_factory
         self._notify = notify
-        self._status = status if status is not None else sd_status   # STATUS= for systemctl
+        # STATUS= for systemctl; a daemon given its own notify sends none unless told how
+        if status is None:
+            status = sd_status if notify is sd_notify else (lambda text: None)
+        self._status = status
         self.etcd_client = None    # for the start-up line and STATUS= (set by build_daemon)
         self._exit = exit if exit is not None else (lambda code: exit_process(reactor, code))
         self._backoff = backoff or make_backoff(initial=1.0, maximum=30.0)

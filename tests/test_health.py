@@ -213,6 +213,31 @@ class NotifyTests(DaemonHarness, unittest.TestCase):
     def test_ready_on_an_abstract_socket(self):
         return self._run_with_socket("@flannel-tw-test-%d-%d" % (os.getpid(), id(self)))
 
+    @defer.inlineCallbacks
+    def test_injected_notify_keeps_status_away_from_notify_socket(self):
+        """A daemon given its own notify (tests, embedders) sends no STATUS= to the
+        NOTIFY_SOCKET of the process; with the default notify both go there."""
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        short = tempfile.mkdtemp(prefix="ftw-")
+        self.addCleanup(shutil.rmtree, short, True)
+        address = os.path.join(short, "notify")
+        sock = notify_socket(address)
+        self.addCleanup(sock.close)
+        self.patch(os, "environ", dict(os.environ, NOTIFY_SOCKET=address))
+        d = self.run_daemon(self.make_daemon(server.endpoints))
+        yield self.running(d)
+        yield sleep(0.1)
+        self.assertEqual((received(sock), self.notified), ([], ["READY=1"]))
+        d2 = self.make_daemon(server.endpoints, subnet_file=self.subnet_file + "2",
+                              notify=sd_notify)
+        self.run_daemon(d2)
+        yield self.running(d2)
+        yield sleep(0.1)
+        got = received(sock)
+        self.assertEqual(got[-2:], ["STATUS=running: subnet %s via recording" % d2.lease.subnet,
+                                    "READY=1"])
+
     def test_no_listener_is_not_fatal(self):
         self.assertFalse(sd_notify("READY=1", {"NOTIFY_SOCKET": os.path.join(self.dir, "x")}))
         self.assertFalse(sd_notify("READY=1", {}))
