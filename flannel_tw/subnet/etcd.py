@@ -6,7 +6,13 @@ flannel-tw's decisions (section 13):
 
 - a previous subnet from subnet.env is reused only if no other host holds it;
 - only etcd error 105 (node exists) means "lost the race, try another subnet";
-- renewal never overwrites another host's lease (it is conditional on our value).
+- renewal never overwrites another host's lease: it is a compare-and-swap on the
+  modifiedIndex of our own last write (on our value when that is unknown);
+- reusing the lease that carries our PublicIP is a compare-and-swap on the
+  modifiedIndex we listed, so a key changed between our list and our write is never
+  overwritten (we list again and decide again). A reuse is recorded in
+  C{reused_leases}: the lease keeper stands down if another live holder with our
+  PublicIP shows up right after it (see L{flannel_tw.subnet.keeper}).
 """
 import random
 
@@ -16,7 +22,7 @@ from zope.interface import implementer
 
 from flannel_tw.allocate import choose_subnet, fits
 from flannel_tw.config import ConfigError, parse_config
-from flannel_tw.etcd.errors import KeyNotFound, NodeExist
+from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
 from flannel_tw.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import ISubnetManager
 from flannel_tw.lease import (Lease, LeaseAttrs, LeaseParseError, key_name, key_to_subnet,
@@ -63,6 +69,8 @@ class EtcdSubnetManager:
         self.prefix = prefix.rstrip("/") or "/"
         self._rand = rand if rand is not None else random.SystemRandom()
         self.skipped = SkipMemory()
+        # subnet -> modifiedIndex of our write when acquire_lease reused an existing lease
+        self.reused_leases = {}
 
     @property
     def subnets_key(self):
@@ -139,10 +147,20 @@ class EtcdSubnetManager:
             if mine is not None:
                 if fits(config, mine.subnet):
                     ttl = None if mine.is_reservation else SUBNET_TTL
-                    resp = yield self._client.set(self.lease_key(mine.subnet), value, ttl=ttl)
+                    try:
+                        resp = yield self._client.set(self.lease_key(mine.subnet), value,
+                                                      ttl=ttl, prev_index=mine.modified_index)
+                    except (TestFailed, KeyNotFound) as e:
+                        self.log.warn("Lease {subnet} with our PublicIP changed in etcd between "
+                                      "our list and our write ({error}); not overwritten, "
+                                      "looking again (attempt {attempt})", subnet=mine.subnet,
+                                      error=e, attempt=attempt + 1)
+                        continue
                     self.log.info("Reusing our lease {subnet} (reservation: {res})",
                                   subnet=mine.subnet, res=mine.is_reservation)
-                    return self._response_lease(resp, mine.subnet, attrs)
+                    lease = self._response_lease(resp, mine.subnet, attrs)
+                    self.reused_leases[lease.subnet] = lease.modified_index
+                    return lease
                 self.log.warn("Our lease {subnet} does not fit the config any more; deleting it",
                               subnet=mine.subnet)
                 yield self._delete_quietly(mine.subnet)
@@ -186,16 +204,21 @@ class EtcdSubnetManager:
     @defer.inlineCallbacks
     def renew_lease(self, lease):
         """
-        Re-write our lease with ttl 86400 (none for a reservation), only if it still
-        holds our value: never another host's lease.
+        Re-write our lease with ttl 86400 (none for a reservation), only if it is still
+        the version C{lease.modified_index} (our own last write), or, when that is not
+        known, still holds our value: never another host's lease.
 
         @return: Deferred L{Lease} with the TTL etcd returned; fails with KeyNotFound
-            (gone) or TestFailed (someone else's value now), which both mean re-acquire.
+            (gone) or TestFailed (written by someone else since), which the keeper
+            looks into (L{get_lease}).
         """
         value = lease.attrs.to_json()
         ttl = None if lease.is_reservation else SUBNET_TTL
-        resp = yield self._client.set(self.lease_key(lease.subnet), value, ttl=ttl,
-                                      prev_value=value)
+        if lease.modified_index is not None:
+            cas = {"prev_index": lease.modified_index}
+        else:
+            cas = {"prev_value": value}
+        resp = yield self._client.set(self.lease_key(lease.subnet), value, ttl=ttl, **cas)
         return self._response_lease(resp, lease.subnet, lease.attrs)
 
     @defer.inlineCallbacks
