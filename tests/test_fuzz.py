@@ -397,6 +397,14 @@ class UdpReceiveFuzzTests(unittest.TestCase):
         self.assertEqual(self._deliver(data, STRANGER), [])
 
 
+# the six virtio_net_hdr fields: values worth trying, and anything
+_FIELD_VALUES = (st.integers(0, 255), st.sampled_from([0, 1, 3, 4, 5, 0x80, 0x81, 0x85]),
+                 st.sampled_from([0, 40, 52, 65535]) | st.integers(0, 0xFFFF),
+                 st.sampled_from([0, 1, 63, 64, 1400, 1432, 1433]) | st.integers(0, 0xFFFF),
+                 st.sampled_from([0, 19, 20, 24]) | st.integers(0, 0xFFFF),
+                 st.sampled_from([0, 6, 10, 16]) | st.integers(0, 0xFFFF))
+
+
 class OffloadFrameFuzzTests(unittest.TestCase):
     """The receive path with offload on: any datagram, and datagrams that claim to be
     frame segments, alone and in coalesced runs, from a peer and from a stranger."""
@@ -413,6 +421,7 @@ class OffloadFrameFuzzTests(unittest.TestCase):
         yield self.backend.prepare(cfg)
         yield self.backend.start(cfg, lease(OUR_SUBNET, OURS))
         self.assertTrue(self.backend.offload)
+        self.frames = 0
         self.backend.handle_events([LeaseEvent(ADDED, Lease(
             PEER_SUBNET, LeaseAttrs(IPv4Address(PEER), backend_data=O.lease_backend_data(True)),
             ttl=60))])
@@ -420,8 +429,17 @@ class OffloadFrameFuzzTests(unittest.TestCase):
     def _check_forwarded(self, data, written):
         for w in written:
             self.assertGreaterEqual(len(w), O.VNET_HDR_LEN + 20)
-            self.assertIsNone(O.check_vnet(w, 0, len(w) - O.VNET_HDR_LEN))
+            self.assertIsNone(O.check_vnet(w, 0, len(w) - O.VNET_HDR_LEN, self.backend.mtu))
+            flags, gso, hdr_len, gso_size, cstart, coff = O.parse_vnet(w)
             pkt = w[O.VNET_HDR_LEN:]
+            if flags & O.F_NEEDS_CSUM:      # the checksum field the kernel will fill in
+                self.assertEqual((cstart, coff), (P.header_length(pkt),
+                                                  {6: 16, 17: 6}[pkt[9]]))
+            if gso:
+                self.assertIn((gso & ~O.GSO_ECN, pkt[9]), [(O.GSO_TCPV4, 6),
+                                                           (O.GSO_UDP_L4, 17)])
+                self.assertGreaterEqual(gso_size, O.MIN_GSO_SIZE)
+                self.assertLessEqual(gso_size, self.backend.mtu - 28)
             self.assertEqual(pkt[0] >> 4, 4)
             self.assertIn(IPv4Address(bytes(pkt[12:16])), PEER_SUBNET)
             self.assertIn(IPv4Address(bytes(pkt[16:20])), OUR_SUBNET)
@@ -430,6 +448,50 @@ class OffloadFrameFuzzTests(unittest.TestCase):
     @given(st.binary(max_size=1600))
     def test_arbitrary_datagrams_with_offload(self, data):
         self._check_forwarded(data, self._deliver(data, PEER))
+
+    mutations = st.lists(st.integers(0, 5).flatmap(
+        lambda i: st.tuples(st.just(i), _FIELD_VALUES[i])), max_size=2)
+
+    @fuzz(800)
+    @given(st.sampled_from([6, 17, 1]), st.sampled_from(["none", "partial", "gso"]),
+           st.integers(0, 20000), mutations, st.integers(0, 255))
+    @example(6, "gso", 20000, [], 0)                       # the kernel's TSO header
+    @example(17, "gso", 20000, [], 0)                      # UDP GSO: too many segments
+    @example(17, "gso", 5000, [], 0)
+    @example(1, "none", 100, [], 0)
+    @example(6, "gso", 20000, [(3, 1)], 0)                 # gso_size 1
+    @example(17, "gso", 2000, [(1, 1), (5, 6)], 0)         # TCPV4 on UDP
+    @example(6, "gso", 2000, [(4, 0), (5, 10)], 0)         # checksum in the IP header
+    def test_frames_with_any_virtio_header(self, proto, kind, size, mutations, fid):
+        """A well-formed packet from the peer behind the header the kernel would give it,
+        with up to two fields changed to anything, as a frame cut into segments: it
+        reaches the TUN only if the header fits the packet."""
+        payload = bytes(size)
+        if proto == 6:
+            l4 = struct.pack("!HHIIBBHHH", 40000, 5201, 1, 1, 5 << 4, 0x18, 65535, 0, 0)
+        elif proto == 17:
+            l4 = struct.pack("!HHHH", 40000, 5201, 8 + size, 0)
+        else:
+            l4 = b""
+        pkt = make_ipv4(src="10.1.7.3", dst="10.1.15.2", proto=proto, payload=l4 + payload)
+        coff = {6: 16, 17: 6}.get(proto, 0)
+        fields = {"none": [0, 0, 0, 0, 0, 0],
+                  "partial": [O.F_NEEDS_CSUM, 0, 0, 0, 20, coff],
+                  "gso": [O.F_NEEDS_CSUM, O.GSO_UDP_L4 if proto == 17 else O.GSO_TCPV4,
+                          20 + len(l4), 1400, 20, coff]}[kind]
+        for i, value in mutations:
+            fields[i] = value
+        frame = O.build_vnet(*fields) + pkt
+        seg = self.backend.mtu
+        out = bytearray(len(frame) + 256 * O.FRAME_HDR_LEN)
+        count, total = O.pack_frame(frame, len(frame), seg, out, fid)
+        written = []
+        for o in range(0, total, seg):
+            written += self._deliver(bytes(out[o:min(o + seg, total)]), PEER)
+        self._check_forwarded(frame, written)
+        self.assertEqual(len(written), int(O.check_vnet(frame, 0, len(pkt), seg) is None))
+        self.assertEqual(self.backend.counters["frames_in"] - self.frames, 1)
+        self.frames += 1
 
     segment = st.builds(
         lambda fid, idx, count, body: bytes([O.FRAME_MAGIC, fid, idx, count]) + body,

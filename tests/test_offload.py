@@ -55,6 +55,22 @@ def tcp_packet(payload, src="10.1.15.2", dst="10.1.7.3", seq=1000, flags=0x18, i
     return pkt
 
 
+def udp_packet(payload, src="10.1.7.3", dst="10.1.15.2"):
+    """An IPv4/UDP packet whose checksum field holds the pseudo-header sum (partial)."""
+    ulen = 8 + len(payload)
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 7, 0x4000, 64, 17, 0,
+                               IPv4Address(src).packed, IPv4Address(dst).packed))
+    struct.pack_into("!H", ip, 10, P.internet_checksum(ip))
+    pseudo = IPv4Address(src).packed + IPv4Address(dst).packed + struct.pack("!BBH", 0, 17, ulen)
+    return ip + struct.pack("!HHHH", 40000, 5201, ulen, P.ones_complement_sum(pseudo)) + payload
+
+
+def tso_header(pkt, mss=1420, gso_type=None):
+    """The virtio-net header the kernel puts before the TCP super-packet C{pkt}."""
+    return O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4 if gso_type is None else gso_type,
+                        40, mss, 20, 16)
+
+
 def tcp_ok(pkt):
     """IP header and TCP checksums both verify."""
     hl = P.header_length(pkt)
@@ -78,21 +94,176 @@ class VnetHeaderTests(TestCase):
         self.assertEqual(O.build_vnet(1, 1, 52, 1420, 20, 16),
                          bytes([1, 1, 52, 0, 0x8C, 0x05, 20, 0, 16, 0]))
 
-    def test_check(self):
-        good = O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 52, 1420, 20, 16)
-        self.assertIsNone(O.check_vnet(good, 0, 3000))
-        self.assertIsNone(O.check_vnet(O.build_vnet(), 0, 20))
-        for bad in (O.build_vnet(0x40), O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16),
-                    O.build_vnet(O.F_NEEDS_CSUM, 3, 0, 1400, 20, 6),
-                    O.build_vnet(0, O.GSO_TCPV4, 52, 1420),
-                    O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 52, 0, 20, 16)):
-            self.assertEqual(O.check_vnet(bad, 0, 30), "bad-header")
-
     @given(st.binary(max_size=3000))
     def test_csum_add_matches_rfc1071(self, data):
         s = O.csum_add(data, 0, len(data))
         ref = P.ones_complement_sum(data)
         self.assertEqual(s % 0xFFFF, ref % 0xFFFF)
+
+    @given(st.binary(max_size=64), st.binary(max_size=40))
+    def test_check_needs_a_sane_ipv4_packet(self, hdr, pkt):
+        """Too short, not IPv4 or a bad IPv4 header: check_ipv4's reason, never an error."""
+        frame = bytes(hdr[:H]).ljust(H, b"\0") + pkt
+        reason = O.check_vnet(frame, 0, len(pkt), 1472)
+        if P.check_ipv4(pkt) is not None:
+            self.assertEqual(reason, P.check_ipv4(pkt))
+
+
+MTU = 1472
+
+
+def check(hdr, pkt, mtu=MTU):
+    return O.check_vnet(bytes(hdr) + bytes(pkt), 0, len(pkt), mtu)
+
+
+class VnetCheckTests(TestCase):
+    """L{O.check_vnet}: a received frame's header must describe its packet exactly."""
+
+    tcp = tcp_packet(bytes(20000), src="10.1.7.3", dst="10.1.15.2", partial=True)
+    udp = udp_packet(bytes(5000))
+
+    def test_what_the_kernel_sends_is_accepted(self):
+        small = tcp_packet(b"abc", partial=True)
+        for hdr, pkt in (
+                (tso_header(self.tcp), self.tcp),                         # TSO
+                (tso_header(self.tcp, gso_type=O.GSO_TCPV4 | O.GSO_ECN), self.tcp),
+                (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, len(self.tcp), 1420, 20, 16),
+                 self.tcp),                                               # hdr_len: all linear
+                (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 0, 1420, 20, 16), self.tcp),
+                (tso_header(self.tcp, mss=O.MIN_GSO_SIZE), self.tcp),
+                (tso_header(self.tcp, mss=MTU - 40), self.tcp),
+                (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_UDP_L4, 28, 1400, 20, 6), self.udp),
+                (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16), small),  # partial checksum
+                (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 6), self.udp),
+                (O.build_vnet(O.F_DATA_VALID), small),
+                (O.build_vnet(), make_ipv4())):
+            self.assertIsNone(check(hdr, pkt), (O.parse_vnet(hdr), pkt[:40]))
+
+    def test_the_reported_cases_are_refused(self):
+        """GSO_TCPV4 on a UDP packet, gso_size 1, a checksum offset inside the IP header."""
+        self.assertEqual(check(tso_header(self.udp), self.udp), "bad-offload")
+        self.assertEqual(check(O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 6),
+                               self.udp), "bad-offload")
+        self.assertEqual(check(tso_header(self.tcp, mss=1), self.tcp), "bad-offload")
+        self.assertEqual(check(O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 0, 10),
+                               self.tcp), "bad-offload")
+        self.assertEqual(check(O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 0, 10), self.tcp),
+                         "bad-offload")
+
+    def test_every_mismatch_is_refused(self):
+        tcp, udp = self.tcp, self.udp
+        frag = bytearray(tcp)
+        frag[6] = 0x20                              # MF
+        frag[10:12] = b"\0\0"
+        frag[10:12] = struct.pack("!H", P.internet_checksum(frag[:20]))
+        short_doff = bytearray(tcp)
+        short_doff[32] = 4 << 4                     # TCP data offset 16 bytes
+        longer = bytes(tcp) + b"pad"                # trailing bytes beyond total length
+        udp_len = bytearray(udp)
+        udp_len[24:26] = struct.pack("!H", 100)
+        icmp = make_ipv4(proto=1, payload=bytes(100))
+        cases = {
+            "unknown flag": (O.build_vnet(0x04), make_ipv4()),
+            "unknown gso type": (tso_header(tcp, gso_type=2), tcp),
+            "legacy UFO": (O.build_vnet(O.F_NEEDS_CSUM, 3, 28, 1400, 20, 6), udp),
+            "TCPv6": (tso_header(tcp, gso_type=4), tcp),
+            "ECN alone": (O.build_vnet(0, O.GSO_ECN), make_ipv4()),
+            "ECN with UDP": (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_UDP_L4 | O.GSO_ECN, 28,
+                                          1400, 20, 6), udp),
+            "UDP_L4 on TCP": (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_UDP_L4, 40, 1400, 20, 16),
+                              tcp),
+            "GSO without NEEDS_CSUM": (O.build_vnet(0, O.GSO_TCPV4, 40, 1420, 20, 16), tcp),
+            "GSO with DATA_VALID only": (O.build_vnet(O.F_DATA_VALID, O.GSO_TCPV4, 40, 1420),
+                                         tcp),
+            "gso_size 0": (tso_header(tcp, mss=0), tcp),
+            "gso_size below the minimum": (tso_header(tcp, mss=O.MIN_GSO_SIZE - 1), tcp),
+            "segments over the MTU": (tso_header(tcp, mss=MTU - 39), tcp),
+            "UDP over 64 segments": (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_UDP_L4, 28, 70, 20, 6),
+                                     udp),
+            "csum_start not the IP header length": (
+                O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 24, 16), tcp),
+            "csum_offset not TCP's": (
+                O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 6), tcp),
+            "csum_offset not UDP's": (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16), udp),
+            "checksum beyond the packet": (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16),
+                                           make_ipv4(proto=6, payload=b"x" * 10)),
+            "NEEDS_CSUM on ICMP": (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 2), icmp),
+            "hdr_len beyond the packet": (
+                O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, len(tcp) + 1, 1420, 20, 16), tcp),
+            "a fragment": (tso_header(frag), frag),
+            "TCP header too short": (tso_header(short_doff), short_doff),
+            "total length short of the packet": (tso_header(longer), longer),
+            "UDP length wrong": (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_UDP_L4, 28, 1400, 20, 6),
+                                 udp_len),
+            "gso_size without GSO": (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 1420, 20, 16), tcp),
+            "hdr_len without GSO": (O.build_vnet(0, 0, 40), make_ipv4()),
+            "csum fields without NEEDS_CSUM": (O.build_vnet(0, 0, 0, 0, 20, 16), tcp),
+        }
+        for what, (hdr, pkt) in cases.items():
+            self.assertEqual(check(hdr, pkt), "bad-offload", what)
+
+    def test_a_tiny_mtu_refuses_any_gso(self):
+        """An MTU that leaves less than MIN_GSO_SIZE per segment: no GSO at all."""
+        self.assertEqual(check(tso_header(self.tcp, mss=O.MIN_GSO_SIZE), self.tcp,
+                               mtu=40 + O.MIN_GSO_SIZE - 1), "bad-offload")
+        self.assertIsNone(check(tso_header(self.tcp, mss=O.MIN_GSO_SIZE), self.tcp,
+                                mtu=40 + O.MIN_GSO_SIZE))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(0, 255), st.sampled_from([0, 1, 3, 4, 5, 0x80, 0x81, 0x85, 0xFF]),
+           st.integers(0, 0xFFFF), st.integers(0, 0xFFFF),
+           st.sampled_from([0, 20, 24, 0xFFFF]) | st.integers(0, 0xFFFF),
+           st.sampled_from([0, 6, 16, 10]) | st.integers(0, 0xFFFF),
+           st.sampled_from(["tcp", "udp", "icmp", "tcp-opts"]), st.integers(0, 3000),
+           st.integers(576, 9000))
+    def test_accepted_headers_describe_their_packet(self, flags, gso, hdr_len, gso_size,
+                                                     cstart, coff, kind, size, mtu):
+        """Whatever the header, an accepted one makes sense for its packet (what the
+        kernel relies on when it takes the frame) and a refusal is bad-offload."""
+        if kind == "udp":
+            pkt = udp_packet(bytes(size))
+        elif kind == "icmp":
+            pkt = make_ipv4(proto=1, payload=bytes(size))
+        else:
+            pkt = tcp_packet(bytes(size), options=b"\x01" * 12 if kind == "tcp-opts" else b"",
+                             partial=True)
+        n = len(pkt)
+        reason = check(O.build_vnet(flags, gso, hdr_len, gso_size, cstart, coff), pkt, mtu)
+        if reason is not None:
+            self.assertEqual(reason, "bad-offload")
+            return
+        proto = pkt[9]
+        self.assertEqual(flags & ~(O.F_NEEDS_CSUM | O.F_DATA_VALID), 0)
+        self.assertLessEqual(hdr_len, n)
+        if flags & O.F_NEEDS_CSUM:
+            self.assertIn(proto, (6, 17))
+            self.assertEqual(cstart, 20)
+            self.assertEqual(coff, 16 if proto == 6 else 6)
+            self.assertLessEqual(cstart + coff + 2, n)
+        else:
+            self.assertEqual((cstart, coff), (0, 0))
+        if gso == 0:
+            self.assertEqual((hdr_len, gso_size), (0, 0))
+            return
+        self.assertTrue(flags & O.F_NEEDS_CSUM)
+        l4 = ((pkt[32] >> 4) * 4) if proto == 6 else 8
+        self.assertIn((gso, proto), [(O.GSO_TCPV4, 6), (O.GSO_TCPV4 | O.GSO_ECN, 6),
+                                     (O.GSO_UDP_L4, 17)])
+        self.assertGreaterEqual(gso_size, O.MIN_GSO_SIZE)
+        self.assertLessEqual(20 + l4 + gso_size, mtu)
+        segs = -(-(n - 20 - l4) // gso_size)
+        self.assertLessEqual(segs, 64 if proto == 17 else O.MAX_GSO_SEGMENTS)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(0, 40000), st.integers(O.MIN_GSO_SIZE, 8960), st.booleans(),
+           st.booleans(), st.integers(1280, 9000))
+    def test_kernel_headers_for_fitting_segments_are_accepted(self, size, mss, ecn, opts,
+                                                              mtu):
+        options = b"\x01" * 12 if opts else b""
+        pkt = tcp_packet(bytes(size), options=options, partial=True)
+        hdr = tso_header(pkt, mss, O.GSO_TCPV4 | (O.GSO_ECN if ecn else 0))
+        fits = 40 + len(options) + mss <= mtu
+        self.assertEqual(check(hdr, pkt, mtu), None if fits else "bad-offload")
 
 
 class SegmentationTests(TestCase):
@@ -521,6 +692,49 @@ class VnetBackendTests(BackendTestBase):
         self.assertEqual(self.tun.peer.written(), [])
 
     @defer.inlineCallbacks
+    def test_frames_whose_header_lies_are_dropped(self):
+        """Only a frame whose virtio-net header matches its packet reaches the TUN."""
+        yield self.started()
+        s = self.peer_socket(PEER)
+        tcp = tcp_packet(os.urandom(20000), src="10.1.7.3", dst="10.1.15.2", partial=True)
+        udp = udp_packet(os.urandom(5000))
+        frames = [
+            tso_header(udp) + udp,                                        # TCPV4 on UDP
+            tso_header(tcp, mss=1) + tcp,                                 # 20,000 segments
+            O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 0, 10) + tcp,  # IP header
+            O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4 | O.GSO_ECN, 40, 1420, 20, 6) + tcp,
+            tso_header(tcp) + tcp,                                        # the good one
+        ]
+        nsegs = 0
+        for fid, frame in enumerate(frames):
+            segs = self.frame_segments(frame, fid)
+            nsegs += len(segs)
+            for seg in segs:
+                s.sendto(seg, (OURS, self.port))
+        c = self.backend.counters
+        yield wait_for(lambda: c["packets_in"] == nsegs, what="%d segments" % nsegs)
+        got = self.tun.peer.written()
+        self.assertEqual([bytes(g[:H]) for g in got], [bytes(tso_header(tcp))])
+        self.assertEqual(bytes(got[0][H + 12:]), bytes(tcp[12:]))
+        self.assertEqual((c["frames_in"], c["bad-offload"], c["tun_packets_out"]), (5, 4, 1))
+
+    @defer.inlineCallbacks
+    def test_super_packet_a_peer_would_refuse_is_segmented(self):
+        """A super-packet whose header the receiver's check refuses (segments under
+        MIN_GSO_SIZE: an odd TCP MSS) goes out in flanneld's format instead."""
+        peer = self.listen_peer()
+        yield self.started(offload_peer=True)
+        payload = os.urandom(3000)
+        pkt = tcp_packet(payload, partial=True)
+        self.tun.peer.inject(tso_header(pkt, mss=O.MIN_GSO_SIZE - 8) + pkt)
+        n = -(-3000 // (O.MIN_GSO_SIZE - 8))
+        yield wait_for(lambda: len(peer.poll()) == n, what="%d segments" % n)
+        self.assertTrue(all(d[0] == 0x45 and tcp_ok(d) for d, _ in peer.received))
+        self.assertEqual(b"".join(d[40:] for d, _ in peer.received), payload)
+        c = self.backend.counters
+        self.assertEqual((c["frames_out"], c["gso_segmented"]), (0, 1))
+
+    @defer.inlineCallbacks
     def test_icmp_unreachable_has_header(self):
         yield self.started()
         self.tun.peer.inject(O.build_vnet() + make_ipv4(dst="10.1.99.3"))
@@ -683,6 +897,9 @@ class OffloadLabTests(TestCase):
             self.assertGreater(self.counter(i, "frames_out"), 10)
             self.assertGreater(self.counter(i, "frames_in"), 10)
             self.assertEqual(self.counter(i, "incomplete-frame",
+                                          "flannel_udp_dropped_packets_total", "reason"), 0)
+            # the kernel's own headers pass the receiver's check
+            self.assertEqual(self.counter(i, "bad-offload",
                                           "flannel_udp_dropped_packets_total", "reason"), 0)
         self.assertEqual((self.reassembled(2), self.reassembled(1)), before)
 

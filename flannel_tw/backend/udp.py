@@ -13,6 +13,9 @@ Differences from flanneld, on purpose:
     packets for the host itself or for any address, to be forwarded and masqueraded)
     and its inner source does not ("spoofed-source": our own pods never come from the
     wire), whatever C{filter_sources} says;
+  - an offload frame reaches the TUN only if its virtio-net header describes its
+    packet exactly (L{flannel_tw.udp.offload.check_vnet}; "bad-offload" otherwise), and
+    a super-packet that check would refuse is sent segmented instead of as a frame;
   - a packet with TTL 0 or 1 is dropped (flanneld wraps TTL 0 to 255);
   - datagrams longer than the tun MTU are not truncated.
 
@@ -81,7 +84,7 @@ _ZERO_VNET = bytes(VNET)
 
 DROP_REASONS = ("short", "not-ipv4", "bad-header", "unknown-peer", "spoofed-source",
                 "foreign-destination", "ttl-expired", "no-route", "send-error",
-                "tun-write-error", "incomplete-frame", "error")
+                "tun-write-error", "incomplete-frame", "bad-offload", "error")
 
 _U16 = struct.Struct("=H").pack      # the UDP_SEGMENT cmsg: a native u16
 _GRO_SIZE = struct.Struct("=i").unpack_from   # the UDP_GRO cmsg: a native int
@@ -574,7 +577,8 @@ class UdpBackend:
         by L{_prepare_vnet}: one frame to an offloading peer, else flanneld's segments."""
         entry, gso_size = self._super
         peer = entry[1]
-        if entry[2] and self._send_frame(self._view[off:off + n], n, peer):
+        if (entry[2] and _off.check_vnet(self._buf, off, n - VNET, self.mtu) is None
+                and self._send_frame(self._view[off:off + n], n, peer)):
             return
         self.counters["gso_segmented"] += 1
         self._send_segments(_off.segment_tcp4(self._buf, off + VNET, n - VNET, gso_size), peer)
@@ -701,8 +705,7 @@ class UdpBackend:
         self.counters["frames_in"] += 1
         plen = len(frame) - VNET
         self._deliver(frame, memoryview(frame), VNET, plen, 0, addr,
-                      _off.check_vnet(frame, 0, plen)
-                      if plen >= _pkt.IPV4_MIN_HEADER else "short")
+                      _off.check_vnet(frame, 0, plen, self.mtu))
 
     def _from_udp_at(self, base, n, addr):
         """

@@ -29,6 +29,8 @@ L{segment_tcp4} cuts a TCP super-packet into MTU-sized IPv4 packets in user spac
 """
 from struct import pack_into, unpack_from
 
+from flannel_tw.udp.packet import check_ipv4
+
 VNET_HDR_LEN = 10
 VNET_FMT = "<BBHHHH"          # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 
@@ -36,7 +38,18 @@ F_NEEDS_CSUM = 1
 F_DATA_VALID = 2
 GSO_NONE = 0
 GSO_TCPV4 = 1
+GSO_UDP_L4 = 5
 GSO_ECN = 0x80
+
+# check_vnet's bounds on a GSO packet: no segment shorter than MIN_GSO_SIZE bytes of
+# payload (gso_size 1 would have the receiving kernel cut 64 KB into 65,000 packets),
+# at most MAX_GSO_SEGMENTS segments (UDP_MAX_SEGMENTS for UDP).
+MIN_GSO_SIZE = 64
+MAX_GSO_SEGMENTS = 1024
+UDP_MAX_SEGMENTS = 64
+BAD_OFFLOAD = "bad-offload"
+_CSUM_FLAGS = F_NEEDS_CSUM | F_DATA_VALID
+_TCP, _UDP = 6, 17
 
 OFFLOAD_VERSION = 2
 LEASE_DATA = {"FlannelTW": {"Offload": OFFLOAD_VERSION}}
@@ -109,23 +122,75 @@ def build_vnet(flags=0, gso_type=GSO_NONE, hdr_len=0, gso_size=0, csum_start=0,
     return bytes(out)
 
 
-def check_vnet(buf, off, n):
+def check_vnet(buf, off, n, mtu):
     """
-    Sanity checks on a received header at C{buf[off:]} with C{n} bytes of packet after
-    it (the kernel checks again when we write it).
+    Check a received frame: the virtio-net header at C{buf[off:off+10]} must describe
+    the IPv4 packet of C{n} bytes after it exactly, as the kernel would write it,
+    before the frame goes into a TUN.
 
-    @return: None when usable, else a drop reason (C{"bad-header"}).
+      - the packet: a sane IPv4 header (L{check_ipv4}) whose total length is C{n};
+      - flags: only NEEDS_CSUM and DATA_VALID;
+      - NEEDS_CSUM: a TCP or UDP packet, not a fragment, its L4 header inside the
+        packet, C{csum_start} the IP header length and C{csum_offset} the L4 checksum
+        field (16 for TCP, 6 for UDP); without it both are 0;
+      - gso_type: NONE (then C{hdr_len} and C{gso_size} are 0), TCPV4 on TCP (ECN bit
+        allowed) or UDP_L4 on UDP (its length field C{n} minus the IP header); GSO
+        needs NEEDS_CSUM, C{hdr_len} at most C{n}, C{gso_size} at least
+        L{MIN_GSO_SIZE} with every segment fitting C{mtu}, and at most
+        L{MAX_GSO_SEGMENTS} segments (L{UDP_MAX_SEGMENTS} for UDP). Anything else
+        (legacy UFO, TCPV6, unknown types) is refused: no flannel-tw sender makes it.
+
+    Pure; reads only the 10 + C{n} bytes.
+
+    @param mtu: the TUN MTU (the segments the kernel cuts must fit it).
+    @return: None when the frame may be written; C{check_ipv4}'s reason for a bad
+        IPv4 header; L{BAD_OFFLOAD} for a header that does not match its packet.
     """
+    ip = off + VNET_HDR_LEN
+    reason = check_ipv4(memoryview(buf)[ip:ip + n], n) if n >= 20 else "short"
+    if reason is not None:
+        return reason
     flags, gso, hdr_len, gso_size, cstart, coff = unpack_from(VNET_FMT, buf, off)
-    if flags & ~(F_NEEDS_CSUM | F_DATA_VALID):
-        return "bad-header"
-    if flags & F_NEEDS_CSUM and cstart + coff + 2 > n:
-        return "bad-header"
+    if flags & ~_CSUM_FLAGS or (buf[ip + 2] << 8 | buf[ip + 3]) != n:
+        return BAD_OFFLOAD
+    hl = (buf[ip] & 0x0F) << 2
+    proto = buf[ip + 9]
+    if flags & F_NEEDS_CSUM:
+        if cstart != hl or (buf[ip + 6] << 8 | buf[ip + 7]) & 0x3FFF:   # MF or offset
+            return BAD_OFFLOAD
+        if proto == _TCP:
+            if coff != 16 or hl + 20 > n:
+                return BAD_OFFLOAD
+            l4 = (buf[ip + hl + 12] >> 4) << 2
+            if l4 < 20 or hl + l4 > n:
+                return BAD_OFFLOAD
+        elif proto == _UDP:
+            if coff != 6 or hl + 8 > n:
+                return BAD_OFFLOAD
+            l4 = 8
+        else:
+            return BAD_OFFLOAD
+    elif cstart or coff:
+        return BAD_OFFLOAD
+    if gso == GSO_NONE:
+        return BAD_OFFLOAD if hdr_len or gso_size else None
+    if not flags & F_NEEDS_CSUM or hdr_len > n:
+        return BAD_OFFLOAD
     g = gso & ~GSO_ECN
-    if g == GSO_NONE:
-        return None
-    if g != GSO_TCPV4 or not gso_size or not flags & F_NEEDS_CSUM:
-        return "bad-header"
+    if g == GSO_TCPV4:
+        if proto != _TCP:
+            return BAD_OFFLOAD
+        most = MAX_GSO_SEGMENTS
+    elif gso == GSO_UDP_L4:          # no ECN bit with UDP
+        if proto != _UDP or (buf[ip + hl + 4] << 8 | buf[ip + hl + 5]) != n - hl:
+            return BAD_OFFLOAD
+        most = UDP_MAX_SEGMENTS
+    else:
+        return BAD_OFFLOAD
+    if gso_size < MIN_GSO_SIZE or hl + l4 + gso_size > mtu:
+        return BAD_OFFLOAD
+    if n - hl - l4 > most * gso_size:
+        return BAD_OFFLOAD
     return None
 
 
