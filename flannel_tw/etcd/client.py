@@ -28,9 +28,12 @@ Every method returns a Deferred that fires with a L{Response} or fails with:
   L{EventIndexCleared}, ...) when etcd answered with its JSON error body.  These are
   answers and are never retried on another endpoint;
 - L{EtcdProtocolError} when the answer is neither a node response nor an error body;
-- L{EtcdUnavailable} when every endpoint failed at the transport level (refused,
-  reset, timed out, TLS failure); its ``errors`` maps endpoint -> the last failure and
-  its message says, for a TLS failure, which side refused and which file to check;
+- L{EtcdUnavailable} when every endpoint failed: at the transport level (refused,
+  reset, timed out, TLS failure) or with an answer from a member that cannot serve
+  (L{EtcdMemberError}: any HTTP 5xx, as Go's etcd client, or etcd's server-side codes
+  300 "Raft Internal Error" / 301 "During Leader Election" whatever the status).  Its
+  ``errors`` maps endpoint -> the last failure and its message says, for a TLS failure,
+  which side refused and which file to check;
 - L{EtcdIndexWentBack} (watch with detect_reset only) when the etcd we reached has a lower index than the
   one we wait for: the cluster was wiped or restored, re-list;
 - L{twisted.internet.defer.CancelledError} when the caller cancelled the Deferred.
@@ -49,9 +52,9 @@ from twisted.web.http import PotentialDataLoss
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdProtocolError,
-                                    EtcdUnavailable, describe_transport_error,
-                                    error_from_body)
+from flannel_tw.etcd.errors import (SERVER_CODES, EtcdError, EtcdIndexWentBack,
+                                    EtcdMemberError, EtcdProtocolError, EtcdUnavailable,
+                                    describe_transport_error, error_from_body)
 
 __all__ = ["Node", "Response", "EtcdV2Client"]
 
@@ -344,7 +347,7 @@ class EtcdV2Client:
                 if token is not None and token.cancelled:
                     raise defer.CancelledError() from None
                 errors[endpoint] = t.failure.value
-                self.error_counts["transport"] += 1
+                self.error_counts[getattr(t.failure.value, "kind", "transport")] += 1
                 nxt = self.endpoints[(idx + 1) % n] if i + 1 < n else None
                 text = describe_transport_error(t.failure.value, self.tls_files)
                 # Each distinct cause is logged once per endpoint; repeats go to debug.
@@ -375,11 +378,14 @@ class EtcdV2Client:
                 raise
             except (EtcdError, EtcdProtocolError, EtcdIndexWentBack):
                 raise
-            except Exception:
+            except Exception:  # transport failures and EtcdMemberError: next endpoint
                 raise _Transport(Failure())
             if watch and status == 200 and not body.strip():
                 continue  # etcd (or a proxy) ended the long poll without an event
-            return _parse(status, headers, body)
+            try:
+                return _parse(status, headers, body)
+            except EtcdMemberError:
+                raise _Transport(Failure()) from None
 
     async def _attempt(self, method, url, form, wait_index=None):
         kwargs = {"unbuffered": True}
@@ -463,11 +469,15 @@ def _header_index(headers) -> Optional[int]:
 
 
 def _parse(status, headers, body) -> Response:
-    """Turn one HTTP answer into a Response or raise EtcdError / EtcdProtocolError."""
+    """Turn one HTTP answer into a Response or raise EtcdError / EtcdProtocolError, or
+    EtcdMemberError for a member that cannot serve (5xx, codes 300/301)."""
     snippet = body[:_SNIPPET]
     try:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
+        if status >= 500:
+            raise EtcdMemberError("etcd member answered HTTP %d: %r" % (status, snippet),
+                                  status=status) from None
         raise EtcdProtocolError(
             "etcd answered HTTP %d with a body that is not JSON: %r" % (status, snippet),
             status, snippet) from None
@@ -478,7 +488,13 @@ def _parse(status, headers, body) -> Response:
             raise EtcdProtocolError(
                 "etcd answered HTTP %d with a malformed error body: %r" % (status, snippet),
                 status, snippet) from None
+        if status >= 500 or err.error_code in SERVER_CODES:
+            raise EtcdMemberError("etcd member cannot serve (HTTP %d): %s" % (status, err),
+                                  status=status, code=err.error_code)
         raise err
+    if status >= 500:
+        raise EtcdMemberError("etcd member answered HTTP %d: %r" % (status, snippet),
+                              status=status)
     if not 200 <= status < 300:
         raise EtcdProtocolError(
             "etcd answered HTTP %d without an etcd error body: %r" % (status, snippet),
