@@ -126,10 +126,9 @@ class FlannelDaemon(service.MultiService):
     def startService(self):
         service.MultiService.startService(self)
         iface = self.ext_iface
-        self.log.info("flannel-tw {version} starting: etcd endpoints {endpoints_text}, "
+        self.log.info("flannel-tw {version} starting: etcd endpoints {endpoints}, "
                       "prefix {prefix}", version=flannel_tw.__version__,
-                      endpoints=self._endpoints(), endpoints_text=", ".join(self._endpoints()),
-                      prefix=self.manager.prefix)
+                      endpoints=", ".join(self._endpoints()), prefix=self.manager.prefix)
         self.log.info("Using interface with name {iface} and address {iface_ip} (MTU "
                       "{iface_mtu}), public IP {public_ip}", iface=iface.name,
                       iface_ip=iface.addr, iface_mtu=iface.mtu, public_ip=iface.public_ip)

@@ -365,7 +365,7 @@ class RealRunLogTests(unittest.TestCase):
             "10.5.0.0/16 (alloc backend, MTU 65536)" % subnet])
         first = [e for e in self.events if e.get("log_level") == LogLevel.info
                  and "flannel_tw" in e.get("log_namespace", "")]
-        self.assertEqual(first[0]["endpoints"], [self.server.url])   # fields, for JSON logs
+        self.assertEqual(first[0]["endpoints"], self.server.url)     # fields, for JSON logs
         self.assertEqual((first[1]["iface"], str(first[1]["public_ip"])), ("lo", "127.0.0.1"))
         self.assertEqual((first[-1]["backend"], first[-1]["mtu"]), ("alloc", 65536))
 
