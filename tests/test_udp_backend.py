@@ -471,6 +471,17 @@ class DataPathTests(BackendTestBase):
         self.assertEqual(self.backend.counters["foreign-destination"], 1)
 
     @defer.inlineCallbacks
+    def test_nothing_is_delivered_before_our_subnet_is_known(self):
+        """Between prepare() (the socket reads) and start() no destination is ours."""
+        self.backend = self.make_backend(filter_sources=False)
+        yield self.backend.prepare(config(self.port))
+        self.peer_socket(PEER).sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2"),
+                                      (OURS, self.port))
+        yield wait_for(lambda: self.backend.counters["packets_in"] == 1)
+        self.assertEqual(self.tun.peer.written(), [])
+        self.assertEqual(self.backend.counters["foreign-destination"], 1)
+
+    @defer.inlineCallbacks
     def test_source_in_our_own_subnet_is_spoofed(self):
         """
         A peer whose lease covers our subnet (etcd should never hold one; the lease

@@ -26,6 +26,12 @@ peer advertising it gets flanneld's format.
 Towards a peer without that BackendData (flanneld, or flannel-tw with offload off) the
 wire stays exactly flanneld's: L{finish_checksum} completes a partial checksum and
 L{segment_tcp4} cuts a TCP super-packet into MTU-sized IPv4 packets in user space.
+
+A frame comes from the network, so its header is not trusted: L{check_vnet} checks it
+against the packet it describes before the frame is written into the TUN (the kernel
+would otherwise act on a header that lies: segment a UDP packet as TCP, cut 64 KB into
+one-byte segments, write a checksum into the IP header). The sender applies the same
+check to the kernel's super-packets and segments one the receiver would refuse.
 """
 from struct import pack_into, unpack_from
 
