@@ -98,7 +98,12 @@ class KeeperTests(unittest.TestCase):
         self.clock.advance(82800)
         _, _, d = self.manager.next("renew_lease")
         d.errback(TestFailed(101, "Compare failed", "", 5))
+        # the keeper looks at who wrote the key: another host
+        _, args, d = self.manager.next("get_lease")
+        self.assertEqual(args, (NET,))
+        d.callback(Lease(NET, LeaseAttrs(IPv4Address("192.0.2.99")), ttl=86400))
         _, args, d = self.manager.next("acquire_lease")
+        self.assertIsNone(args[2])
         other = IPv4Network("10.5.9.0/24")
         d.callback(Lease(other, ATTRS, ttl=86400))
         self.assertEqual(self.changes, [(other, NET)])
@@ -291,3 +296,111 @@ class RenewalLateTests(unittest.TestCase):
         self.clock.advance(10 * 86400)
         self.assertFalse(k.renewal_late())
         self.assertIsNone(k.lease_expires_in)
+
+
+class SamePublicIPTests(unittest.TestCase):
+    """Another writer on our key: another host's value, or our PublicIP (a conflict)."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.manager = FakeSubnetManager()
+        self.logs = []
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(self.logs.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logs.append)
+
+    def make(self, index=10, reused=False):
+        if reused:
+            self.manager.reused_leases = {NET: index}
+        k = keeper.LeaseKeeper(self.clock, self.manager, CONFIG, ATTRS,
+                               Lease(NET, ATTRS, ttl=86400, modified_index=index), 3600,
+                               backoff=make_backoff(initial=1.0, maximum=60.0,
+                                                    jitter=lambda: 0.0))
+        k.start()
+        return k
+
+    def critical(self):
+        from twisted.logger import LogLevel, formatEvent
+        return [formatEvent(e) for e in self.logs if e.get("log_level") == LogLevel.critical]
+
+    def written(self, index):
+        return LeaseEvent(ADDED, Lease(NET, ATTRS, ttl=86400, modified_index=index))
+
+    def test_first_holder_writes_back_once_then_stands_down(self):
+        k = self.make(index=10)
+        self.clock.advance(100)
+        k.own_event(self.written(12))        # a newcomer with our PublicIP reused our lease
+        name, args, d = self.manager.next("renew_lease")
+        self.assertEqual(args[0].modified_index, 12)   # CAS over the newcomer's write
+        self.assertIn("192.0.2.1", self.critical()[0])
+        self.assertIn("writing our lease back once", self.critical()[0])
+        d.callback(Lease(NET, ATTRS, ttl=86400, modified_index=13))
+        self.assertEqual((k.state, k.lease.modified_index), (keeper.HELD, 13))
+        k.own_event(self.written(13))        # our own write-back: nothing happens
+        self.assertEqual(self.manager.pending, [])
+        k.own_event(self.written(15))        # it writes again: no write war
+        self.assertEqual((k.state, k.lease_lost), (keeper.CONFLICT, True))
+        self.assertIn("again after we wrote it back once", self.critical()[-1])
+        self.clock.advance(3 * 86400)
+        self.assertEqual(self.manager.pending, [])
+        k.own_event(LeaseEvent(REMOVED, Lease(NET, None)))   # gone: take it again
+        _, args, _ = self.manager.next("acquire_lease")
+        self.assertEqual(args[2], NET)
+
+    def test_newcomer_that_reused_the_lease_stands_down(self):
+        k = self.make(index=20, reused=True)
+        self.clock.advance(1)
+        k.own_event(self.written(21))        # the live holder wrote it back
+        self.assertEqual((k.state, k.lease_lost, k.conflicts), (keeper.CONFLICT, True, 1))
+        self.assertEqual(self.manager.pending, [])
+        self.assertIn("right after we reused it", self.critical()[0])
+        self.clock.advance(86400)
+        self.assertEqual(self.manager.events, [])
+
+    def test_after_probation_a_reused_lease_is_defended(self):
+        k = self.make(index=20, reused=True)
+        self.clock.advance(keeper.PROBATION + 1)
+        k.own_event(self.written(21))
+        _, args, _ = self.manager.next("renew_lease")
+        self.assertEqual(args[0].modified_index, 21)
+        self.assertEqual(k.state, keeper.RENEWING)
+
+    def test_failed_renewal_finds_our_ip_written_by_someone_else(self):
+        k = self.make(index=10)
+        self.clock.advance(82800)
+        _, _, d = self.manager.next("renew_lease")
+        d.errback(TestFailed(101, "Compare failed", "[10 != 30]", 30))
+        _, args, d = self.manager.next("get_lease")
+        d.callback(Lease(NET, ATTRS, ttl=86000, modified_index=30))
+        _, args, d = self.manager.next("renew_lease")
+        self.assertEqual(args[0].modified_index, 30)
+        self.assertEqual(len(self.critical()), 1)
+
+    def test_restored_etcd_older_index_is_taken_back_quietly(self):
+        k = self.make(index=50)
+        self.clock.advance(82800)
+        _, _, d = self.manager.next("renew_lease")
+        d.errback(TestFailed(101, "Compare failed", "[50 != 7]", 60))
+        _, _, d = self.manager.next("get_lease")
+        d.callback(Lease(NET, ATTRS, ttl=80000, modified_index=7))
+        _, args, d = self.manager.next("renew_lease")
+        self.assertEqual(args[0].modified_index, 7)
+        d.callback(Lease(NET, ATTRS, ttl=86400, modified_index=61))
+        self.assertEqual((k.state, k.conflicts, self.critical()), (keeper.HELD, 0, []))
+
+    def test_stale_event_is_ignored(self):
+        k = self.make(index=10)
+        self.clock.advance(1000)
+        k.own_event(LeaseEvent(ADDED, Lease(NET, ATTRS, ttl=5, modified_index=9)))
+        self.assertEqual(k.next_renewal_in, 82800 - 1000)
+        self.assertEqual(self.manager.pending, [])
+
+    def test_event_while_our_write_is_in_flight_waits_for_its_answer(self):
+        k = self.make(index=10)
+        self.clock.advance(82800)
+        _, _, d = self.manager.next("renew_lease")
+        k.own_event(self.written(11))        # our own renewal, seen before its answer
+        self.assertEqual(self.manager.pending, [])
+        d.callback(Lease(NET, ATTRS, ttl=86400, modified_index=11))
+        k.own_event(self.written(11))
+        self.assertEqual((k.state, k.conflicts), (keeper.HELD, 0))

@@ -3,14 +3,18 @@ Reusing and renewing our lease against a real etcd: compare-and-swap on the
 modifiedIndex, so a key changed between our list and our write is never overwritten,
 and a lease rewritten by another process with our PublicIP is noticed.
 """
+import os
+
 from twisted.internet import defer
+from twisted.logger import LogLevel
 from twisted.trial import unittest
 
 from flannel_tw.etcd.errors import TestFailed
 from flannel_tw.subnet.etcd import EtcdSubnetManager
-from flannel_tw.testing.etcd import shared_etcd, unique_prefix
+from flannel_tw.testing.etcd import shared_etcd, start_etcd_for_test, unique_prefix
 
-from tests.test_subnet_manager import CONFIG_JSON, ManagerTestMixin, attrs
+from tests.test_faults import CONFIG, DaemonHarness, logged, sleep
+from tests.test_subnet_manager import CONFIG_JSON, ManagerTestMixin, attrs, wait_until
 from flannel_tw.config import parse_config
 
 OURS = '{"PublicIP":"192.0.2.1"}'
@@ -85,3 +89,44 @@ class ReuseCASTests(ManagerTestMixin, unittest.TestCase):
         renewed2 = yield manager.renew_lease(renewed)
         self.assertGreater(renewed2.modified_index, renewed.modified_index)
         self.assertEqual(manager.reused_leases, {})
+
+
+class TwoHostsOnePublicIPTests(DaemonHarness, unittest.TestCase):
+    """Two daemons with the same PublicIP on one real etcd: the second stands down."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_second_host_does_not_share_the_first_hosts_lease(self):
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        first = self.run_daemon(self.make_daemon(server.endpoints))
+        yield self.running(first)
+        subnet = first.lease.subnet
+        second = self.run_daemon(self.make_daemon(
+            server.endpoints, subnet_file=os.path.join(self.dir, "second", "subnet.env")))
+        yield wait_until(lambda: second.keeper is not None
+                         and second.keeper.state == "conflict", timeout=20)
+        self.assertEqual(second.lease.subnet, subnet)     # it reused the lease, then saw
+        self.assertTrue(second.keeper.lease_lost)         # the first host write it back
+        self.assertFalse(second.health()["healthy"])
+        self.assertEqual(first.keeper.state, "held")
+        self.assertTrue(first.health()["healthy"])
+        stood_down = logged(self.logs, "standing down", LogLevel.critical)
+        wrote_back = logged(self.logs, "writing our lease back once", LogLevel.critical)
+        self.assertEqual(len(stood_down), 1, stood_down)
+        self.assertEqual(len(wrote_back), 1, wrote_back)
+        self.assertIn("192.0.2.1", stood_down[0])
+        self.assertIn(str(subnet), stood_down[0])
+        # the key is the first host's last write, and nobody writes any more
+        key = self.key(subnet)
+        index = server.v2_get(key)["node"]["modifiedIndex"]
+        self.assertEqual(index, first.keeper.lease.modified_index)
+        yield sleep(1.0)
+        self.assertEqual(server.v2_get(key)["node"]["modifiedIndex"], index)
+        self.assertEqual(second.keeper.state, "conflict")
+        # once the first host is gone and its lease expired, the second one takes it
+        yield first.stopService()
+        server.v2_delete(key)
+        yield wait_until(lambda: second.keeper.state == "held", timeout=20)
+        self.assertFalse(second.keeper.lease_lost)

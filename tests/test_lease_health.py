@@ -40,26 +40,26 @@ class RenewalHealthTests(DaemonHarness, unittest.TestCase):
     @defer.inlineCallbacks
     def test_failing_renewal_is_unhealthy_before_the_lease_expires(self):
         self.server.put_config(CONFIG)
+        # renewal 2 s after acquisition (margin: a day minus 2 s); etcd refuses it; /healthz
+        # fails once it has failed for 2 s (renew_grace), a day before the lease expires
         d = self.run_daemon(self.make_daemon(self.server.endpoints, manager_class=FailingRenewal,
-                                             etcd_probe_interval=0.2, etcd_stale_after=2.0))
+                                             etcd_probe_interval=0.2,
+                                             renew_margin=86398.0, renew_grace=2.0))
         self.listen(d)
         yield self.running(d)
         subnet = d.lease.subnet
-        # etcd says our lease has 12 s left: renewal after 6 s, which etcd refuses; half of
-        # the 6 s left then is the limit, so /healthz fails about 9 s in, 3 s before expiry.
-        self.server.v2_put(self.key(subnet), '{"PublicIP":"192.0.2.1"}', ttl=12)
         yield wait_until(lambda: d.manager.calls["renew_lease"] >= 1, timeout=10)
         code, body = yield self.healthz()
         self.assertEqual(code, 200, body)          # failing, but not for long yet
         self.assertEqual(body["keeper"], "retrying")
-        yield wait_until(lambda: d.keeper.renewal_failing_for > 3.2, timeout=10)
+        yield wait_until(lambda: d.keeper.renewal_failing_for > 2.2, timeout=10)
         code, body = yield self.healthz()
         self.assertEqual(code, 503, body)
         self.assertTrue(body["etcd_ok"])           # etcd answers: the lease is the problem
         self.assertFalse(body["lease_lost"])
         self.assertEqual(body["lease"], str(subnet))
-        self.assertGreater(body["renewal_failing_for"], 3.0)
-        self.assertGreater(body["lease_expires_in"], 0)
+        self.assertGreater(body["renewal_failing_for"], 2.0)
+        self.assertGreater(body["lease_expires_in"], 86000)
         self.assertTrue(self.server.v2_get(self.key(subnet))["node"]["ttl"] > 0)
 
         d.manager.failing = False

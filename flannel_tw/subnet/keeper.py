@@ -19,6 +19,21 @@ our lease gone or held by another host -> REACQUIRING -> HELD ; stop() -> STOPPE
   noticed while there is time to act (with the defaults: 5 minutes after the first
   failure, 55 minutes before the lease would expire).
 - Reservations (no TTL) are never renewed and never given a TTL.
+- Two hosts must not share a PublicIP (and so one lease). Every write of ours is a
+  compare-and-swap on the modifiedIndex of our previous write, so a write by anyone
+  else to our key is seen: by the watcher (an event for our key with a newer index
+  while no write of ours is in flight) or by a failed renewal (then the key is read).
+  If that write carries another PublicIP, the subnet is another host's now: we take
+  another one. If it carries our PublicIP, another live process claims our PublicIP:
+  CONFLICT. The holder that was there first writes the lease back once (loudly);
+  a keeper that reused an existing lease less than C{PROBATION} (30 s) ago, or that
+  already wrote back once, stands down instead: state CONFLICT, no more writes, the
+  lease counts as lost (/healthz 503), a critical log naming both, until the lease is
+  gone from etcd (then it is re-acquired). So a second host started with our PublicIP
+  reuses the lease, sees the first host's write-back at once and stands down, and two
+  long-running hosts write at most twice before one of them stands down. A key whose
+  index is older than our last write (etcd restored from a backup) is taken back
+  quietly with a compare-and-swap on that index.
 - Renewal is conditional on our own value: another host's lease is never overwritten.
 - When the lease is deleted or expires, we re-acquire, preferring the same subnet
   (create-only). If another host now holds it, we get another subnet and the
@@ -33,8 +48,9 @@ from flannel_tw.etcd.errors import KeyNotFound, TestFailed
 from flannel_tw.events import REMOVED
 from flannel_tw.subnet.backoff import make_backoff
 
-HELD, RENEWING, RETRYING, REACQUIRING, STOPPED = (
-    "held", "renewing", "retrying", "reacquiring", "stopped")
+HELD, RENEWING, RETRYING, REACQUIRING, CONFLICT, STOPPED = (
+    "held", "renewing", "retrying", "reacquiring", "conflict", "stopped")
+PROBATION = 30.0
 
 
 RENEWAL_GRACE = 300.0
@@ -60,7 +76,7 @@ class LeaseKeeper:
     log = Logger()
 
     def __init__(self, reactor, manager, config, attrs, lease, margin, on_new_lease=None,
-                 backoff=None, clock=None, grace=RENEWAL_GRACE):
+                 backoff=None, clock=None, grace=RENEWAL_GRACE, probation=PROBATION):
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._manager = manager
@@ -82,9 +98,15 @@ class LeaseKeeper:
         self._round_started = None   # clock time of the first attempt of a renewal round
         self._round_limit = None     # the round is late after this clock time
         self._valid_until = None     # clock time by which the lease expires at the latest
+        self._probation = probation
+        self._probation_until = None  # a reused lease: stand down to a live holder until then
+        self._defended = False        # wrote our lease back over a same-PublicIP writer
+        self._defending = False
+        self.conflicts = 0
 
     def start(self):
         self._set_valid(self.lease, self._clock.seconds())
+        self._start_probation(self.lease)
         self._schedule(renewal_delay(self.lease.ttl, self._margin))
 
     def _set_valid(self, lease, sent_at):
@@ -135,6 +157,13 @@ class LeaseKeeper:
                 "Our subnet {subnet} is now held by another host ({other}); acquiring another "
                 "subnet", subnet=self.lease.subnet, other=event.lease.attrs.public_ip)
             self._reacquire(prefer=None)
+        elif self.state == CONFLICT:
+            return
+        elif self._newer_than_ours(event.lease):
+            if self.state in (HELD, RETRYING):   # else a write of ours is in flight: its CAS tells
+                self._foreign_write(event.lease)
+        elif self._older_than_ours(event.lease):
+            return
         elif self.state == HELD and event.lease.ttl is not None and not self.lease.is_reservation:
             # flanneld: an added event for our own key resets the expiration and the timer.
             self.lease = replace(self.lease, ttl=event.lease.ttl,
@@ -190,6 +219,10 @@ class LeaseKeeper:
     def _renewed(self, lease):
         self.state = HELD
         self.failures = 0
+        if self._defending:
+            self._defending = False
+        else:
+            self._defended = False
         self._end_round()
         self._set_valid(lease, self._sent_at)
         self.renewals += 1
@@ -200,7 +233,11 @@ class LeaseKeeper:
 
     def _renew_failed(self, failure):
         self.renewal_failures += 1
-        if failure.check(KeyNotFound, TestFailed):
+        self._defending = False
+        if failure.check(TestFailed):
+            self._inspect()
+            return
+        if failure.check(KeyNotFound):
             self.log.warn("Lease {subnet} is gone or no longer ours ({error}); re-acquiring",
                           subnet=self.lease.subnet, error=failure.value)
             self._reacquire(prefer=self.lease.subnet)
@@ -225,6 +262,8 @@ class LeaseKeeper:
     def _reacquired(self, lease):
         old, self.lease = self.lease, lease
         self._set_valid(lease, self._sent_at)
+        self._start_probation(lease)
+        self._defended = False
         self.state = HELD
         self.lease_lost = False
         self.failures = 0
@@ -248,3 +287,85 @@ class LeaseKeeper:
         self.log.error("Error re-acquiring a lease (trying again in {delay:.0f}s): {error}",
                        delay=delay, error=failure.getErrorMessage())
         self._schedule(delay, lambda: self._reacquire(prefer))
+
+    # -- another writer on our key -----------------------------------------------
+
+    def _start_probation(self, lease):
+        reused = getattr(self._manager, "reused_leases", {})  # EtcdSubnetManager's record
+        if lease.modified_index is not None and reused.get(lease.subnet) == lease.modified_index:
+            self._probation_until = self._clock.seconds() + self._probation
+        else:
+            self._probation_until = None
+
+    def _newer_than_ours(self, lease):
+        return (lease.modified_index is not None and self.lease.modified_index is not None
+                and lease.modified_index > self.lease.modified_index)
+
+    def _older_than_ours(self, lease):
+        return (lease.modified_index is not None and self.lease.modified_index is not None
+                and lease.modified_index < self.lease.modified_index)
+
+    def _inspect(self):
+        """Our compare-and-swap failed: read the key and see who wrote it."""
+        self.state = RENEWING
+        self._track(defer.maybeDeferred(self._manager.get_lease, self.lease.subnet),
+                    self._inspected, self._inspect_failed)
+
+    def _inspected(self, lease):
+        if lease.attrs is None or lease.attrs.public_ip != self._attrs.public_ip:
+            self.log.critical(
+                "Our subnet {subnet} is now held by another host ({other}); acquiring another "
+                "subnet", subnet=self.lease.subnet,
+                other=lease.attrs.public_ip if lease.attrs is not None else None)
+            self._reacquire(prefer=None)
+        elif self._older_than_ours(lease):
+            self.log.warn("etcd's copy of our lease {subnet} (index {index}) is older than our "
+                          "last write ({ours}): etcd was restored? Writing it again",
+                          subnet=lease.subnet, index=lease.modified_index,
+                          ours=self.lease.modified_index)
+            self.lease = replace(self.lease, modified_index=lease.modified_index)
+            self._renew()
+        else:
+            self._foreign_write(lease)
+
+    def _inspect_failed(self, failure):
+        if failure.check(KeyNotFound):
+            self.log.warn("Lease {subnet} is gone ({error}); re-acquiring",
+                          subnet=self.lease.subnet, error=failure.value)
+            self._reacquire(prefer=self.lease.subnet)
+            return
+        self._renew_failed(failure)
+
+    def _foreign_write(self, lease):
+        """Someone else wrote our key with our PublicIP (see the module docstring)."""
+        self.conflicts += 1
+        now = self._clock.seconds()
+        if lease.ttl is not None:
+            self._set_valid(lease, now)   # the key now lives by the TTL that writer gave it
+        in_probation = self._probation_until is not None and now < self._probation_until
+        if in_probation or self._defended:
+            self._cancel_timer()
+            self._end_round()
+            self.state = CONFLICT
+            self.lease_lost = True
+            self.log.critical(
+                "Another live host or process with our PublicIP {public_ip} holds our lease "
+                "{subnet}: it wrote the lease (etcd index {index}) after our write (index "
+                "{ours}){why}. Two hosts must not share a PublicIP: standing down (no more "
+                "writes from us, /healthz fails) until the lease is gone from etcd. Fix the "
+                "duplicate PublicIP (--public-ip, --iface)", public_ip=self._attrs.public_ip,
+                subnet=self.lease.subnet, index=lease.modified_index,
+                ours=self.lease.modified_index,
+                why=(" right after we reused it" if in_probation
+                     else " again after we wrote it back once"))
+            return
+        self.log.critical(
+            "Another host or process with our PublicIP {public_ip} wrote our lease {subnet} "
+            "(etcd index {index}, our last write {ours}). Two hosts must not share a PublicIP: "
+            "writing our lease back once; the newcomer stands down",
+            public_ip=self._attrs.public_ip, subnet=self.lease.subnet,
+            index=lease.modified_index, ours=self.lease.modified_index)
+        self._defended = self._defending = True
+        self._cancel_timer()
+        self.lease = replace(self.lease, modified_index=lease.modified_index)
+        self._renew()
