@@ -159,7 +159,7 @@ class EtcdSubnetManager:
                     self.log.info("Reusing our lease {subnet} (reservation: {res})",
                                   subnet=mine.subnet, res=mine.is_reservation)
                     lease = self._response_lease(resp, mine.subnet, attrs)
-                    self.reused_leases[lease.subnet] = lease.modified_index
+                    self.reused_leases = {lease.subnet: lease.modified_index}  # the last only
                     return lease
                 self.log.warn("Our lease {subnet} does not fit the config any more; deleting it",
                               subnet=mine.subnet)
