@@ -138,3 +138,23 @@ class RealReactorStepTests(unittest.TestCase):
         self.assertLess(fired["wall"], 0.5)    # the reactor's call fired at the step
         self.assertGreaterEqual(fired["mono"], 0.99)
         self.assertLess(fired["mono"], 1.5)
+
+
+class StepAlarmTests(unittest.TestCase):
+    """The fallback without timerfd: the reactor's callLater in steps, re-checked."""
+
+    def test_forward_step_is_corrected_and_calls_fire_on_time(self):
+        from twisted.internet import task
+        from flannel_tw import monoclock
+        wall, now, fired = task.Clock(), [0.0], []
+        clock = MonotonicClock(wall, monotonic=lambda: now[0], alarm=FakeAlarm())
+        clock._alarm = monoclock._StepAlarm(wall, clock._fire, lambda: now[0])
+        clock.callLater(100, fired.append, "x")
+        self.assertLessEqual(wall.getDelayedCalls()[0].getTime(), monoclock.FALLBACK_STEP)
+        wall.advance(7200)                  # the wall clock jumps 2 h: the step fires early
+        self.assertEqual(fired, [])
+        for _ in range(10):
+            now[0] += 10
+            wall.advance(10)
+        self.assertEqual(fired, ["x"])
+        self.assertEqual(wall.getDelayedCalls(), [])
