@@ -4,7 +4,8 @@ The lease keeper: an explicit state machine that holds our lease.
 
 States: HELD (a renewal timer runs, or none for a reservation) -> RENEWING ->
 HELD ; RENEWING fails with a transport/etcd error -> RETRYING (backoff) -> RENEWING ;
-our lease gone or held by another host -> REACQUIRING -> HELD ; stop() -> STOPPED.
+our lease gone or held by another host -> REACQUIRING -> HELD ; another live holder
+with our PublicIP -> CONFLICT -> (lease gone) REACQUIRING ; stop() -> STOPPED.
 
 - The renewal is scheduled from the TTL etcd returned (re-read on every renewal),
   on the injected clock: C{ttl - margin} (or C{ttl / 2} when the TTL is shorter than
@@ -50,10 +51,8 @@ from flannel_tw.subnet.backoff import make_backoff
 
 HELD, RENEWING, RETRYING, REACQUIRING, CONFLICT, STOPPED = (
     "held", "renewing", "retrying", "reacquiring", "conflict", "stopped")
-PROBATION = 30.0
-
-
-RENEWAL_GRACE = 300.0
+PROBATION = 30.0        # seconds after reusing a lease in which we yield to its live holder
+RENEWAL_GRACE = 300.0   # seconds a renewal may fail before /healthz fails (at most)
 
 
 def renewal_delay(ttl, margin):
@@ -71,6 +70,8 @@ class LeaseKeeper:
     @param margin: renewal margin in seconds (flanneld's --subnet-lease-renew-margin * 60).
     @param on_new_lease: called as C{on_new_lease(new_lease, old_lease)} when the subnet changes.
     @param grace: seconds a renewal may keep failing before L{renewal_late} (at most).
+    @param probation: seconds after reusing an existing lease (the manager's
+        C{reused_leases}) in which a same-PublicIP writer makes us stand down.
     """
 
     log = Logger()
