@@ -9,13 +9,13 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.trial import unittest
 
+from flannel_tw.config import parse_config
 from flannel_tw.etcd.errors import TestFailed
 from flannel_tw.subnet.etcd import EtcdSubnetManager
 from flannel_tw.testing.etcd import shared_etcd, start_etcd_for_test, unique_prefix
 
 from tests.test_faults import CONFIG, DaemonHarness, logged, sleep
 from tests.test_subnet_manager import CONFIG_JSON, ManagerTestMixin, attrs, wait_until
-from flannel_tw.config import parse_config
 
 OURS = '{"PublicIP":"192.0.2.1"}'
 
@@ -77,9 +77,11 @@ class ReuseCASTests(ManagerTestMixin, unittest.TestCase):
         manager = self.make_manager()
         lease = yield manager.acquire_lease(self.config, attrs("192.0.2.1"))
         key = self.prefix + "/subnets/%s-24" % lease.subnet.network_address
-        self.server.v2_put(key, OURS, ttl=86400)          # same value, another writer
+        other = self.server.v2_put(key, OURS, ttl=600)    # same value, another writer
         yield self.assertFailure(manager.renew_lease(lease), TestFailed)
-        self.assertEqual(self.server.v2_get(key)["node"]["ttl"] > 0, True)
+        node = self.server.v2_get(key)["node"]
+        self.assertEqual(node["modifiedIndex"], other["node"]["modifiedIndex"])  # untouched
+        self.assertLessEqual(node["ttl"], 600)
 
     @defer.inlineCallbacks
     def test_renewal_of_our_own_write_succeeds(self):
