@@ -400,8 +400,11 @@ class FlannelDaemon(service.MultiService):
         L{LeaseKeeper.renewal_late}; not after it was found gone or taken, until it is
         re-acquired) and etcd
         answered within C{etcd_stale_after} seconds (the periodic probe, or any other
-        request). The watcher's own failures are reported, not judged: an idle long
-        poll that has not answered yet is normal.
+        request), and the lease watch in flight (if any) showed life within that window
+        too (C{watch_silent_for}: the etcd client checks an idle watch's member every
+        C{watch_timeout}, 60 s, and leaves a silent one within 60 s + request_timeout, so
+        a longer silence means the watch is stuck). The watcher's own failures are
+        reported, not judged: an idle long poll that has not answered yet is normal.
         """
         from flannel_tw.subnet.keeper import HELD, RENEWING, RETRYING
         lease = self.lease
@@ -410,9 +413,13 @@ class FlannelDaemon(service.MultiService):
                      and not self.keeper.lease_lost and not self.keeper.renewal_late())
         etcd_ok = (self.etcd_ok_at is not None
                    and now - self.etcd_ok_at <= self.settings.etcd_stale_after)
+        silence = self.etcd_client.watch_silence() if self.etcd_client is not None else None
+        watch_ok = silence is None or silence <= self.settings.etcd_stale_after
         return {
-            "healthy": bool(self.phase == RUNNING and keeper_ok and etcd_ok),
+            "healthy": bool(self.phase == RUNNING and keeper_ok and etcd_ok and watch_ok),
             "etcd_ok": bool(etcd_ok),
+            "watch_ok": bool(watch_ok),
+            "watch_silent_for": silence,
             "etcd_answered_ago": None if self.etcd_ok_at is None else now - self.etcd_ok_at,
             "keeper": self.keeper.state if self.keeper else None,
             "lease_lost": self.keeper.lease_lost if self.keeper else None,

@@ -22,6 +22,8 @@ from flannel_tw.testing.etcd import (
     EtcdHTTPError, EtcdServer, find_etcd_binary, shared_etcd, start_etcd_for_test, unique_prefix,
 )
 
+from tests.netfaults import BlackHole
+
 EP1 = "http://127.0.0.1:2379"
 EP2 = "http://127.0.0.2:2379"
 
@@ -307,12 +309,36 @@ class ClientErrorTests(unittest.TestCase):
         self.failureResultOf(c.get("/k"), EtcdProtocolError)
 
     def test_watch_retries_empty_200(self):
-        c = self.client((200, {}, b""), (200, {}, b"\n"),
-                        ok({"key": "/s/a", "modifiedIndex": 9}, action="set", index=9))
-        resp = self.successResultOf(c.watch("/s", 8, recursive=True))
+        clock = task.Clock()
+        self.fake = FakeEtcd((200, {}, b""), (200, {}, b"\n"),
+                             ok({"key": "/s/a", "modifiedIndex": 9}, action="set", index=9))
+        c = EtcdV2Client(clock, [EP1], http=StubTreq(self.fake))
+        d = c.watch("/s", 8, recursive=True)
+        clock.advance(2)
+        clock.advance(3)
+        resp = self.successResultOf(d)
         self.assertEqual(resp.node.modified_index, 9)
         self.assertEqual([r["uri"] for r in self.fake.requests],
                          [b"/v2/keys/s?recursive=true&wait=true&waitIndex=8"] * 3)
+
+    def test_empty_200s_on_a_watch_back_off(self):
+        """A member that ends every long poll at once with an empty 200 is asked again
+        after a growing delay, never twice at one clock instant."""
+        clock = task.Clock()
+        self.fake = FakeEtcd(*([(200, {}, b"")] * 40
+                               + [ok({"key": "/s/a", "modifiedIndex": 9}, action="set")]))
+        c = EtcdV2Client(clock, [EP1], http=StubTreq(self.fake))
+        d = c.watch("/s", 8, recursive=True)
+        seen = [len(self.fake.requests)]
+        while not d.called and clock.seconds() < 3600:
+            clock.advance(0.5)
+            seen.append(len(self.fake.requests))
+        self.assertEqual(self.successResultOf(d).node.modified_index, 9)
+        self.assertEqual(seen[0], 1)
+        self.assertLessEqual(max(b - a for a, b in zip(seen, seen[1:])), 1)
+        self.assertLessEqual(seen[20], 5)      # 10 s: 0, >=1, >=2.5, >=4.75, >=8.1 (+jitter)
+        self.assertEqual(len(self.fake.requests), 41)
+        self.assertGreater(clock.seconds(), 600)  # the delay grew to the 30 s cap
 
     def test_watch_long_poll_answered_later_and_cancel(self):
         fake = FakeEtcd(HOLD, HOLD)
@@ -440,10 +466,10 @@ class FailoverTests(unittest.TestCase):
         f = self.failureResultOf(d, EtcdUnavailable)
         self.assertIsInstance(f.value.errors[EP1], defer.TimeoutError)
 
-    def test_watch_has_no_timeout(self):
+    def test_request_timeout_does_not_cut_a_watch(self):
         c = self.make({EP1: "hang", EP2: "stub"}, timeout=1)
         d = c.watch("/s", 5, recursive=True)
-        self.clock.advance(10000)
+        self.clock.advance(59)   # the watch timeout (60 s) is another matter: WatchTimeoutTests
         self.assertNoResult(d)
         self.assertEqual(len(self.http.calls), 1)
         d.cancel()
@@ -514,6 +540,122 @@ class FailoverTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+W9 = b"/v2/keys/s?recursive=true&wait=true&waitIndex=9"
+HEALTHY = (200, {}, b'{"health":"true","reason":""}')
+
+
+class WatchTimeoutTests(unittest.TestCase):
+    """No event within watch_timeout: the member is asked for /health (request_timeout);
+    a live one gets the watch again from the same index, any other is passed over."""
+
+    def make(self, behaviour, *answers, watch_timeout=60.0, timeout=3.0):
+        self.clock = task.Clock()
+        self.fake = FakeEtcd(*answers)
+        self.http = FakeHTTP(behaviour, self.fake)
+        return EtcdV2Client(self.clock, list(behaviour), http=self.http,
+                            request_timeout=timeout, watch_timeout=watch_timeout)
+
+    def answer_held(self, node):
+        held = self.fake.held[-1]
+        held.setResponseCode(200)
+        held.write(_json({"action": "set", "node": node}))
+        held.finish()
+        self.http.stub.flush()
+
+    def test_silent_member_is_checked_then_passed_over(self):
+        c = self.make({EP1: "hang", EP2: "stub"},
+                      ok({"key": "/s/a", "modifiedIndex": 9}, action="set"))
+        with capturedLogs() as events:
+            d = c.watch("/s", 9, recursive=True)
+            self.clock.advance(59.9)
+            self.assertNoResult(d)
+            self.assertEqual(len(self.http.calls), 1)
+            self.clock.advance(0.1)
+            self.assertEqual(self.http.calls[1:], [EP1 + "/health"])
+            self.assertEqual(len(self.http.cancelled), 1)   # the silent watch is dropped
+            self.clock.advance(2.9)
+            self.assertNoResult(d)
+            self.clock.advance(0.1)
+            resp = self.successResultOf(d)
+        self.assertEqual(resp.node.key, "/s/a")
+        self.assertEqual(self.http.calls[2], EP2 + W9.decode())
+        self.assertEqual(c.current_endpoint, EP2)
+        warned = [e for e in events if e.get("endpoint") == EP1]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("no event for 60s", warned[0]["error"])
+        self.assertIn("/health", warned[0]["error"])
+        self.assertEqual(c.error_counts["silent"], 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_idle_watch_on_a_live_member_is_reissued_from_the_same_index(self):
+        c = self.make({EP1: "stub", EP2: "stub"}, HOLD, HEALTHY, HOLD,
+                      (404, {}, b"404 page not found"), HOLD)
+        with capturedLogs() as events:
+            d = c.watch("/s", 9, recursive=True)
+            self.clock.advance(60)
+            self.clock.advance(60)   # a member without /health (404) still answers
+        self.assertNoResult(d)
+        self.assertEqual([r["uri"] for r in self.fake.requests],
+                         [W9, b"/health", W9, b"/health", W9])
+        self.assertEqual({r["host"] for r in self.fake.requests}, {b"127.0.0.1:2379"})
+        self.assertEqual([e for e in events if e.get("log_level") is not None
+                          and e["log_level"].name in ("warn", "error")], [])
+        self.answer_held({"key": "/s/a", "modifiedIndex": 9})
+        self.assertEqual(self.successResultOf(d).node.key, "/s/a")
+        self.assertEqual(dict(c.error_counts), {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_member_whose_health_fails_is_passed_over(self):
+        for answer in [(503, {}, b'{"health":"false","reason":"RAFT NO LEADER"}'),
+                       (200, {}, b'{"health":"false"}')]:
+            c = self.make({EP1: "stub", EP2: "stub"}, HOLD, answer,
+                          ok({"key": "/s/a", "modifiedIndex": 9}, action="set"))
+            d = c.watch("/s", 9, recursive=True)
+            self.clock.advance(60)
+            self.assertEqual(self.successResultOf(d).node.key, "/s/a")
+            self.assertEqual([r["host"] for r in self.fake.requests],
+                             [b"127.0.0.1:2379", b"127.0.0.1:2379", b"127.0.0.2:2379"])
+
+    def test_watch_timeout_none_waits_for_ever(self):
+        c = self.make({EP1: "hang", EP2: "stub"}, watch_timeout=None)
+        d = c.watch("/s", 9, recursive=True)
+        self.clock.advance(100000)
+        self.assertNoResult(d)
+        self.assertEqual(len(self.http.calls), 1)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+
+    def test_cancel_during_the_member_check(self):
+        c = self.make({EP1: "hang", EP2: "stub"})
+        d = c.watch("/s", 9, recursive=True)
+        self.clock.advance(60)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(len(self.http.calls), 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_watch_silence(self):
+        """Seconds since the in-flight watch last showed life (headers, an event, a passed
+        member check), for /healthz; None when no watch is in flight."""
+        c = self.make({EP1: "stub"}, HOLD, HEALTHY, HOLD)
+        self.assertIsNone(c.watch_silence())
+        d = c.watch("/s", 9, recursive=True)
+        self.clock.advance(20)
+        self.assertEqual(c.watch_silence(), 20)   # no headers yet
+        held = self.fake.held[-1]
+        held.setResponseCode(200)
+        held.write(b" ")                           # etcd sends a watch's headers at once
+        self.http.stub.flush()
+        self.assertEqual(c.watch_silence(), 0)
+        self.clock.advance(39)
+        self.assertEqual(c.watch_silence(), 39)
+        self.clock.advance(1)                      # the member check passes
+        self.assertEqual(c.watch_silence(), 0)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertIsNone(c.watch_silence())
+
+
 def closed_port():
     """A loopback port with nothing listening (bound, then closed)."""
     s = socket.socket()
@@ -534,7 +676,8 @@ class RealEtcdTests(unittest.TestCase):
         self.client = self.make_client(self.server.endpoints)
 
     def make_client(self, endpoints, **kw):
-        c = EtcdV2Client(reactor, endpoints, request_timeout=5, **kw)
+        kw.setdefault("request_timeout", 5)
+        c = EtcdV2Client(reactor, endpoints, **kw)
         self.addCleanup(c.close)
         return c
 
@@ -608,6 +751,26 @@ class RealEtcdTests(unittest.TestCase):
         self.assertEqual(r.node.value, "x")
         self.assertEqual(c.current_endpoint, self.server.url)
         self.assertTrue(any(e.get("endpoint") == dead for e in events))
+
+    @defer.inlineCallbacks
+    def test_watch_on_a_black_hole_moves_to_the_next_member(self):
+        """A member that accepts and never answers (no reset: power loss, partition) is
+        left after the watch timeout plus its failed /health check."""
+        hole = BlackHole(self)
+        c = self.make_client([hole.url, self.server.url], request_timeout=0.5,
+                             watch_timeout=1.0)
+        r = yield self.client.set(self.prefix + "/w/a", "1")
+        start = reactor.seconds()
+        w = c.watch(self.prefix + "/w", r.etcd_index + 1, recursive=True)
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(hole.connections, 1)
+        yield self.client.set(self.prefix + "/w/b", "2")
+        w.addTimeout(10, reactor)
+        ev = yield w
+        self.assertEqual((ev.node.key, ev.node.value), (self.prefix + "/w/b", "2"))
+        self.assertGreaterEqual(reactor.seconds() - start, 1.5)
+        self.assertEqual(c.current_endpoint, self.server.url)
+        self.assertEqual(hole.connections, 2)   # the watch, then the /health check
 
     @defer.inlineCallbacks
     def test_all_endpoints_dead(self):

@@ -47,3 +47,26 @@ class ProbeTests(unittest.TestCase):
         self.assertEqual(self.probe(EtcdMemberError("HTTP 503", status=503)), 0)
         self.assertEqual(self.probe(EtcdUnavailable(
             {"http://a:1": EtcdMemberError("no leader", status=500, code=300)})), 0)
+
+
+class WatchSilenceTests(unittest.TestCase):
+    """/healthz fails while the lease watch in flight has been silent for longer than
+    etcd_stale_after (the client would have checked its member well before)."""
+
+    def test_a_silent_watch_is_judged(self):
+        class Client:
+            silence = None
+
+            def watch_silence(self):
+                return self.silence
+
+        daemon = daemon_mod.FlannelDaemon(task.Clock(), FakeSubnetManager(), IFACE,
+                                          daemon_mod.DaemonSettings(etcd_stale_after=90.0),
+                                          notify=lambda _m: None, exit=lambda _c: None)
+        daemon.etcd_client = client = Client()
+        for silence, ok in ((None, True), (0.0, True), (89.9, True), (90.1, False)):
+            client.silence = silence
+            health = daemon.health()
+            self.assertEqual((health["watch_ok"], health["watch_silent_for"]), (ok, silence))
+            if not ok:
+                self.assertFalse(health["healthy"])

