@@ -29,12 +29,15 @@ than C{prometheus_client.twisted.MetricsResource}, which runs the WSGI app in th
 reactor's thread pool: the collector would then read dicts the reactor thread is
 changing.
 """
+import collections
+
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from twisted.application import strports
 from twisted.web import resource
 
+from flannel_tw.etcd.errors import ERROR_KINDS
 from flannel_tw.logs import QuietSite
 
 # udp backend counter name -> (metric, direction label)
@@ -123,8 +126,12 @@ class DaemonCollector:
                                      labels=["kind"])
         client = getattr(d, "etcd_client", None)
         counts = getattr(client, "error_counts", None) or {}
-        for kind, n in sorted(dict(counts).items()):
-            errors.add_metric([str(kind)], n)
+        by_kind = collections.Counter()
+        for kind, n in dict(counts).items():
+            # a fixed label set (flannel_tw.etcd.errors.ERROR_KINDS), whatever etcd sent
+            by_kind[kind if kind in ERROR_KINDS else "other"] += n
+        for kind, n in sorted(by_kind.items()):
+            errors.add_metric([kind], n)
         yield errors
 
     def _backend(self, backend):
