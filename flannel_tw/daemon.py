@@ -224,9 +224,12 @@ class FlannelDaemon(service.MultiService):
         if getattr(backend, "reconcile", None) is not None:
             # the backend removes kernel entries of leases gone while we were down
             listing = _FirstList(self.manager, backend.reconcile)
+        # only leases that may be routed reach the backend (flannel_tw.leasecheck)
         self.watcher = LeaseWatcher(self._reactor, listing, backend.handle_events,
                                     own_subnet=lambda: self.keeper.lease.subnet,
-                                    own_sink=self.keeper.own_event)
+                                    own_sink=self.keeper.own_event,
+                                    network=config.network, subnet_len=config.subnet_len,
+                                    own_public_ip=attrs.public_ip)
         self.keeper.start()
         self.watcher.start()
         self.etcd_ok_at = self._reactor.seconds()
@@ -390,6 +393,10 @@ class FlannelDaemon(service.MultiService):
         self._write_subnet_env(lease).addErrback(
             lambda f: self.log.failure("Writing the subnet file failed", f))
         self._set_status("running: subnet %s via %s" % (lease.subnet, self.backend.name))
+        if self.watcher is not None:
+            # after reconfigure() has set the backend's own subnet: the old subnet's new
+            # holder becomes a peer now, not at its renewal a day later
+            self.watcher.own_subnet_changed(old.subnet)
 
     # -- health ---------------------------------------------------------------
 

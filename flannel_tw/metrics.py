@@ -14,6 +14,8 @@ counted twice and nothing is copied on the data path):
 ``flannel_lease_renewal_failures_total``                failed renewal attempts
 ``flannel_watch_resyncs_total``                         re-lists after etcd's 401 (index cleared)
 ``flannel_watch_failures``                              consecutive watch failures now
+``flannel_leases_skipped_total{reason}``               leases from etcd not routed, by reason
+``flannel_leases_retained``                             peers kept routed after an etcd wipe
 ``flannel_etcd_errors_total{kind}``                     etcd request errors by kind
 ``flannel_udp_packets_total{direction}``                udp backend: datagrams in/out
 ``flannel_udp_bytes_total{direction}``                  udp backend: payload bytes in/out
@@ -116,6 +118,25 @@ class DaemonCollector:
         yield CounterMetricFamily("flannel_watch_resyncs",
                                   "Re-lists of the leases after etcd cleared the watch index",
                                   value=watcher.resyncs if watcher is not None else 0)
+        # the fixed label set of flannel_tw.leasecheck.REASONS: the manager counts bad
+        # keys and values, the watcher the leases it would not route
+        from flannel_tw.leasecheck import REASONS
+        counts = dict.fromkeys(REASONS, 0)
+        for memory in (getattr(watcher, "skipped", None),
+                       getattr(getattr(d, "manager", None), "skipped", None)):
+            for reason, n in (getattr(memory, "counts", None) or {}).items():
+                if reason in counts:
+                    counts[reason] += n
+        skipped = CounterMetricFamily("flannel_leases_skipped",
+                                      "Leases from etcd that are not routed (each warned "
+                                      "about once), by reason", labels=["reason"])
+        for reason in REASONS:
+            skipped.add_metric([reason], counts[reason])
+        yield skipped
+        yield GaugeMetricFamily("flannel_leases_retained",
+                                "Peers whose routes are kept after etcd was wiped, until "
+                                "their leases would have expired",
+                                value=len(getattr(watcher, "retained", None) or ()))
         yield CounterMetricFamily("flannel_lease_renewals", "Successful lease renewals",
                                   value=keeper.renewals if keeper is not None else 0)
         yield CounterMetricFamily("flannel_lease_renewal_failures", "Failed lease renewals",

@@ -5,10 +5,12 @@ from twisted.internet import task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from flannel_tw.etcd.errors import EventIndexCleared, EtcdUnavailable
+from twisted.logger import globalLogPublisher
+
+from flannel_tw.etcd.errors import EtcdIndexWentBack, EventIndexCleared, EtcdUnavailable
 from flannel_tw.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import ISubnetManager
-from flannel_tw.lease import Lease, LeaseAttrs
+from flannel_tw.lease import Lease, LeaseAttrs, key_to_subnet
 from flannel_tw.subnet import watch
 from flannel_tw.subnet.backoff import make_backoff
 from flannel_tw.testing.fakes import FakeSubnetManager
@@ -19,6 +21,20 @@ OWN = IPv4Network("10.5.1.0/24")
 def lease(net, ip, data=None, ttl=86400):
     return Lease(subnet=IPv4Network(net), attrs=LeaseAttrs(IPv4Address(ip), backend_data=data),
                  ttl=ttl)
+
+
+def klease(key, ip, ttl=86400):
+    """A lease as the manager reads it from etcd: with the key as stored."""
+    return Lease(subnet=key_to_subnet(key), attrs=LeaseAttrs(IPv4Address(ip)), ttl=ttl, key=key)
+
+
+def removed(key):
+    return Lease(subnet=key_to_subnet(key), attrs=None, key=key)
+
+
+def routed(batches):
+    return [(e.kind, str(e.lease.subnet), str(e.lease.attrs.public_ip))
+            for b in batches for e in b]
 
 
 class WatcherTests(unittest.TestCase):
@@ -164,3 +180,259 @@ class WatcherTests(unittest.TestCase):
         self.answer("list_leases", ([lease("10.5.2.0/24", "192.0.2.2")], 1))
         self.assertEqual(self.watcher.state, watch.WATCHING)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class _Harness(unittest.TestCase):
+    own_subnet = OWN
+    context = {}
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.manager = FakeSubnetManager()
+        self.batches = []
+        self.own = []
+        self.own_now = [self.own_subnet]
+        self.logs = []
+        globalLogPublisher.addObserver(self.logs.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logs.append)
+        self.watcher = watch.LeaseWatcher(self.clock, self.manager, self.batches.append,
+                                          own_subnet=lambda: self.own_now[0],
+                                          own_sink=self.own.append,
+                                          backoff=make_backoff(jitter=lambda: 0.0),
+                                          **self.context)
+
+    def answer(self, name, result):
+        n, args, d = self.manager.next(name)
+        d.callback(result)
+        return args
+
+    def warnings(self):
+        from twisted.logger import LogLevel, formatEvent
+        return [formatEvent(e) for e in self.logs if e.get("log_level") == LogLevel.warn
+                and formatEvent(e).startswith("Ignoring lease")]
+
+
+class AliasKeyTests(_Harness):
+    """A key flanneld's unanchored regex would read as another lease's never touches it."""
+
+    def test_alias_cannot_replace_or_remove_a_peer(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.2.0-24", "192.0.2.2")], 10))
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("x10.5.2.0-24", "192.0.2.66")),
+                                     11))
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.2.9-24", "192.0.2.67")),
+                                     12))
+        self.answer("watch_leases", (LeaseEvent(REMOVED, removed("x10.5.2.0-24")), 13))
+        self.assertEqual(routed(self.batches), [(ADDED, "10.5.2.0/24", "192.0.2.2")])
+        self.assertEqual(str(self.watcher.known[IPv4Network("10.5.2.0/24")].attrs.public_ip),
+                         "192.0.2.2")
+        self.assertEqual(len(self.warnings()), 2, self.warnings())
+        self.assertEqual(self.watcher.skipped.counts["bad-key"], 2)
+
+    def test_alias_in_a_list_is_not_a_peer(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("x10.5.3.0-24", "192.0.2.3")], 10))
+        self.assertEqual(self.batches, [])
+        self.assertEqual(self.watcher.known, {})
+
+    def test_alias_of_our_key_does_not_reach_the_keeper(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.1.0-24", "192.0.2.1")], 10))
+        self.assertEqual([e.kind for e in self.own], [ADDED])
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("x10.5.1.0-24", "192.0.2.99")),
+                                     11))
+        self.answer("watch_leases", (LeaseEvent(REMOVED, removed("10.5.1.0-24y")), 12))
+        self.assertEqual([e.kind for e in self.own], [ADDED])
+        # a list holding only an alias of our key: our lease is missing
+        self.manager.next("watch_leases")[2].errback(EventIndexCleared(401, "", "", 20))
+        self.answer("list_leases", ([klease("x10.5.1.0-24", "192.0.2.1")], 20))
+        self.assertEqual([e.kind for e in self.own], [ADDED, REMOVED])
+
+
+class ValidationTests(_Harness):
+    """With the config's context: only leases that may be routed reach the sink."""
+
+    context = dict(network=IPv4Network("10.5.0.0/16"), subnet_len=24,
+                   own_public_ip=IPv4Address("192.0.2.1"))
+
+    HOSTILE = [klease("0.0.0.0-1", "192.0.2.10"), klease("128.0.0.0-1", "192.0.2.11"),
+               klease("10.6.7.0-24", "192.0.2.12"), klease("10.5.8.0-25", "192.0.2.13"),
+               klease("10.5.0.0-16", "192.0.2.14"), klease("10.5.4.0-24", "127.0.0.1"),
+               klease("10.5.5.0-24", "224.0.0.1"), klease("10.5.6.0-24", "0.0.0.0"),
+               klease("10.5.7.0-24", "255.255.255.255"), klease("10.5.9.0-24", "10.5.3.3"),
+               klease("10.5.10.0-24", "169.254.169.254")]
+
+    def test_only_the_good_peer_is_routed_each_bad_lease_warned_once(self):
+        self.watcher.start()
+        good = klease("10.5.2.0-24", "192.0.2.2")
+        self.answer("list_leases", ([good] + self.HOSTILE, 10))
+        self.assertEqual(routed(self.batches), [(ADDED, "10.5.2.0/24", "192.0.2.2")])
+        self.assertEqual(len(self.warnings()), len(self.HOSTILE), self.warnings())
+        counts = dict(self.watcher.skipped.counts)
+        self.assertEqual((counts["outside-network"], counts["subnet-length"],
+                          counts["public-ip"]), (3, 2, 6))
+        # listed again and renewed through the watch: no new warning, nothing counted twice
+        self.manager.next("watch_leases")[2].errback(EventIndexCleared(401, "", "", 20))
+        self.answer("list_leases", ([good] + self.HOSTILE, 20))
+        for i, bad in enumerate(self.HOSTILE):
+            self.answer("watch_leases", (LeaseEvent(ADDED, bad), 21 + i))
+        self.assertEqual(len(self.warnings()), len(self.HOSTILE))
+        self.assertEqual(dict(self.watcher.skipped.counts), counts)
+        self.assertEqual(list(self.watcher.known), [IPv4Network("10.5.2.0/24")])
+
+    def test_peer_rewritten_with_a_bad_value_loses_its_route_then_gets_it_back(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.2.0-24", "192.0.2.2")], 10))
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.2.0-24", "127.0.0.1")), 11))
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.2.0-24", "192.0.2.2")), 12))
+        self.assertEqual(routed(self.batches), [(ADDED, "10.5.2.0/24", "192.0.2.2"),
+                                                (REMOVED, "10.5.2.0/24", "192.0.2.2"),
+                                                (ADDED, "10.5.2.0/24", "192.0.2.2")])
+        # the same fault again later is news again (the key had a good value meanwhile)
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.2.0-24", "127.0.0.1")), 13))
+        self.assertEqual(len(self.warnings()), 2)
+
+    def test_our_subnet_with_another_public_ip_goes_to_the_keeper_only(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.1.0-24", "192.0.2.99")], 10))
+        self.assertEqual(self.batches, [])
+        self.assertEqual([(e.kind, str(e.lease.attrs.public_ip)) for e in self.own],
+                         [(ADDED, "192.0.2.99")])
+
+
+class MovedSubnetTests(_Harness):
+    """Our subnet taken by another host: once we move, its holder is a normal peer."""
+
+    context = dict(network=IPv4Network("10.5.0.0/16"), subnet_len=24,
+                   own_public_ip=IPv4Address("192.0.2.1"))
+
+    def test_old_subnet_holder_becomes_a_peer_when_we_move(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.1.0-24", "192.0.2.1"),
+                                     klease("10.5.2.0-24", "192.0.2.2")], 10))
+        # another host takes our subnet: the keeper hears of it, the sink does not
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.1.0-24", "192.0.2.77")),
+                                     11))
+        self.assertEqual(routed(self.batches), [(ADDED, "10.5.2.0/24", "192.0.2.2")])
+        # our new lease is created; its event may arrive before the keeper has the lease
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.9.0-24", "192.0.2.1")), 12))
+        self.assertEqual(len(self.batches), 1)
+        self.own_now[0] = IPv4Network("10.5.9.0/24")
+        self.watcher.own_subnet_changed(OWN)
+        self.assertEqual(routed(self.batches)[1:], [(ADDED, "10.5.1.0/24", "192.0.2.77")])
+        self.assertEqual(sorted(str(s) for s in self.watcher.known),
+                         ["10.5.1.0/24", "10.5.2.0/24"])
+        self.assertEqual(self.warnings(), [])
+        # from now on 10.5.1.0/24 is an ordinary peer, 10.5.9.0/24 ours
+        self.answer("watch_leases", (LeaseEvent(REMOVED, removed("10.5.1.0-24")), 13))
+        self.assertEqual(routed(self.batches)[-1], (REMOVED, "10.5.1.0/24", "192.0.2.77"))
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.9.0-24", "192.0.2.1")), 14))
+        self.assertEqual(self.own[-1].lease.subnet, IPv4Network("10.5.9.0/24"))
+
+    def test_events_while_reacquiring_are_kept(self):
+        """The new holder's event arrives while the keeper re-acquires (and ignores it)."""
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.1.0-24", "192.0.2.1")], 10))
+        self.answer("watch_leases", (LeaseEvent(REMOVED, removed("10.5.1.0-24")), 11))
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.1.0-24", "192.0.2.78")),
+                                     12))
+        self.own_now[0] = IPv4Network("10.5.9.0/24")
+        self.watcher.own_subnet_changed(OWN)
+        self.assertEqual(routed(self.batches), [(ADDED, "10.5.1.0/24", "192.0.2.78")])
+
+    def test_old_subnet_free_or_bad_is_not_routed(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.1.0-24", "192.0.2.1")], 10))
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.1.0-24", "127.0.0.1")), 11))
+        self.own_now[0] = IPv4Network("10.5.9.0/24")
+        self.watcher.own_subnet_changed(OWN)
+        self.assertEqual(self.batches, [])
+        self.assertEqual(len(self.warnings()), 1)
+
+
+class WipedEtcdTests(_Harness):
+    """After etcd's index goes back (wiped or restored), peers missing from the fresh list
+    keep their routes until their leases would have expired by the last TTL we saw."""
+
+    def wipe(self, leases_after, index=3):
+        self.manager.next("watch_leases")[2].errback(EtcdIndexWentBack(51, index))
+        self.assertEqual(self.watcher.state, watch.LISTING)
+        self.answer("list_leases", (leases_after, index))
+
+    def test_wiped_peers_kept_until_their_leases_would_expire(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.1.0-24", "192.0.2.1"),
+                                     klease("10.5.2.0-24", "192.0.2.2", ttl=1000),
+                                     klease("10.5.3.0-24", "192.0.2.3", ttl=5000),
+                                     klease("10.5.4.0-24", "192.0.2.4", ttl=None)], 50))
+        self.clock.advance(100)
+        self.wipe([klease("10.5.3.0-24", "192.0.2.3")])   # 10.5.3.0 re-registered at once
+        self.assertEqual(len(self.batches), 1, "a route was removed or re-added")
+        self.assertEqual(sorted(str(s) for s in self.watcher.retained),
+                         ["10.5.2.0/24", "10.5.4.0/24"])
+        self.assertEqual(len(self.watcher.known), 3)
+        # 10.5.2.0's lease would have expired at t=1000; one slack minute later we look
+        self.clock.advance(1000 + watch.RETAIN_SLACK - 100 - 1)
+        self.assertEqual(self.manager.pending[-1][0], "watch_leases")
+        self.clock.advance(1)
+        self.assertEqual(self.manager.pending[-1][0], "list_leases")
+        self.answer("list_leases", ([klease("10.5.3.0-24", "192.0.2.3")], 9))
+        self.assertEqual(routed(self.batches[1:]), [(REMOVED, "10.5.2.0/24", "192.0.2.2")])
+        # the reservation (no TTL) is kept one full lease TTL after the wipe
+        self.assertEqual(list(self.watcher.retained), [IPv4Network("10.5.4.0/24")])
+        self.clock.advance(100 + watch.RETAIN_NO_TTL - self.clock.seconds() - 1)
+        self.assertEqual(self.manager.pending[-1][0], "watch_leases")
+        self.clock.advance(1)
+        self.answer("list_leases", ([klease("10.5.3.0-24", "192.0.2.3")], 12))
+        self.assertEqual(routed(self.batches[2:]), [(REMOVED, "10.5.4.0/24", "192.0.2.4")])
+        self.assertEqual(self.watcher.retained, {})
+        self.assertEqual(self.watcher.state, watch.WATCHING)
+
+    def test_peer_that_re_registers_keeps_its_route_without_a_gap(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.2.0-24", "192.0.2.2", ttl=1000)], 50))
+        self.wipe([])
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.2.0-24", "192.0.2.2")), 4))
+        self.assertEqual(self.watcher.retained, {})
+        self.clock.advance(5000)
+        self.assertEqual(len(self.batches), 1)
+        self.assertEqual(self.manager.pending[-1], ("watch_leases", (5,),
+                                                    self.manager.pending[-1][2]))
+
+    def test_another_host_in_a_wiped_peers_subnet_replaces_it(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.2.0-24", "192.0.2.2", ttl=1000)], 50))
+        self.wipe([])
+        self.answer("watch_leases", (LeaseEvent(ADDED, klease("10.5.2.0-24", "192.0.2.9")), 4))
+        self.assertEqual(routed(self.batches)[1:], [(ADDED, "10.5.2.0/24", "192.0.2.9")])
+        self.assertEqual(self.watcher.retained, {})
+
+    def test_deadline_during_backoff_relists_on_retry(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.2.0-24", "192.0.2.2", ttl=10)], 50))
+        self.wipe([])
+        self.manager.next("watch_leases")[2].errback(EtcdUnavailable({}))
+        self.assertEqual(self.watcher.state, watch.BACKOFF)
+        self.clock.pump([1.0] * 100)   # the watch keeps failing past the deadline
+        for _ in range(5):
+            if self.watcher.state == watch.LISTING:
+                break
+            self.manager.next("watch_leases")[2].errback(EtcdUnavailable({}))
+            self.clock.advance(30)
+        self.answer("list_leases", ([], 9))
+        self.assertEqual(routed(self.batches)[1:], [(REMOVED, "10.5.2.0/24", "192.0.2.2")])
+
+    def test_index_cleared_is_not_a_wipe(self):
+        """A 401 re-list means events were missed, not that etcd forgot: absent is gone."""
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.2.0-24", "192.0.2.2")], 50))
+        self.manager.next("watch_leases")[2].errback(EventIndexCleared(401, "", "", 3000))
+        self.answer("list_leases", ([], 3000))
+        self.assertEqual(routed(self.batches)[1:], [(REMOVED, "10.5.2.0/24", "192.0.2.2")])
+
+    def test_stop_cancels_the_retention_timer(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.2.0-24", "192.0.2.2", ttl=10)], 50))
+        self.wipe([])
+        self.watcher.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
