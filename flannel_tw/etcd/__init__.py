@@ -1,1 +1,1 @@
-"""etcd client (v2 HTTP API on treq)."""
+"""etcd client (v2 HTTP API on Twisted's Agent)."""

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_etcd_client -*-
-"""An etcd v2 HTTP API client on treq, speaking to etcd the way flanneld v0.10 does.
+"""An etcd v2 HTTP API client on Twisted's Agent, speaking to etcd the way flanneld v0.10 does.
 
 Wire format
 ===========
@@ -152,7 +152,8 @@ class EtcdV2Client:
     @param reactor: the reactor (used for timeouts and, when C{http} is None, for the Agent).
     @param endpoints: list of base URLs such as C{"http://127.0.0.1:2379"}.
     @param http: an object with treq's C{request(method, url, **kwargs)} API
-        (C{treq.client.HTTPClient}, C{treq.testing.StubTreq}); built from an Agent when None.
+        (C{treq.testing.StubTreq} in tests); when None, an
+        L{flannel_tw.etcd.transport.AgentRequests} on its own Agent and pool.
     @param username: basic-auth user name (auth is sent only when this is given).
     @param password: basic-auth password.
     @param tls: None or an C{IPolicyForHTTPS} (an object with C{creatorForNetloc}) for https.
