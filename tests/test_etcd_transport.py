@@ -11,8 +11,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from twisted.web.client import BrowserLikePolicyForHTTPS, URI
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface.verify import verifyObject
 
 from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.etcd.errors import EtcdMemberError, EtcdResponseTooLarge, EtcdUnavailable
@@ -33,6 +35,8 @@ WANTED = (1, KEEPALIVE["idle"], KEEPALIVE["interval"], KEEPALIVE["count"])
 class KeepAliveTests(unittest.TestCase):
     def test_defaults(self):
         self.assertEqual(KEEPALIVE, {"idle": 30, "interval": 10, "count": 3})
+        verifyObject(IAgentEndpointFactory,
+                     KeepAliveEndpointFactory(reactor, BrowserLikePolicyForHTTPS()))
 
     @defer.inlineCallbacks
     def test_client_connections_to_etcd_keep_alive(self):
