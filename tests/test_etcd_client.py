@@ -634,6 +634,25 @@ class WatchTimeoutTests(unittest.TestCase):
         self.assertEqual(len(self.http.calls), 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_check_is_bounded_without_a_request_timeout(self):
+        c = self.make({EP1: "hang", EP2: "stub"},
+                      ok({"key": "/s/a", "modifiedIndex": 9}, action="set"), timeout=None)
+        d = c.watch("/s", 9, recursive=True)
+        self.clock.advance(60)
+        self.assertNoResult(d)
+        self.clock.advance(60)   # the check gets watch_timeout instead
+        self.assertEqual(self.successResultOf(d).node.key, "/s/a")
+
+    def test_cancel_while_backing_off_after_an_empty_answer(self):
+        c = self.make({EP1: "stub"}, (200, {}, b""))
+        d = c.watch("/s", 9, recursive=True)
+        self.assertEqual(len(self.fake.requests), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)   # the backoff
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIsNone(c.watch_silence())
+
     def test_watch_silence(self):
         """Seconds since the in-flight watch last showed life (headers, an event, a passed
         member check), for /healthz; None when no watch is in flight."""

@@ -450,8 +450,8 @@ class EtcdV2Client:
         when it does not answer, answers 5xx or says C{"health": "false"}.
         """
         d = defer.ensureDeferred(self._health(endpoint + "/health"))
-        if self.request_timeout is not None:
-            d.addTimeout(self.request_timeout, self._reactor)
+        limit = self.request_timeout if self.request_timeout is not None else self.watch_timeout
+        d.addTimeout(limit, self._reactor)
         why = None
         try:
             status, body = await d
