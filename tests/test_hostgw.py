@@ -4,6 +4,7 @@ check, lease attrs, routes per remote lease, other types ignored, unreachable pe
 logged by name, and the 10 s route check ("Route recovered"). The real-kernel parts are
 in tests.test_vxlan (KernelHostGwTests) and tests.test_kernel_overlay.
 """
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -157,6 +158,19 @@ class HostGwTests(unittest.TestCase):
         self.assertEqual(self.kernel.events[-1], (
             "remove_stale", IPv4Network("10.5.0.0/16"), [IPv4Network("10.5.2.0/24")], None, 7,
             []))
+
+    def test_reconcile_keeps_entries_of_routable_leases_only(self):
+        """A hostile lease (alias key, outside Network, loopback PublicIP) in the first
+        list does not keep a stale kernel entry alive: it is never routed either."""
+        self.start()
+        good = lease("10.5.2.0/24", "192.168.250.12", kind="host-gw")
+        alias = replace(lease("10.5.4.0/24", "192.168.250.14", kind="host-gw"),
+                        key="x10.5.4.0-24")
+        d = self.backend.reconcile([good, alias,
+                                    lease("10.6.0.0/24", "192.168.250.15", kind="host-gw"),
+                                    lease("10.5.5.0/24", "127.0.0.1", kind="host-gw")])
+        self.successResultOf(d)
+        self.assertEqual(self.kernel.events[-1][2], [IPv4Network("10.5.2.0/24")])
 
     def test_moved_lease(self):
         self.start()

@@ -28,6 +28,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from flannel_tw.events import ADDED, REMOVED
+from flannel_tw.leasecheck import lease_problem
 from flannel_tw.net.kernel import Kernel
 
 LOG_EACH = 10       # batches up to this size log every change; bigger ones a summary
@@ -267,7 +268,9 @@ class PeerBackend:
         @return: Deferred firing with the list of entries removed (errors are logged).
         """
         mine = [l for l in leases if l.subnet != self.own_subnet and l.attrs is not None
-                and l.attrs.backend_type == self.name]
+                and l.attrs.backend_type == self.name
+                # a lease the watcher will not route keeps no stale entry alive
+                and lease_problem(l, self.network, None, self.own_subnet) is None]
         d = self._serial(self._kernel, self._remove_stale, mine)
 
         def done(removed):
