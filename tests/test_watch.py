@@ -268,6 +268,11 @@ class ValidationTests(_Harness):
         self.answer("list_leases", ([good] + self.HOSTILE, 10))
         self.assertEqual(routed(self.batches), [(ADDED, "10.5.2.0/24", "192.0.2.2")])
         self.assertEqual(len(self.warnings()), len(self.HOSTILE), self.warnings())
+        # the log rate limit (flannel_tw.logs) keys on format and "error": each lease's
+        # warning must differ there, or all but the first would be held back
+        errors = {(e["log_format"], e.get("error")) for e in self.logs
+                  if e.get("log_format", "").startswith("Ignoring lease")}
+        self.assertEqual(len(errors), len(self.HOSTILE))
         counts = dict(self.watcher.skipped.counts)
         self.assertEqual((counts["outside-network"], counts["subnet-length"],
                           counts["public-ip"]), (3, 2, 6))

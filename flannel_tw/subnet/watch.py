@@ -211,9 +211,11 @@ class LeaseWatcher:
         if lease.is_canonical:
             return True
         if self.skipped.note(_memory_key(lease), "bad-key"):
-            self.log.warn("Ignoring lease {key} from etcd: its key is not in flanneld's exact "
-                          "form A.B.C.D-N (it would alias {subnet}); not routed",
-                          key=lease.key, subnet=lease.subnet)
+            # the text goes in "error": the log rate limit tells distinct faults apart by it
+            self.log.warn("Ignoring lease {key} from etcd: {error}; not routed", key=lease.key,
+                          subnet=lease.subnet, reason="bad-key",
+                          error="the key %r is not in flanneld's exact form A.B.C.D-N (it "
+                                "would alias %s)" % (lease.key, lease.subnet))
         return False
 
     def _expiry(self, lease, now):
@@ -295,11 +297,10 @@ class LeaseWatcher:
         reason, message = problem
         if self.skipped.note(_memory_key(lease), reason):
             if reason == "own-public-ip":   # our own new lease, seen before the keeper has it
-                self.log.info("Not routing {subnet}: {problem}", subnet=subnet,
-                              problem=message)
+                self.log.info("Not routing {subnet}: {error}", subnet=subnet, error=message)
             else:
-                self.log.warn("Ignoring lease {subnet} from etcd: {problem}; not routed",
-                              subnet=subnet, problem=message, reason=reason)
+                self.log.warn("Ignoring lease {subnet} from etcd: {error}; not routed",
+                              subnet=subnet, error=message, reason=reason)
         return None
 
     def _diff(self, subnets, own):
