@@ -271,6 +271,17 @@ class BadNodeWarningTests(ManagerTestMixin, unittest.TestCase):
         self.assertEqual(manager.skipped.counts["bad-value"], 1)
 
     @defer.inlineCallbacks
+    def test_same_bad_value_at_two_keys_is_two_distinct_warnings(self):
+        """The log rate limit keys on format and "error": each node's must differ."""
+        keys = [self.prefix + "/subnets/10.5.%d.0-24" % i for i in (3, 4)]
+        for key in keys:
+            self.server.v2_put(key, "not json")
+        yield self.make_manager().list_leases()
+        events = [e for e in self.logs if "Ignoring bad subnet node" in e.get("log_format", "")]
+        self.assertEqual(len({(e["log_format"], str(e["error"])) for e in events}), 2)
+        self.assertEqual(sorted(e["key"] for e in events), keys)
+
+    @defer.inlineCallbacks
     def test_deleted_bad_nodes_are_forgotten(self):
         """A full list forgets nodes that are gone; a delete event forgets its node."""
         manager = self.make_manager()

@@ -96,8 +96,11 @@ class EtcdSubnetManager:
         else:
             reason = "bad-value"
         if self.skipped.note(node.key, reason):
-            self.log.warn("Ignoring bad subnet node {key} (index {index}): {error}",
-                          key=node.key, index=node.modified_index, error=err)
+            # the node's key goes in "error" too: the log rate limit (flannel_tw.logs) keys
+            # on format and error, and two nodes with the same bad value are two warnings
+            self.log.warn("Ignoring bad subnet node {error}", key=node.key,
+                          index=node.modified_index, reason=reason,
+                          error="%s (index %s): %s" % (node.key, node.modified_index, err))
 
     def _is_direct_child(self, key):
         parent, _, name = (key or "").rstrip("/").rpartition("/")
