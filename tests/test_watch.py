@@ -441,3 +441,76 @@ class WipedEtcdTests(_Harness):
         self.wipe([])
         self.watcher.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+KEYS = ["10.5.1.0-24", "10.5.2.0-24", "x10.5.2.0-24", "10.5.2.7-24", "10.5.3.0-24",
+        "0.0.0.0-1", "10.5.0.0-16", "10.6.2.0-24", "10.5.2.0-25"]
+IPS = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "127.0.0.1", "0.0.0.0", "224.0.0.1",
+       "10.5.9.9"]
+steps = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(KEYS), st.sampled_from(IPS)),
+    st.tuples(st.just("delete"), st.sampled_from(KEYS), st.none()),
+    st.tuples(st.just("relist"), st.none(), st.none()),
+    st.tuples(st.just("move"), st.sampled_from(["10.5.1.0/24", "10.5.3.0/24"]), st.none())),
+    max_size=40)
+
+
+class WatcherPropertyTests(unittest.TestCase):
+    """Whatever etcd holds and however it changes: the sink's view is exactly the
+    routable leases of etcd's exact keys, never our own, never an alias."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(steps)
+    def test_sink_holds_exactly_the_routable_leases(self, script):
+        from flannel_tw.leasecheck import lease_problem
+        clock = task.Clock()
+        manager = FakeSubnetManager()
+        table = {}
+
+        def sink(events):
+            for e in events:
+                if e.kind == ADDED:
+                    table[e.lease.subnet] = e.lease.attrs
+                else:
+                    self.assertIn(e.lease.subnet, table)
+                    del table[e.lease.subnet]
+        own = [OWN]
+        context = dict(network=IPv4Network("10.5.0.0/16"), subnet_len=24,
+                       own_public_ip=IPv4Address("192.0.2.1"))
+        w = watch.LeaseWatcher(clock, manager, sink, own_subnet=lambda: own[0],
+                               own_sink=lambda e: None, **context)
+        etcd = {}      # key -> Lease: what etcd holds
+        index = [1]
+
+        def answer(name, result):
+            manager.next(name)[2].callback(result)
+
+        w.start()
+        answer("list_leases", ([], 1))
+        for op, key, ip in script:
+            index[0] += 1
+            if op == "put":
+                etcd[key] = klease(key, ip)
+                answer("watch_leases", (LeaseEvent(ADDED, etcd[key]), index[0]))
+            elif op == "delete":
+                if key in etcd:
+                    del etcd[key]
+                    answer("watch_leases", (LeaseEvent(REMOVED, removed(key)), index[0]))
+            elif op == "relist":
+                manager.next("watch_leases")[2].errback(
+                    EventIndexCleared(401, "", "", index[0]))
+                answer("list_leases", (list(etcd.values()), index[0]))
+            else:
+                old, own[0] = own[0], IPv4Network(key)
+                if old != own[0]:
+                    w.own_subnet_changed(old)
+            expected = {}
+            for l in etcd.values():
+                if l.subnet != own[0] and lease_problem(l, own_subnet=own[0],
+                                                        **context) is None:
+                    expected[l.subnet] = l.attrs
+            self.assertEqual(table, expected)
+            self.assertEqual({s: l.attrs for s, l in w.known.items()}, expected)
+        self.assertLessEqual(len(w.skipped), len(KEYS))

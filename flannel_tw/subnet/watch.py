@@ -123,7 +123,7 @@ class LeaseWatcher:
         """
         Our lease moved from C{old} to C{own_subnet()}: the latest lease stored for
         C{old} (another host took it) becomes a peer route now, if it may be routed;
-        the new subnet stops being a peer (without an event: it is ours).
+        the new subnet stops being a peer.
         """
         if self.state == STOPPED:
             return
@@ -311,9 +311,10 @@ class LeaseWatcher:
             have = self.known.get(subnet)
             if want is None:
                 if have is not None:
+                    # (also when it is our subnet now: backends skip that event, having
+                    # dropped the entry when they took the subnet; the sink stays in step)
                     del self.known[subnet]
-                    if subnet != own:
-                        events.append(LeaseEvent(REMOVED, have))
+                    events.append(LeaseEvent(REMOVED, have))
             elif have is None or have.attrs != want.attrs:
                 self.known[subnet] = want
                 events.append(LeaseEvent(ADDED, want))
