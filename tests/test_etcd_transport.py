@@ -123,6 +123,15 @@ class SizeTests(unittest.TestCase):
         self.addCleanup(c.close)
         self.assertEqual(c.max_body, 64 * 1024 * 1024)
 
+    def test_requests_go_through_treq(self):
+        """The design card's treq-based client: treq's HTTPClient over IdentityAgent."""
+        from treq.client import HTTPClient
+        from flannel_tw.etcd.transport import IdentityAgent
+        c = EtcdV2Client(reactor, ["http://127.0.0.1:1"])
+        self.addCleanup(c.close)
+        self.assertIsInstance(c._http, HTTPClient)
+        self.assertIsInstance(c._http._agent, IdentityAgent)
+
     @defer.inlineCallbacks
     def test_gzip_bomb_is_neither_asked_for_nor_inflated(self):
         bomb = Big(256 * 1024 * 1024, gzipped=True)   # 256 MiB of JSON in ~250 KiB

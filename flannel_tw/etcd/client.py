@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_etcd_client -*-
-"""An etcd v2 HTTP API client on Twisted's Agent, speaking to etcd the way flanneld v0.10 does.
+"""An etcd v2 HTTP API client on treq (over a keepalive, no-compression Agent), speaking to etcd the way flanneld v0.10 does.
 
 Wire format
 ===========
@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdMemberError,
                                     EtcdProtocolError, EtcdUnavailable,
                                     describe_transport_error, etcd_error_kind)
-from flannel_tw.etcd.transport import MAX_BODY, AgentRequests, discard_body, read_body
+from flannel_tw.etcd.transport import MAX_BODY, build_http, discard_body, read_body
 from flannel_tw.etcd.wire import (SNIPPET as _SNIPPET, Node, Response,  # Node, Response:
                                   header_index as _header_index,        # re-exported
                                   parse_response as _parse, says_unhealthy as _says_unhealthy,
@@ -90,7 +90,8 @@ class EtcdV2Client:
     @param endpoints: list of base URLs such as C{"http://127.0.0.1:2379"}.
     @param http: an object with treq's C{request(method, url, **kwargs)} API
         (C{treq.testing.StubTreq} in tests); when None, an
-        L{flannel_tw.etcd.transport.AgentRequests} on its own Agent and pool.
+        treq's C{HTTPClient} from L{flannel_tw.etcd.transport.build_http} on its own
+        Agent and pool.
     @param username: basic-auth user name (auth is sent only when this is given).
     @param password: basic-auth password.
     @param tls: None or an C{IPolicyForHTTPS} (an object with C{creatorForNetloc}) for https.
@@ -143,7 +144,7 @@ class EtcdV2Client:
             from flannel_tw.logs import quiet_pool
 
             self._pool = quiet_pool(reactor, persistent=True)  # no factory lines per connection
-            http = AgentRequests.build(
+            http = build_http(
                 reactor, tls if tls is not None else BrowserLikePolicyForHTTPS(),
                 connect_timeout if connect_timeout is not None else request_timeout,
                 self._pool)
@@ -409,7 +410,7 @@ class EtcdV2Client:
                        "/health: watching again", timeout=self.watch_timeout, endpoint=endpoint)
 
     async def _health(self, url):
-        kwargs = {"unbuffered": True}
+        kwargs = {"unbuffered": True, "allow_redirects": False}
         if self._auth is not None:
             kwargs["auth"] = self._auth
         response = await self._http.request("GET", url, **kwargs)
@@ -417,7 +418,7 @@ class EtcdV2Client:
         return response.code, body
 
     async def _attempt(self, method, url, form, wait_index=None, call=None):
-        kwargs = {"unbuffered": True}
+        kwargs = {"unbuffered": True, "allow_redirects": False}
         headers = {}
         if form is not None:
             kwargs["data"] = urlencode(form).encode("utf-8")

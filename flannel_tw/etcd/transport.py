@@ -1,17 +1,18 @@
 # -*- test-case-name: tests.test_etcd_transport -*-
 """
-The HTTP transport under L{flannel_tw.etcd.client.EtcdV2Client}: an Agent whose TCP
-connections keep alive, a treq-like C{request()} over it that neither asks for nor
-inflates compressed bodies, and a body reader with a size cap.
+The HTTP transport under L{flannel_tw.etcd.client.EtcdV2Client}: treq's C{HTTPClient}
+over an Agent whose TCP connections keep alive and that neither asks for nor accepts
+compressed bodies, and a body reader with a size cap.
 
 - B{Keepalive}: every connection gets C{SO_KEEPALIVE} with C{TCP_KEEPIDLE} 30 s (as
   flanneld's Go transport), C{TCP_KEEPINTVL} 10 s and C{TCP_KEEPCNT} 3, so a member that
   vanishes without a reset (power loss, partition) is noticed by the kernel within about
   a minute, even on an idle long poll.
 - B{No compression}: treq's C{HTTPClient} wraps every request in
-  C{ContentDecoderAgent}, which asks for gzip and inflates it with no bound. We send no
-  C{Accept-Encoding}, and L{read_body} refuses a body whose C{Content-Encoding} is not
-  identity: a hostile endpoint cannot make us inflate a bomb.
+  C{ContentDecoderAgent}, which asks for gzip and inflates it with no bound. Below it,
+  L{IdentityAgent} sends no C{Accept-Encoding} and refuses an answer whose
+  C{Content-Encoding} is not identity (so does L{read_body}, for other clients): a
+  hostile endpoint cannot make us inflate a bomb.
 - B{Size cap}: L{read_body} stops reading (and drops the connection) past C{limit}
   bytes and fails with L{EtcdResponseTooLarge}.
 """
@@ -25,12 +26,13 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
+from treq.client import HTTPClient
 from zope.interface import implementer
 
 from flannel_tw.etcd.errors import EtcdMemberError, EtcdResponseTooLarge
 
-__all__ = ["KEEPALIVE", "MAX_BODY", "KeepAliveEndpointFactory", "AgentRequests", "read_body",
+__all__ = ["KEEPALIVE", "MAX_BODY", "KeepAliveEndpointFactory", "IdentityAgent", "build_http", "read_body",
            "discard_body", "set_keepalive"]
 
 KEEPALIVE = {"idle": 30, "interval": 10, "count": 3}   # seconds, seconds, probes
@@ -124,10 +126,14 @@ class _BytesProducer:
         pass
 
 
-class AgentRequests:
+@implementer(IAgent)
+class IdentityAgent:
     """
-    The part of treq's C{HTTPClient.request} API that the etcd client uses, straight on
-    an Agent: no cookies, no redirects, no C{Accept-Encoding} and no inflating.
+    The Agent under treq's C{HTTPClient}. treq wraps every request in
+    C{ContentDecoderAgent}, which asks for gzip and would inflate an answer with no
+    bound; this agent, below it, takes C{Accept-Encoding} out of each request and
+    refuses any answer whose C{Content-Encoding} is not identity (L{EtcdMemberError},
+    the connection dropped), so treq never has anything to inflate.
 
     @param agent: an C{IAgent}.
     """
@@ -135,33 +141,39 @@ class AgentRequests:
     def __init__(self, agent):
         self._agent = agent
 
-    @classmethod
-    def build(cls, reactor, tls, connect_timeout, pool, keepalive=None):
-        """An AgentRequests over a new Agent with L{KeepAliveEndpointFactory} and C{pool}."""
-        factory = KeepAliveEndpointFactory(reactor, tls, connect_timeout, keepalive)
-        return cls(Agent.usingEndpointFactory(reactor, factory, pool=pool))
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        headers = Headers() if headers is None else headers.copy()
+        headers.removeHeader(b"accept-encoding")
+        d = self._agent.request(method, uri, headers, bodyProducer)
+        d.addCallback(_refuse_encoded)
+        return d
 
-    def request(self, method, url, data=None, headers=None, auth=None, unbuffered=True):
-        """
-        Deferred C{IResponse} (the body not yet read: use L{read_body}).
 
-        @param data: the request body (bytes) or None.
-        @param headers: C{{name: [values]}} (bytes).
-        @param auth: C{(user, password)} for basic auth, or None.
-        """
-        h = Headers()
-        for name, values in (headers or {}).items():
-            h.setRawHeaders(name, values)
-        if auth is not None:
-            user, password = auth
-            token = base64.b64encode(("%s:%s" % (user, password)).encode("utf-8"))
-            h.setRawHeaders(b"Authorization", [b"Basic " + token])
-        body = None if data is None else _BytesProducer(data)
-        if isinstance(method, str):
-            method = method.encode("ascii")
-        if isinstance(url, str):
-            url = url.encode("ascii")
-        return self._agent.request(method, url, h, body)
+def _content_encodings(response):
+    encodings = []
+    for value in response.headers.getRawHeaders(b"content-encoding") or ():
+        encodings.extend(v.strip().lower() for v in value.split(b",") if v.strip())
+    return [e for e in encodings if e != b"identity"]
+
+
+def _refuse_encoded(response):
+    encodings = _content_encodings(response)
+    if encodings:
+        discard_body(response)
+        raise EtcdMemberError(
+            "etcd answered with Content-Encoding %s, which we did not ask for"
+            % (b", ".join(encodings).decode("latin-1"),), status=response.code,
+            kind="bad_encoding")
+    return response
+
+
+def build_http(reactor, tls, connect_timeout, pool, keepalive=None):
+    """
+    The etcd client's HTTP client: treq's C{HTTPClient} over L{IdentityAgent} over an
+    Agent whose connections come from L{KeepAliveEndpointFactory} and C{pool}.
+    """
+    factory = KeepAliveEndpointFactory(reactor, tls, connect_timeout, keepalive)
+    return HTTPClient(IdentityAgent(Agent.usingEndpointFactory(reactor, factory, pool=pool)))
 
 
 class _BodyReader(Protocol):
@@ -224,15 +236,10 @@ def read_body(response, limit=MAX_BODY):
     L{EtcdMemberError} for a C{Content-Encoding} other than identity (we never ask for
     one); the connection is dropped in both cases.
     """
-    encodings = []
-    for value in response.headers.getRawHeaders(b"content-encoding") or ():
-        encodings.extend(v.strip().lower() for v in value.split(b",") if v.strip())
-    if any(e != b"identity" for e in encodings):
-        discard_body(response)
-        return defer.fail(EtcdMemberError(
-            "etcd answered with Content-Encoding %s, which we did not ask for"
-            % (b", ".join(encodings).decode("latin-1"),), status=response.code,
-            kind="bad_encoding"))
+    try:
+        _refuse_encoded(response)
+    except EtcdMemberError:
+        return defer.fail()
     reader = _BodyReader(limit)
     response.deliverBody(reader)
     return reader.deferred
