@@ -345,6 +345,22 @@ class MovedSubnetTests(_Harness):
         self.watcher.own_subnet_changed(OWN)
         self.assertEqual(routed(self.batches), [(ADDED, "10.5.1.0/24", "192.0.2.78")])
 
+    def test_a_keeper_that_moves_us_at_once_during_a_list(self):
+        """own_sink may move our lease before the list is diffed: the diff uses the new
+        subnet (ours now, never a peer)."""
+        new = IPv4Network("10.5.9.0/24")
+
+        def keeper(event):
+            self.own.append(event)
+            if event.kind == REMOVED and self.own_now[0] == OWN:
+                self.own_now[0] = new
+                self.watcher.own_subnet_changed(OWN)
+        self.watcher._own_sink = keeper
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.9.0-24", "192.0.2.5")], 10))
+        self.assertEqual(self.batches, [])
+        self.assertEqual(self.watcher.known, {})
+
     def test_old_subnet_free_or_bad_is_not_routed(self):
         self.watcher.start()
         self.answer("list_leases", ([klease("10.5.1.0-24", "192.0.2.1")], 10))

@@ -245,6 +245,7 @@ class LeaseWatcher:
             mine = fresh.get(own)
             self._own_sink(LeaseEvent(ADDED, mine) if mine is not None
                            else LeaseEvent(REMOVED, Lease(subnet=own, attrs=None)))
+            own = self._own_subnet()   # a keeper answering at once may have moved us
         events = self._diff(list(fresh) + list(self.known), own)
         self.cursor = index
         self._schedule_retention()
