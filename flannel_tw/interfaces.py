@@ -34,7 +34,12 @@ class ISubnetManager(Interface):
         """
 
     def list_leases():
-        """@return: Deferred firing with C{(leases, index)}; bad nodes are skipped."""
+        """
+        @return: Deferred firing with C{(leases, index)}; bad nodes are skipped. Keys are
+            read as flanneld reads them (for allocation); each lease carries its key as
+            stored in C{Lease.key}, and only an exact one may be routed
+            (L{flannel_tw.leasecheck}).
+        """
 
     def watch_leases(wait_index):
         """
