@@ -82,8 +82,14 @@ class _Built:
         if cls.out is None and cls.error is None:
             cls.out = os.path.abspath(testcase.mktemp())
             os.makedirs(cls.out)
+            # Build from a copy: a build writes egg-info and build/ into its source
+            # tree, and two test processes (trial -j) building one tree collide.
+            src = os.path.join(cls.out, "src")
+            shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+                ".git", ".venv", "_trial_temp*", "build", "dist", "*.egg-info",
+                "__pycache__", ".hypothesis", "dropin.cache"))
             cp = _run([sys.executable, "-m", "build", "--sdist", "--wheel",
-                       "--outdir", cls.out, ROOT], timeout=600)
+                       "--outdir", cls.out, src], timeout=600)
             if cp.returncode != 0:
                 cls.error = "build failed:\n" + cp.stdout[-4000:]
             else:
