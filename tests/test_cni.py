@@ -539,8 +539,10 @@ class LabTests(unittest.TestCase):
 
     def veths(self, lab, i):
         out = lab.exec(lab.host_ns(i), ["ip", "-o", "link", "show", "type", "veth"]).stdout
-        return [l.split(":")[1].strip().split("@")[0] for l in out.splitlines()
-                if l.strip() and "eth0" not in l.split(":")[1]]
+        names = [l.split(":")[1].strip().split("@")[0] for l in out.splitlines() if l.strip()]
+        # the host's own uplink is eth0; the bridge plugin's are veth<8 hex digits>,
+        # which may well contain "eth0" (veth0a1b2c3d)
+        return [n for n in names if n != "eth0"]
 
     def test_containers_on_two_hosts_reach_each_other(self):
         from flannel_tw.lab import run as labrun
