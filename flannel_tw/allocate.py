@@ -35,6 +35,18 @@ def fits(config: NetworkConfig, subnet: IPv4Network) -> bool:
             and subnet.prefixlen == config.subnet_len)
 
 
+def holds_allocation(config: NetworkConfig, subnet: IPv4Network) -> bool:
+    """
+    Whether a leased subnet keeps others from being allocated over it. flanneld counts
+    every key; flannel-tw ignores a subnet that no valid config of this Network hands
+    out: one not inside Network, or with a prefix shorter than Network's + 2 (the
+    shortest SubnetLen the config allows). Otherwise one hostile key such as
+    C{0.0.0.0-1} or C{10.5.0.0-16} would leave every new host "out of subnets".
+    """
+    network = config.network
+    return subnet.subnet_of(network) and subnet.prefixlen >= network.prefixlen + 2
+
+
 def _merged_intervals(taken: Iterable[IPv4Network]) -> Tuple[List[int], List[int]]:
     """Taken subnets as sorted, disjoint [start, end] address intervals (two lists)."""
     spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in taken)

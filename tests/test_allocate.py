@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import TestCase
 
 from flannel_tw.allocate import (CANDIDATES, OutOfSubnets, choose_subnet, fits, free_subnets,
+                                 holds_allocation,
                                  pool_size)
 from flannel_tw.config import NetworkConfig, parse_config
 
@@ -151,3 +152,22 @@ class ChooseTests(TestCase):
         c = config(SubnetMin="10.5.9.0", SubnetMax="10.5.3.0")
         err = self.assertRaises(OutOfSubnets, choose_subnet, c, [], random.Random(0))
         self.assertEqual((err.pool_size, err.taken), (0, 0))
+
+
+class HoldsAllocationTests(TestCase):
+    """allocate.holds_allocation: which leased subnets keep others from being allocated."""
+
+    def test_examples(self):
+        c = config()      # 10.5.0.0/16, SubnetLen 24
+        for text, holds in [("10.5.7.0/24", True), ("10.5.7.0/26", True), ("10.5.4.0/22", True),
+                            ("10.5.0.0/18", True), ("10.5.0.0/17", False),
+                            ("10.5.0.0/16", False), ("0.0.0.0/1", False),
+                            ("10.0.0.0/8", False), ("10.6.0.0/24", False)]:
+            self.assertEqual(holds_allocation(c, IPv4Network(text)), holds, text)
+
+    @given(st.integers(0, 2 ** 32 - 1), st.integers(0, 32))
+    def test_what_holds_is_a_subnet_a_valid_config_could_hand_out(self, addr, plen):
+        c = config()
+        subnet = IPv4Network((addr, plen), strict=False)
+        expected = (subnet.subnet_of(c.network) and plen >= c.network.prefixlen + 2)
+        self.assertEqual(holds_allocation(c, subnet), expected)

@@ -319,3 +319,50 @@ class BadNodeWarningTests(ManagerTestMixin, unittest.TestCase):
             self.assertIsNone(event)
             self.assertLessEqual(len(manager.skipped), 50)
         self.assertEqual(len(manager.skipped), 50)
+
+
+class HostileKeysAcquireTests(ManagerTestMixin, unittest.TestCase):
+    """Keys no valid config hands out neither block allocation nor pass for our lease."""
+
+    def setUp(self):
+        self.server = shared_etcd()
+        self.prefix = unique_prefix(self)
+        self.server.put_config(CONFIG_JSON, prefix=self.prefix)
+        self.config = parse_config(CONFIG_JSON)
+
+    def put(self, key, ip):
+        self.server.v2_put(self.prefix + "/subnets/" + key, json.dumps({"PublicIP": ip}))
+
+    @defer.inlineCallbacks
+    def test_supernet_keys_do_not_leave_the_cluster_out_of_subnets(self):
+        # flanneld would count each of these as covering the whole pool
+        self.put("0.0.0.0-1", "192.0.2.1")
+        self.put("10.5.0.0-16", "192.0.2.2")
+        self.put("10.5.0.0-17", "192.0.2.3")
+        lease = yield self.make_manager(seed=1).acquire_lease(self.config, attrs("192.0.2.50"))
+        self.assertTrue(lease.subnet.subnet_of(IPv4Network("10.5.0.0/16")))
+        self.assertEqual(lease.subnet.prefixlen, 24)
+        self.assertEqual(self.raw(str(lease.subnet.network_address) + "-24")["value"],
+                         '{"PublicIP":"192.0.2.50"}')
+
+    @defer.inlineCallbacks
+    def test_a_valid_lease_still_blocks_its_subnet(self):
+        config = parse_config('{"Network": "10.5.0.0/16", "SubnetMin": "10.5.1.0", '
+                              '"SubnetMax": "10.5.2.0"}')
+        self.put("10.5.1.0-24", "192.0.2.1")
+        lease = yield self.make_manager(seed=1).acquire_lease(config, attrs("192.0.2.50"))
+        self.assertEqual(lease.subnet, IPv4Network("10.5.2.0/24"))
+        yield self.assertFailure(
+            self.make_manager(seed=1).acquire_lease(config, attrs("192.0.2.51")), OutOfSubnets)
+
+    @defer.inlineCallbacks
+    def test_alias_key_with_our_public_ip_is_not_reused(self):
+        self.put("x10.5.7.0-24", "192.0.2.50")
+        manager = self.make_manager(seed=1)
+        lease = yield manager.acquire_lease(self.config, attrs("192.0.2.50"))
+        self.assertEqual(manager.reused_leases, {})
+        self.assertNotEqual(lease.subnet, IPv4Network("10.5.7.0/24"))
+        # the alias key is left alone; ours is a fresh, exact key
+        self.assertEqual(self.raw("x10.5.7.0-24")["value"], json.dumps({"PublicIP": "192.0.2.50"}))
+        self.assertEqual(self.raw(str(lease.subnet.network_address) + "-24")["value"],
+                         '{"PublicIP":"192.0.2.50"}')

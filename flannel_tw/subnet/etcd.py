@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from flannel_tw.allocate import choose_subnet, fits
+from flannel_tw.allocate import choose_subnet, fits, holds_allocation
 from flannel_tw.config import ConfigError, parse_config
 from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
 from flannel_tw.events import ADDED, REMOVED, LeaseEvent
@@ -146,7 +146,11 @@ class EtcdSubnetManager:
         for attempt in range(RACE_RETRIES):
             leases, _ = yield self.list_leases()
 
-            mine = next((l for l in leases if l.attrs.public_ip == attrs.public_ip), None)
+            # Only leases under flanneld's exact key form can be ours to reuse (a key such
+            # as x10.5.7.0-24 holding our PublicIP is not), and only those a valid config
+            # hands out keep a subnet from being allocated (allocate.holds_allocation).
+            canonical = [l for l in leases if l.is_canonical]
+            mine = next((l for l in canonical if l.attrs.public_ip == attrs.public_ip), None)
             if mine is not None:
                 if fits(config, mine.subnet):
                     ttl = None if mine.is_reservation else SUBNET_TTL
@@ -183,7 +187,10 @@ class EtcdSubnetManager:
                 previous_subnet = None if candidate is None else previous_subnet
 
             if candidate is None:
-                candidate = choose_subnet(config, [l.subnet for l in leases], self._rand)
+                candidate = choose_subnet(
+                    config, [l.subnet for l in leases
+                             if l.is_canonical and holds_allocation(config, l.subnet)],
+                    self._rand)
 
             try:
                 resp = yield self._client.create(self.lease_key(candidate), value, ttl=SUBNET_TTL)
