@@ -201,8 +201,13 @@ class TrafficRules:
             missing = yield self._missing(rules)
             if not missing:
                 continue
-            self.log.info("Some iptables rules are missing ({rule}); deleting and recreating "
-                          "rules", rule=" ".join(rule_argv("-A", missing[0])[3:]))
+            if len(missing) == len(rules):
+                # none of the set is there (a first start, or someone flushed the chain)
+                self.log.info("Adding iptables rules: {rules}",
+                              rules="; ".join(" ".join(rule_argv("-A", r)[1:]) for r in rules))
+            else:
+                self.log.info("Some iptables rules are missing ({rule}); deleting and "
+                              "recreating rules", rule=" ".join(rule_argv("-A", missing[0])[3:]))
             yield self._delete_set(rules)
             for rule in rules:
                 yield self._iptables(rule_argv("-A", rule))

@@ -127,6 +127,17 @@ class TrafficRulesTests(unittest.TestCase):
         self.assertEqual(r.restored, 3)
         self.assertTrue(any("Some iptables rules are missing" in m for _, m in log))
 
+    def test_first_start_says_adding_not_missing(self):
+        """A fresh host has none of the rules: that is no fault, and the log says so."""
+        r = self.rules()
+        log = logged(r)
+        self.successResultOf(r.start())
+        messages = [m for _, m in log]
+        self.assertFalse([m for m in messages if "missing" in m], messages)
+        adding = [m for m in messages if m.startswith("Adding iptables rules: ")]
+        self.assertEqual(len(adding), 2, messages)      # the masq set and the forward set
+        self.assertIn("-t filter -A FORWARD -s 10.5.0.0/16 -j ACCEPT", adding[1])
+
     def test_update_moves_the_subnet_rule(self):
         r = self.rules()
         self.successResultOf(r.start())

@@ -141,6 +141,8 @@ def new_counters() -> dict:
 class _UdpProtocol(DatagramProtocol):
     """Only used if Twisted's own reader runs (it is replaced by a L{_Reader})."""
 
+    noisy = False   # no "Starting protocol <...>" / "Stopping protocol" lines
+
     def __init__(self, backend):
         self._backend = backend
 
