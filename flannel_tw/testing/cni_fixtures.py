@@ -1,0 +1,20 @@
+"""Test helpers (formerly in tests/test_cni.py), shared by
+tests/integration/test_cni.py, tests/lab/test_cni.py, tests/unit/test_cni.py.
+
+flannel_tw.cni: delegate config generation, environment checks and error JSON
+(unit, with a fake delegate), and containers attached through the real plugin
+(bridge + host-local from containernetworking-plugins) on two udp lab hosts
+reaching each other."""
+
+import os
+
+
+SUBNET_ENV = ("FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\n"
+              "FLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n")
+
+
+def _write(path, text, mode=0o644):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path

@@ -1,0 +1,154 @@
+"""Test helpers (formerly in tests/test_faults.py), shared by
+tests/integration/test_daemon.py, tests/integration/test_faults.py,
+tests/integration/test_fuzz.py, tests/integration/test_health.py,
+tests/integration/test_lease_cas.py, tests/integration/test_lease_health.py,
+tests/integration/test_lease_routing.py, tests/integration/test_tls.py,
+tests/integration/test_wipe.py, tests/unit/test_fuzz.py, tests/unit/test_tls.py.
+
+The daemon against a misbehaving real etcd (a private server per test): not up at
+start, killed mid-run, wiped, our lease deleted or expired, our subnet taken while we
+were away, the pool exhausted, a dead endpoint in the list; and lease renewal that
+follows the TTL etcd returns. A recording backend stands in for the data plane, so
+"no route removed" means "no REMOVED event reached the backend"."""
+
+import collections
+import os
+import socket
+from ipaddress import IPv4Address
+
+from twisted.internet import reactor, task
+from twisted.logger import formatEvent, globalLogPublisher
+
+from flannel_tw import daemon as daemon_mod
+from flannel_tw.etcd.client import EtcdV2Client
+from flannel_tw.events import REMOVED
+from flannel_tw.net.iface import ExtIface
+from flannel_tw.subnet.etcd import EtcdSubnetManager
+from flannel_tw.testing.fakes import RecordingBackend
+from flannel_tw.testing.polling import wait_until
+
+
+PREFIX = "/coreos.com/network"
+CONFIG = '{"Network": "10.5.0.0/16"}'
+IFACE = ExtIface(name="eth0", index=2, addr=IPv4Address("192.0.2.1"),
+                 public_ip=IPv4Address("192.0.2.1"), mtu=1500)
+
+
+def capture_logs(testcase):
+    """Every twisted.logger event from now until the test ends, in a list."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    testcase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def logged(events, text, level=None):
+    """The formatted messages among C{events} that contain C{text} (at C{level})."""
+    out = []
+    for e in events:
+        if level is not None and e.get("log_level") != level:
+            continue
+        message = formatEvent(e) if "log_format" in e else ""
+        if text in message:
+            out.append(message)
+    return out
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CountingManager(EtcdSubnetManager):
+    """The real etcd subnet manager, counting calls by name (for 'no tight loop' checks)."""
+
+    def __init__(self, *a, **kw):
+        EtcdSubnetManager.__init__(self, *a, **kw)
+        self.calls = collections.Counter()
+
+    def get_network_config(self):
+        self.calls["get_network_config"] += 1
+        return EtcdSubnetManager.get_network_config(self)
+
+    def watch_leases(self, wait_index):
+        self.calls["watch_leases"] += 1
+        return EtcdSubnetManager.watch_leases(self, wait_index)
+
+    def list_leases(self):
+        self.calls["list_leases"] += 1
+        return EtcdSubnetManager.list_leases(self)
+
+    def acquire_lease(self, *a, **kw):
+        self.calls["acquire_lease"] += 1
+        return EtcdSubnetManager.acquire_lease(self, *a, **kw)
+
+
+class DaemonHarness:
+    """Builds an in-process FlannelDaemon on a real etcd with a RecordingBackend."""
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.subnet_file = os.path.join(self.dir, "run", "subnet.env")
+        self.notified = []
+        self.exits = []
+        self.backends = []
+        self.logs = capture_logs(self)
+
+    def make_daemon(self, endpoints, prefix=PREFIX, tls=None, username=None, password=None,
+                    iface=IFACE, notify=None, backoff=None, manager_class=CountingManager,
+                    client_kw=None, **settings):
+        client_kw = dict(client_kw or {})
+        client_kw.setdefault("request_timeout", 3.0)
+        client = EtcdV2Client(reactor, endpoints, tls=tls, username=username,
+                              password=password, **client_kw)
+        self.addCleanup(client.close)
+        manager = manager_class(client, prefix=prefix)
+
+        def factory(name, reactor_, ext_iface):
+            backend = RecordingBackend(ext_iface.public_ip, mtu=ext_iface.mtu - 28)
+            self.backends.append(backend)
+            return backend
+        settings.setdefault("subnet_file", self.subnet_file)
+        settings.setdefault("config_retry", 0.05)
+        settings.setdefault("config_retry_max", 0.4)
+        d = daemon_mod.FlannelDaemon(
+            reactor, manager, iface, daemon_mod.DaemonSettings(**settings),
+            backend_factory=factory, notify=notify or self.notified.append,
+            exit=self.exits.append, backoff=backoff)
+        d.etcd_client = client
+        return d
+
+    def run_daemon(self, daemon):
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        return daemon
+
+    def running(self, daemon):
+        return wait_until(lambda: daemon.phase == daemon_mod.RUNNING
+                          and daemon.watcher.state == "watching", timeout=20)
+
+    @staticmethod
+    def key(subnet, prefix=PREFIX):
+        return "%s/subnets/%s-%d" % (prefix, subnet.network_address, subnet.prefixlen)
+
+    def removed_events(self, backend):
+        return [ev for e in backend.events if e[0] == "events" for ev in e[1]
+                if ev.kind == REMOVED]
+
+    def added_subnets(self, backend):
+        return [str(ev.lease.subnet) for e in backend.events if e[0] == "events"
+                for ev in e[1] if ev.kind != REMOVED]
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def exists(server, key):
+    try:
+        server.v2_get(key)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,71 @@
+"""Test helpers (formerly in tests/test_install.py), shared by
+tests/integration/test_install.py, tests/lab/test_install.py, tests/unit/test_install.py.
+
+What users install, not the checkout: the wheel and the sdist built from this tree,
+installed into a fresh virtualenv and run from C{/} (no checkout on any path).
+
+- the wheel and the sdist hold C{twisted/plugins/flannel_plugin.py}, the tac files,
+  the systemd units and the CNI shim, LICENSE, and every module of C{flannel_tw};
+- a wheel built from the sdist holds the same files (what pip does with an sdist);
+- in a fresh venv: C{twistd flannel --version}, C{python -m flannel_tw version},
+  C{flannel-tw plugin-cache} (which leaves a current, readable Twisted plugin cache),
+  and a daemon (C{twistd -n flannel}, alloc backend) against a real etcd in a lab
+  namespace, until it writes subnet.env.
+
+The fresh venv costs a pip install of the dependencies (from pip's cache when warm)."""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+from flannel_tw.lab import run as labrun
+
+
+ROOT = labrun.repo_root()
+
+
+def _clean_env():
+    """The environment a user's shell has: no PYTHONPATH, no venv of ours on PATH."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return env
+
+
+def _run(argv, timeout=600, **kw):
+    kw.setdefault("cwd", "/")
+    kw.setdefault("env", _clean_env())
+    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, timeout=timeout, **kw)
+
+
+class _Built:
+    """The wheel and the sdist, built once per test run into one directory."""
+    out = None
+    wheel = None
+    sdist = None
+    error = None
+
+    @classmethod
+    def get(cls, testcase):
+        if cls.out is None and cls.error is None:
+            cls.out = os.path.abspath(testcase.mktemp())
+            os.makedirs(cls.out)
+            # Build from a copy: a build writes egg-info and build/ into its source
+            # tree, and two test processes (trial -j) building one tree collide.
+            src = os.path.join(cls.out, "src")
+            shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+                ".git", ".venv", "_trial_temp*", "build", "dist", "*.egg-info",
+                "__pycache__", ".hypothesis", "dropin.cache"))
+            cp = _run([sys.executable, "-m", "build", "--sdist", "--wheel",
+                       "--outdir", cls.out, src], timeout=600)
+            if cp.returncode != 0:
+                cls.error = "build failed:\n" + cp.stdout[-4000:]
+            else:
+                cls.wheel = glob.glob(os.path.join(cls.out, "*.whl"))[0]
+                cls.sdist = glob.glob(os.path.join(cls.out, "*.tar.gz"))[0]
+        if cls.error:
+            testcase.fail(cls.error)
+        return cls
