@@ -23,13 +23,13 @@ from twisted.logger import Logger
 
 import flannel_tw
 from flannel_tw.backend.registry import UnknownBackend, make_backend
-from flannel_tw.config import ConfigError
-from flannel_tw.subnet.backoff import make_backoff
-from flannel_tw.subnet.keeper import LeaseKeeper
-from flannel_tw.subnet.watch import LeaseWatcher
-from flannel_tw.subnetfile import read_previous_subnet, render_subnet_env, write_atomic
-from flannel_tw.logs import redact_url
-from flannel_tw.sdnotify import sd_notify, sd_status
+from flannel_tw.model.config import ConfigError
+from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.lease.keeper import LeaseKeeper
+from flannel_tw.lease.watch import LeaseWatcher
+from flannel_tw.host.subnetfile import read_previous_subnet, render_subnet_env, write_atomic
+from flannel_tw.observe.logs import redact_url
+from flannel_tw.host.sdnotify import sd_notify, sd_status
 
 WAITING_CONFIG, PREPARING, ACQUIRING, STARTING, RUNNING, STOPPED, FAILED = (
     "waiting-config", "preparing", "acquiring", "starting", "running", "stopped", "failed")
@@ -224,7 +224,7 @@ class FlannelDaemon(service.MultiService):
         if getattr(backend, "reconcile", None) is not None:
             # the backend removes kernel entries of leases gone while we were down
             listing = _FirstList(self.manager, backend.reconcile)
-        # only leases that may be routed reach the backend (flannel_tw.leasecheck)
+        # only leases that may be routed reach the backend (flannel_tw.model.leasecheck)
         self.watcher = LeaseWatcher(self._reactor, listing, backend.handle_events,
                                     own_subnet=lambda: self.keeper.lease.subnet,
                                     own_sink=self.keeper.own_event,
@@ -359,7 +359,7 @@ class FlannelDaemon(service.MultiService):
         member over, so it only reaches us when no member could answer). Each distinct
         failure is logged once. The Deferred fires with None.
         """
-        from flannel_tw.config import ConfigError
+        from flannel_tw.model.config import ConfigError
         from flannel_tw.etcd.errors import SERVER_CODES, EtcdError
 
         d = defer.maybeDeferred(self.manager.get_network_config)
@@ -413,7 +413,7 @@ class FlannelDaemon(service.MultiService):
         a longer silence means the watch is stuck). The watcher's own failures are
         reported, not judged: an idle long poll that has not answered yet is normal.
         """
-        from flannel_tw.subnet.keeper import HELD, RENEWING, RETRYING
+        from flannel_tw.lease.keeper import HELD, RENEWING, RETRYING
         lease = self.lease
         now = self._reactor.seconds()
         keeper_ok = (self.keeper is not None and self.keeper.state in (HELD, RENEWING, RETRYING)
@@ -484,8 +484,8 @@ def build_daemon(options, reactor):
     message when nothing matches), the etcd client, and the L{FlannelDaemon}.
     """
     from flannel_tw.etcd.client import EtcdV2Client
-    from flannel_tw.net.iface import IfaceError, lookup_ext_iface
-    from flannel_tw.subnet.etcd import EtcdSubnetManager
+    from flannel_tw.kernel.iface import IfaceError, lookup_ext_iface
+    from flannel_tw.lease.manager import EtcdSubnetManager
 
     try:
         ext_iface = lookup_ext_iface(options["iface"], options["iface-regex"],
@@ -510,29 +510,29 @@ def build_daemon(options, reactor):
                               renew_margin=options["subnet-lease-renew-margin"] * 60.0,
                               healthz_ip=options["healthz-ip"],
                               healthz_port=options["healthz-port"])
-    from flannel_tw.monoclock import MonotonicClock
+    from flannel_tw.kernel.monoclock import MonotonicClock
     daemon = FlannelDaemon(reactor, manager, ext_iface, settings, rules_factory=_rules_factory(),
                            keeper_clock=MonotonicClock(reactor))
     for warning in getattr(options, "warnings", ()):   # insecure or unused etcd flags
         daemon.log.warn("{problem}", problem=warning)
     daemon.etcd_client = client
-    from flannel_tw.logs import install as install_logging
+    from flannel_tw.observe.logs import install as install_logging
     install_logging(daemon, options, reactor)   # --log-format text|json, rate-limited errors
     if options["metrics-port"]:
-        from flannel_tw.metrics import metrics_service
+        from flannel_tw.observe.metrics import metrics_service
         metrics_service(daemon, reactor, options["metrics-ip"], options["metrics-port"]
                         ).setServiceParent(daemon)
     if settings.healthz_port:
-        from flannel_tw.health import health_service
+        from flannel_tw.observe.health import health_service
         health_service(daemon, reactor, settings.healthz_ip, settings.healthz_port
                        ).setServiceParent(daemon)
     return daemon
 
 
 def _rules_factory():
-    """flanneld's iptables rules, when this build has them (flannel_tw.iptables)."""
+    """flanneld's iptables rules, when this build has them (flannel_tw.host.iptables)."""
     try:
-        from flannel_tw.iptables import TrafficRules
+        from flannel_tw.host.iptables import TrafficRules
     except ImportError:
         return None
     return TrafficRules

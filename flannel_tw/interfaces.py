@@ -12,8 +12,8 @@ class ISubnetManager(Interface):
         """
         Fetch and validate the config.
 
-        @return: Deferred firing with L{flannel_tw.config.NetworkConfig}; fails with
-            L{flannel_tw.config.ConfigError} (bad config), L{flannel_tw.etcd.errors.KeyNotFound}
+        @return: Deferred firing with L{flannel_tw.model.config.NetworkConfig}; fails with
+            L{flannel_tw.model.config.ConfigError} (bad config), L{flannel_tw.etcd.errors.KeyNotFound}
             (no config yet) or an etcd transport error.
         """
 
@@ -22,15 +22,15 @@ class ISubnetManager(Interface):
         Reuse our lease (same PublicIP), else C{previous_subnet} if nobody holds it,
         else allocate a free subnet and create it with prevExist=false.
 
-        @return: Deferred firing with L{flannel_tw.lease.Lease};
-            fails with L{flannel_tw.allocate.OutOfSubnets} or an etcd error.
+        @return: Deferred firing with L{flannel_tw.model.lease.Lease};
+            fails with L{flannel_tw.lease.allocate.OutOfSubnets} or an etcd error.
         """
 
     def renew_lease(lease):
         """
         Unconditional PUT of the lease with ttl 86400 (no ttl for a reservation).
 
-        @return: Deferred firing with the renewed L{flannel_tw.lease.Lease}.
+        @return: Deferred firing with the renewed L{flannel_tw.model.lease.Lease}.
         """
 
     def list_leases():
@@ -38,7 +38,7 @@ class ISubnetManager(Interface):
         @return: Deferred firing with C{(leases, index)}; bad nodes are skipped. Keys are
             read as flanneld reads them (for allocation); each lease carries its key as
             stored in C{Lease.key}, and only an exact one may be routed
-            (L{flannel_tw.leasecheck}).
+            (L{flannel_tw.model.leasecheck}).
         """
 
     def watch_leases(wait_index):
@@ -64,7 +64,7 @@ class IBackend(Interface):
         """
         Check the backend config and make what must exist before the lease (e.g. a vxlan device).
 
-        @return: Deferred firing with the L{flannel_tw.lease.LeaseAttrs} for our lease.
+        @return: Deferred firing with the L{flannel_tw.model.lease.LeaseAttrs} for our lease.
         """
 
     def start(config, lease):

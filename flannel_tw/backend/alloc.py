@@ -4,7 +4,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from flannel_tw.interfaces import IBackend
-from flannel_tw.lease import LeaseAttrs
+from flannel_tw.model.lease import LeaseAttrs
 
 
 @implementer(IBackend)

@@ -17,8 +17,8 @@ from zope.interface import implementer
 
 from flannel_tw.backend.routed import PeerBackend
 from flannel_tw.interfaces import IBackend
-from flannel_tw.lease import LeaseAttrs
-from flannel_tw.net.kernel import HostGwRoute, RouteEntry
+from flannel_tw.model.lease import LeaseAttrs
+from flannel_tw.kernel.rtnetlink import HostGwRoute, RouteEntry
 
 ROUTE_CHECK_INTERVAL = 10.0     # seconds (flanneld's routeCheckRetries loop)
 

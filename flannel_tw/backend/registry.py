@@ -12,12 +12,12 @@ def _alloc(reactor, ext_iface):
 
 
 def _udp(reactor, ext_iface):
-    from flannel_tw.backend.udp import UdpBackend
+    from flannel_tw.backend.udp.backend import UdpBackend
     return UdpBackend(reactor, ext_iface)
 
 
 def _vxlan(reactor, ext_iface):
-    from flannel_tw.backend.vxlan import VxlanBackend
+    from flannel_tw.backend.vxlan.backend import VxlanBackend
     return VxlanBackend(reactor, ext_iface)
 
 

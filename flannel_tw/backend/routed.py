@@ -27,16 +27,16 @@ from ipaddress import IPv4Network
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from flannel_tw.events import ADDED, REMOVED
-from flannel_tw.leasecheck import lease_problem
-from flannel_tw.net.kernel import Kernel
+from flannel_tw.model.events import ADDED, REMOVED
+from flannel_tw.model.leasecheck import lease_problem
+from flannel_tw.kernel.rtnetlink import Kernel
 
 LOG_EACH = 10       # batches up to this size log every change; bigger ones a summary
 
 
 class PeerBackend:
     """
-    Base of L{flannel_tw.backend.vxlan.VxlanBackend} and
+    Base of L{flannel_tw.backend.vxlan.backend.VxlanBackend} and
     L{flannel_tw.backend.hostgw.HostGwBackend}. Subclasses set C{name} and define
     C{_peer(lease)} (pure: lease -> entry, may raise ValueError),
     C{_apply_batch(changes)} (blocking, run in a thread: C{(have, target)} pairs -> per pair

@@ -54,7 +54,7 @@ from flannel_tw.etcd.wire import (SNIPPET as _SNIPPET, Node, Response,  # Node, 
                                   header_index as _header_index,        # re-exported
                                   parse_response as _parse, says_unhealthy as _says_unhealthy,
                                   validate_endpoint as _validate_endpoint)
-from flannel_tw.subnet.backoff import make_backoff
+from flannel_tw.lease.backoff import make_backoff
 
 __all__ = ["Node", "Response", "EtcdV2Client"]
 
@@ -141,7 +141,7 @@ class EtcdV2Client:
         self._empty_backoff = make_backoff()
         if http is None:
             from twisted.web.client import BrowserLikePolicyForHTTPS
-            from flannel_tw.logs import quiet_pool
+            from flannel_tw.observe.logs import quiet_pool
 
             self._pool = quiet_pool(reactor, persistent=True)  # no factory lines per connection
             http = build_http(

@@ -7,7 +7,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from flannel_tw.interfaces import IBackend, ISubnetManager
-from flannel_tw.lease import LeaseAttrs
+from flannel_tw.model.lease import LeaseAttrs
 
 
 @implementer(ISubnetManager)

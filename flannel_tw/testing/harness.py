@@ -21,9 +21,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from flannel_tw import daemon as daemon_mod
 from flannel_tw.etcd.client import EtcdV2Client
-from flannel_tw.events import REMOVED
-from flannel_tw.net.iface import ExtIface
-from flannel_tw.subnet.etcd import EtcdSubnetManager
+from flannel_tw.model.events import REMOVED
+from flannel_tw.kernel.iface import ExtIface
+from flannel_tw.lease.manager import EtcdSubnetManager
 from flannel_tw.testing.fakes import RecordingBackend
 from flannel_tw.testing.polling import wait_until
 

@@ -13,7 +13,7 @@ import treq
 from twisted.internet import defer, reactor
 from twisted.web import server as web_server
 
-from flannel_tw.health import health_root
+from flannel_tw.observe.health import health_root
 
 
 def notify_socket(path_or_name):

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 
-from flannel_tw.lab import run as labrun
+from flannel_tw.tools.lab import run as labrun
 
 
 ROOT = labrun.repo_root()

@@ -3,7 +3,7 @@ tests/lab/test_vxlan.py, tests/unit/test_hostgw.py, tests/unit/test_iptables.py,
 tests/unit/test_vxlan.py.
 
 The vxlan backend: options and lease attrs (pure), the backend's event logic against a
-recording fake kernel, and the netlink helpers of flannel_tw.net.kernel on a real kernel
+recording fake kernel, and the netlink helpers of flannel_tw.kernel.rtnetlink on a real kernel
 inside a private network namespace (root only)."""
 
 from ipaddress import IPv4Address, IPv4Network
@@ -11,10 +11,10 @@ from ipaddress import IPv4Address, IPv4Network
 from twisted.internet import defer
 from twisted.logger import Logger, formatEvent
 
-from flannel_tw.config import parse_config
-from flannel_tw.lease import Lease, LeaseAttrs
-from flannel_tw.net.iface import ExtIface
-from flannel_tw.net.kernel import RouteEntry
+from flannel_tw.model.config import parse_config
+from flannel_tw.model.lease import Lease, LeaseAttrs
+from flannel_tw.kernel.iface import ExtIface
+from flannel_tw.kernel.rtnetlink import RouteEntry
 
 
 IFACE = ExtIface(name="eth0", index=7, addr=IPv4Address("192.168.250.11"),

@@ -24,9 +24,9 @@ import os
 import time
 from ipaddress import IPv4Interface, IPv4Network
 
-from flannel_tw.iptables import forward_rules, masq_rules
-from flannel_tw.lab.run import start_daemons, start_etcd, subnet_file, wait_subnet_files
-from flannel_tw.lab.topology import Lab, list_netns, stop_pids
+from flannel_tw.host.iptables import forward_rules, masq_rules
+from flannel_tw.tools.lab.run import start_daemons, start_etcd, subnet_file, wait_subnet_files
+from flannel_tw.tools.lab.topology import Lab, list_netns, stop_pids
 from flannel_tw.testing.overlay import PY, TCP_SINK, TCP_SOURCE, read_text, say, wait_for
 
 

@@ -6,7 +6,7 @@ tests/unit/test_overlay.py.
 The udp overlay on real kernels, end to end: a real etcd in the lab's switch
 namespace, one ``twistd flannel`` (udp backend, TUN flannel0, UDP 8285) per
 host namespace, and a docker-like container behind each host
-(flannel_tw.lab).
+(flannel_tw.tools.lab).
 
 Every test builds its own lab (about two seconds each) and tears it down in a
 cleanup, so namespaces, devices and processes go away even when a test fails.
@@ -21,9 +21,9 @@ from ipaddress import IPv4Address, IPv4Interface
 
 from twisted.python import log
 
-from flannel_tw.lab.run import (
+from flannel_tw.tools.lab.run import (
     _daemon_logs, start_daemons, start_etcd, subnet_file, wait_subnet_files)
-from flannel_tw.lab.topology import Lab, list_netns
+from flannel_tw.tools.lab.topology import Lab, list_netns
 from flannel_tw.testing import skips
 
 

@@ -14,8 +14,8 @@ from ipaddress import IPv4Address
 from twisted.internet import defer, reactor, task
 
 from flannel_tw.etcd.client import EtcdV2Client
-from flannel_tw.lease import LeaseAttrs
-from flannel_tw.subnet.etcd import EtcdSubnetManager
+from flannel_tw.model.lease import LeaseAttrs
+from flannel_tw.lease.manager import EtcdSubnetManager
 
 
 CONFIG_JSON = '{"Network": "10.5.0.0/16"}'

@@ -21,7 +21,7 @@ The systemd units in flannel_tw/deploy/systemd.
 import os
 import shlex
 
-from flannel_tw.lab.run import repo_root
+from flannel_tw.tools.lab.run import repo_root
 
 
 DIST = os.path.join(repo_root(), "flannel_tw", "deploy", "systemd")

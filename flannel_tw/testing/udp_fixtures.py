@@ -2,9 +2,9 @@
 tests/lab/test_udp_backend.py, tests/unit/test_fuzz.py, tests/unit/test_offload.py,
 tests/unit/test_udp_backend.py.
 
-Tests for the udp backend (flannel_tw.backend.udp) on the real reactor, with a
-FakeTun and real UDP sockets on loopback; plus real-kernel TUN tests (flannel_tw.net.tun,
-flannel_tw.net.netlink) inside a throw-away network namespace."""
+Tests for the udp backend (flannel_tw.backend.udp.backend) on the real reactor, with a
+FakeTun and real UDP sockets on loopback; plus real-kernel TUN tests (flannel_tw.kernel.tun,
+flannel_tw.kernel.netlink) inside a throw-away network namespace."""
 
 import socket
 import struct
@@ -16,13 +16,13 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
-from flannel_tw.backend.udp import UdpBackend
-from flannel_tw.config import NetworkConfig
-from flannel_tw.events import ADDED, LeaseEvent
-from flannel_tw.lease import Lease, LeaseAttrs
-from flannel_tw.net.iface import ExtIface
+from flannel_tw.backend.udp.backend import UdpBackend
+from flannel_tw.model.config import NetworkConfig
+from flannel_tw.model.events import ADDED, LeaseEvent
+from flannel_tw.model.lease import Lease, LeaseAttrs
+from flannel_tw.kernel.iface import ExtIface
 from flannel_tw.testing.faketun import FakeTun
-from flannel_tw.udp import packet as P
+from flannel_tw.backend.udp import packet as P
 
 
 NETWORK = IPv4Network("10.1.0.0/16")

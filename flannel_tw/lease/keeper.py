@@ -1,0 +1,372 @@
+# -*- test-case-name: tests.test_keeper -*-
+"""
+The lease keeper: an explicit state machine that holds our lease.
+
+States: HELD (a renewal timer runs, or none for a reservation) -> RENEWING ->
+HELD ; RENEWING fails with a transport/etcd error -> RETRYING (backoff) -> RENEWING ;
+our lease gone or held by another host -> REACQUIRING -> HELD ; another live holder
+with our PublicIP -> CONFLICT -> (lease gone) REACQUIRING ; stop() -> STOPPED.
+
+- The renewal is scheduled from the TTL etcd returned (re-read on every renewal),
+  on the injected clock: C{ttl - margin} (or C{ttl / 2} when the TTL is shorter than
+  the margin), never from an absolute expiry compared with the local wall clock, so a
+  skewed clock cannot make us lose the lease. The daemon gives the keeper a
+  L{flannel_tw.kernel.monoclock.MonotonicClock}: a wall-clock step in either direction
+  neither delays a renewal past the TTL nor brings it forward.
+- Health: L{LeaseKeeper.renewal_late} is True once a renewal round (the first attempt
+  to the next success) has lasted longer than C{grace} (300 s), or longer than half of
+  the lease's remaining life when the round began, whichever is shorter; /healthz then
+  fails although the lease may still be valid, so that an etcd answering errors is
+  noticed while there is time to act (with the defaults: 5 minutes after the first
+  failure, 55 minutes before the lease would expire).
+- Reservations (no TTL) are never renewed and never given a TTL.
+- Two hosts must not share a PublicIP (and so one lease). Every write of ours is a
+  compare-and-swap on the modifiedIndex of our previous write, so a write by anyone
+  else to our key is seen: by the watcher (an event for our key with a newer index
+  while no write of ours is in flight) or by a failed renewal (then the key is read).
+  If that write carries another PublicIP, the subnet is another host's now: we take
+  another one. If it carries our PublicIP, another live process claims our PublicIP:
+  CONFLICT. The holder that was there first writes the lease back once (loudly);
+  a keeper that reused an existing lease less than C{PROBATION} (30 s) ago, or that
+  already wrote back once, stands down instead: state CONFLICT, no more writes, the
+  lease counts as lost (/healthz 503), a critical log naming both, until the lease is
+  gone from etcd (then it is re-acquired). So a second host started with our PublicIP
+  reuses the lease, sees the first host's write-back at once and stands down, and two
+  long-running hosts write at most twice before one of them stands down. A key whose
+  index is older than our last write (etcd restored from a backup) is taken back
+  quietly with a compare-and-swap on that index.
+- Renewal is conditional on our own value: another host's lease is never overwritten.
+- When the lease is deleted or expires, we re-acquire, preferring the same subnet
+  (create-only). If another host now holds it, we get another subnet and the
+  daemon is told through C{on_new_lease(new, old)}, loudly.
+"""
+from dataclasses import replace
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from flannel_tw.etcd.errors import KeyNotFound, TestFailed
+from flannel_tw.model.events import REMOVED
+from flannel_tw.lease.backoff import make_backoff
+
+HELD, RENEWING, RETRYING, REACQUIRING, CONFLICT, STOPPED = (
+    "held", "renewing", "retrying", "reacquiring", "conflict", "stopped")
+PROBATION = 30.0        # seconds after reusing a lease in which we yield to its live holder
+RENEWAL_GRACE = 300.0   # seconds a renewal may fail before /healthz fails (at most)
+
+
+def renewal_delay(ttl, margin):
+    """Seconds until renewal for a lease etcd says lives C{ttl} more seconds; None = never."""
+    if ttl is None:
+        return None
+    return ttl - margin if ttl > margin else ttl / 2.0
+
+
+class LeaseKeeper:
+    """
+    @param reactor: C{IReactorTime}, for wall-clock timestamps (C{last_renewal_at}).
+    @param clock: C{IReactorTime} for every timer and duration (default: C{reactor});
+        a monotonic one in the daemon.
+    @param margin: renewal margin in seconds (flanneld's --subnet-lease-renew-margin * 60).
+    @param on_new_lease: called as C{on_new_lease(new_lease, old_lease)} when the subnet changes.
+    @param grace: seconds a renewal may keep failing before L{renewal_late} (at most).
+    @param probation: seconds after reusing an existing lease (the manager's
+        C{reused_leases}) in which a same-PublicIP writer makes us stand down.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, manager, config, attrs, lease, margin, on_new_lease=None,
+                 backoff=None, clock=None, grace=RENEWAL_GRACE, probation=PROBATION):
+        self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self._manager = manager
+        self._config = config
+        self._attrs = attrs
+        self.lease = lease
+        self._margin = margin
+        self._on_new_lease = on_new_lease
+        self._backoff = backoff or make_backoff(initial=1.0, maximum=60.0)
+        self.state = HELD
+        self.lease_lost = False   # True from "gone or not ours" until re-acquired
+        self.failures = 0
+        self.renewals = 0
+        self.renewal_failures = 0
+        self.last_renewal_at = None
+        self._timer = None
+        self._pending = None
+        self._grace = grace
+        self._round_started = None   # clock time of the first attempt of a renewal round
+        self._round_limit = None     # the round is late after this clock time
+        self._valid_until = None     # clock time by which the lease expires at the latest
+        self._probation = probation
+        self._probation_until = None  # a reused lease: stand down to a live holder until then
+        self._defended = False        # wrote our lease back over a same-PublicIP writer
+        self._defending = False
+        self.conflicts = 0
+
+    def start(self):
+        self._set_valid(self.lease, self._clock.seconds())
+        self._start_probation(self.lease)
+        self._schedule(renewal_delay(self.lease.ttl, self._margin))
+
+    def _set_valid(self, lease, sent_at):
+        self._valid_until = None if lease.ttl is None else sent_at + lease.ttl
+
+    @property
+    def renewal_failing_for(self):
+        """Seconds since the current renewal round began (None when none runs)."""
+        if self._round_started is None:
+            return None
+        return self._clock.seconds() - self._round_started
+
+    @property
+    def lease_expires_in(self):
+        """Seconds the lease has left at most, by etcd's TTL (None: reservation or unknown)."""
+        if self._valid_until is None:
+            return None
+        return self._valid_until - self._clock.seconds()
+
+    def renewal_late(self):
+        """True when the renewal round has failed for too long (see the module docstring)."""
+        return self._round_limit is not None and self._clock.seconds() > self._round_limit
+
+    def stop(self):
+        self.state = STOPPED
+        self._cancel_timer()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+
+    @property
+    def next_renewal_in(self):
+        """Seconds to the scheduled renewal or retry, None when nothing is scheduled."""
+        if self._timer is None or not self._timer.active():
+            return None
+        return self._timer.getTime() - self._clock.seconds()
+
+    def own_event(self, event):
+        """A watcher event about our own subnet."""
+        if self.state in (STOPPED, REACQUIRING):
+            return
+        if event.kind == REMOVED:
+            self.log.warn("Our lease {subnet} was deleted or expired in etcd; re-acquiring",
+                          subnet=self.lease.subnet)
+            self._reacquire(prefer=self.lease.subnet)
+        elif event.lease.attrs is not None and event.lease.attrs.public_ip != self._attrs.public_ip:
+            self.log.critical(
+                "Our subnet {subnet} is now held by another host ({other}); acquiring another "
+                "subnet", subnet=self.lease.subnet, other=event.lease.attrs.public_ip)
+            self._reacquire(prefer=None)
+        elif self.state == CONFLICT:
+            return
+        elif self._newer_than_ours(event.lease):
+            if self.state in (HELD, RETRYING):   # else a write of ours is in flight: its CAS tells
+                self._foreign_write(event.lease)
+        elif self._older_than_ours(event.lease):
+            return
+        elif self.state == HELD and event.lease.ttl is not None and not self.lease.is_reservation:
+            # flanneld: an added event for our own key resets the expiration and the timer.
+            self.lease = replace(self.lease, ttl=event.lease.ttl,
+                                 modified_index=event.lease.modified_index)
+            self._set_valid(self.lease, self._clock.seconds())
+            self._schedule(renewal_delay(event.lease.ttl, self._margin))
+
+    # -- machinery ------------------------------------------------------------
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _schedule(self, delay, action=None):
+        self._cancel_timer()
+        if delay is None:
+            return
+        self._timer = self._clock.callLater(max(0.0, delay), action or self._renew)
+
+    def _track(self, d, ok, fail):
+        self._pending = d
+
+        def _ok(result):
+            if d is self._pending:
+                self._pending = None
+                ok(result)
+
+        def _fail(f):
+            if d is self._pending and not f.check(defer.CancelledError):
+                self._pending = None
+                fail(f)
+
+        d.addCallbacks(_ok, _fail)
+        d.addErrback(lambda f: self.log.failure("Lease keeper bug", f))
+
+    def _end_round(self):
+        self._round_started = self._round_limit = None
+
+    def _renew(self):
+        self._timer = None
+        self.state = RENEWING
+        now = self._clock.seconds()
+        if self._round_started is None:
+            self._round_started = now
+            left = None if self._valid_until is None else self._valid_until - now
+            self._round_limit = now + (self._grace if left is None
+                                       else max(0.0, min(self._grace, left / 2.0)))
+        self._sent_at = now
+        self._track(defer.maybeDeferred(self._manager.renew_lease, self.lease),
+                    self._renewed, self._renew_failed)
+
+    def _renewed(self, lease):
+        self.state = HELD
+        self.failures = 0
+        if self._defending:
+            self._defending = False
+        else:
+            self._defended = False
+        self._end_round()
+        self._set_valid(lease, self._sent_at)
+        self.renewals += 1
+        self.last_renewal_at = self._reactor.seconds()
+        self.lease = lease
+        self.log.info("Lease {subnet} renewed, ttl {ttl}", subnet=lease.subnet, ttl=lease.ttl)
+        self._schedule(renewal_delay(lease.ttl, self._margin))
+
+    def _renew_failed(self, failure):
+        self.renewal_failures += 1
+        self._defending = False
+        if failure.check(TestFailed):
+            self._inspect()
+            return
+        if failure.check(KeyNotFound):
+            self.log.warn("Lease {subnet} is gone or no longer ours ({error}); re-acquiring",
+                          subnet=self.lease.subnet, error=failure.value)
+            self._reacquire(prefer=self.lease.subnet)
+            return
+        delay = self._backoff(self.failures)
+        self.failures += 1
+        self.state = RETRYING
+        self.log.error("Error renewing lease (trying again in {delay:.0f}s): {error}",
+                       delay=delay, error=failure.getErrorMessage())
+        self._schedule(delay, self._renew)
+
+    def _reacquire(self, prefer):
+        self._cancel_timer()
+        self._end_round()
+        self._sent_at = self._clock.seconds()
+        self.state = REACQUIRING
+        self.lease_lost = True
+        self._track(defer.maybeDeferred(self._manager.acquire_lease, self._config, self._attrs,
+                                        prefer),
+                    self._reacquired, lambda f: self._reacquire_failed(f, prefer))
+
+    def _reacquired(self, lease):
+        old, self.lease = self.lease, lease
+        self._set_valid(lease, self._sent_at)
+        self._start_probation(lease)
+        self._defended = False
+        self.state = HELD
+        self.lease_lost = False
+        self.failures = 0
+        if lease.subnet != old.subnet:
+            self.log.critical("Lease changed from {old} to {new}: subnet.env is rewritten; "
+                              "containers on the old subnet must be restarted",
+                              old=old.subnet, new=lease.subnet)
+        else:
+            self.log.info("Lease {subnet} re-acquired", subnet=lease.subnet)
+        if self._on_new_lease is not None:
+            try:
+                self._on_new_lease(lease, old)
+            except Exception:
+                self.log.failure("Handling the new lease {subnet} failed", subnet=lease.subnet)
+        self._schedule(renewal_delay(lease.ttl, self._margin))
+
+    def _reacquire_failed(self, failure, prefer):
+        delay = self._backoff(self.failures)
+        self.failures += 1
+        self.state = RETRYING
+        self.log.error("Error re-acquiring a lease (trying again in {delay:.0f}s): {error}",
+                       delay=delay, error=failure.getErrorMessage())
+        self._schedule(delay, lambda: self._reacquire(prefer))
+
+    # -- another writer on our key -----------------------------------------------
+
+    def _start_probation(self, lease):
+        reused = getattr(self._manager, "reused_leases", {})  # EtcdSubnetManager's record
+        if lease.modified_index is not None and reused.get(lease.subnet) == lease.modified_index:
+            self._probation_until = self._clock.seconds() + self._probation
+        else:
+            self._probation_until = None
+
+    def _newer_than_ours(self, lease):
+        return (lease.modified_index is not None and self.lease.modified_index is not None
+                and lease.modified_index > self.lease.modified_index)
+
+    def _older_than_ours(self, lease):
+        return (lease.modified_index is not None and self.lease.modified_index is not None
+                and lease.modified_index < self.lease.modified_index)
+
+    def _inspect(self):
+        """Our compare-and-swap failed: read the key and see who wrote it."""
+        self.state = RENEWING
+        self._track(defer.maybeDeferred(self._manager.get_lease, self.lease.subnet),
+                    self._inspected, self._inspect_failed)
+
+    def _inspected(self, lease):
+        if lease.attrs is None or lease.attrs.public_ip != self._attrs.public_ip:
+            self.log.critical(
+                "Our subnet {subnet} is now held by another host ({other}); acquiring another "
+                "subnet", subnet=self.lease.subnet,
+                other=lease.attrs.public_ip if lease.attrs is not None else None)
+            self._reacquire(prefer=None)
+        elif self._older_than_ours(lease):
+            self.log.warn("etcd's copy of our lease {subnet} (index {index}) is older than our "
+                          "last write ({ours}): etcd was restored? Writing it again",
+                          subnet=lease.subnet, index=lease.modified_index,
+                          ours=self.lease.modified_index)
+            self.lease = replace(self.lease, modified_index=lease.modified_index)
+            self._renew()
+        else:
+            self._foreign_write(lease)
+
+    def _inspect_failed(self, failure):
+        if failure.check(KeyNotFound):
+            self.log.warn("Lease {subnet} is gone ({error}); re-acquiring",
+                          subnet=self.lease.subnet, error=failure.value)
+            self._reacquire(prefer=self.lease.subnet)
+            return
+        self._renew_failed(failure)
+
+    def _foreign_write(self, lease):
+        """Someone else wrote our key with our PublicIP (see the module docstring)."""
+        self.conflicts += 1
+        now = self._clock.seconds()
+        if lease.ttl is not None:
+            self._set_valid(lease, now)   # the key now lives by the TTL that writer gave it
+        in_probation = self._probation_until is not None and now < self._probation_until
+        if in_probation or self._defended:
+            self._cancel_timer()
+            self._end_round()
+            self.state = CONFLICT
+            self.lease_lost = True
+            self.log.critical(
+                "Another live host or process with our PublicIP {public_ip} holds our lease "
+                "{subnet}: it wrote the lease (etcd index {index}) after our write (index "
+                "{ours}){why}. Two hosts must not share a PublicIP: standing down (no more "
+                "writes from us, /healthz fails) until the lease is gone from etcd. Fix the "
+                "duplicate PublicIP (--public-ip, --iface)", public_ip=self._attrs.public_ip,
+                subnet=self.lease.subnet, index=lease.modified_index,
+                ours=self.lease.modified_index,
+                why=(" right after we reused it" if in_probation
+                     else " again after we wrote it back once"))
+            return
+        self.log.critical(
+            "Another host or process with our PublicIP {public_ip} wrote our lease {subnet} "
+            "(etcd index {index}, our last write {ours}). Two hosts must not share a PublicIP: "
+            "writing our lease back once; the newcomer stands down",
+            public_ip=self._attrs.public_ip, subnet=self.lease.subnet,
+            index=lease.modified_index, ours=self.lease.modified_index)
+        self._defended = self._defending = True
+        self._cancel_timer()
+        self.lease = replace(self.lease, modified_index=lease.modified_index)
+        self._renew()

@@ -1,0 +1,271 @@
+# -*- test-case-name: tests.test_subnet_manager -*-
+"""
+The subnet manager on etcd v2: network config, lease acquisition, renewal, listing
+and watching, with flanneld v0.10's schema (flannel-compat.md sections 2 and 3) and
+flannel-tw's decisions (section 13):
+
+- a previous subnet from subnet.env is reused only if no other host holds it;
+- only etcd error 105 (node exists) means "lost the race, try another subnet";
+- renewal never overwrites another host's lease: it is a compare-and-swap on the
+  modifiedIndex of our own last write (on our value when that is unknown);
+- reusing the lease that carries our PublicIP is a compare-and-swap on the
+  modifiedIndex we listed, so a key changed between our list and our write is never
+  overwritten (we list again and decide again). A reuse is recorded in
+  C{reused_leases}: the lease keeper stands down if another live holder with our
+  PublicIP shows up right after it (see L{flannel_tw.lease.keeper}).
+"""
+import random
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from flannel_tw.lease.allocate import choose_subnet, fits, holds_allocation
+from flannel_tw.model.config import ConfigError, parse_config
+from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
+from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
+from flannel_tw.interfaces import ISubnetManager
+from flannel_tw.model.lease import (Lease, LeaseAttrs, LeaseParseError, key_name, key_to_subnet,
+                              subnet_to_key)
+from flannel_tw.model.leasecheck import SkipMemory
+
+SUBNET_TTL = 86400
+RACE_RETRIES = 10
+DEFAULT_PREFIX = "/coreos.com/network"
+REMOVAL_ACTIONS = frozenset(["delete", "expire", "compareAndDelete"])
+
+
+class AcquireError(Exception):
+    """Lease acquisition gave up (e.g. max retries reached)."""
+
+
+def node_to_lease(node):
+    """
+    An etcd node under subnets/ -> L{Lease}, with the key's last component as stored in
+    C{key} (flanneld's lenient parse: see L{Lease.is_canonical} before routing it).
+
+    @raise LeaseParseError: the key or value is not a lease, as flanneld would skip it.
+    """
+    subnet = key_to_subnet(node.key)
+    attrs = LeaseAttrs.from_json(node.value if node.value is not None else "")
+    return Lease(subnet=subnet, attrs=attrs, ttl=node.ttl, modified_index=node.modified_index,
+                 key=key_name(node.key))
+
+
+@implementer(ISubnetManager)
+class EtcdSubnetManager:
+    """
+    L{ISubnetManager} on an L{flannel_tw.etcd.client.EtcdV2Client}.
+
+    @param rand: a C{random.Random} for choosing among free subnets.
+    @ivar skipped: the L{SkipMemory} of nodes skipped as bad (reasons C{bad-key}: no
+        lease key at all, C{bad-value}), bounded, for one warning per node and metrics.
+    """
+
+    log = Logger()
+
+    def __init__(self, client, prefix=DEFAULT_PREFIX, rand=None):
+        self._client = client
+        self.prefix = prefix.rstrip("/") or "/"
+        self._rand = rand if rand is not None else random.SystemRandom()
+        self.skipped = SkipMemory()
+        # subnet -> modifiedIndex of our write when acquire_lease reused an existing lease
+        self.reused_leases = {}
+
+    @property
+    def subnets_key(self):
+        return self.prefix + "/subnets"
+
+    def lease_key(self, subnet):
+        return "%s/%s" % (self.subnets_key, subnet_to_key(subnet))
+
+    @defer.inlineCallbacks
+    def get_network_config(self):
+        """Deferred L{NetworkConfig}; fails with ConfigError, KeyNotFound or a transport error."""
+        resp = yield self._client.get(self.prefix + "/config", quorum=True, recursive=False,
+                                      sorted=False)
+        return parse_config(resp.node.value if resp.node.value is not None else "")
+
+    def _warn_bad_node(self, node, err):
+        """One warning per bad node (not per event: a renewal with the same fault is
+        quiet); the memory is bounded and forgets deleted nodes."""
+        try:
+            key_to_subnet(node.key)
+        except LeaseParseError:
+            reason = "bad-key"
+        else:
+            reason = "bad-value"
+        if self.skipped.note(node.key, reason):
+            # the node's key goes in "error" too: the log rate limit (flannel_tw.observe.logs) keys
+            # on format and error, and two nodes with the same bad value are two warnings
+            self.log.warn("Ignoring bad subnet node {error}", key=node.key,
+                          index=node.modified_index, reason=reason,
+                          error="%s (index %s): %s" % (node.key, node.modified_index, err))
+
+    def _is_direct_child(self, key):
+        parent, _, name = (key or "").rstrip("/").rpartition("/")
+        return parent == self.subnets_key and bool(name)
+
+    @defer.inlineCallbacks
+    def list_leases(self):
+        """Deferred C{(leases, index)}; bad nodes are skipped with one warning each."""
+        try:
+            resp = yield self._client.get(self.subnets_key, recursive=True, quorum=True,
+                                          sorted=False)
+        except KeyNotFound as e:
+            return [], e.index
+        leases = []
+        keys = []
+        for node in resp.node.nodes or ():
+            if node.dir or not self._is_direct_child(node.key):
+                continue
+            keys.append(node.key)
+            try:
+                leases.append(node_to_lease(node))
+            except LeaseParseError as e:
+                self._warn_bad_node(node, e)
+        self.skipped.retain(keys)    # a complete list: forget nodes that are gone
+        return leases, resp.etcd_index if resp.etcd_index is not None else resp.node.modified_index
+
+    @defer.inlineCallbacks
+    def get_lease(self, subnet):
+        resp = yield self._client.get(self.lease_key(subnet), quorum=True)
+        return node_to_lease(resp.node)
+
+    def _response_lease(self, resp, subnet, attrs):
+        return Lease(subnet=subnet, attrs=attrs, ttl=resp.node.ttl,
+                     modified_index=resp.node.modified_index)
+
+    @defer.inlineCallbacks
+    def acquire_lease(self, config, attrs, previous_subnet=None):
+        """
+        Deferred L{Lease}. Fails with L{OutOfSubnets}, L{AcquireError} after
+        C{RACE_RETRIES} lost races, or any other etcd error at once.
+        """
+        value = attrs.to_json()
+        for attempt in range(RACE_RETRIES):
+            leases, _ = yield self.list_leases()
+
+            # Only leases under flanneld's exact key form can be ours to reuse (a key such
+            # as x10.5.7.0-24 holding our PublicIP is not), and only those a valid config
+            # hands out keep a subnet from being allocated (allocate.holds_allocation).
+            canonical = [l for l in leases if l.is_canonical]
+            mine = next((l for l in canonical if l.attrs.public_ip == attrs.public_ip), None)
+            if mine is not None:
+                if fits(config, mine.subnet):
+                    ttl = None if mine.is_reservation else SUBNET_TTL
+                    try:
+                        resp = yield self._client.set(self.lease_key(mine.subnet), value,
+                                                      ttl=ttl, prev_index=mine.modified_index)
+                    except (TestFailed, KeyNotFound) as e:
+                        self.log.warn("Lease {subnet} with our PublicIP changed in etcd between "
+                                      "our list and our write ({error}); not overwritten, "
+                                      "looking again (attempt {attempt})", subnet=mine.subnet,
+                                      error=e, attempt=attempt + 1)
+                        continue
+                    self.log.info("Reusing our lease {subnet} (reservation: {res})",
+                                  subnet=mine.subnet, res=mine.is_reservation)
+                    lease = self._response_lease(resp, mine.subnet, attrs)
+                    self.reused_leases = {lease.subnet: lease.modified_index}  # the last only
+                    return lease
+                self.log.warn("Our lease {subnet} does not fit the config any more; deleting it",
+                              subnet=mine.subnet)
+                yield self._delete_quietly(mine.subnet)
+                leases = [l for l in leases if l is not mine]
+
+            candidate = None
+            if previous_subnet is not None:
+                holder = next((l for l in leases if l.subnet == previous_subnet), None)
+                if not fits(config, previous_subnet):
+                    self.log.warn("Previous subnet {subnet} does not fit the config; ignoring it",
+                                  subnet=previous_subnet)
+                elif holder is not None:
+                    self.log.warn("Previous subnet {subnet} is held by {holder}; not taking it over",
+                                  subnet=previous_subnet, holder=holder.attrs.public_ip)
+                else:
+                    candidate = previous_subnet
+                previous_subnet = None if candidate is None else previous_subnet
+
+            if candidate is None:
+                candidate = choose_subnet(
+                    config, [l.subnet for l in leases
+                             if l.is_canonical and holds_allocation(config, l.subnet)],
+                    self._rand)
+
+            try:
+                resp = yield self._client.create(self.lease_key(candidate), value, ttl=SUBNET_TTL)
+            except NodeExist:
+                self.log.info("Subnet {subnet} was taken by another host meanwhile; retrying "
+                              "(attempt {attempt})", subnet=candidate, attempt=attempt + 1)
+                previous_subnet = None
+                continue
+            self.log.info("Acquired lease {subnet}", subnet=candidate)
+            return self._response_lease(resp, candidate, attrs)
+        raise AcquireError("Max retries reached trying to acquire a subnet (%d attempts)"
+                           % RACE_RETRIES)
+
+    @defer.inlineCallbacks
+    def _delete_quietly(self, subnet):
+        try:
+            yield self._client.delete(self.lease_key(subnet))
+        except KeyNotFound:
+            pass
+
+    @defer.inlineCallbacks
+    def renew_lease(self, lease):
+        """
+        Re-write our lease with ttl 86400 (none for a reservation), only if it is still
+        the version C{lease.modified_index} (our own last write), or, when that is not
+        known, still holds our value: never another host's lease.
+
+        @return: Deferred L{Lease} with the TTL etcd returned; fails with KeyNotFound
+            (gone) or TestFailed (written by someone else since), which the keeper
+            looks into (L{get_lease}).
+        """
+        value = lease.attrs.to_json()
+        ttl = None if lease.is_reservation else SUBNET_TTL
+        if lease.modified_index is not None:
+            cas = {"prev_index": lease.modified_index}
+        else:
+            cas = {"prev_value": value}
+        resp = yield self._client.set(self.lease_key(lease.subnet), value, ttl=ttl, **cas)
+        return self._response_lease(resp, lease.subnet, lease.attrs)
+
+    @defer.inlineCallbacks
+    def watch_leases(self, wait_index):
+        """
+        Deferred C{(event_or_None, modified_index)}; None for a node that is not a
+        lease (stepped past). Fails with EventIndexCleared when the index is too old,
+        and with EtcdIndexWentBack when etcd's index is below C{wait_index - 1} (the
+        cluster was wiped or restored; both mean: re-list).
+        """
+        while True:
+            resp = yield self._client.watch(self.subnets_key, wait_index, recursive=True,
+                                            detect_reset=True)
+            node = resp.node
+            if self._is_direct_child(node.key) and not node.dir:
+                break
+            wait_index = node.modified_index + 1  # a deeper or dir node: not a lease change
+        index = node.modified_index
+        if resp.action in REMOVAL_ACTIONS:
+            self.skipped.forget(node.key)
+            try:
+                subnet = key_to_subnet(node.key)
+            except LeaseParseError:
+                return None, index   # it was never a lease: nothing to undo
+            attrs = None
+            if resp.prev_node is not None and resp.prev_node.value:
+                try:
+                    attrs = LeaseAttrs.from_json(resp.prev_node.value)
+                except LeaseParseError:
+                    attrs = None
+            return LeaseEvent(REMOVED, Lease(subnet=subnet, attrs=attrs, ttl=None,
+                                             modified_index=index,
+                                             key=key_name(node.key))), index
+        try:
+            lease = node_to_lease(node)
+        except LeaseParseError as e:
+            self._warn_bad_node(node, e)
+            return None, index
+        self.skipped.forget(node.key)    # replaced by a good value
+        return LeaseEvent(ADDED, lease), index

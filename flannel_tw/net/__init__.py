@@ -1,1 +1,0 @@
-"""Kernel seams: interface lookup, TUN, netlink (pyroute2)."""

@@ -1,0 +1,3 @@
+"""
+Watching the daemon: /healthz and /readyz, Prometheus metrics, log formats.
+"""

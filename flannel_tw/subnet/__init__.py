@@ -1,1 +1,0 @@
-"""Subnet manager: config wait, lease acquire/renew, lease watch."""

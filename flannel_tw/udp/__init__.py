@@ -1,1 +1,0 @@
-"""udp backend data path: packets and routes (pure) ."""
