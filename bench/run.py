@@ -51,8 +51,8 @@ if __package__ in (None, ""):      # python3 bench/run.py
         sys.exit(2)
 
 from flannel_tw.backend.registry import FACTORIES                     # noqa: E402
-from flannel_tw.lab.run import TWISTD, _child_env, repo_root, start_etcd  # noqa: E402
-from flannel_tw.lab.topology import Lab, LabError                      # noqa: E402
+from flannel_tw.tools.lab.run import TWISTD, _child_env, repo_root, start_etcd  # noqa: E402
+from flannel_tw.tools.lab.topology import Lab, LabError                      # noqa: E402
 
 NETWORK = "10.5.0.0/16"
 HEALTH_PORT = 8471

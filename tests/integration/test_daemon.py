@@ -12,9 +12,9 @@ from twisted.trial import unittest
 
 from flannel_tw import daemon as daemon_mod
 from flannel_tw.etcd.client import EtcdV2Client
-from flannel_tw.net.iface import ExtIface
-from flannel_tw.subnet.etcd import EtcdSubnetManager
-from flannel_tw.subnetfile import parse_env
+from flannel_tw.kernel.iface import ExtIface
+from flannel_tw.lease.manager import EtcdSubnetManager
+from flannel_tw.host.subnetfile import parse_env
 from flannel_tw.testing.etcd import shared_etcd, unique_prefix
 from flannel_tw.testing.fakes import RecordingBackend
 
@@ -309,7 +309,7 @@ class RealRunLogTests(unittest.TestCase):
         """The captured events as the daemon's text observer at -v=C{verbosity} writes them."""
         import io
         from twisted.internet import task
-        from flannel_tw import logs
+        from flannel_tw.observe import logs
         out = io.StringIO()
         observer = logs.make_observer("text", out, task.Clock(), verbosity)
         for event in list(self.events):
@@ -359,7 +359,7 @@ class RealRunLogTests(unittest.TestCase):
             "127.0.0.1 (MTU 65536), public IP 127.0.0.1",
             "[flannel_tw.daemon.FlannelDaemon#info] Network config: Network=10.5.0.0/16 "
             "SubnetLen=24 SubnetMin=10.5.1.0 SubnetMax=10.5.255.0 Backend=alloc",
-            "[flannel_tw.subnet.etcd.EtcdSubnetManager#info] Acquired lease %s" % subnet,
+            "[flannel_tw.lease.manager.EtcdSubnetManager#info] Acquired lease %s" % subnet,
             "[flannel_tw.daemon.FlannelDaemon#info] Wrote %s" % self.subnet_file,
             "[flannel_tw.daemon.FlannelDaemon#info] Running with lease %s in network "
             "10.5.0.0/16 (alloc backend, MTU 65536)" % subnet])

@@ -1,4 +1,4 @@
-"""Tests for flannel_tw.dockeropts: ``flannel-tw docker-opts`` with the flags and
+"""Tests for flannel_tw.tools.dockeropts: ``flannel-tw docker-opts`` with the flags and
 output of mk-docker-opts.sh (flannel-compat.md section 5)."""
 
 import io
@@ -8,7 +8,7 @@ import sys
 
 from twisted.trial.unittest import TestCase
 
-from flannel_tw import dockeropts
+from flannel_tw.tools import dockeropts
 
 
 SAMPLE = ("FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\n"
@@ -113,7 +113,7 @@ class DockerOptsTests(TestCase):
 
     def test_help_prints_usage_and_exits_0(self):
         """-h and --help (anywhere): the usage on stdout, exit 0, nothing read or written."""
-        from flannel_tw.cli import main
+        from flannel_tw.tools.cli import main
         for args in (["-h"], ["--help"], ["-f", "/nonexistent", "--help"], ["-c", "-h"]):
             stdout, stderr = io.StringIO(), io.StringIO()
             self.assertEqual(main(["docker-opts"] + args + ["-d", self.out], stdout, stderr),

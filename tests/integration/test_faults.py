@@ -14,13 +14,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from flannel_tw import daemon as daemon_mod
-from flannel_tw.config import parse_config
+from flannel_tw.model.config import parse_config
 from flannel_tw.etcd.client import EtcdV2Client
-from flannel_tw.lease import LeaseAttrs
-from flannel_tw.subnet import keeper as keeper_mod
-from flannel_tw.subnet.backoff import make_backoff
-from flannel_tw.subnet.etcd import EtcdSubnetManager
-from flannel_tw.subnetfile import parse_env
+from flannel_tw.model.lease import LeaseAttrs
+from flannel_tw.lease import keeper as keeper_mod
+from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.lease.manager import EtcdSubnetManager
+from flannel_tw.host.subnetfile import parse_env
 from flannel_tw.testing.etcd import EtcdServer, start_etcd_for_test
 from flannel_tw.testing.netfaults import SilenceableProxy
 from flannel_tw.testing.polling import wait_until

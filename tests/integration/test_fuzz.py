@@ -12,7 +12,7 @@ from twisted.logger import LogLevel
 from twisted.trial import unittest
 
 from flannel_tw.etcd.client import EtcdV2Client
-from flannel_tw.subnet.etcd import EtcdSubnetManager
+from flannel_tw.lease.manager import EtcdSubnetManager
 from flannel_tw.testing.etcd import shared_etcd, unique_prefix
 from flannel_tw.testing.harness import capture_logs, logged
 from flannel_tw.testing.fuzz_fixtures import DEEP

@@ -9,7 +9,7 @@ import tempfile
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from flannel_tw.sdnotify import sd_notify, sd_status
+from flannel_tw.host.sdnotify import sd_notify, sd_status
 from flannel_tw.testing.etcd import start_etcd_for_test
 from flannel_tw.testing.harness import CONFIG, DaemonHarness, sleep
 from flannel_tw.testing.polling import wait_until

@@ -7,7 +7,7 @@ import os
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from flannel_tw.iptables import IptablesError, ProcessRunner, TrafficRules
+from flannel_tw.host.iptables import IptablesError, ProcessRunner, TrafficRules
 from flannel_tw.testing.iptables_fixtures import N, S
 
 
@@ -28,7 +28,7 @@ class ProcessRunnerLookupTests(unittest.TestCase):
         def spawn(path, args, env=None, reactor=None):
             self.spawned.append((path, list(args)))
             return defer.succeed((b"", b"", self.exit_code))
-        import flannel_tw.iptables as iptables_mod
+        import flannel_tw.host.iptables as iptables_mod
         self.patch(iptables_mod.shutil, "which", which)
         self.patch(iptables_mod.utils, "getProcessOutputAndValue", spawn)
 
@@ -78,7 +78,7 @@ class ProcessRunnerLookupTests(unittest.TestCase):
         """posix_spawn raises at once when the cached binary is gone."""
         run = ProcessRunner(task.Clock())
         self.assertEqual(self.successResultOf(run(["-S"])), (0, ""))
-        import flannel_tw.iptables as iptables_mod
+        import flannel_tw.host.iptables as iptables_mod
 
         def gone(path, args, env=None, reactor=None):
             raise FileNotFoundError(2, "No such file or directory", path)

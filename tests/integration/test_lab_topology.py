@@ -1,4 +1,4 @@
-"""Tests for flannel_tw.lab.topology on real kernels: namespaces, a bridge, veths.
+"""Tests for flannel_tw.tools.lab.topology on real kernels: namespaces, a bridge, veths.
 All traffic stays inside the namespaces each test makes."""
 
 import subprocess
@@ -11,7 +11,7 @@ class LabRunPureTests(unittest.TestCase):
     """The ``flannel-tw lab`` command's pieces that need no kernel."""
 
     def test_daemon_argv(self):
-        from flannel_tw.lab import run
+        from flannel_tw.tools.lab import run
         argv = run.daemon_argv("/w", 2, "http://192.168.250.1:2379",
                                IPv4Address("192.168.250.12"), ip_masq=True)
         self.assertEqual(argv[:len(run.TWISTD)], run.TWISTD)
@@ -21,14 +21,14 @@ class LabRunPureTests(unittest.TestCase):
             "--iface=192.168.250.12", "--subnet-file=/w/h2/subnet.env", "--ip-masq"])
 
     def test_twistd_entry_point_runs(self):
-        from flannel_tw.lab import run
+        from flannel_tw.tools.lab import run
         out = subprocess.run(run.TWISTD + ["--help"], capture_output=True,
                              text=True, timeout=60)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("Usage: twistd", out.stdout)
 
     def test_render_matrix(self):
-        from flannel_tw.lab import run
+        from flannel_tw.tools.lab import run
         results = {("c1", "c2"): True, ("c2", "c1"): False,
                    ("h1", "c2"): True, ("h2", "c1"): True}
         self.assertEqual(run.render_matrix([1, 2], results).splitlines(), [
@@ -41,7 +41,7 @@ class LabRunPureTests(unittest.TestCase):
     def test_not_root(self):
         import contextlib
         import io
-        from flannel_tw.lab import run
+        from flannel_tw.tools.lab import run
         self.patch(run.os, "geteuid", lambda: 1000)
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
@@ -50,7 +50,7 @@ class LabRunPureTests(unittest.TestCase):
         self.assertIn("needs root", err.getvalue())
 
     def test_parse_errors(self):
-        from flannel_tw.lab import run
+        from flannel_tw.tools.lab import run
         self.assertRaises(SystemExit, run.main, ["--backend", "nope"])
         self.assertRaises(SystemExit, run.main, ["sideways"])
         self.assertRaises(SystemExit, run.main, ["down", "a", "b"])

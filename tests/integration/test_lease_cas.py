@@ -9,9 +9,9 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.trial import unittest
 
-from flannel_tw.config import parse_config
+from flannel_tw.model.config import parse_config
 from flannel_tw.etcd.errors import TestFailed
-from flannel_tw.subnet.etcd import EtcdSubnetManager
+from flannel_tw.lease.manager import EtcdSubnetManager
 from flannel_tw.testing.etcd import shared_etcd, start_etcd_for_test, unique_prefix
 
 from flannel_tw.testing.harness import CONFIG, DaemonHarness, logged, sleep

@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.trial import unittest
 
-from flannel_tw.events import ADDED
+from flannel_tw.model.events import ADDED
 from flannel_tw.testing.etcd import shared_etcd, unique_prefix
 
 from flannel_tw.testing.harness import CONFIG, DaemonHarness, logged
@@ -62,7 +62,7 @@ class RoutingHarness(DaemonHarness):
     def skipped_metrics(self, daemon):
         from prometheus_client import generate_latest
         from prometheus_client.parser import text_string_to_metric_families
-        from flannel_tw.metrics import metrics_registry
+        from flannel_tw.observe.metrics import metrics_registry
         text = generate_latest(metrics_registry(daemon, process=False)).decode()
         return {s.labels["reason"]: s.value for f in text_string_to_metric_families(text)
                 for s in f.samples if s.name == "flannel_leases_skipped_total"}

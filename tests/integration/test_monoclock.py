@@ -18,7 +18,7 @@ import json, sys, time
 from twisted.internet import epollreactor
 epollreactor.install()
 from twisted.internet import reactor
-from flannel_tw.monoclock import MonotonicClock
+from flannel_tw.kernel.monoclock import MonotonicClock
 
 offset = [0.0]
 reactor.seconds = lambda: time.time() + offset[0]

@@ -7,10 +7,10 @@ from ipaddress import IPv4Address, IPv4Network
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from flannel_tw.allocate import OutOfSubnets
-from flannel_tw.config import parse_config
-from flannel_tw.events import REMOVED
-from flannel_tw.subnet.watch import LeaseWatcher
+from flannel_tw.lease.allocate import OutOfSubnets
+from flannel_tw.model.config import parse_config
+from flannel_tw.model.events import REMOVED
+from flannel_tw.lease.watch import LeaseWatcher
 from flannel_tw.testing.etcd import shared_etcd, start_etcd_for_test, unique_prefix
 from flannel_tw.testing.polling import CONFIG_JSON, ManagerTestMixin, attrs, wait_until
 

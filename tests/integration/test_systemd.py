@@ -23,7 +23,7 @@ import tempfile
 
 from twisted.trial import unittest
 
-from flannel_tw.lab.run import repo_root
+from flannel_tw.tools.lab.run import repo_root
 from flannel_tw.testing.systemd_fixtures import (
     DIST, EXEC_KEYS, effective_environment, exec_argv, load, parse_unit, values)
 from flannel_tw.testing import skips
@@ -52,7 +52,7 @@ class VerifyTests(unittest.TestCase):
         skips.require_tools("systemd-analyze")   # Debian package systemd
         if not os.path.isfile("/usr/lib/systemd/system/sysinit.target"):
             raise unittest.SkipTest("no /usr/lib/systemd/system to take the standard targets from")
-        from flannel_tw.install import find_bin_dir
+        from flannel_tw.tools.install import find_bin_dir
         self.bin_dir = find_bin_dir()
         self.root = tempfile.mkdtemp(prefix="flannel-tw-units-")
         self.addCleanup(shutil.rmtree, self.root, True)
@@ -60,7 +60,7 @@ class VerifyTests(unittest.TestCase):
 
     def install(self, *args):
         import io
-        from flannel_tw.install import main
+        from flannel_tw.tools.install import main
         out, err = io.StringIO(), io.StringIO()
         code = main(["--root", self.root] + list(args), out, err)
         self.assertEqual((code, err.getvalue()), (0, ""), out.getvalue())
@@ -138,7 +138,7 @@ class EtcdctlExampleTests(unittest.TestCase):
     """The etcdctl example's command, run as written against a real etcd 3.5."""
 
     def test_etcdctl_v2_set_writes_what_flannel_tw_reads(self):
-        from flannel_tw.config import parse_config
+        from flannel_tw.model.config import parse_config
         from flannel_tw.testing.etcd import find_etcd_binary, start_etcd_for_test
         etcd = find_etcd_binary()
         etcdctl = etcd and os.path.join(os.path.dirname(etcd), "etcdctl")
@@ -220,7 +220,7 @@ class ConfigDropInTests(unittest.TestCase):
 
     def test_publishes_over_tls(self):
         import io
-        from flannel_tw.install import main as install_units
+        from flannel_tw.tools.install import main as install_units
         from flannel_tw.testing.certs import make_pki
         from flannel_tw.testing.etcd import start_etcd_for_test
         d = os.path.abspath(self.mktemp())
@@ -255,7 +255,7 @@ class ConfigDropInTests(unittest.TestCase):
                             stderr=subprocess.PIPE, text=True, timeout=60)
         self.assertEqual(cp.returncode, 0, cp.stderr)
         self.assertIn("wrote /coreos.com/network/config", cp.stdout)
-        from flannel_tw.config import parse_config
+        from flannel_tw.model.config import parse_config
         value = server.v2_get("/coreos.com/network/config")["node"]["value"]
         with open(os.path.join(root, "etc", "flannel", "network.json")) as f:
             self.assertEqual(value, f.read().strip())

@@ -2,13 +2,13 @@
 A wiped etcd (a private real etcd per test, wiped with SIGKILL and an empty data dir):
 the daemon re-creates its own lease, and the peers the wipe took keep their routes until
 they are gone for good, i.e. still absent from etcd when their leases would have expired
-by the TTL last seen (flannel_tw.subnet.watch). A recording backend stands in for the
+by the TTL last seen (flannel_tw.lease.watch). A recording backend stands in for the
 data plane: "route kept" means "no REMOVED event reached the backend".
 """
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from flannel_tw.subnet import watch
+from flannel_tw.lease import watch
 from flannel_tw.testing.etcd import start_etcd_for_test
 
 from flannel_tw.testing.harness import CONFIG, PREFIX, DaemonHarness, exists, sleep

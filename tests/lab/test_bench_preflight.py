@@ -8,7 +8,7 @@ import sys
 from twisted.trial import unittest
 
 from bench import preflight
-from flannel_tw.lab.run import repo_root
+from flannel_tw.tools.lab.run import repo_root
 from flannel_tw.testing import skips
 
 

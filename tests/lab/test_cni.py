@@ -1,4 +1,4 @@
-"""flannel_tw.cni: delegate config generation, environment checks and error JSON
+"""flannel_tw.tools.cni: delegate config generation, environment checks and error JSON
 (unit, with a fake delegate), and containers attached through the real plugin
 (bridge + host-local from containernetworking-plugins) on two udp lab hosts
 reaching each other."""
@@ -37,11 +37,11 @@ class LabTests(unittest.TestCase):
     def make_cni_path(self, workdir):
         """A CNI_PATH dir holding the 'flannel' shim (flannel_tw/deploy/cni/flannel, or a copy
         running this interpreter's flannel-tw when the command is not installed)."""
-        from flannel_tw.lab.run import repo_root
+        from flannel_tw.tools.lab.run import repo_root
         d = os.path.join(workdir, "cni-bin")
         os.makedirs(d)
         shim = os.path.join(d, "flannel")
-        from flannel_tw.install import InstallError, find_bin_dir, render, shipped
+        from flannel_tw.tools.install import InstallError, find_bin_dir, render, shipped
         try:   # the shipped shim, with this install's absolute path (as install-units writes it)
             bin_dir = find_bin_dir()
         except InstallError:
@@ -49,7 +49,7 @@ class LabTests(unittest.TestCase):
         if bin_dir:
             _write(shim, render(shipped("cni", "flannel"), bin_dir))
         else:
-            _write(shim, '#!/bin/sh\nexec %s -m flannel_tw.cli cni "$@"\n' % sys.executable)
+            _write(shim, '#!/bin/sh\nexec %s -m flannel_tw.tools.cli cni "$@"\n' % sys.executable)
         os.chmod(shim, 0o755)
         return d
 
@@ -75,8 +75,8 @@ class LabTests(unittest.TestCase):
         return [n for n in names if n != "eth0"]
 
     def test_containers_on_two_hosts_reach_each_other(self):
-        from flannel_tw.lab import run as labrun
-        from flannel_tw.lab.topology import Lab
+        from flannel_tw.tools.lab import run as labrun
+        from flannel_tw.tools.lab.topology import Lab
         lab = Lab()
         self.addCleanup(lab.teardown)
         workdir = os.path.abspath(self.mktemp())

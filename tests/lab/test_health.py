@@ -23,8 +23,8 @@ class TwistdNotifyTests(unittest.TestCase):
 
     def test_ready_after_subnet_env_and_clean_sigterm(self):
         from flannel_tw.testing.lab_process import CONFIG as LAB_CONFIG
-        from flannel_tw.lab import run as labrun
-        from flannel_tw.lab.topology import Lab
+        from flannel_tw.tools.lab import run as labrun
+        from flannel_tw.tools.lab.topology import Lab
 
         skips.require_lab()
         lab = Lab()

@@ -1,4 +1,4 @@
-"""Tests for flannel_tw.net.iface on a real kernel, inside a network namespace
+"""Tests for flannel_tw.kernel.iface on a real kernel, inside a network namespace
 made for each test (veth pairs and a bridge with addresses and a default route)."""
 
 import os
@@ -9,7 +9,7 @@ from ipaddress import IPv4Address
 
 from twisted.trial import unittest
 
-from flannel_tw.net.iface import FAILED, ExtIface, IfaceError, lookup_ext_iface
+from flannel_tw.kernel.iface import FAILED, ExtIface, IfaceError, lookup_ext_iface
 from flannel_tw.testing import skips
 
 
@@ -233,7 +233,7 @@ class KernelTests(unittest.TestCase):
     def test_opens_own_iproute(self):
         """With ipr=None, the current namespace is read (here: by moving into ours)."""
         self.add_default_route()
-        code = ("from flannel_tw.net.iface import lookup_ext_iface as l;"
+        code = ("from flannel_tw.kernel.iface import lookup_ext_iface as l;"
                 "r=l(); print(r.name, r.addr, r.mtu)")
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         out = subprocess.run(

@@ -18,8 +18,8 @@ import time
 
 from twisted.trial import unittest
 
-from flannel_tw.lab import run as labrun
-from flannel_tw.lab.topology import Lab, parse_subnet_env
+from flannel_tw.tools.lab import run as labrun
+from flannel_tw.tools.lab.topology import Lab, parse_subnet_env
 from flannel_tw.testing.install_fixtures import _Built, _clean_env, _run
 from flannel_tw.testing import skips
 

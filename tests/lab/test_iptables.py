@@ -10,7 +10,7 @@ import uuid
 from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
-from flannel_tw.iptables import IptablesError, ProcessRunner, TrafficRules
+from flannel_tw.host.iptables import IptablesError, ProcessRunner, TrafficRules
 from flannel_tw.testing.iptables_fixtures import FORWARD_S, MASQ_S, N, S
 from flannel_tw.testing import skips
 

@@ -21,7 +21,7 @@ import time
 
 from twisted.trial import unittest
 
-from flannel_tw.lab.run import _child_env, daemon_argv, subnet_file
+from flannel_tw.tools.lab.run import _child_env, daemon_argv, subnet_file
 from flannel_tw.testing.overlay import SKIP, UDP_LISTENER, read_text, say, wait_for
 from flannel_tw.testing.kernel_overlay import KernelOverlay, RECEIVER, SETTLE
 

@@ -1,4 +1,4 @@
-"""Tests for flannel_tw.lab.topology on real kernels: namespaces, a bridge, veths.
+"""Tests for flannel_tw.tools.lab.topology on real kernels: namespaces, a bridge, veths.
 All traffic stays inside the namespaces each test makes."""
 
 import json
@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from twisted.trial import unittest
 
-from flannel_tw.lab.topology import (
+from flannel_tw.tools.lab.topology import (
     Container, Lab, LabError, cleanup_stale, list_netns, parse_subnet_env)
 from flannel_tw.testing import skips
 
@@ -86,7 +86,7 @@ class TopologyTests(unittest.TestCase):
     def test_host_iface_lookup(self):
         """The daemon's interface choice finds eth0 in a lab host."""
         from pyroute2 import NetNS
-        from flannel_tw.net.iface import lookup_ext_iface
+        from flannel_tw.kernel.iface import lookup_ext_iface
         lab = self.make_lab()
         lab.add_switch()
         ns = lab.add_host(4)
@@ -217,7 +217,7 @@ class LabRunTests(unittest.TestCase):
         import contextlib
         import io
         import re
-        from flannel_tw.lab import run
+        from flannel_tw.tools.lab import run
         skips.require_etcd()
         out = io.StringIO()
         workdir = self.mktemp()

@@ -1,4 +1,4 @@
-"""flannel_tw.metrics: the collector over fake daemon state, the page via StubTreq,
+"""flannel_tw.observe.metrics: the collector over fake daemon state, the page via StubTreq,
 and a scrape of a real daemon's endpoint in a two-host udp lab after traffic."""
 
 import os
@@ -17,8 +17,8 @@ class LabScrapeTests(unittest.TestCase):
         skips.require(root=True, tools=("ip", "ping"), tun=True)
 
     def test_scrape_after_traffic(self):
-        from flannel_tw.lab import run as labrun
-        from flannel_tw.lab.topology import Lab
+        from flannel_tw.tools.lab import run as labrun
+        from flannel_tw.tools.lab.topology import Lab
         lab = Lab()
         self.addCleanup(lab.teardown)
         workdir = os.path.abspath(self.mktemp())

@@ -1,4 +1,4 @@
-"""The udp backend's offloaded mode (flannel_tw.udp.offload): vnet headers, user-space
+"""The udp backend's offloaded mode (flannel_tw.backend.udp.offload): vnet headers, user-space
 segmentation and splitting, checksum completion (hypothesis); the negotiation through
 the lease's BackendData; the data path with a FakeTun that carries vnet headers; and,
 in the namespace lab, TCP transfers checked with sha256 between two offloading hosts
@@ -68,9 +68,9 @@ class OffloadLabTests(TestCase):
         skips.require(root=True, tun=True, tools=("ip",), etcd=True)
 
     def build(self, env2=None):
-        from flannel_tw.lab.run import (
+        from flannel_tw.tools.lab.run import (
             _child_env, daemon_argv, start_etcd, subnet_file, wait_subnet_files)
-        from flannel_tw.lab.topology import Lab
+        from flannel_tw.tools.lab.topology import Lab
         self.workdir = tempfile.mkdtemp(prefix="flannel-tw-offload-")
         self.addCleanup(shutil.rmtree, self.workdir, True)
         lab = self.lab = Lab()

@@ -1,6 +1,6 @@
-"""Tests for the udp backend (flannel_tw.backend.udp) on the real reactor, with a
-FakeTun and real UDP sockets on loopback; plus real-kernel TUN tests (flannel_tw.net.tun,
-flannel_tw.net.netlink) inside a throw-away network namespace."""
+"""Tests for the udp backend (flannel_tw.backend.udp.backend) on the real reactor, with a
+FakeTun and real UDP sockets on loopback; plus real-kernel TUN tests (flannel_tw.kernel.tun,
+flannel_tw.kernel.netlink) inside a throw-away network namespace."""
 
 import ctypes
 import os
@@ -16,7 +16,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from flannel_tw.interfaces import ITun
-from flannel_tw.udp import packet as P
+from flannel_tw.backend.udp import packet as P
 from flannel_tw.testing.udp_fixtures import make_ipv4
 from flannel_tw.testing import skips
 
@@ -120,8 +120,8 @@ class RealTunTests(TestCase):
         self.addCleanup(subprocess.run, ["ip", "netns", "delete", self.netns], check=False)
 
     def test_open_configure_read_write(self):
-        from flannel_tw.net import netlink
-        from flannel_tw.net.tun import PytunDevice, open_tun
+        from flannel_tw.kernel import netlink
+        from flannel_tw.kernel.tun import PytunDevice, open_tun
 
         name = "flntwtest%04x" % random.getrandbits(16)
 
@@ -194,8 +194,8 @@ class RealTunTests(TestCase):
     def test_configure_flushes_and_replaces(self):
         from pyroute2 import IPRoute
 
-        from flannel_tw.net import netlink
-        from flannel_tw.net.tun import open_tun
+        from flannel_tw.kernel import netlink
+        from flannel_tw.kernel.tun import open_tun
 
         def body():
             tun = open_tun("flntwtest%d")
@@ -226,7 +226,7 @@ class RealTunTests(TestCase):
     def test_persistent_device_reused(self):
         import pytun
 
-        from flannel_tw.net.tun import open_tun
+        from flannel_tw.kernel.tun import open_tun
 
         def body():
             dev = pytun.TunTapDevice(name="flntwpers0", flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
@@ -241,7 +241,7 @@ class RealTunTests(TestCase):
         self.assertEqual(in_netns(self.netns, body), "flntwpers0")
 
     def test_open_errors(self):
-        from flannel_tw.net.tun import TunError, open_tun
+        from flannel_tw.kernel.tun import TunError, open_tun
 
         def body():
             errors = []
@@ -263,7 +263,7 @@ class RealTunTests(TestCase):
         self.assertIn("too long", long_)
 
     def test_configure_missing_device(self):
-        from flannel_tw.net import netlink
+        from flannel_tw.kernel import netlink
 
         e = self.assertRaises(netlink.LinkNotFound, in_netns, self.netns,
                               netlink.configure_tun, "flntwnone0",

@@ -1,5 +1,5 @@
 """The vxlan backend: options and lease attrs (pure), the backend's event logic against a
-recording fake kernel, and the netlink helpers of flannel_tw.net.kernel on a real kernel
+recording fake kernel, and the netlink helpers of flannel_tw.kernel.rtnetlink on a real kernel
 inside a private network namespace (root only)."""
 
 import errno
@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pyroute2.netlink.exceptions import NetlinkError
 from twisted.trial import unittest
 
-from flannel_tw.net.kernel import (
+from flannel_tw.kernel.rtnetlink import (
     HostGwRoute, Kernel, KernelError, VxlanPeer, VxlanSpec, route_request)
 from flannel_tw.testing.kernel_fixtures import MAC1, MAC2
 from flannel_tw.testing import skips

@@ -1,5 +1,5 @@
 """
-Tests for flannel_tw.allocate: flanneld's subnet choice (flannel-compat.md
+Tests for flannel_tw.lease.allocate: flanneld's subnet choice (flannel-compat.md
 section 2, AcquireLease step 4), checked against a naive reference scan.
 """
 import random
@@ -8,10 +8,10 @@ from ipaddress import IPv4Network
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import TestCase
 
-from flannel_tw.allocate import (CANDIDATES, OutOfSubnets, choose_subnet, fits, free_subnets,
+from flannel_tw.lease.allocate import (CANDIDATES, OutOfSubnets, choose_subnet, fits, free_subnets,
                                  holds_allocation,
                                  pool_size)
-from flannel_tw.config import NetworkConfig, parse_config
+from flannel_tw.model.config import NetworkConfig, parse_config
 
 
 def config(network="10.5.0.0/16", **extra) -> NetworkConfig:

@@ -1,4 +1,4 @@
-"""flannel_tw.cni: delegate config generation, environment checks and error JSON
+"""flannel_tw.tools.cni: delegate config generation, environment checks and error JSON
 (unit, with a fake delegate), and containers attached through the real plugin
 (bridge + host-local from containernetworking-plugins) on two udp lab hosts
 reaching each other."""
@@ -10,7 +10,7 @@ import stat
 
 from twisted.trial import unittest
 
-from flannel_tw import cni
+from flannel_tw.tools import cni
 from flannel_tw.testing.cni_fixtures import SUBNET_ENV, _write
 
 

@@ -1,5 +1,5 @@
 """
-Tests for flannel_tw.config: flanneld v0.10's config rules (flannel-compat.md
+Tests for flannel_tw.model.config: flanneld v0.10's config rules (flannel-compat.md
 sections 1 and 13), Go encoding/json key matching, and every error path.
 """
 import json
@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import TestCase
 
-from flannel_tw.config import ConfigError, NetworkConfig, parse_config
+from flannel_tw.model.config import ConfigError, NetworkConfig, parse_config
 
 
 def cfg(**fields) -> str:

@@ -1,4 +1,4 @@
-"""Tests for flannel_tw.dockeropts: ``flannel-tw docker-opts`` with the flags and
+"""Tests for flannel_tw.tools.dockeropts: ``flannel-tw docker-opts`` with the flags and
 output of mk-docker-opts.sh (flannel-compat.md section 5)."""
 
 import io
@@ -7,7 +7,7 @@ import os
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import TestCase
 
-from flannel_tw import dockeropts
+from flannel_tw.tools import dockeropts
 
 
 class PropertyTests(TestCase):

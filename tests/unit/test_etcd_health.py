@@ -9,9 +9,9 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from flannel_tw import daemon as daemon_mod
-from flannel_tw.config import ConfigError
+from flannel_tw.model.config import ConfigError
 from flannel_tw.etcd.errors import EtcdError, EtcdMemberError, EtcdUnavailable, KeyNotFound
-from flannel_tw.net.iface import ExtIface
+from flannel_tw.kernel.iface import ExtIface
 from flannel_tw.testing.fakes import FakeSubnetManager
 
 IFACE = ExtIface(name="eth0", index=2, addr=IPv4Address("192.0.2.1"),

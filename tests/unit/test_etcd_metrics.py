@@ -12,7 +12,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 
-from flannel_tw import metrics
+from flannel_tw.observe import metrics
 from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.etcd.errors import ERROR_KINDS, KNOWN_CODES, etcd_error_kind
 

@@ -22,16 +22,16 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 
-from flannel_tw.backend.udp import UdpBackend
-from flannel_tw.config import ConfigError, parse_config
+from flannel_tw.backend.udp.backend import UdpBackend
+from flannel_tw.model.config import ConfigError, parse_config
 from flannel_tw.etcd.client import EtcdV2Client, _parse
 from flannel_tw.etcd.errors import EtcdError, EtcdIndexWentBack, EtcdMemberError, EtcdProtocolError
-from flannel_tw.events import ADDED, LeaseEvent
-from flannel_tw.lease import Lease, LeaseAttrs, LeaseParseError
-from flannel_tw.subnet.etcd import EtcdSubnetManager
+from flannel_tw.model.events import ADDED, LeaseEvent
+from flannel_tw.model.lease import Lease, LeaseAttrs, LeaseParseError
+from flannel_tw.lease.manager import EtcdSubnetManager
 from flannel_tw.testing.faketun import FakeTun
-from flannel_tw.udp import offload as O
-from flannel_tw.udp import packet as P
+from flannel_tw.backend.udp import offload as O
+from flannel_tw.backend.udp import packet as P
 from flannel_tw.testing.harness import logged
 from flannel_tw.testing.polling import wait_until
 from flannel_tw.testing.udp_fixtures import (
@@ -109,7 +109,7 @@ class ParserFuzzTests(unittest.TestCase):
 
     def test_deeply_nested_config_and_lease_at_the_etcd_boundary(self):
         """Absurd nesting in etcd values is a skipped lease or a ConfigError, never a RecursionError."""
-        from flannel_tw.subnet.etcd import node_to_lease
+        from flannel_tw.lease.manager import node_to_lease
         from flannel_tw.etcd.client import Node
         for value in (DEEP, '{"PublicIP":"10.0.0.1","BackendData":' + DEEP_OBJ + "}"):
             self.assertRaises(LeaseParseError, node_to_lease,

@@ -14,11 +14,11 @@ from zope.interface.verify import verifyObject
 
 from flannel_tw.backend.hostgw import NAT_MESSAGE, HostGwBackend, HostGwError
 from flannel_tw.backend.registry import make_backend
-from flannel_tw.events import ADDED, REMOVED, LeaseEvent
+from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import IBackend
-from flannel_tw.lease import LeaseAttrs
-from flannel_tw.net.iface import ExtIface
-from flannel_tw.net.kernel import HostGwRoute
+from flannel_tw.model.lease import LeaseAttrs
+from flannel_tw.kernel.iface import ExtIface
+from flannel_tw.kernel.rtnetlink import HostGwRoute
 
 from flannel_tw.testing.kernel_fixtures import IFACE, FakeKernel, config, lease, logged, sync
 

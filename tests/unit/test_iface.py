@@ -1,11 +1,11 @@
-"""Tests for flannel_tw.net.iface on a real kernel, inside a network namespace
+"""Tests for flannel_tw.kernel.iface on a real kernel, inside a network namespace
 made for each test (veth pairs and a bridge with addresses and a default route)."""
 
 from ipaddress import IPv4Address
 
 from twisted.trial import unittest
 
-from flannel_tw.net.iface import is_global_unicast, lookup_ext_iface, usable_ip4
+from flannel_tw.kernel.iface import is_global_unicast, lookup_ext_iface, usable_ip4
 
 
 class PureTests(unittest.TestCase):

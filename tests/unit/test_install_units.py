@@ -1,4 +1,4 @@
-"""flannel_tw.install (``flannel-tw install-units``): the bin directory of the running
+"""flannel_tw.tools.install (``flannel-tw install-units``): the bin directory of the running
 install, the rendering of the shipped units with its absolute paths, atomic and
 idempotent writes, the operator's options.env kept, dry runs, and the command line
 (in-process and as a process)."""
@@ -8,8 +8,8 @@ import os
 
 from twisted.trial import unittest
 
-from flannel_tw import install
-from flannel_tw.cli import main as cli_main
+from flannel_tw.tools import install
+from flannel_tw.tools.cli import main as cli_main
 from flannel_tw.testing.install_units_fixtures import _exe
 
 

@@ -5,7 +5,7 @@ private network namespace (root only)."""
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from flannel_tw.iptables import TrafficRules, forward_rules, masq_rules, rule_argv
+from flannel_tw.host.iptables import TrafficRules, forward_rules, masq_rules, rule_argv
 from flannel_tw.testing.kernel_fixtures import logged
 from flannel_tw.testing.iptables_fixtures import FORWARD_S, MASQ_S, N, S
 

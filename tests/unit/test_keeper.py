@@ -4,14 +4,14 @@ from ipaddress import IPv4Address, IPv4Network
 from twisted.internet import task
 from twisted.trial import unittest
 
-from flannel_tw.config import NetworkConfig
+from flannel_tw.model.config import NetworkConfig
 from flannel_tw.etcd.errors import EtcdError, EtcdUnavailable, KeyNotFound, TestFailed
-from flannel_tw.events import ADDED, REMOVED, LeaseEvent
-from flannel_tw.lease import Lease, LeaseAttrs
-from flannel_tw import monoclock
-from flannel_tw.monoclock import MonotonicClock
-from flannel_tw.subnet import keeper
-from flannel_tw.subnet.backoff import make_backoff
+from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
+from flannel_tw.model.lease import Lease, LeaseAttrs
+from flannel_tw.kernel import monoclock
+from flannel_tw.kernel.monoclock import MonotonicClock
+from flannel_tw.lease import keeper
+from flannel_tw.lease.backoff import make_backoff
 from flannel_tw.testing.fakes import FakeSubnetManager
 
 ATTRS = LeaseAttrs(IPv4Address("192.0.2.1"))

@@ -1,9 +1,9 @@
-"""Tests for flannel_tw.lab.topology on real kernels: namespaces, a bridge, veths.
+"""Tests for flannel_tw.tools.lab.topology on real kernels: namespaces, a bridge, veths.
 All traffic stays inside the namespaces each test makes."""
 
 from twisted.trial import unittest
 
-from flannel_tw.lab.topology import cleanup_stale, parse_subnet_env
+from flannel_tw.tools.lab.topology import cleanup_stale, parse_subnet_env
 
 
 class PureTests(unittest.TestCase):

@@ -1,5 +1,5 @@
 """
-Tests for flannel_tw.lease: lease values byte-for-byte as flanneld writes them,
+Tests for flannel_tw.model.lease: lease values byte-for-byte as flanneld writes them,
 Go-style parsing, and the subnet key format (flannel-compat.md section 2).
 """
 from ipaddress import IPv4Address, IPv4Network
@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import TestCase
 
-from flannel_tw.lease import (Lease, LeaseAttrs, LeaseParseError, key_to_subnet,
+from flannel_tw.model.lease import (Lease, LeaseAttrs, LeaseParseError, key_to_subnet,
                               parse_canonical_key, subnet_to_key)
 
 IP = IPv4Address("10.0.0.1")

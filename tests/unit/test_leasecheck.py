@@ -1,5 +1,5 @@
 """
-Tests for flannel_tw.leasecheck: which leases from etcd may be routed, and the bounded
+Tests for flannel_tw.model.leasecheck: which leases from etcd may be routed, and the bounded
 warn-once memory of skipped leases.
 """
 from ipaddress import IPv4Address, IPv4Network
@@ -7,8 +7,8 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import TestCase
 
-from flannel_tw.lease import Lease, LeaseAttrs, key_to_subnet, subnet_to_key
-from flannel_tw.leasecheck import REASONS, SkipMemory, lease_problem, public_ip_problem
+from flannel_tw.model.lease import Lease, LeaseAttrs, key_to_subnet, subnet_to_key
+from flannel_tw.model.leasecheck import REASONS, SkipMemory, lease_problem, public_ip_problem
 
 NETWORK = IPv4Network("10.5.0.0/16")
 OWN = IPv4Network("10.5.1.0/24")

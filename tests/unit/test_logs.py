@@ -1,4 +1,4 @@
-"""flannel_tw.logs: text/json observers, the rate limit on repeated errors (task.Clock), twistd wiring."""
+"""flannel_tw.observe.logs: text/json observers, the rate limit on repeated errors (task.Clock), twistd wiring."""
 import io
 import json
 import sys
@@ -9,7 +9,7 @@ from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from flannel_tw import logs
+from flannel_tw.observe import logs
 from flannel_tw.tap import Options
 
 

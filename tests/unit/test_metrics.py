@@ -1,4 +1,4 @@
-"""flannel_tw.metrics: the collector over fake daemon state, the page via StubTreq,
+"""flannel_tw.observe.metrics: the collector over fake daemon state, the page via StubTreq,
 and a scrape of a real daemon's endpoint in a two-host udp lab after traffic."""
 
 import collections
@@ -8,12 +8,12 @@ from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from flannel_tw import metrics
+from flannel_tw.observe import metrics
 from flannel_tw.testing.metrics_samples import Obj, sample, samples
 
 
 def fake_daemon():
-    from flannel_tw.backend.udp import new_counters
+    from flannel_tw.backend.udp.backend import new_counters
     counters = new_counters()
     counters.update(packets_in=7, bytes_in=700, packets_out=5, bytes_out=500,
                     tun_packets_in=6, tun_bytes_in=600, tun_packets_out=7, tun_bytes_out=700,
@@ -59,7 +59,7 @@ class CollectorTests(unittest.TestCase):
         self.assertEqual(sample(found, "flannel_udp_icmp_unreachable_total"), 1)
         self.assertEqual(sample(found, "flannel_udp_dropped_packets_total",
                                 reason="spoofed-source"), 3)
-        from flannel_tw.backend.udp import DROP_REASONS
+        from flannel_tw.backend.udp.backend import DROP_REASONS
         for reason in DROP_REASONS:
             self.assertIn(("flannel_udp_dropped_packets_total",
                            frozenset({"reason": reason}.items())), found)

@@ -5,7 +5,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from flannel_tw.monoclock import MonotonicClock
+from flannel_tw.kernel.monoclock import MonotonicClock
 
 
 class FakeAlarm:
@@ -87,7 +87,7 @@ class StepAlarmTests(unittest.TestCase):
 
     def test_forward_step_is_corrected_and_calls_fire_on_time(self):
         from twisted.internet import task
-        from flannel_tw import monoclock
+        from flannel_tw.kernel import monoclock
         wall, now, fired = task.Clock(), [0.0], []
         clock = MonotonicClock(wall, monotonic=lambda: now[0], alarm=FakeAlarm())
         clock._alarm = monoclock._StepAlarm(wall, clock._fire, lambda: now[0])

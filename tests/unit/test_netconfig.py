@@ -1,4 +1,4 @@
-"""flannel_tw.netconfig (``flannel-tw config get|set``) against a real etcd 3.5 (v2 API):
+"""flannel_tw.tools.netconfig (``flannel-tw config get|set``) against a real etcd 3.5 (v2 API):
 plain, over TLS with client certificates (from the flags and from $ETCD_SSL_DIR, as the
 daemon finds them), with v2 basic auth; the JSON checked before anything is written;
 usage errors naming the flag or variable; and the command as a process."""
@@ -8,7 +8,7 @@ import os
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from flannel_tw import netconfig
+from flannel_tw.tools import netconfig
 from flannel_tw.testing.netconfig_fixtures import CONFIG, Runner
 
 

@@ -1,4 +1,4 @@
-"""The udp backend's offloaded mode (flannel_tw.udp.offload): vnet headers, user-space
+"""The udp backend's offloaded mode (flannel_tw.backend.udp.offload): vnet headers, user-space
 segmentation and splitting, checksum completion (hypothesis); the negotiation through
 the lease's BackendData; the data path with a FakeTun that carries vnet headers; and,
 in the namespace lab, TCP transfers checked with sha256 between two offloading hosts
@@ -12,12 +12,12 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest, TestCase
 
-from flannel_tw.backend.udp import UdpBackend
-from flannel_tw.events import ADDED, LeaseEvent
-from flannel_tw.lease import Lease, LeaseAttrs
+from flannel_tw.backend.udp.backend import UdpBackend
+from flannel_tw.model.events import ADDED, LeaseEvent
+from flannel_tw.model.lease import Lease, LeaseAttrs
 from flannel_tw.testing.faketun import FakeTun
-from flannel_tw.udp import offload as O
-from flannel_tw.udp import packet as P
+from flannel_tw.backend.udp import offload as O
+from flannel_tw.backend.udp import packet as P
 from flannel_tw.testing.udp_fixtures import (
     EXT, OUR_SUBNET, OURS, PEER, PEER_SUBNET, BackendTestBase, config, lease, make_ipv4,
     wait_for)

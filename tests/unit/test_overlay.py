@@ -1,7 +1,7 @@
 """The udp overlay on real kernels, end to end: a real etcd in the lab's switch
 namespace, one ``twistd flannel`` (udp backend, TUN flannel0, UDP 8285) per
 host namespace, and a docker-like container behind each host
-(flannel_tw.lab).
+(flannel_tw.tools.lab).
 
 Every test builds its own lab (about two seconds each) and tears it down in a
 cleanup, so namespaces, devices and processes go away even when a test fails.
@@ -12,7 +12,7 @@ from ipaddress import IPv4Address
 
 from twisted.trial import unittest
 
-from flannel_tw.udp.packet import check_ipv4
+from flannel_tw.backend.udp.packet import check_ipv4
 from flannel_tw.testing.overlay import inet_checksum, ipv4_udp
 
 

@@ -1,5 +1,5 @@
 """
-Tests for flannel_tw.subnetfile: subnet.env rendering, parsing and atomic
+Tests for flannel_tw.host.subnetfile: subnet.env rendering, parsing and atomic
 writing, and mk-docker-opts.sh's output (flannel-compat.md section 5).
 """
 import os
@@ -9,7 +9,7 @@ from ipaddress import IPv4Network
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import TestCase
 
-from flannel_tw.subnetfile import (SubnetFileError, parse_env, read_env, read_previous_subnet,
+from flannel_tw.host.subnetfile import (SubnetFileError, parse_env, read_env, read_previous_subnet,
                                    render_docker_opts, render_subnet_env, write_atomic)
 
 SAMPLE = {"FLANNEL_NETWORK": "10.1.0.0/16", "FLANNEL_SUBNET": "10.1.74.1/24",
@@ -92,7 +92,7 @@ class ReadLimitTests(TestCase):
         self.assertIn("larger than", str(err))
 
     def test_limit_itself_is_fine(self):
-        from flannel_tw.subnetfile import MAX_ENV_SIZE
+        from flannel_tw.host.subnetfile import MAX_ENV_SIZE
         path = self.mktemp()
         line = "FLANNEL_MTU=1450\n"
         with open(path, "w") as f:
@@ -186,7 +186,7 @@ class SymlinkSafeWriteTests(TestCase):
     def test_docker_opts_write_is_symlink_safe(self):
         """flannel-tw docker-opts writes through the same function."""
         import io
-        from flannel_tw import dockeropts
+        from flannel_tw.tools import dockeropts
         env = os.path.join(self.dir, "subnet.env")
         with open(env, "w") as f:
             f.write("FLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1472\n")

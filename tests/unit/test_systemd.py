@@ -20,7 +20,7 @@ import shlex
 
 from twisted.trial import unittest
 
-from flannel_tw.lab.run import repo_root
+from flannel_tw.tools.lab.run import repo_root
 from flannel_tw.testing.systemd_fixtures import (
     DIST, EXEC_KEYS, effective_environment, exec_argv, load, parse_env_file, parse_unit, read,
     values)
@@ -122,7 +122,7 @@ class UnitTests(unittest.TestCase):
         (pre,) = values(u, "Service", "ExecStartPre")
         self.assertEqual(shlex.split(pre), [OPT_BIN + "flannel-tw", "config", "set",
                                             "--file", "/etc/flannel/network.json"])
-        from flannel_tw.config import parse_config
+        from flannel_tw.model.config import parse_config
         config = parse_config(read("network.json"))
         self.assertEqual(str(config.network), "10.1.0.0/16")
 
@@ -134,7 +134,7 @@ class UnitTests(unittest.TestCase):
         self.assertTrue(argv[0].endswith("etcdctl"))
         i = argv.index("set")
         self.assertEqual(argv[i + 1], "/coreos.com/network/config")
-        from flannel_tw.config import parse_config
+        from flannel_tw.model.config import parse_config
         config = parse_config(argv[i + 2])
         self.assertEqual(config.subnet_len, 28)
 
@@ -187,7 +187,7 @@ class UnitTests(unittest.TestCase):
 
     def test_docker_opts_command_output_suits_the_docker_unit(self):
         """The ExecStartPost command really writes the file docker.service reads."""
-        from flannel_tw.dockeropts import main as docker_opts
+        from flannel_tw.tools.dockeropts import main as docker_opts
         import io
         d = self.mktemp()
         os.makedirs(d)
@@ -243,7 +243,7 @@ class EnvironmentTests(unittest.TestCase):
 
     def test_config_drop_in_runs_with_the_same_settings(self):
         """ExecStartPre runs in the unit's environment: config set parses it as the daemon."""
-        from flannel_tw.netconfig import etcd_options
+        from flannel_tw.tools.netconfig import etcd_options
         env, options = self.daemon_options("50-ssl.conf", "50-network-config.conf")
         config_options = etcd_options([], env)
         for key in ("etcd-endpoints", "etcd-prefix", "etcd-cafile", "etcd-username"):

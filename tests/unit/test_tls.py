@@ -82,7 +82,7 @@ class TLSFileTests(unittest.TestCase):
         self.assertIn(missing, str(e))
 
     def test_build_daemon_exits_naming_an_unusable_file(self):
-        import flannel_tw.net.iface as iface_mod
+        import flannel_tw.kernel.iface as iface_mod
         self.patch(iface_mod, "lookup_ext_iface", lambda *a, **kw: IFACE)
         options = self._options("--etcd-endpoints=https://127.0.0.1:1",
                                 "--etcd-cafile=" + self.pki.ca,
@@ -93,7 +93,7 @@ class TLSFileTests(unittest.TestCase):
         self.assertIn("key %s cannot be loaded" % self.pki.ca, str(e.code))
 
     def test_build_daemon_exits_when_a_file_vanished_after_parsing(self):
-        import flannel_tw.net.iface as iface_mod
+        import flannel_tw.kernel.iface as iface_mod
         self.patch(iface_mod, "lookup_ext_iface", lambda *a, **kw: IFACE)
         ca = os.path.join(self.dir, "short-lived-ca.pem")
         shutil.copy(self.pki.ca, ca)
@@ -103,7 +103,7 @@ class TLSFileTests(unittest.TestCase):
         self.assertIn("Failed to create SubnetManager: cannot read CA file " + ca, str(e.code))
 
     def test_build_daemon_uses_etcd_ssl_dir(self):
-        import flannel_tw.net.iface as iface_mod
+        import flannel_tw.kernel.iface as iface_mod
         self.patch(iface_mod, "lookup_ext_iface", lambda *a, **kw: IFACE)
         self.patch(os, "environ", dict(os.environ, ETCD_SSL_DIR=self.dir))
         d = daemon_mod.build_daemon(self._options("--etcd-endpoints=https://127.0.0.1:1"),
@@ -183,7 +183,7 @@ class InsecureSettingsTests(unittest.TestCase):
         self.assertEqual(self.parse().warnings, [])
 
     def test_daemon_logs_the_warnings_at_start_up(self):
-        import flannel_tw.net.iface as iface_mod
+        import flannel_tw.kernel.iface as iface_mod
         from twisted.logger import globalLogPublisher
         self.patch(iface_mod, "lookup_ext_iface", lambda *a, **kw: IFACE)
         self.patch(os, "environ", dict(os.environ, ETCD_SSL_DIR=os.path.join(self.dir, "no")))

@@ -1,6 +1,6 @@
-"""Tests for the udp backend (flannel_tw.backend.udp) on the real reactor, with a
-FakeTun and real UDP sockets on loopback; plus real-kernel TUN tests (flannel_tw.net.tun,
-flannel_tw.net.netlink) inside a throw-away network namespace."""
+"""Tests for the udp backend (flannel_tw.backend.udp.backend) on the real reactor, with a
+FakeTun and real UDP sockets on loopback; plus real-kernel TUN tests (flannel_tw.kernel.tun,
+flannel_tw.kernel.netlink) inside a throw-away network namespace."""
 
 import errno
 import random
@@ -13,15 +13,15 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from flannel_tw.backend import udp as udpmod
-from flannel_tw.backend.udp import UdpBackend, UdpBackendError, backend_port
-from flannel_tw.config import NetworkConfig
-from flannel_tw.events import ADDED, REMOVED, LeaseEvent
+from flannel_tw.backend.udp import backend as udpmod
+from flannel_tw.backend.udp.backend import UdpBackend, UdpBackendError, backend_port
+from flannel_tw.model.config import NetworkConfig
+from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import IBackend, ITun
-from flannel_tw.lease import Lease, LeaseAttrs
-from flannel_tw.net.iface import ExtIface
+from flannel_tw.model.lease import Lease, LeaseAttrs
+from flannel_tw.kernel.iface import ExtIface
 from flannel_tw.testing.faketun import FakeTun
-from flannel_tw.udp import packet as P
+from flannel_tw.backend.udp import packet as P
 from flannel_tw.testing.udp_fixtures import (
     BackendTestBase, EXT, NETWORK, OURS, OUR_SUBNET, PEER, PEER_SUBNET, STRANGER, config,
     header_ok, lease, make_ipv4, wait_for)
@@ -94,7 +94,7 @@ class PrepareStartStopTests(BackendTestBase):
 
     @defer.inlineCallbacks
     def test_tun_error_propagates(self):
-        from flannel_tw.net.tun import TunError
+        from flannel_tw.kernel.tun import TunError
 
         def opener(name, **kw):
             raise TunError("cannot open TUN device 'flannel%d': nope")

@@ -1,11 +1,11 @@
-"""Tests for flannel_tw.udp.packet."""
+"""Tests for flannel_tw.backend.udp.packet."""
 import struct
 from ipaddress import IPv4Address
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from flannel_tw.udp import packet as P
+from flannel_tw.backend.udp import packet as P
 
 
 def checksum_ok(buf, start=0, end=None):

@@ -1,11 +1,11 @@
-"""Tests for flannel_tw.udp.routes."""
+"""Tests for flannel_tw.backend.udp.routes."""
 import time
 from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from flannel_tw.udp.routes import RouteTable
+from flannel_tw.backend.udp.routes import RouteTable
 
 
 def ip(s):

@@ -1,5 +1,5 @@
 """The vxlan backend: options and lease attrs (pure), the backend's event logic against a
-recording fake kernel, and the netlink helpers of flannel_tw.net.kernel on a real kernel
+recording fake kernel, and the netlink helpers of flannel_tw.kernel.rtnetlink on a real kernel
 inside a private network namespace (root only)."""
 
 import socket
@@ -12,12 +12,12 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from flannel_tw.backend.registry import make_backend
-from flannel_tw.backend.vxlan import (
+from flannel_tw.backend.vxlan.backend import (
     VxlanBackend, VxlanOptions, lease_attrs, parse_options, peer_from_lease)
-from flannel_tw.events import ADDED, REMOVED, LeaseEvent
+from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import IBackend
-from flannel_tw.lease import Lease, LeaseAttrs
-from flannel_tw.net.kernel import VxlanPeer, VxlanSpec, fdb_request, neigh_request, route_request
+from flannel_tw.model.lease import Lease, LeaseAttrs
+from flannel_tw.kernel.rtnetlink import VxlanPeer, VxlanSpec, fdb_request, neigh_request, route_request
 from flannel_tw.testing.kernel_fixtures import (
     FakeKernel, IFACE, MAC1, MAC2, config, lease, logged, sync)
 

@@ -8,11 +8,11 @@ from zope.interface.verify import verifyObject
 from twisted.logger import globalLogPublisher
 
 from flannel_tw.etcd.errors import EtcdIndexWentBack, EventIndexCleared, EtcdUnavailable
-from flannel_tw.events import ADDED, REMOVED, LeaseEvent
+from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import ISubnetManager
-from flannel_tw.lease import Lease, LeaseAttrs, key_to_subnet
-from flannel_tw.subnet import watch
-from flannel_tw.subnet.backoff import make_backoff
+from flannel_tw.model.lease import Lease, LeaseAttrs, key_to_subnet
+from flannel_tw.lease import watch
+from flannel_tw.lease.backoff import make_backoff
 from flannel_tw.testing.fakes import FakeSubnetManager
 
 OWN = IPv4Network("10.5.1.0/24")
@@ -268,7 +268,7 @@ class ValidationTests(_Harness):
         self.answer("list_leases", ([good] + self.HOSTILE, 10))
         self.assertEqual(routed(self.batches), [(ADDED, "10.5.2.0/24", "192.0.2.2")])
         self.assertEqual(len(self.warnings()), len(self.HOSTILE), self.warnings())
-        # the log rate limit (flannel_tw.logs) keys on format and "error": each lease's
+        # the log rate limit (flannel_tw.observe.logs) keys on format and "error": each lease's
         # warning must differ there, or all but the first would be held back
         errors = {(e["log_format"], e.get("error")) for e in self.logs
                   if e.get("log_format", "").startswith("Ignoring lease")}
@@ -480,7 +480,7 @@ class WatcherPropertyTests(unittest.TestCase):
     @settings(max_examples=300, deadline=None)
     @given(steps)
     def test_sink_holds_exactly_the_routable_leases(self, script):
-        from flannel_tw.leasecheck import lease_problem
+        from flannel_tw.model.leasecheck import lease_problem
         clock = task.Clock()
         manager = FakeSubnetManager()
         table = {}
