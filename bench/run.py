@@ -51,7 +51,8 @@ if __package__ in (None, ""):      # python3 bench/run.py
         sys.exit(2)
 
 from flannel_tw.backend.registry import FACTORIES                     # noqa: E402
-from flannel_tw.tools.lab.run import TWISTD, _child_env, repo_root, start_etcd  # noqa: E402
+from flannel_tw.tools.lab.run import (_child_env, repo_root, start_etcd,  # noqa: E402
+                                      daemon_argv as lab_daemon_argv)
 from flannel_tw.tools.lab.topology import Lab, LabError                      # noqa: E402
 
 NETWORK = "10.5.0.0/16"
@@ -194,12 +195,10 @@ def setup_kernel_hostgw(lab, workdir):
 
 
 def daemon_argv(workdir, i, etcd_url, host_ip, forward_rules=True):
-    return TWISTD + ["--nodaemon", "--pidfile=",
-                     "--logfile=%s" % os.path.join(workdir, "h%d.log" % i),
-                     "flannel", "--etcd-endpoints=%s" % etcd_url, "--iface=%s" % host_ip,
-                     "--subnet-file=%s" % os.path.join(workdir, "h%d.env" % i),
-                     "--healthz-ip=127.0.0.1", "--healthz-port=%d" % HEALTH_PORT,
-                     "--iptables-forward-rules=%s" % ("true" if forward_rules else "false")]
+    return lab_daemon_argv(
+        workdir, i, etcd_url, host_ip, subnet_path=os.path.join(workdir, "h%d.env" % i),
+        extra=["--healthz-ip=127.0.0.1", "--healthz-port=%d" % HEALTH_PORT,
+               "--iptables-forward-rules=%s" % ("true" if forward_rules else "false")])
 
 
 def start_daemon(lab, workdir, i, etcd_url, env=None, forward_rules=True):

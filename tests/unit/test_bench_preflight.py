@@ -43,3 +43,18 @@ class ProblemsTests(unittest.TestCase):
         self.assertEqual(len(found), 1)
         self.assertIn("twisted.internet", found[0])
         self.assertEqual(calls, [])
+
+
+class DaemonArgvTests(unittest.TestCase):
+    """The benchmark starts its daemons with the lab's command line plus its own flags."""
+
+    def test_lab_command_line_plus_bench_flags(self):
+        from bench.run import HEALTH_PORT, daemon_argv
+        from flannel_tw.tools.lab.run import TWISTD
+        argv = daemon_argv("/w", 2, "http://192.168.250.1:2379", "192.168.250.12",
+                           forward_rules=False)
+        self.assertEqual(argv, TWISTD + [
+            "--nodaemon", "--pidfile=", "--logfile=/w/h2.log", "flannel",
+            "--etcd-endpoints=http://192.168.250.1:2379", "--iface=192.168.250.12",
+            "--subnet-file=/w/h2.env", "--healthz-ip=127.0.0.1",
+            "--healthz-port=%d" % HEALTH_PORT, "--iptables-forward-rules=false"])

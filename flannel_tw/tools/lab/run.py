@@ -165,17 +165,21 @@ def _child_env():
     return env
 
 
-def daemon_argv(workdir, i, etcd_url, host_ip, ip_masq=False):
-    """The twistd command line for host ``i``."""
+def daemon_argv(workdir, i, etcd_url, host_ip, ip_masq=False, subnet_path=None, extra=()):
+    """
+    The twistd command line for host ``i`` (the lab's, the tests' and the benchmark's):
+    its log in C{workdir}, its subnet file at C{subnet_path} (default
+    L{subnet_file}), then C{extra} flags.
+    """
     argv = TWISTD + ["--nodaemon", "--pidfile=",
             "--logfile=%s" % os.path.join(workdir, "h%d.log" % i),
             "flannel",
             "--etcd-endpoints=%s" % etcd_url,
             "--iface=%s" % host_ip,
-            "--subnet-file=%s" % subnet_file(workdir, i)]
+            "--subnet-file=%s" % (subnet_path or subnet_file(workdir, i))]
     if ip_masq:
         argv.append("--ip-masq")
-    return argv
+    return argv + list(extra)
 
 
 def subnet_file(workdir, i):
