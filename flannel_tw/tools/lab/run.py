@@ -11,6 +11,10 @@ container from every other container and host.
 
 Exit status: 0 when every ping succeeded, 1 when some failed or set-up failed,
 2 for a usage or environment problem, 130 when interrupted.
+
+Why this module is longer than 400 lines: it is the whole lab command (etcd helper,
+daemons, containers, ping matrix, tear-down) and the process helpers the tests and the
+benchmark start daemons with; the namespace plumbing lives in L{flannel_tw.tools.lab.topology}.
 """
 import argparse
 import glob
