@@ -53,6 +53,12 @@ class ISubnetManager(Interface):
     def get_lease(subnet):
         """@return: Deferred firing with the L{Lease} or failing with KeyNotFound."""
 
+    def skipped_counts():
+        """
+        @return: a mapping reason -> nodes skipped as bad (C{bad-key}, C{bad-value}; the
+            fixed label set L{flannel_tw.model.leasecheck.REASONS}), a snapshot.
+        """
+
 
 class IBackend(Interface):
     """A data plane: udp, vxlan, host-gw or alloc."""

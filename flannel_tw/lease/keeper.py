@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from flannel_tw.etcd.errors import KeyNotFound, TestFailed
 from flannel_tw.model.events import REMOVED
 from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.lease.status import KeeperStatus
 
 HELD, RENEWING, RETRYING, REACQUIRING, CONFLICT, STOPPED = (
     "held", "renewing", "retrying", "reacquiring", "conflict", "stopped")
@@ -130,6 +131,16 @@ class LeaseKeeper:
     def renewal_late(self):
         """True when the renewal round has failed for too long (see the module docstring)."""
         return self._round_limit is not None and self._clock.seconds() > self._round_limit
+
+    def status(self):
+        """A L{KeeperStatus} snapshot; C{lease_ok} is what /healthz judges."""
+        return KeeperStatus(
+            state=self.state,
+            lease_ok=(self.state in (HELD, RENEWING, RETRYING) and not self.lease_lost
+                      and not self.renewal_late()),
+            renewals=self.renewals, renewal_failures=self.renewal_failures,
+            last_renewal_at=self.last_renewal_at, renewal_failing_for=self.renewal_failing_for,
+            lease_expires_in=self.lease_expires_in)
 
     def stop(self):
         self.state = STOPPED

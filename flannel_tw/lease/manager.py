@@ -72,6 +72,10 @@ class EtcdSubnetManager:
         # subnet -> modifiedIndex of our write when acquire_lease reused an existing lease
         self.reused_leases = {}
 
+    def skipped_counts(self):
+        """Nodes under subnets/ skipped as bad, by reason (C{bad-key}, C{bad-value})."""
+        return dict(self.skipped.counts)
+
     @property
     def subnets_key(self):
         return self.prefix + "/subnets"

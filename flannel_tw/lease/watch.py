@@ -50,6 +50,7 @@ from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.model.lease import Lease, subnet_to_key
 from flannel_tw.model.leasecheck import SkipMemory, lease_problem
 from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.lease.status import WatcherStatus
 
 IDLE, LISTING, WATCHING, BACKOFF, STOPPED = "idle", "listing", "watching", "backoff", "stopped"
 
@@ -108,6 +109,16 @@ class LeaseWatcher:
     def start(self):
         if self.state == IDLE:
             self._list()
+
+    def status(self):
+        """A L{WatcherStatus} snapshot."""
+        return WatcherStatus(state=self.state, failures=self.failures, resyncs=self.resyncs,
+                             last_event_at=self.last_event_at, peers=len(self.known),
+                             retained=len(self.retained))
+
+    def skipped_counts(self):
+        """Leases seen and not routed, by reason (L{flannel_tw.model.leasecheck.REASONS})."""
+        return dict(self.skipped.counts)
 
     def stop(self):
         self.state = STOPPED

@@ -234,6 +234,7 @@ class BadNodeWarningTests(ManagerTestMixin, unittest.TestCase):
             yield manager.list_leases()
         self.assertEqual(len(self.warnings(key)), 1, self.warnings(key))
         self.assertEqual(manager.skipped.counts["bad-value"], 1)
+        self.assertEqual(manager.skipped_counts(), dict(manager.skipped.counts))
 
     @defer.inlineCallbacks
     def test_same_bad_value_at_two_keys_is_two_distinct_warnings(self):

@@ -1,4 +1,5 @@
 """The lease keeper: renewal timing, retries and re-acquisition on a task.Clock."""
+from dataclasses import FrozenInstanceError
 from ipaddress import IPv4Address, IPv4Network
 
 from twisted.internet import task
@@ -12,6 +13,7 @@ from flannel_tw.kernel import monoclock
 from flannel_tw.kernel.monoclock import MonotonicClock
 from flannel_tw.lease import keeper
 from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.lease.status import KeeperStatus
 from flannel_tw.testing.fakes import FakeSubnetManager
 
 ATTRS = LeaseAttrs(IPv4Address("192.0.2.1"))
@@ -218,12 +220,12 @@ class WallClockStepTests(unittest.TestCase):
 class DaemonWiringTests(unittest.TestCase):
     def test_build_daemon_gives_the_keeper_a_monotonic_clock(self):
         from twisted.internet import reactor
-        from flannel_tw import daemon as daemon_mod
+        from flannel_tw import wiring
         from flannel_tw.tap import Options
         options = Options(environ={})
         options.parseOptions(["--etcd-endpoints=http://127.0.0.1:9", "--iface=127.0.0.1",
                               "--iptables-forward-rules=false"])
-        d = daemon_mod.build_daemon(options, reactor)
+        d = wiring.build_daemon(options, reactor)
         self.addCleanup(d.etcd_client.close)
         self.addCleanup(d._keeper_clock.close)
         self.assertIsInstance(d._keeper_clock, MonotonicClock)
@@ -404,3 +406,63 @@ class SamePublicIPTests(unittest.TestCase):
         d.callback(Lease(NET, ATTRS, ttl=86400, modified_index=11))
         k.own_event(self.written(11))
         self.assertEqual((k.state, k.conflicts), (keeper.HELD, 0))
+
+
+class KeeperStatusTests(unittest.TestCase):
+    """keeper.status(): one frozen snapshot; lease_ok is what /healthz judges."""
+
+    def make(self, ttl=86400):
+        self.clock = task.Clock()
+        self.manager = FakeSubnetManager()
+        k = keeper.LeaseKeeper(self.clock, self.manager, CONFIG, ATTRS,
+                               Lease(NET, ATTRS, ttl=ttl), 3600,
+                               backoff=make_backoff(initial=1.0, maximum=60.0,
+                                                    jitter=lambda: 0.0))
+        k.start()
+        return k
+
+    def test_held(self):
+        k = self.make()
+        self.clock.advance(100)
+        self.assertEqual(k.status(), KeeperStatus(
+            state="held", lease_ok=True, renewals=0, renewal_failures=0, last_renewal_at=None,
+            renewal_failing_for=None, lease_expires_in=86300))
+
+    def test_status_is_frozen(self):
+        with self.assertRaises(FrozenInstanceError):
+            self.make().status().state = "stopped"
+
+    def test_retrying_is_ok_until_late(self):
+        k = self.make()
+        self.clock.advance(82800)
+        for _ in range(3):
+            _, _, d = self.manager.next("renew_lease")
+            d.errback(EtcdUnavailable({"http://127.0.0.1:1": "refused"}))
+            self.clock.advance(k.next_renewal_in)
+        s = k.status()
+        self.assertEqual((s.state, s.lease_ok, s.renewal_failures), ("renewing", True, 3))
+        self.assertEqual(s.renewal_failing_for, 1.0 + 1.5 + 2.25)
+        self.clock.advance(301)
+        self.assertEqual((k.status().state, k.status().lease_ok), ("renewing", False))
+
+    def test_renewed(self):
+        k = self.make()
+        self.clock.advance(82800)
+        _, _, d = self.manager.next("renew_lease")
+        d.callback(Lease(NET, ATTRS, ttl=86400))
+        s = k.status()
+        self.assertEqual((s.state, s.lease_ok, s.renewals, s.last_renewal_at),
+                         ("held", True, 1, 82800))
+
+    def test_gone_lease_is_not_ok_until_reacquired(self):
+        k = self.make()
+        k.own_event(LeaseEvent(REMOVED, Lease(NET, None)))
+        self.assertEqual((k.status().state, k.status().lease_ok), ("reacquiring", False))
+        _, _, d = self.manager.next("acquire_lease")
+        d.callback(Lease(NET, ATTRS, ttl=86400))
+        self.assertEqual((k.status().state, k.status().lease_ok), ("held", True))
+
+    def test_stopped_is_not_ok(self):
+        k = self.make()
+        k.stop()
+        self.assertEqual((k.status().state, k.status().lease_ok), ("stopped", False))

@@ -13,6 +13,7 @@ from flannel_tw.interfaces import ISubnetManager
 from flannel_tw.model.lease import Lease, LeaseAttrs, key_to_subnet
 from flannel_tw.lease import watch
 from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.lease.status import WatcherStatus
 from flannel_tw.testing.fakes import FakeSubnetManager
 
 OWN = IPv4Network("10.5.1.0/24")
@@ -530,3 +531,38 @@ class WatcherPropertyTests(unittest.TestCase):
             self.assertEqual(table, expected)
             self.assertEqual({s: l.attrs for s, l in w.known.items()}, expected)
         self.assertLessEqual(len(w.skipped), len(KEYS))
+
+
+class WatcherStatusTests(_Harness):
+    """watcher.status() and watcher.skipped_counts(): snapshots for the daemon's status."""
+
+    context = dict(network=IPv4Network("10.5.0.0/16"), subnet_len=24)
+
+    def fail_call(self, name, exc):
+        self.manager.next(name)[2].errback(exc)
+
+    def test_status_follows_the_watch(self):
+        self.assertEqual(self.watcher.status(), WatcherStatus(
+            state="idle", failures=0, resyncs=0, last_event_at=None, peers=0, retained=0))
+        self.watcher.start()
+        self.answer("list_leases", ([lease("10.5.2.0/24", "192.0.2.2"),
+                                     lease("10.5.3.0/24", "192.0.2.3")], 10))
+        self.clock.advance(5)
+        self.answer("watch_leases", (LeaseEvent(ADDED, lease("10.5.4.0/24", "192.0.2.4")), 11))
+        self.fail_call("watch_leases", EventIndexCleared(401, "", "", 20))
+        self.assertEqual(self.watcher.status(), WatcherStatus(
+            state="listing", failures=0, resyncs=1, last_event_at=5, peers=3, retained=0))
+        self.answer("list_leases", ([], 20))
+        self.fail_call("watch_leases", EtcdUnavailable({"http://127.0.0.1:1": "refused"}))
+        s = self.watcher.status()
+        self.assertEqual((s.state, s.failures, s.peers), ("backoff", 1, 0))
+
+    def test_skipped_counts_by_reason(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("x10.5.2.0-24", "192.0.2.2"),
+                                     lease("10.6.0.0/24", "192.0.2.9")], 10))
+        counts = self.watcher.skipped_counts()
+        self.assertEqual((counts["bad-key"], counts["outside-network"]), (1, 1))
+        self.assertEqual(sum(counts.values()), 2)
+        counts["bad-key"] = 99   # a copy: the watcher's memory is not changed through it
+        self.assertEqual(self.watcher.skipped_counts()["bad-key"], 1)
