@@ -8,6 +8,7 @@ from zope.interface import implementer
 
 from flannel_tw.interfaces import IBackend, ISubnetManager
 from flannel_tw.model.lease import LeaseAttrs
+from flannel_tw.model.leasecheck import REASONS
 
 
 @implementer(ISubnetManager)
