@@ -1,8 +1,8 @@
-# -*- test-case-name: tests.test_daemon -*-
+# -*- test-case-name: tests.integration.test_daemon,tests.unit.test_etcd_health,tests.unit.test_status -*-
 """
-The daemon: wires the subnet manager, the backend, the lease keeper and the lease
-watcher in the order flanneld does (config -> backend -> lease -> data plane ->
-subnet.env -> READY=1 -> watch + renew).
+The daemon: sequences start-up in the order flanneld does (config -> backend -> lease
+-> data plane -> subnet.env -> READY=1 -> watch + renew) over parts built elsewhere
+(L{flannel_tw.wiring}), and publishes one snapshot of itself, L{FlannelDaemon.status}.
 
 Failures while waiting for etcd or for a valid config are retried forever, as
 flanneld does; so is lease acquisition (flanneld exits; a restart loop under
@@ -14,7 +14,6 @@ import os
 import random
 import sys
 from dataclasses import dataclass
-from typing import Optional
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
@@ -23,6 +22,8 @@ from twisted.logger import Logger
 
 import flannel_tw
 from flannel_tw.backend.registry import UnknownBackend, make_backend
+from flannel_tw.interfaces import (ICountingBackend, IReconcilingBackend,
+                                   IReconfiguringBackend, IRoutesBackend)
 from flannel_tw.model.config import ConfigError
 from flannel_tw.lease.backoff import make_backoff
 from flannel_tw.lease.keeper import LeaseKeeper
@@ -30,9 +31,9 @@ from flannel_tw.lease.watch import LeaseWatcher
 from flannel_tw.host.subnetfile import read_previous_subnet, render_subnet_env, write_atomic
 from flannel_tw.observe.logs import redact_url
 from flannel_tw.host.sdnotify import sd_notify, sd_status
-
-WAITING_CONFIG, PREPARING, ACQUIRING, STARTING, RUNNING, STOPPED, FAILED = (
-    "waiting-config", "preparing", "acquiring", "starting", "running", "stopped", "failed")
+from flannel_tw.observe.etcdprobe import EtcdProbe
+from flannel_tw.observe.status import (  # noqa: F401 (the phases are part of this API)
+    ACQUIRING, FAILED, PREPARING, RUNNING, STARTING, STOPPED, WAITING_CONFIG, DaemonStatus)
 
 
 class FatalError(Exception):
@@ -74,10 +75,10 @@ class FlannelDaemon(service.MultiService):
 
     def __init__(self, reactor, manager, ext_iface, settings, backend_factory=make_backend,
                  notify=sd_notify, exit=None, backoff=None, rules_factory=None,
-                 keeper_clock=None, status=None):
+                 keeper_clock=None, status=None, etcd_client=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
-        # the lease keeper's timers: a MonotonicClock from build_daemon (wall-clock steps)
+        # the lease keeper's timers: a MonotonicClock from flannel_tw.wiring (wall-clock steps)
         self._keeper_clock = keeper_clock if keeper_clock is not None else reactor
         self.manager = manager
         self.ext_iface = ext_iface
@@ -88,7 +89,8 @@ class FlannelDaemon(service.MultiService):
         if status is None:
             status = sd_status if notify is sd_notify else (lambda text: None)
         self._status = status
-        self.etcd_client = None    # for the start-up line and STATUS= (set by build_daemon)
+        # the start-up line, STATUS=, and the status snapshot (error counts, watch silence)
+        self.etcd_client = etcd_client
         self._exit = exit if exit is not None else (lambda code: exit_process(reactor, code))
         self._backoff = backoff or make_backoff(initial=1.0, maximum=30.0)
         self._config_backoff = make_backoff(
@@ -106,7 +108,6 @@ class FlannelDaemon(service.MultiService):
         self._run = None
         self._last_config_error = None
         self.config_attempts = 0
-        self._probe_error = None
         self._stopping = False
         # rules_factory(reactor, network, subnet, ip_masq, forward) -> object with start(),
         # update(subnet), stop(): flanneld's iptables rules (FORWARD accept unless
@@ -114,8 +115,7 @@ class FlannelDaemon(service.MultiService):
         # when neither is wanted, so then iptables is never touched.
         self._rules_factory = rules_factory
         self.rules = None
-        self.etcd_ok_at = None
-        self._probe = None
+        self.etcd_probe = EtcdProbe(reactor, manager, settings.etcd_probe_interval)
 
     @property
     def lease(self):
@@ -140,8 +140,7 @@ class FlannelDaemon(service.MultiService):
         self._stopping = True
         if self._run is not None:
             self._run.cancel()
-        if self._probe is not None and self._probe.running:
-            self._probe.stop()
+        self.etcd_probe.stop()
         for part in (self.watcher, self.keeper, self.rules):
             if part is not None:
                 part.stop()
@@ -169,7 +168,8 @@ class FlannelDaemon(service.MultiService):
 
     def _endpoints(self):
         """The etcd endpoints without userinfo (safe to log)."""
-        return [redact_url(e) for e in getattr(self.etcd_client, "endpoints", None) or ()]
+        client = self.etcd_client
+        return [redact_url(e) for e in (client.endpoints if client is not None else ())]
 
     def _config_location(self):
         endpoints = self._endpoints() or ["etcd"]
@@ -221,7 +221,7 @@ class FlannelDaemon(service.MultiService):
         self._set_status("running: subnet %s via %s" % (lease.subnet, backend.name))
         self._notify("READY=1")
         listing = self.manager
-        if getattr(backend, "reconcile", None) is not None:
+        if IReconcilingBackend.providedBy(backend):
             # the backend removes kernel entries of leases gone while we were down
             listing = _FirstList(self.manager, backend.reconcile)
         # only leases that may be routed reach the backend (flannel_tw.model.leasecheck)
@@ -232,10 +232,7 @@ class FlannelDaemon(service.MultiService):
                                     own_public_ip=attrs.public_ip)
         self.keeper.start()
         self.watcher.start()
-        self.etcd_ok_at = self._reactor.seconds()
-        self._probe = task.LoopingCall(self._probe_etcd)
-        self._probe.clock = self._reactor
-        self._probe.start(self.settings.etcd_probe_interval, now=False)
+        self.etcd_probe.start()
         self.log.info("Running with lease {subnet} in network {network} ({backend} backend, "
                       "MTU {mtu})", subnet=lease.subnet, network=config.network,
                       backend=backend.name, mtu=backend.mtu)
@@ -350,44 +347,13 @@ class FlannelDaemon(service.MultiService):
                                              f, *args)
         return defer.maybeDeferred(f, *args)
 
-    def _probe_etcd(self):
-        """
-        A cheap quorum read so that /healthz knows etcd answers even when the watch is
-        idle. An etcd error answer (e.g. the config key is gone after a wipe) still
-        proves etcd answers; a transport failure does not, nor does a member that
-        cannot serve (HTTP 5xx, etcd's 300/301: no leader; the client passes such a
-        member over, so it only reaches us when no member could answer). Each distinct
-        failure is logged once. The Deferred fires with None.
-        """
-        from flannel_tw.model.config import ConfigError
-        from flannel_tw.etcd.errors import SERVER_CODES, EtcdError
-
-        d = defer.maybeDeferred(self.manager.get_network_config)
-
-        def ok(_):
-            self.etcd_ok_at = self._reactor.seconds()
-            if self._probe_error is not None:
-                self.log.info("etcd answers again")
-                self._probe_error = None
-
-        def failed(f):
-            if f.check(ConfigError) or (f.check(EtcdError)
-                                        and f.value.error_code not in SERVER_CODES):
-                self.etcd_ok_at = self._reactor.seconds()
-            message = f.getErrorMessage()
-            if message != self._probe_error:
-                self._probe_error = message
-                self.log.warn("etcd health probe failed: {error}", error=message)
-        return d.addCallbacks(ok, failed)
-
     def _new_lease(self, lease, old):
         if lease.subnet == old.subnet:
             return
         if self.rules is not None:
             self.rules.update(lease.subnet)
-        reconfigure = getattr(self.backend, "reconfigure", None)
-        if reconfigure is not None:
-            d = defer.maybeDeferred(reconfigure, self.config, lease)
+        if IReconfiguringBackend.providedBy(self.backend):
+            d = defer.maybeDeferred(self.backend.reconfigure, self.config, lease)
             d.addErrback(lambda f: self.log.failure("Reconfiguring the backend for {subnet} "
                                                     "failed", f, subnet=lease.subnet))
         self._write_subnet_env(lease).addErrback(
@@ -398,54 +364,32 @@ class FlannelDaemon(service.MultiService):
             # holder becomes a peer now, not at its renewal a day later
             self.watcher.own_subnet_changed(old.subnet)
 
-    # -- health ---------------------------------------------------------------
+    # -- status ---------------------------------------------------------------
 
-    def health(self):
-        """
-        A dict for /healthz: C{healthy} is True only while the daemon runs, holds its
-        lease (held, renewing, or retrying a renewal that is not late, see
-        L{LeaseKeeper.renewal_late}; not after it was found gone or taken, until it is
-        re-acquired) and etcd
-        answered within C{etcd_stale_after} seconds (the periodic probe, or any other
-        request), and the lease watch in flight (if any) showed life within that window
-        too (C{watch_silent_for}: the etcd client checks an idle watch's member every
-        C{watch_timeout}, 60 s, and leaves a silent one within 60 s + request_timeout, so
-        a longer silence means the watch is stuck). The watcher's own failures are
-        reported, not judged: an idle long poll that has not answered yet is normal.
-        """
-        from flannel_tw.lease.keeper import HELD, RENEWING, RETRYING
-        lease = self.lease
-        now = self._reactor.seconds()
-        keeper_ok = (self.keeper is not None and self.keeper.state in (HELD, RENEWING, RETRYING)
-                     and not self.keeper.lease_lost and not self.keeper.renewal_late())
-        etcd_ok = (self.etcd_ok_at is not None
-                   and now - self.etcd_ok_at <= self.settings.etcd_stale_after)
-        silence = self.etcd_client.watch_silence() if self.etcd_client is not None else None
-        watch_ok = silence is None or silence <= self.settings.etcd_stale_after
-        return {
-            "healthy": bool(self.phase == RUNNING and keeper_ok and etcd_ok and watch_ok),
-            "etcd_ok": bool(etcd_ok),
-            "watch_ok": bool(watch_ok),
-            "watch_silent_for": silence,
-            "etcd_answered_ago": None if self.etcd_ok_at is None else now - self.etcd_ok_at,
-            "keeper": self.keeper.state if self.keeper else None,
-            "lease_lost": self.keeper.lease_lost if self.keeper else None,
-            "watcher": self.watcher.state if self.watcher else None,
-            "ready": self.ready,
-            "phase": self.phase,
-            "lease": str(lease.subnet) if lease else None,
-            "public_ip": str(self.ext_iface.public_ip),
-            "backend": self.backend.name if self.backend else None,
-            "renewals": self.keeper.renewals if self.keeper else 0,
-            "last_renewal_at": self.keeper.last_renewal_at if self.keeper else None,
-            "renewal_failing_for": self.keeper.renewal_failing_for if self.keeper else None,
-            "lease_expires_in": self.keeper.lease_expires_in if self.keeper else None,
-            "watch_failures": self.watcher.failures if self.watcher else 0,
-            "last_watch_event_at": self.watcher.last_event_at if self.watcher else None,
-            "peers": len(self.watcher.known) if self.watcher else 0,
-            # the udp backend's route table size (None for backends without one)
-            "routes": len(self.backend.routes) if hasattr(self.backend, "routes") else None,
-        }
+    def status(self):
+        """The daemon now, as one frozen L{DaemonStatus} (what /healthz and /metrics read)."""
+        keeper, watcher, backend, client = self.keeper, self.watcher, self.backend, self.etcd_client
+        skipped = dict(self.manager.skipped_counts())
+        if watcher is not None:
+            for reason, n in watcher.skipped_counts().items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        return DaemonStatus(
+            phase=self.phase, ready=self.ready,
+            lease=keeper.lease.subnet if keeper is not None else None,
+            network=self.config.network if self.config is not None else None,
+            public_ip=self.ext_iface.public_ip,
+            backend=backend.name if backend is not None else None,
+            keeper=keeper.status() if keeper is not None else None,
+            lease_lost=keeper.lease_lost if keeper is not None else None,
+            watcher=watcher.status() if watcher is not None else None,
+            etcd_answered_ago=self.etcd_probe.answered_ago(),
+            watch_silent_for=client.watch_silence() if client is not None else None,
+            etcd_stale_after=self.settings.etcd_stale_after,
+            etcd_errors=client.error_counts if client is not None else {},
+            skipped=skipped,
+            backend_counters=(backend.counters if ICountingBackend.providedBy(backend)
+                              else None),
+            routes=len(backend.routes) if IRoutesBackend.providedBy(backend) else None)
 
 
 class _FirstList:
@@ -476,63 +420,3 @@ class _FirstList:
             except Exception:
                 self.log.failure("Reconciling the data plane with the lease list failed")
         return result
-
-
-def build_daemon(options, reactor):
-    """
-    From parsed L{flannel_tw.tap.Options}: the interface lookup (exits with a clear
-    message when nothing matches), the etcd client, and the L{FlannelDaemon}.
-    """
-    from flannel_tw.etcd.client import EtcdV2Client
-    from flannel_tw.kernel.iface import IfaceError, lookup_ext_iface
-    from flannel_tw.lease.manager import EtcdSubnetManager
-
-    try:
-        ext_iface = lookup_ext_iface(options["iface"], options["iface-regex"],
-                                     options["public-ip"] or None)
-    except (IfaceError, ValueError) as e:
-        raise SystemExit("Failed to find interface to use: %s" % (e,))
-    from flannel_tw.etcd.tls import TLSFileError, tls_files, tls_policy
-    cafile, certfile, keyfile = tls_files(options["etcd-cafile"], options["etcd-certfile"],
-                                          options["etcd-keyfile"], os.environ)
-    tls = None
-    if cafile or certfile:
-        try:
-            tls = tls_policy(cafile, certfile, keyfile)
-        except TLSFileError as e:
-            raise SystemExit("Failed to create SubnetManager: %s" % (e,))
-    client = EtcdV2Client(reactor, options["etcd-endpoints"],
-                          username=options["etcd-username"] or None,
-                          password=options["etcd-password"] or None, tls=tls)
-    manager = EtcdSubnetManager(client, prefix=options["etcd-prefix"])
-    settings = DaemonSettings(subnet_file=options["subnet-file"], ip_masq=options["ip-masq"],
-                              forward_rules=options["iptables-forward-rules"],
-                              renew_margin=options["subnet-lease-renew-margin"] * 60.0,
-                              healthz_ip=options["healthz-ip"],
-                              healthz_port=options["healthz-port"])
-    from flannel_tw.kernel.monoclock import MonotonicClock
-    daemon = FlannelDaemon(reactor, manager, ext_iface, settings, rules_factory=_rules_factory(),
-                           keeper_clock=MonotonicClock(reactor))
-    for warning in getattr(options, "warnings", ()):   # insecure or unused etcd flags
-        daemon.log.warn("{problem}", problem=warning)
-    daemon.etcd_client = client
-    from flannel_tw.observe.logs import install as install_logging
-    install_logging(daemon, options, reactor)   # --log-format text|json, rate-limited errors
-    if options["metrics-port"]:
-        from flannel_tw.observe.metrics import metrics_service
-        metrics_service(daemon, reactor, options["metrics-ip"], options["metrics-port"]
-                        ).setServiceParent(daemon)
-    if settings.healthz_port:
-        from flannel_tw.observe.health import health_service
-        health_service(daemon, reactor, settings.healthz_ip, settings.healthz_port
-                       ).setServiceParent(daemon)
-    return daemon
-
-
-def _rules_factory():
-    """flanneld's iptables rules, when this build has them (flannel_tw.host.iptables)."""
-    try:
-        from flannel_tw.host.iptables import TrafficRules
-    except ImportError:
-        return None
-    return TrafficRules

@@ -89,6 +89,38 @@ class IBackend(Interface):
         """Stop the data path (sockets, readers). Kernel state and the lease stay. Deferred."""
 
 
+# Optional parts of a backend: a backend declares each one it has (@implementer) and the
+# daemon and the observers ask C{IX.providedBy(backend)}, never getattr.
+
+class IReconcilingBackend(IBackend):
+    """A backend that removes kernel entries of leases gone while the daemon was down."""
+
+    def reconcile(leases):
+        """
+        Called once with the leases of the watcher's first complete list (before they
+        become events): remove what the backend installed for any other subnet.
+        """
+
+
+class IReconfiguringBackend(IBackend):
+    """A backend that follows a change of our own subnet without a restart."""
+
+    def reconfigure(config, lease):
+        """Our lease now has another subnet: re-point the data plane. Deferred or None."""
+
+
+class IRoutesBackend(IBackend):
+    """A backend with a route table of its own (peers' subnets -> their public IPs)."""
+
+    routes = Attribute("The route table; len() is the number of peers routed.")
+
+
+class ICountingBackend(IBackend):
+    """A backend that counts what its data path does (packets, bytes, drops by reason)."""
+
+    counters = Attribute("A dict of counter name -> int, live (read at scrape time).")
+
+
 class ITun(Interface):
     """A TUN device opened without packet info (IFF_TUN|IFF_NO_PI)."""
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap,tests.integration.test_tap -*-
 """
 ``twistd flannel``: flanneld v0.10's flags (flannel-compat.md section 10), each also
 taken from ``FLANNELD_<NAME>`` when not given on the command line, and
@@ -337,8 +337,8 @@ Options.opt_h = Options.opt_help
 
 
 def makeService(options, reactor=None):
-    """The daemon as an IService for twistd (see L{flannel_tw.daemon.build_daemon})."""
+    """The daemon as an IService for twistd, built by L{flannel_tw.wiring.build_daemon}."""
     if reactor is None:
         from twisted.internet import reactor
-    from flannel_tw.daemon import build_daemon
+    from flannel_tw.wiring import build_daemon
     return build_daemon(options, reactor)

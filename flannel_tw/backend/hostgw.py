@@ -16,7 +16,7 @@ from twisted.internet import defer, task
 from zope.interface import implementer
 
 from flannel_tw.backend.routed import PeerBackend
-from flannel_tw.interfaces import IBackend
+from flannel_tw.interfaces import IBackend, IReconcilingBackend, IReconfiguringBackend
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.kernel.rtnetlink import HostGwRoute, RouteEntry
 
@@ -30,7 +30,7 @@ class HostGwError(Exception):
     """The host-gw backend cannot run here."""
 
 
-@implementer(IBackend)
+@implementer(IBackend, IReconcilingBackend, IReconfiguringBackend)
 class HostGwBackend(PeerBackend):
     """L{IBackend} for the host-gw type."""
 

@@ -1,9 +1,10 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.unit.test_metrics,tests.unit.test_etcd_metrics -*-
 """
 A Prometheus endpoint (``--metrics-port``, ``--metrics-ip``; flannel-tw only).
 
-L{DaemonCollector} reads the daemon's live state at scrape time (nothing is
-counted twice and nothing is copied on the data path):
+L{DaemonCollector} reads the daemon's status snapshot
+(L{flannel_tw.observe.status.DaemonStatus}) at scrape time, nothing else of the daemon
+(nothing is counted twice and nothing is copied on the data path):
 
 =====================================================  =========================================
 ``flannel_up``                                          1 (the process answers)
@@ -71,47 +72,40 @@ def _drop_reasons():
 
 class DaemonCollector:
     """
-    A prometheus_client collector over a L{flannel_tw.daemon.FlannelDaemon} (or
-    anything with the same attributes: C{ready}, C{lease}, C{ext_iface},
-    C{watcher}, C{keeper}, C{backend}, C{etcd_client}; any of them may be None
-    or missing, e.g. while the daemon waits for its config).
+    A prometheus_client collector over C{status}, a callable returning the daemon's
+    L{flannel_tw.observe.status.DaemonStatus} (e.g. C{FlannelDaemon.status}), called
+    once per scrape.
     """
 
-    def __init__(self, daemon):
-        self._daemon = daemon
+    def __init__(self, status):
+        self._status = status
 
     def describe(self):
         # No fixed description: label sets depend on the backend and on errors seen.
         return []
 
     def collect(self):
-        d = self._daemon
+        st = self._status()
         yield GaugeMetricFamily("flannel_up", "1 while the flannel-tw process answers", value=1)
         yield GaugeMetricFamily("flannel_ready", "1 once subnet.env has been written",
-                                value=1 if getattr(d, "ready", False) else 0)
-        yield from self._lease(d)
-        yield from self._subnet(d)
-        yield from self._etcd(d)
-        yield from self._backend(getattr(d, "backend", None))
+                                value=1 if st.ready else 0)
+        yield from self._lease(st)
+        yield from self._subnet(st)
+        yield from self._etcd(st)
+        yield from self._backend(st)
 
-    def _lease(self, d):
+    def _lease(self, st):
         info = GaugeMetricFamily("flannel_lease_info", "The lease held (1), by subnet",
                                  labels=["subnet", "public_ip", "backend"])
-        lease = getattr(d, "lease", None)
-        if lease is not None:
-            backend = getattr(d, "backend", None)
-            ext = getattr(d, "ext_iface", None)
-            info.add_metric([str(lease.subnet),
-                             str(getattr(ext, "public_ip", "") or ""),
-                             getattr(backend, "name", "") or ""], 1)
+        if st.lease is not None:
+            info.add_metric([str(st.lease), str(st.public_ip or ""), st.backend or ""], 1)
         yield info
 
-    def _subnet(self, d):
-        watcher = getattr(d, "watcher", None)
-        keeper = getattr(d, "keeper", None)
+    def _subnet(self, st):
+        watcher, keeper = st.watcher, st.keeper
         yield GaugeMetricFamily("flannel_leases_known",
                                 "Other hosts' leases known to the lease watcher",
-                                value=len(watcher.known) if watcher is not None else 0)
+                                value=watcher.peers if watcher is not None else 0)
         yield GaugeMetricFamily("flannel_watch_failures",
                                 "Consecutive failures of the etcd lease watch",
                                 value=watcher.failures if watcher is not None else 0)
@@ -121,46 +115,37 @@ class DaemonCollector:
         # the fixed label set of flannel_tw.model.leasecheck.REASONS: the manager counts bad
         # keys and values, the watcher the leases it would not route
         from flannel_tw.model.leasecheck import REASONS
-        counts = dict.fromkeys(REASONS, 0)
-        for memory in (getattr(watcher, "skipped", None),
-                       getattr(getattr(d, "manager", None), "skipped", None)):
-            for reason, n in (getattr(memory, "counts", None) or {}).items():
-                if reason in counts:
-                    counts[reason] += n
         skipped = CounterMetricFamily("flannel_leases_skipped",
                                       "Leases from etcd that are not routed (each warned "
                                       "about once), by reason", labels=["reason"])
         for reason in REASONS:
-            skipped.add_metric([reason], counts[reason])
+            skipped.add_metric([reason], st.skipped.get(reason, 0))
         yield skipped
         yield GaugeMetricFamily("flannel_leases_retained",
                                 "Peers whose routes are kept after etcd was wiped, until "
                                 "their leases would have expired",
-                                value=len(getattr(watcher, "retained", None) or ()))
+                                value=watcher.retained if watcher is not None else 0)
         yield CounterMetricFamily("flannel_lease_renewals", "Successful lease renewals",
                                   value=keeper.renewals if keeper is not None else 0)
         yield CounterMetricFamily("flannel_lease_renewal_failures", "Failed lease renewals",
                                   value=keeper.renewal_failures if keeper is not None else 0)
 
-    def _etcd(self, d):
+    def _etcd(self, st):
         errors = CounterMetricFamily("flannel_etcd_errors", "etcd request errors, by kind",
                                      labels=["kind"])
-        client = getattr(d, "etcd_client", None)
-        counts = getattr(client, "error_counts", None) or {}
         by_kind = collections.Counter()
-        for kind, n in dict(counts).items():
+        for kind, n in st.etcd_errors.items():
             # a fixed label set (flannel_tw.etcd.errors.ERROR_KINDS), whatever etcd sent
             by_kind[kind if kind in ERROR_KINDS else "other"] += n
         for kind, n in sorted(by_kind.items()):
             errors.add_metric([kind], n)
         yield errors
 
-    def _backend(self, backend):
-        counters = getattr(backend, "counters", None)
-        if not isinstance(counters, dict):
+    def _backend(self, st):
+        counters = st.backend_counters
+        if counters is None:
             return
-        counters = dict(counters)
-        name = getattr(backend, "name", "") or ""
+        name = st.backend or ""
         families = {}
         other = CounterMetricFamily("flannel_backend_counter",
                                     "Other counters of the backend, by name",
@@ -192,10 +177,13 @@ class DaemonCollector:
             yield other
 
 
-def metrics_registry(daemon, process=True):
-    """A new CollectorRegistry with L{DaemonCollector} (and the process/platform collectors)."""
+def metrics_registry(status, process=True):
+    """
+    A new CollectorRegistry with L{DaemonCollector} over C{status} (a callable returning a
+    L{flannel_tw.observe.status.DaemonStatus}) and the process/platform collectors.
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(daemon))
+    registry.register(DaemonCollector(status))
     if process:
         from prometheus_client import PlatformCollector, ProcessCollector
         ProcessCollector(registry=registry)
@@ -219,16 +207,16 @@ class MetricsPage(resource.Resource):
         return encoder(self._registry)
 
 
-def metrics_root(daemon, registry=None):
-    """C{/metrics} (and C{/} for convenience) serving the daemon's metrics."""
-    page = MetricsPage(registry if registry is not None else metrics_registry(daemon))
+def metrics_root(status, registry=None):
+    """C{/metrics} (and C{/} for convenience) serving the metrics of C{status}'s snapshots."""
+    page = MetricsPage(registry if registry is not None else metrics_registry(status))
     root = resource.Resource()
     root.putChild(b"metrics", page)
     root.putChild(b"", page)
     return root
 
 
-def metrics_service(daemon, reactor, ip, port):
+def metrics_service(status, reactor, ip, port):
     """A TCP server service (strports) for the metrics endpoint on C{ip}:C{port}."""
-    site = QuietSite(metrics_root(daemon), name="metrics")   # requests at debug only
+    site = QuietSite(metrics_root(status), name="metrics")   # requests at debug only
     return strports.service("tcp:%d:interface=%s" % (port, ip), site, reactor=reactor)

@@ -116,8 +116,7 @@ class DaemonHarness:
         d = daemon_mod.FlannelDaemon(
             reactor, manager, iface, daemon_mod.DaemonSettings(**settings),
             backend_factory=factory, notify=notify or self.notified.append,
-            exit=self.exits.append, backoff=backoff)
-        d.etcd_client = client
+            exit=self.exits.append, backoff=backoff, etcd_client=client)
         return d
 
     def run_daemon(self, daemon):

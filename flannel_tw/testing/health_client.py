@@ -37,7 +37,7 @@ class HealthHTTPClient:
     """Mixin for a TestCase: serve a daemon's health page on loopback and fetch from it."""
 
     def listen(self, daemon):
-        site = web_server.Site(health_root(daemon))
+        site = web_server.Site(health_root(daemon.status))
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.base = "http://127.0.0.1:%d" % port.getHost().port

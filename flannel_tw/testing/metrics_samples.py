@@ -1,15 +1,10 @@
 """Test helpers (formerly in tests/test_metrics.py), shared by
 tests/lab/test_metrics.py, tests/unit/test_etcd_metrics.py, tests/unit/test_metrics.py.
 
-flannel_tw.observe.metrics: the collector over fake daemon state, the page via StubTreq,
+flannel_tw.observe.metrics: the collector over hand-built status snapshots, the page via StubTreq,
 and a scrape of a real daemon's endpoint in a two-host udp lab after traffic."""
 
 from prometheus_client.parser import text_string_to_metric_families
-
-
-class Obj:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
 
 
 def samples(registry_or_text):

@@ -11,6 +11,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
 from flannel_tw import daemon as daemon_mod
+from flannel_tw import wiring
 from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.kernel.iface import ExtIface
 from flannel_tw.lease.manager import EtcdSubnetManager
@@ -20,6 +21,7 @@ from flannel_tw.testing.fakes import RecordingBackend
 
 from flannel_tw.testing.harness import capture_logs
 from flannel_tw.testing.polling import wait_until
+from flannel_tw.observe.status import health_body
 
 IFACE = ExtIface(name="eth0", index=2, addr=IPv4Address("192.0.2.1"),
                  public_ip=IPv4Address("192.0.2.1"), mtu=1500)
@@ -54,8 +56,7 @@ class DaemonTests(unittest.TestCase):
             reactor, manager, iface,
             daemon_mod.DaemonSettings(subnet_file=self.subnet_file, **settings),
             backend_factory=factory, notify=self.notified.append, exit=self.exits.append,
-            status=status)
-        d.etcd_client = client
+            status=status, etcd_client=client)
         return d
 
     def run_daemon(self, daemon):
@@ -282,14 +283,14 @@ class DaemonTests(unittest.TestCase):
 
     def test_health_reflects_state(self):
         d = self.make_daemon()
-        health = d.health()
+        health = health_body(d.status())
         self.assertFalse(health["healthy"])
         self.assertIsNone(health["lease"])
 
 
 class RealRunLogTests(unittest.TestCase):
     """
-    L{daemon_mod.build_daemon} as twistd builds it (alloc backend: a lease and no data
+    L{wiring.build_daemon} as twistd builds it (alloc backend: a lease and no data
     plane; no iptables), on a real etcd, with /healthz and /metrics on loopback; every
     log event captured and rendered as the daemon's own observer would.
     """
@@ -330,7 +331,7 @@ class RealRunLogTests(unittest.TestCase):
             "--iptables-forward-rules=false",
             "--healthz-ip=127.0.0.1", "--healthz-port=%d" % self.healthz,
             "--metrics-ip=127.0.0.1", "--metrics-port=%d" % self.metrics] + list(extra))
-        d = daemon_mod.build_daemon(options, reactor)
+        d = wiring.build_daemon(options, reactor)
         d.startService()
         self.addCleanup(d.etcd_client.close)
         self.addCleanup(lambda: d.running and d.stopService())

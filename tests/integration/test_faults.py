@@ -27,6 +27,7 @@ from flannel_tw.testing.polling import wait_until
 from flannel_tw.testing.harness import (
     CONFIG, CountingManager, DaemonHarness, PREFIX, exists, free_port, logged, sleep)
 from flannel_tw.testing import skips
+from flannel_tw.observe.status import health_body
 
 
 class EtcdFaultTests(DaemonHarness, unittest.TestCase):
@@ -290,7 +291,7 @@ class MemberErrorTests(DaemonHarness, unittest.TestCase):
             warned = logged(self.logs, "etcd endpoint %s failed" % url, LogLevel.warn)
             self.assertEqual(len(warned), 1, warned)
             self.assertIn(text, warned[0])
-        self.assertTrue(d.health()["healthy"])
+        self.assertTrue(health_body(d.status())["healthy"])
 
     @defer.inlineCallbacks
     def test_health_does_not_count_a_member_without_leader_as_etcd_answering(self):
@@ -300,13 +301,13 @@ class MemberErrorTests(DaemonHarness, unittest.TestCase):
         d = self.run_daemon(self.make_daemon([leaderless] + server.endpoints,
                                              etcd_probe_interval=0.3, etcd_stale_after=1.5))
         yield self.running(d)
-        self.assertTrue(d.health()["etcd_ok"])
+        self.assertTrue(health_body(d.status())["etcd_ok"])
         server.kill()
         # the probe gets "no leader" from one member and nothing from the other
-        yield wait_until(lambda: not d.health()["etcd_ok"], timeout=10)
-        self.assertFalse(d.health()["healthy"])
+        yield wait_until(lambda: not health_body(d.status())["etcd_ok"], timeout=10)
+        self.assertFalse(health_body(d.status())["healthy"])
         server.start()
-        yield wait_until(lambda: d.health()["healthy"], timeout=15)
+        yield wait_until(lambda: health_body(d.status())["healthy"], timeout=15)
 
 
 class SilentMemberTests(DaemonHarness, unittest.TestCase):
@@ -333,12 +334,12 @@ class SilentMemberTests(DaemonHarness, unittest.TestCase):
         backend = self.backends[0]
         self.assertEqual(d.etcd_client.current_endpoint, proxy.url)
         yield sleep(5.0)
-        self.assertTrue(d.health()["healthy"], d.health())   # idle, not stuck
+        self.assertTrue(health_body(d.status())["healthy"], health_body(d.status()))   # idle, not stuck
 
         proxy.silence()
         server.v2_put(PREFIX + "/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.250"}', ttl=600)
         seen = []
-        yield wait_until(lambda: seen.append(d.health()) or not seen[-1]["healthy"],
+        yield wait_until(lambda: seen.append(health_body(d.status())) or not seen[-1]["healthy"],
                          timeout=10)
         stuck = seen[-1]
         self.assertGreater(stuck["watch_silent_for"], 4.5)
@@ -347,7 +348,7 @@ class SilentMemberTests(DaemonHarness, unittest.TestCase):
 
         yield wait_until(lambda: "10.5.250.0/24" in self.added_subnets(backend), timeout=10)
         self.assertEqual(d.etcd_client.current_endpoint, server.url)
-        yield wait_until(lambda: d.health()["healthy"], timeout=5)
+        yield wait_until(lambda: health_body(d.status())["healthy"], timeout=5)
         warned = logged(self.logs, "etcd endpoint %s failed" % proxy.url, LogLevel.warn)
         self.assertTrue(any("no event for 4s" in w for w in warned), warned)
         self.assertEqual(self.removed_events(backend), [])

@@ -14,6 +14,7 @@ from flannel_tw.testing.etcd import start_etcd_for_test
 from flannel_tw.testing.harness import CONFIG, DaemonHarness, sleep
 from flannel_tw.testing.polling import wait_until
 from flannel_tw.testing.health_client import HealthHTTPClient, notify_socket, received
+from flannel_tw.observe.status import health_body
 
 
 class HealthHTTPTests(HealthHTTPClient, DaemonHarness, unittest.TestCase):
@@ -56,7 +57,7 @@ class HealthHTTPTests(HealthHTTPClient, DaemonHarness, unittest.TestCase):
         self.assertIsNotNone(body["last_watch_event_at"])
 
         self.server.kill()
-        yield wait_until(lambda: not d.health()["etcd_ok"], timeout=5)
+        yield wait_until(lambda: not health_body(d.status())["etcd_ok"], timeout=5)
         code, body = yield self.healthz()
         self.assertEqual(code, 503)
         self.assertFalse(body["etcd_ok"])
@@ -66,7 +67,7 @@ class HealthHTTPTests(HealthHTTPClient, DaemonHarness, unittest.TestCase):
         self.assertEqual((yield self.get("/readyz")), (200, b"flanneld is ready"))
 
         self.server.start()
-        yield wait_until(lambda: d.health()["healthy"], timeout=10)
+        yield wait_until(lambda: health_body(d.status())["healthy"], timeout=10)
         code, body = yield self.healthz()
         self.assertEqual(code, 200, body)
 

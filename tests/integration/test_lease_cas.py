@@ -16,6 +16,7 @@ from flannel_tw.testing.etcd import shared_etcd, start_etcd_for_test, unique_pre
 
 from flannel_tw.testing.harness import CONFIG, DaemonHarness, logged, sleep
 from flannel_tw.testing.polling import CONFIG_JSON, ManagerTestMixin, attrs, wait_until
+from flannel_tw.observe.status import health_body
 
 OURS = '{"PublicIP":"192.0.2.1"}'
 
@@ -111,9 +112,9 @@ class TwoHostsOnePublicIPTests(DaemonHarness, unittest.TestCase):
                          and second.keeper.state == "conflict", timeout=20)
         self.assertEqual(second.lease.subnet, subnet)     # it reused the lease, then saw
         self.assertTrue(second.keeper.lease_lost)         # the first host write it back
-        self.assertFalse(second.health()["healthy"])
+        self.assertFalse(health_body(second.status())["healthy"])
         self.assertEqual(first.keeper.state, "held")
-        self.assertTrue(first.health()["healthy"])
+        self.assertTrue(health_body(first.status())["healthy"])
         stood_down = logged(self.logs, "standing down", LogLevel.critical)
         wrote_back = logged(self.logs, "writing our lease back once", LogLevel.critical)
         self.assertEqual(len(stood_down), 1, stood_down)

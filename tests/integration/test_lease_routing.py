@@ -63,7 +63,7 @@ class RoutingHarness(DaemonHarness):
         from prometheus_client import generate_latest
         from prometheus_client.parser import text_string_to_metric_families
         from flannel_tw.observe.metrics import metrics_registry
-        text = generate_latest(metrics_registry(daemon, process=False)).decode()
+        text = generate_latest(metrics_registry(daemon.status, process=False)).decode()
         return {s.labels["reason"]: s.value for f in text_string_to_metric_families(text)
                 for s in f.samples if s.name == "flannel_leases_skipped_total"}
 

@@ -12,6 +12,8 @@ from flannel_tw import daemon as daemon_mod
 from flannel_tw.model.config import ConfigError
 from flannel_tw.etcd.errors import EtcdError, EtcdMemberError, EtcdUnavailable, KeyNotFound
 from flannel_tw.kernel.iface import ExtIface
+from flannel_tw.observe.etcdprobe import EtcdProbe
+from flannel_tw.observe.status import health_body
 from flannel_tw.testing.fakes import FakeSubnetManager
 
 IFACE = ExtIface(name="eth0", index=2, addr=IPv4Address("192.0.2.1"),
@@ -22,18 +24,16 @@ class ProbeTests(unittest.TestCase):
     def setUp(self):
         self.clock = task.Clock()
         self.manager = FakeSubnetManager()
-        self.daemon = daemon_mod.FlannelDaemon(self.clock, self.manager, IFACE,
-                                               daemon_mod.DaemonSettings(),
-                                               notify=lambda _m: None, exit=lambda _c: None)
-        self.daemon.etcd_ok_at = 0.0
+        self.probe_ = EtcdProbe(self.clock, self.manager, interval=30.0)
+        self.probe_.answered_at = 0.0
 
     def probe(self, failure):
         self.clock.advance(10)
-        d = self.daemon._probe_etcd()
+        d = self.probe_.probe()
         _name, _args, pending = self.manager.next("get_network_config")
         pending.errback(failure)
         self.successResultOf(d)
-        return self.daemon.etcd_ok_at
+        return self.probe_.answered_at
 
     def test_an_answer_from_etcd_counts(self):
         self.assertEqual(self.probe(KeyNotFound(100, "Key not found", "/c", 3)), 10)
@@ -48,6 +48,19 @@ class ProbeTests(unittest.TestCase):
         self.assertEqual(self.probe(EtcdUnavailable(
             {"http://a:1": EtcdMemberError("no leader", status=500, code=300)})), 0)
 
+    def test_probes_every_interval_from_start_until_stopped(self):
+        self.probe_.answered_at = None
+        self.assertIsNone(self.probe_.answered_ago())
+        self.clock.advance(5)
+        self.probe_.start()
+        self.assertEqual(self.probe_.answered_ago(), 0.0)
+        self.clock.advance(30)
+        self.assertEqual([e[0] for e in self.manager.events], ["get_network_config"])
+        self.assertEqual(self.probe_.answered_ago(), 30.0)
+        self.probe_.stop()
+        self.clock.advance(60)
+        self.assertEqual(len(self.manager.events), 1)
+
 
 class WatchSilenceTests(unittest.TestCase):
     """/healthz fails while the lease watch in flight has been silent for longer than
@@ -56,6 +69,7 @@ class WatchSilenceTests(unittest.TestCase):
     def test_a_silent_watch_is_judged(self):
         class Client:
             silence = None
+            error_counts = {}
 
             def watch_silence(self):
                 return self.silence
@@ -66,7 +80,7 @@ class WatchSilenceTests(unittest.TestCase):
         daemon.etcd_client = client = Client()
         for silence, ok in ((None, True), (0.0, True), (89.9, True), (90.1, False)):
             client.silence = silence
-            health = daemon.health()
+            health = health_body(daemon.status())
             self.assertEqual((health["watch_ok"], health["watch_silent_for"]), (ok, silence))
             if not ok:
                 self.assertFalse(health["healthy"])

@@ -16,7 +16,8 @@ from flannel_tw.observe import metrics
 from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.etcd.errors import ERROR_KINDS, KNOWN_CODES, etcd_error_kind
 
-from flannel_tw.testing.metrics_samples import Obj, samples
+from flannel_tw.observe.status import DaemonStatus
+from flannel_tw.testing.metrics_samples import samples
 
 
 class Hostile(Resource):
@@ -55,9 +56,9 @@ class ErrorKindTests(unittest.TestCase):
         self.assertLess(len(client.error_counts), 40)
 
     def test_collector_emits_only_known_kinds(self):
-        daemon = Obj(etcd_client=Obj(error_counts=collections.Counter(
-            {"transport": 2, "etcd_100": 1, "etcd_1234": 5, "some remote text": 1})))
-        text = generate_latest(metrics.metrics_registry(daemon, process=False)).decode()
+        status = DaemonStatus(phase="running", etcd_errors=collections.Counter(
+            {"transport": 2, "etcd_100": 1, "etcd_1234": 5, "some remote text": 1}))
+        text = generate_latest(metrics.metrics_registry(lambda: status, process=False)).decode()
         found = {dict(labels)["kind"]: value for (name, labels), value in samples(text).items()
                  if name == "flannel_etcd_errors_total"}
         self.assertEqual(found, {"transport": 2, "etcd_100": 1, "other": 6})

@@ -220,12 +220,12 @@ class WallClockStepTests(unittest.TestCase):
 class DaemonWiringTests(unittest.TestCase):
     def test_build_daemon_gives_the_keeper_a_monotonic_clock(self):
         from twisted.internet import reactor
-        from flannel_tw import daemon as daemon_mod
+        from flannel_tw import wiring
         from flannel_tw.tap import Options
         options = Options(environ={})
         options.parseOptions(["--etcd-endpoints=http://127.0.0.1:9", "--iface=127.0.0.1",
                               "--iptables-forward-rules=false"])
-        d = daemon_mod.build_daemon(options, reactor)
+        d = wiring.build_daemon(options, reactor)
         self.addCleanup(d.etcd_client.close)
         self.addCleanup(d._keeper_clock.close)
         self.assertIsInstance(d._keeper_clock, MonotonicClock)

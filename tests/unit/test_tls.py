@@ -12,7 +12,7 @@ from twisted.logger import LogLevel
 from twisted.python.usage import UsageError
 from twisted.trial import unittest
 
-from flannel_tw import daemon as daemon_mod
+from flannel_tw import wiring
 from flannel_tw.etcd.tls import TLSFileError, tls_files, tls_policy
 from flannel_tw.tap import Options
 from flannel_tw.testing.certs import make_pki
@@ -88,7 +88,7 @@ class TLSFileTests(unittest.TestCase):
                                 "--etcd-cafile=" + self.pki.ca,
                                 "--etcd-certfile=" + self.pki.client_cert,
                                 "--etcd-keyfile=" + self.pki.ca)  # a certificate, not a key
-        e = self.assertRaises(SystemExit, daemon_mod.build_daemon, options, reactor)
+        e = self.assertRaises(SystemExit, wiring.build_daemon, options, reactor)
         self.assertIn("Failed to create SubnetManager", str(e.code))
         self.assertIn("key %s cannot be loaded" % self.pki.ca, str(e.code))
 
@@ -99,14 +99,14 @@ class TLSFileTests(unittest.TestCase):
         shutil.copy(self.pki.ca, ca)
         options = self._options("--etcd-endpoints=https://127.0.0.1:1", "--etcd-cafile=" + ca)
         os.unlink(ca)
-        e = self.assertRaises(SystemExit, daemon_mod.build_daemon, options, reactor)
+        e = self.assertRaises(SystemExit, wiring.build_daemon, options, reactor)
         self.assertIn("Failed to create SubnetManager: cannot read CA file " + ca, str(e.code))
 
     def test_build_daemon_uses_etcd_ssl_dir(self):
         import flannel_tw.kernel.iface as iface_mod
         self.patch(iface_mod, "lookup_ext_iface", lambda *a, **kw: IFACE)
         self.patch(os, "environ", dict(os.environ, ETCD_SSL_DIR=self.dir))
-        d = daemon_mod.build_daemon(self._options("--etcd-endpoints=https://127.0.0.1:1"),
+        d = wiring.build_daemon(self._options("--etcd-endpoints=https://127.0.0.1:1"),
                                     reactor)
         self.addCleanup(d.etcd_client.close)
         self.assertEqual(d.etcd_client.tls_files,
@@ -193,7 +193,7 @@ class InsecureSettingsTests(unittest.TestCase):
         options = self.parse("--etcd-username=u", "--etcd-password=secret",
                              "--etcd-cafile=" + self.pki.ca,
                              "--etcd-endpoints=http://127.0.0.1:1")
-        d = daemon_mod.build_daemon(options, reactor)
+        d = wiring.build_daemon(options, reactor)
         self.addCleanup(d.etcd_client.close)
         warnings = logged(events, "", LogLevel.warn)
         self.assertEqual(len(warnings), 2, warnings)

@@ -55,7 +55,7 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from flannel_tw.model.events import ADDED, REMOVED
-from flannel_tw.interfaces import IBackend
+from flannel_tw.interfaces import IBackend, ICountingBackend, IReconfiguringBackend, IRoutesBackend
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.kernel import netlink as _netlink
 from flannel_tw.kernel.tun import open_tun
@@ -172,7 +172,7 @@ class _Reader:
         return self._prefix
 
 
-@implementer(IBackend)
+@implementer(IBackend, ICountingBackend, IReconfiguringBackend, IRoutesBackend)
 class UdpBackend:
     """
     L{IBackend} for the udp type.

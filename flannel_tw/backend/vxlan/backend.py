@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from flannel_tw.backend.routed import PeerBackend
 from flannel_tw.model.config import go_json_fields
-from flannel_tw.interfaces import IBackend
+from flannel_tw.interfaces import IBackend, IReconcilingBackend
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.kernel.rtnetlink import VxlanPeer, VxlanSpec
 
@@ -90,7 +90,7 @@ def peer_from_lease(lease) -> VxlanPeer:
                      mac=mac.lower().replace("-", ":"))
 
 
-@implementer(IBackend)
+@implementer(IBackend, IReconcilingBackend)
 class VxlanBackend(PeerBackend):
     """L{IBackend} for the vxlan type. C{device}, C{index}, C{mac} are valid after prepare()."""
 

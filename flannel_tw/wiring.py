@@ -1,0 +1,82 @@
+# -*- test-case-name: tests.unit.test_wiring,tests.integration.test_daemon -*-
+"""
+The object graph of ``twistd flannel``, built in one place from the parsed options
+(L{flannel_tw.tap.Options}), as C{twisted.names.tap.makeService} does: the interface
+lookup, the etcd client (TLS, basic auth), the subnet manager, the keeper's monotonic
+clock, the iptables rules, the daemon, and the services beside it (/healthz, /metrics,
+the log observer). L{flannel_tw.daemon.FlannelDaemon} only runs what is built here.
+"""
+import os
+
+from flannel_tw.daemon import DaemonSettings, FlannelDaemon
+
+
+def build_daemon(options, reactor):
+    """
+    The L{FlannelDaemon} for C{options}, with its health and metrics services as
+    children (when their ports are set) and the log observer installed.
+
+    @raise SystemExit: with a clear message when no interface matches or a TLS file is
+        unusable.
+    """
+    ext_iface = _ext_iface(options)
+    client = _etcd_client(options, reactor)
+    from flannel_tw.kernel.monoclock import MonotonicClock
+    from flannel_tw.lease.manager import EtcdSubnetManager
+    manager = EtcdSubnetManager(client, prefix=options["etcd-prefix"])
+    settings = DaemonSettings(subnet_file=options["subnet-file"], ip_masq=options["ip-masq"],
+                              forward_rules=options["iptables-forward-rules"],
+                              renew_margin=options["subnet-lease-renew-margin"] * 60.0,
+                              healthz_ip=options["healthz-ip"],
+                              healthz_port=options["healthz-port"])
+    daemon = FlannelDaemon(reactor, manager, ext_iface, settings, rules_factory=_rules_factory(),
+                           keeper_clock=MonotonicClock(reactor), etcd_client=client)
+    for warning in options.warnings:    # insecure or unused etcd flags
+        daemon.log.warn("{problem}", problem=warning)
+    from flannel_tw.observe.logs import install as install_logging
+    install_logging(daemon, options, reactor)   # --log-format text|json, rate-limited errors
+    if options["metrics-port"]:
+        from flannel_tw.observe.metrics import metrics_service
+        metrics_service(daemon.status, reactor, options["metrics-ip"], options["metrics-port"]
+                        ).setServiceParent(daemon)
+    if settings.healthz_port:
+        from flannel_tw.observe.health import health_service
+        health_service(daemon.status, reactor, settings.healthz_ip, settings.healthz_port
+                       ).setServiceParent(daemon)
+    return daemon
+
+
+def _ext_iface(options):
+    """The interface to use (--iface, --iface-regex, --public-ip)."""
+    from flannel_tw.kernel.iface import IfaceError, lookup_ext_iface
+    try:
+        return lookup_ext_iface(options["iface"], options["iface-regex"],
+                                options["public-ip"] or None)
+    except (IfaceError, ValueError) as e:
+        raise SystemExit("Failed to find interface to use: %s" % (e,))
+
+
+def _etcd_client(options, reactor):
+    """The etcd v2 client: endpoints, basic auth, TLS files (flags or ETCD_* in the env)."""
+    from flannel_tw.etcd.client import EtcdV2Client
+    from flannel_tw.etcd.tls import TLSFileError, tls_files, tls_policy
+    cafile, certfile, keyfile = tls_files(options["etcd-cafile"], options["etcd-certfile"],
+                                          options["etcd-keyfile"], os.environ)
+    tls = None
+    if cafile or certfile:
+        try:
+            tls = tls_policy(cafile, certfile, keyfile)
+        except TLSFileError as e:
+            raise SystemExit("Failed to create SubnetManager: %s" % (e,))
+    return EtcdV2Client(reactor, options["etcd-endpoints"],
+                        username=options["etcd-username"] or None,
+                        password=options["etcd-password"] or None, tls=tls)
+
+
+def _rules_factory():
+    """flanneld's iptables rules, when this build has them (flannel_tw.host.iptables)."""
+    try:
+        from flannel_tw.host.iptables import TrafficRules
+    except ImportError:
+        return None
+    return TrafficRules
