@@ -137,3 +137,76 @@ class ITun(Interface):
 
     def close():
         """Close the file descriptor."""
+
+
+# -- the kernel seam ------------------------------------------------------------------
+# Every method blocks (netlink round trips): backends run them with deferToThread, one
+# call at a time per kernel object.
+
+class IKernel(Interface):
+    """
+    The batch engine the routed backends (vxlan, host-gw) use
+    (L{flannel_tw.kernel.batch.Kernel}): raw dumps and the removal of leftovers.
+    """
+
+    def routes(network):
+        """
+        @return: the main-table routes to subnets strictly inside C{network}, as
+            L{flannel_tw.kernel.rtnetlink.RouteEntry} (one dump).
+        """
+
+    def remove_stale(network, keep_subnets, vxlan_index, ext_index, keep_macs=()):
+        """
+        Remove routes (and with C{vxlan_index}, neighbours and FDB entries) an earlier run
+        left for leases that no longer exist.
+
+        @return: a description of each entry removed.
+        """
+
+
+class IHostGwKernel(IKernel):
+    """L{IKernel} plus host-gw routes (L{flannel_tw.backend.hostgw.HostGwKernel})."""
+
+    def apply_hostgw(oif, changes):
+        """
+        C{changes}: C{(have, target)} pairs of L{flannel_tw.backend.hostgw.HostGwRoute} or
+        None: delete C{have}, then C{route replace <target> dev <oif>}.
+
+        @return: per change, in order, the route installed (None when only removing) or
+            the exception that failed it; one entry's failure never touches another.
+        """
+
+
+class IVxlanKernel(IKernel):
+    """L{IKernel} plus the vxlan device and peers (L{flannel_tw.backend.vxlan.device})."""
+
+    def ensure_vxlan(spec):
+        """
+        Make (or reuse a compatible) C{flannel.<VNI>} for a
+        L{flannel_tw.backend.vxlan.device.VxlanSpec}.
+
+        @return: C{(index, mac, what)}; raises L{flannel_tw.kernel.batch.KernelError}.
+        """
+
+    def configure_vxlan(index, address):
+        """Give the device exactly C{address/32} and bring it up."""
+
+    def apply_vxlan_peers(index, ext_index, changes, direct_routing=False):
+        """
+        C{changes}: C{(have, target)} pairs of L{flannel_tw.backend.vxlan.device.VxlanPeer}
+        or None: remove C{have}'s entries, install C{target}'s (a failed step undoes that
+        peer's earlier steps only).
+
+        @return: per change, in order, the peer installed (C{direct} set), None, or the
+            exception that failed it.
+        """
+
+
+class INetlink(Interface):
+    """The udp backend's TUN configuration (L{flannel_tw.kernel.netlink}, a module)."""
+
+    def configure_tun(ifname, address, mtu, route, gso_max_size=None):
+        """
+        Give the TUN device C{address} (only), C{mtu}, up, and the route C{route dev
+        ifname}; with C{gso_max_size}, the device's largest GSO packet.
+        """

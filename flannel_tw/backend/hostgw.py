@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_hostgw -*-
+# -*- test-case-name: tests.unit.test_hostgw -*-
 """
 The host-gw backend (flannel-compat.md section 8): no encapsulation, one route per
 remote host-gw lease, C{<subnet> via <PublicIP> dev <ext iface>}; the hosts must share
@@ -12,13 +12,18 @@ an L2 segment.
 - every 10 s (on the injected reactor) routes of installed peers that someone deleted are
   put back ("Route recovered").
 """
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
 from twisted.internet import defer, task
 from zope.interface import implementer
 
 from flannel_tw.backend.routed import PeerBackend
 from flannel_tw.interfaces import IBackend, IReconcilingBackend, IReconfiguringBackend
 from flannel_tw.model.lease import LeaseAttrs
-from flannel_tw.kernel.rtnetlink import HostGwRoute, RouteEntry
+from flannel_tw.interfaces import IHostGwKernel
+from flannel_tw.kernel.batch import Job, Kernel, first_result
+from flannel_tw.kernel.rtnetlink import RouteEntry, route_request
 
 ROUTE_CHECK_INTERVAL = 10.0     # seconds (flanneld's routeCheckRetries loop)
 
@@ -30,11 +35,51 @@ class HostGwError(Exception):
     """The host-gw backend cannot run here."""
 
 
+@dataclass(frozen=True)
+class HostGwRoute:
+    """C{subnet via gateway dev <oif>}: one remote host-gw lease."""
+    subnet: IPv4Network
+    gateway: IPv4Address
+
+    def __str__(self):
+        return "%s via %s" % (self.subnet, self.gateway)
+
+
+@implementer(IHostGwKernel)
+class HostGwKernel(Kernel):
+    """The batch engine plus host-gw routes (blocking: run it in a thread)."""
+
+    def apply_hostgw(self, oif: int, changes) -> list:
+        """
+        C{changes}: C{(have, target)} pairs of L{HostGwRoute} or None: delete C{have} (a
+        missing route is fine), then C{route replace <target>} via the ext iface.
+
+        @return: per change, in order, the route installed (None when only removing) or
+            the exception (NetlinkError, KernelError) that failed it.
+        """
+        jobs = []
+        for have, target in changes:
+            removes = [] if have is None else [
+                route_request("del", have.subnet, have.gateway, oif)]
+            steps = [] if target is None else [
+                (route_request("replace", target.subnet, target.gateway, oif), None)]
+            jobs.append(Job(removes, steps, target))
+        return self.run_jobs(jobs)
+
+    def install_hostgw(self, route: HostGwRoute, oif: int) -> HostGwRoute:
+        """C{route replace <subnet> via <PublicIP> dev <ext>}; raises NetlinkError."""
+        return first_result(self.apply_hostgw(oif, [(None, route)]))
+
+    def remove_hostgw(self, route: HostGwRoute, oif: int) -> None:
+        first_result(self.apply_hostgw(oif, [(route, None)]))
+
+
 @implementer(IBackend, IReconcilingBackend, IReconfiguringBackend)
 class HostGwBackend(PeerBackend):
     """L{IBackend} for the host-gw type."""
 
     name = "host-gw"
+    kernel_class = HostGwKernel
 
     def __init__(self, reactor, ext_iface, kernel=None, to_thread=None,
                  check_interval=ROUTE_CHECK_INTERVAL):

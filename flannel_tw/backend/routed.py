@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_hostgw -*-
+# -*- test-case-name: tests.unit.test_hostgw -*-
 """
 What the vxlan and host-gw backends share (flanneld's backend/route_network.go shape):
 remote leases of our type become kernel entries, one peer per subnet.
@@ -29,7 +29,6 @@ from twisted.logger import Logger
 
 from flannel_tw.model.events import ADDED, REMOVED
 from flannel_tw.model.leasecheck import lease_problem
-from flannel_tw.kernel.rtnetlink import Kernel
 
 LOG_EACH = 10       # batches up to this size log every change; bigger ones a summary
 
@@ -43,17 +42,19 @@ class PeerBackend:
     the entry installed, None, or the exception that failed it) and
     C{_remove_stale(leases)} (blocking).
 
-    @param kernel: a L{Kernel} (tests may pass one bound to a namespace, or a fake).
+    @param kernel: the subclass's L{flannel_tw.interfaces.IKernel}, by default a new
+        C{kernel_class()} (tests may pass one bound to a namespace, or a fake).
     @param to_thread: C{(f, *args) -> Deferred}, default C{deferToThread}.
     """
 
     name = None
+    kernel_class = None     # the subclass's kernel: a flannel_tw.kernel.batch.Kernel subclass
     log = Logger()
 
     def __init__(self, reactor, ext_iface, kernel=None, to_thread=None):
         self._reactor = reactor
         self.ext_iface = ext_iface
-        self.kernel = kernel if kernel is not None else Kernel()
+        self.kernel = kernel if kernel is not None else self.kernel_class()
         self._to_thread = to_thread or threads.deferToThread
         self._lock = defer.DeferredLock()
         self.mtu = None

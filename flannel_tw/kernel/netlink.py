@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_udp_backend -*-
+# -*- test-case-name: tests.unit.test_kernel_seam -*-
 """
 Kernel configuration for backends through pyroute2 (never by running ``ip``).
 
@@ -11,6 +11,11 @@ from ipaddress import IPv4Interface, IPv4Network
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from zope.interface import moduleProvides
+
+from flannel_tw.interfaces import INetlink
+
+moduleProvides(INetlink)
 
 
 class LinkNotFound(LookupError):

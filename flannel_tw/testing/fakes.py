@@ -3,10 +3,14 @@ Fakes that implement flannel-tw's own interfaces, for fast unit tests of logic a
 timing. Each records its calls in ``events``; tests answer calls by firing the
 Deferreds kept in ``pending``. Checked with verifyObject like the real classes.
 """
+import threading
+
 from twisted.internet import defer
 from zope.interface import implementer
 
-from flannel_tw.interfaces import IBackend, ISubnetManager
+from flannel_tw.interfaces import (
+    IBackend, IHostGwKernel, INetlink, ISubnetManager, IVxlanKernel)
+from flannel_tw.kernel.rtnetlink import RouteEntry
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.model.leasecheck import REASONS
 
@@ -85,3 +89,89 @@ class RecordingBackend:
     def stop(self):
         self.events.append(("stop",))
         return defer.succeed(None)
+
+
+@implementer(IVxlanKernel, IHostGwKernel)
+class FakeKernel:
+    """
+    Records every call of the kernel methods the routed backends use; keeps routes in a
+    dict. Batches (apply_*) record one "install"/"remove" per entry and their sizes in
+    C{batches}; C{fail_for} fails only the entries of the given subnets.
+    """
+
+    def __init__(self):
+        self.events = []
+        self.fail = {}          # method name -> exception to raise
+        self.fail_for = {}      # subnet -> exception for that entry's install only
+        self.routes_now = {}    # subnet -> RouteEntry
+        self.batches = []       # size of each apply_* call
+
+    def _call(self, name, *args):
+        self.events.append((name,) + args)
+        if name in self.fail:
+            raise self.fail[name]
+
+    def ensure_vxlan(self, spec):
+        self._call("ensure_vxlan", spec)
+        return 12, "0a:0b:0c:0d:0e:0f", "created"
+
+    def configure_vxlan(self, index, address):
+        self._call("configure_vxlan", index, address)
+
+    def _batch(self, changes, install, remove):
+        self.batches.append(len(changes))
+        out = []
+        for have, target in changes:
+            try:
+                if have is not None:
+                    self._call("remove", have)
+                    remove(have)
+                if target is not None:
+                    self._call("install", target)
+                    if target.subnet in self.fail_for:
+                        raise self.fail_for[target.subnet]
+                    install(target)
+            except Exception as e:
+                out.append(e)
+            else:
+                out.append(target)
+        return out
+
+    def apply_vxlan_peers(self, index, ext_index, changes, direct_routing=False):
+        return self._batch(changes, lambda p: None, lambda p: None)
+
+    def apply_hostgw(self, oif, changes):
+        def install(route):
+            self.routes_now[route.subnet] = RouteEntry(route.subnet, route.gateway, oif)
+        return self._batch(changes, install,
+                           lambda route: self.routes_now.pop(route.subnet, None))
+
+    def routes(self, network):
+        return list(self.routes_now.values())
+
+    def remove_stale(self, network, keep_subnets, vxlan_index, ext_index, keep_macs=()):
+        self._call("remove_stale", network, sorted(keep_subnets), vxlan_index, ext_index,
+                   sorted(keep_macs))
+        return ["route 10.5.99.0/24 via None"]
+
+
+@implementer(INetlink)
+class FakeNetlink:
+    """
+    The udp backend's TUN configuration, recorded: C{calls} gets C{(ifname, address, mtu,
+    route)}, C{gso_max_sizes} the C{gso_max_size} of each call, C{threads} the thread each
+    ran in; C{fail}, when set, is raised.
+    """
+
+    def __init__(self, fail=None):
+        self.calls = []
+        self.gso_max_sizes = []
+        self.threads = []
+        self.fail = fail
+
+    def configure_tun(self, ifname, address, mtu, route, gso_max_size=None):
+        self.threads.append(threading.current_thread())
+        self.calls.append((ifname, address, mtu, route))
+        self.gso_max_sizes.append(gso_max_size)
+        if self.fail:
+            raise self.fail

@@ -8,7 +8,6 @@ flannel_tw.kernel.netlink) inside a throw-away network namespace."""
 
 import socket
 import struct
-import threading
 import time
 from ipaddress import IPv4Address, IPv4Network
 
@@ -21,6 +20,7 @@ from flannel_tw.model.config import NetworkConfig
 from flannel_tw.model.events import ADDED, LeaseEvent
 from flannel_tw.model.lease import Lease, LeaseAttrs
 from flannel_tw.kernel.iface import ExtIface
+from flannel_tw.testing.fakes import FakeNetlink
 from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.backend.udp import packet as P
 
@@ -81,19 +81,6 @@ def lease(subnet, public_ip):
 
 EXT = ExtIface(name="lo", index=1, addr=IPv4Address(OURS), public_ip=IPv4Address(OURS),
                mtu=1500)
-
-
-class FakeNetlink:
-    def __init__(self, fail=None):
-        self.calls = []
-        self.threads = []
-        self.fail = fail
-
-    def configure_tun(self, ifname, address, mtu, route):
-        self.threads.append(threading.current_thread())
-        self.calls.append((ifname, address, mtu, route))
-        if self.fail:
-            raise self.fail
 
 
 class Collector(DatagramProtocol):

@@ -1,6 +1,6 @@
 """The vxlan backend: options and lease attrs (pure), the backend's event logic against a
-recording fake kernel, and the netlink helpers of flannel_tw.kernel.rtnetlink on a real kernel
-inside a private network namespace (root only)."""
+recording fake kernel, and the kernel code (flannel_tw.kernel.batch, backend/vxlan/device.py,
+backend/hostgw.py) on a real kernel inside a private network namespace (root only)."""
 
 import errno
 import subprocess
@@ -11,9 +11,12 @@ from ipaddress import IPv4Address, IPv4Network
 from pyroute2.netlink.exceptions import NetlinkError
 from twisted.trial import unittest
 
-from flannel_tw.kernel.rtnetlink import (
-    HostGwRoute, Kernel, KernelError, VxlanPeer, VxlanSpec, route_request)
+from flannel_tw.backend.hostgw import HostGwRoute
+from flannel_tw.backend.vxlan.device import VxlanPeer, VxlanSpec
+from flannel_tw.kernel.batch import KernelError
+from flannel_tw.kernel.rtnetlink import route_request
 from flannel_tw.testing.kernel_fixtures import MAC1, MAC2
+from flannel_tw.testing.kernel_fixtures import LabKernel as Kernel
 from flannel_tw.testing import skips
 
 

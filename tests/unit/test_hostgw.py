@@ -18,9 +18,10 @@ from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import IBackend
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.kernel.iface import ExtIface
-from flannel_tw.kernel.rtnetlink import HostGwRoute
+from flannel_tw.backend.hostgw import HostGwRoute
 
-from flannel_tw.testing.kernel_fixtures import IFACE, FakeKernel, config, lease, logged, sync
+from flannel_tw.testing.fakes import FakeKernel
+from flannel_tw.testing.kernel_fixtures import IFACE, config, lease, logged, sync
 
 
 def route(subnet, gw):

@@ -1,6 +1,6 @@
 """The vxlan backend: options and lease attrs (pure), the backend's event logic against a
-recording fake kernel, and the netlink helpers of flannel_tw.kernel.rtnetlink on a real kernel
-inside a private network namespace (root only)."""
+recording fake kernel, and the rtnetlink codec (flannel_tw.kernel.rtnetlink) byte for byte
+against pyroute2's own encoder."""
 
 import socket
 from ipaddress import IPv4Address, IPv4Network
@@ -17,9 +17,10 @@ from flannel_tw.backend.vxlan.backend import (
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import IBackend
 from flannel_tw.model.lease import Lease, LeaseAttrs
-from flannel_tw.kernel.rtnetlink import VxlanPeer, VxlanSpec, fdb_request, neigh_request, route_request
-from flannel_tw.testing.kernel_fixtures import (
-    FakeKernel, IFACE, MAC1, MAC2, config, lease, logged, sync)
+from flannel_tw.backend.vxlan.device import VxlanPeer, VxlanSpec
+from flannel_tw.kernel.rtnetlink import fdb_request, neigh_request, route_request
+from flannel_tw.testing.fakes import FakeKernel
+from flannel_tw.testing.kernel_fixtures import IFACE, MAC1, MAC2, config, lease, logged, sync
 
 
 class OptionsTests(unittest.TestCase):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_vxlan -*-
+# -*- test-case-name: tests.unit.test_vxlan -*-
 """
 The vxlan backend (flannel-compat.md section 7), flanneld v0.10's "L3" scheme: the
 kernel's vxlan device C{flannel.<VNI>} encapsulates; we only write static entries.
@@ -24,7 +24,7 @@ from flannel_tw.backend.routed import PeerBackend
 from flannel_tw.model.config import go_json_fields
 from flannel_tw.interfaces import IBackend, IReconcilingBackend
 from flannel_tw.model.lease import LeaseAttrs
-from flannel_tw.kernel.rtnetlink import VxlanPeer, VxlanSpec
+from flannel_tw.backend.vxlan.device import VxlanKernel, VxlanPeer, VxlanSpec
 
 DEFAULT_VNI = 1
 ENCAP_OVERHEAD = 50        # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
@@ -95,6 +95,7 @@ class VxlanBackend(PeerBackend):
     """L{IBackend} for the vxlan type. C{device}, C{index}, C{mac} are valid after prepare()."""
 
     name = "vxlan"
+    kernel_class = VxlanKernel
 
     def __init__(self, reactor, ext_iface, kernel=None, to_thread=None):
         PeerBackend.__init__(self, reactor, ext_iface, kernel, to_thread)
@@ -106,7 +107,7 @@ class VxlanBackend(PeerBackend):
     def prepare(self, config):
         """
         @return: Deferred firing with our L{LeaseAttrs}; fails with ValueError (bad
-            options) or L{flannel_tw.kernel.rtnetlink.KernelError} (no device).
+            options) or L{flannel_tw.kernel.batch.KernelError} (no device).
         """
         try:
             self.options = parse_options(config.backend)
