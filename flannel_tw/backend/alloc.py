@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_daemon -*-
+# -*- test-case-name: tests.unit.test_capabilities -*-
 """The alloc backend: it only holds a lease; no data plane (flanneld's "alloc")."""
 from twisted.internet import defer
 from zope.interface import implementer
@@ -14,7 +14,6 @@ class AllocBackend:
     def __init__(self, reactor, ext_iface):
         self._ext_iface = ext_iface
         self.mtu = ext_iface.mtu
-        self.events = []    # every batch of lease events seen, for inspection
 
     def prepare(self, config):
         return defer.succeed(LeaseAttrs(public_ip=self._ext_iface.public_ip))
@@ -23,7 +22,7 @@ class AllocBackend:
         return defer.succeed(None)
 
     def handle_events(self, events):
-        self.events.append(list(events))
+        """No data plane: nothing to do with other hosts' leases."""
 
     def stop(self):
         return defer.succeed(None)

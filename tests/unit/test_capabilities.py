@@ -98,3 +98,16 @@ class DaemonUsesDeclaredPartsTests(unittest.TestCase):
                          [])
         status = daemon.status()
         self.assertEqual((status.routes, status.backend_counters), (None, None))
+
+
+class AllocBackendTests(unittest.TestCase):
+    def test_keeps_nothing_of_the_events_it_is_given(self):
+        """No record for tests in production code: the fakes record (RecordingBackend)."""
+        from flannel_tw.backend.alloc import AllocBackend
+        from flannel_tw.model.events import ADDED, LeaseEvent
+        backend = AllocBackend(task.Clock(), IFACE)
+        before = repr(vars(backend))
+        lease = Lease(IPv4Network("10.5.2.0/24"), LeaseAttrs(IPv4Address("192.0.2.2")))
+        for _ in range(3):
+            backend.handle_events([LeaseEvent(ADDED, lease)])
+        self.assertEqual(repr(vars(backend)), before)
