@@ -51,6 +51,7 @@ if __package__ in (None, ""):      # python3 bench/run.py
         sys.exit(2)
 
 from flannel_tw.backend.registry import FACTORIES                     # noqa: E402
+from flannel_tw.model.config import DEFAULT_PREFIX                    # noqa: E402
 from flannel_tw.tools.lab.run import (_child_env, repo_root, start_etcd,  # noqa: E402
                                       daemon_argv as lab_daemon_argv)
 from flannel_tw.tools.lab.topology import Lab, LabError                      # noqa: E402
@@ -279,7 +280,7 @@ def helper(lab, ns, args, timeout=300):
 def run_scale(backend, leases, keep_logs, samples=20):
     workdir = tempfile.mkdtemp(prefix="flannel-tw-bench-scale-")
     lab = new_lab(workdir)
-    prefix = "/coreos.com/network"
+    prefix = DEFAULT_PREFIX
     gw = str(lab.gateway)
     try:
         config = json.dumps({"Network": "10.0.0.0/8", "SubnetLen": 24,

@@ -26,9 +26,13 @@ class ISubnetManager(Interface):
             fails with L{flannel_tw.lease.allocate.OutOfSubnets} or an etcd error.
         """
 
+    reused_leases = Attribute(
+        "subnet -> modifiedIndex of our write when acquire_lease last reused an existing "
+        "lease (the keeper's probation, see flannel_tw.lease.keeper).")
+
     def renew_lease(lease):
         """
-        Unconditional PUT of the lease with ttl 86400 (no ttl for a reservation).
+        Compare-and-swap of our own last write with ttl 86400 (no ttl for a reservation).
 
         @return: Deferred firing with the renewed L{flannel_tw.model.lease.Lease}.
         """
@@ -57,6 +61,65 @@ class ISubnetManager(Interface):
         """
         @return: a mapping reason -> nodes skipped as bad (C{bad-key}, C{bad-value}; the
             fixed label set L{flannel_tw.model.leasecheck.REASONS}), a snapshot.
+        """
+
+
+class IRegistry(Interface):
+    """
+    The raw store under flannel's prefix (etcd v2 today: L{flannel_tw.etcd.registry}; etcd
+    v3 later), under L{flannel_tw.lease.manager.SubnetManager}'s policy. A lease is named
+    by its key's last component (C{10.5.1.0-24}); values are texts, returned as stored.
+    Records and changes are L{flannel_tw.etcd.registry.Record} and C{Change}.
+
+    What every registry must guarantee (the policy relies on it):
+      - one index per store, growing with every write; each record carries the index of
+        its last write (C{modified_index}), and a list carries the cursor it was read at;
+      - create-only, compare-and-set and delete are atomic against any other writer;
+      - errors are L{flannel_tw.etcd.errors}' types: C{KeyNotFound} (missing),
+        C{NodeExist} (create-only lost), C{TestFailed} (condition failed),
+        C{EventIndexCleared} (the cursor left the store's history),
+        C{EtcdIndexWentBack} (the store's index is below the cursor: wiped or restored);
+        anything else is a transport error, retried by the caller;
+      - a Deferred cancelled mid-request fails with CancelledError and writes nothing
+        more.
+    """
+
+    prefix = Attribute("The prefix the network lives under, e.g. /coreos.com/network.")
+
+    def get_config():
+        """@return: Deferred text of <prefix>/config; fails with C{KeyNotFound}."""
+
+    def list():
+        """
+        @return: Deferred C{(records, cursor)}: every key directly under subnets/ (not
+            directories, not deeper keys) and the store index they were read at; an
+            empty list (at the store's index) when there is none.
+        """
+
+    def get(name):
+        """@return: Deferred C{Record} of one lease key; fails with C{KeyNotFound}."""
+
+    def create(name, value, ttl):
+        """Create-only (C{ttl} None: no TTL). @return: Deferred C{Record} as written;
+        fails with C{NodeExist}."""
+
+    def compare_and_set(name, value, ttl, prev_index=None, prev_value=None):
+        """Write only if the key's index is still C{prev_index} (or, given instead, its
+        value is still C{prev_value}). @return: Deferred C{Record}; fails with
+        C{TestFailed} or C{KeyNotFound}."""
+
+    def set(name, value, ttl):
+        """Unconditional write. @return: Deferred C{Record}."""
+
+    def delete(name):
+        """@return: Deferred; fails with C{KeyNotFound}."""
+
+    def watch(wait_index):
+        """
+        Wait for the next change directly under subnets/ at index C{wait_index} or later.
+
+        @return: Deferred C{Change}; fails with C{EventIndexCleared} or
+            C{EtcdIndexWentBack} (then list again).
         """
 
 

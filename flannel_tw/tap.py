@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 from twisted.python import usage
 
 import flannel_tw
+from flannel_tw.model.config import DEFAULT_PREFIX
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:4001,http://127.0.0.1:2379"
-DEFAULT_PREFIX = "/coreos.com/network"
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 ENV_PREFIX = "FLANNELD_"
 

@@ -303,7 +303,7 @@ class LeaseKeeper:
     # -- another writer on our key -----------------------------------------------
 
     def _start_probation(self, lease):
-        reused = getattr(self._manager, "reused_leases", {})  # EtcdSubnetManager's record
+        reused = self._manager.reused_leases  # ISubnetManager: the last reuse
         if lease.modified_index is not None and reused.get(lease.subnet) == lease.modified_index:
             self._probation_until = self._clock.seconds() + self._probation
         else:

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from flannel_tw.lease.allocate import choose_subnet, fits, holds_allocation
-from flannel_tw.model.config import ConfigError, parse_config
+from flannel_tw.model.config import DEFAULT_PREFIX, ConfigError, parse_config
 from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import ISubnetManager
@@ -31,7 +31,6 @@ from flannel_tw.model.leasecheck import SkipMemory
 
 SUBNET_TTL = 86400
 RACE_RETRIES = 10
-DEFAULT_PREFIX = "/coreos.com/network"
 REMOVAL_ACTIONS = frozenset(["delete", "expire", "compareAndDelete"])
 
 

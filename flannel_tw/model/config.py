@@ -10,6 +10,11 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Dict, Optional, Tuple
 
 
+#: flanneld's default etcd prefix (--etcd-prefix): the config is at <prefix>/config, the
+#: leases under <prefix>/subnets/
+DEFAULT_PREFIX = "/coreos.com/network"
+
+
 class ConfigError(ValueError):
     """
     The config is not usable. ``key`` names the offending field ("Network",

@@ -37,6 +37,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from flannel_tw.model.config import DEFAULT_PREFIX
+
 __all__ = ["EtcdServer", "find_etcd_binary", "start_etcd_for_test", "shared_etcd",
            "unique_prefix", "EtcdHTTPError"]
 
@@ -408,7 +410,7 @@ class EtcdServer:
         params = {"recursive": "true"} if recursive else None
         return self._v2("DELETE", key, params)
 
-    def put_config(self, json_text, prefix="/coreos.com/network"):
+    def put_config(self, json_text, prefix=DEFAULT_PREFIX):
         """Write C{<prefix>/config}; C{json_text} may be a str or a JSON-able object."""
         if not isinstance(json_text, str):
             json_text = json.dumps(json_text)

@@ -8,6 +8,7 @@ import threading
 from twisted.internet import defer
 from zope.interface import implementer
 
+from flannel_tw.model.config import DEFAULT_PREFIX
 from flannel_tw.interfaces import (
     IBackend, IHostGwKernel, INetlink, ISubnetManager, IVxlanKernel)
 from flannel_tw.kernel.rtnetlink import RouteEntry
@@ -19,7 +20,7 @@ from flannel_tw.model.leasecheck import REASONS
 class FakeSubnetManager:
     """Every call returns a new Deferred appended to ``pending`` as (name, args, d)."""
 
-    prefix = "/coreos.com/network"
+    prefix = DEFAULT_PREFIX
 
     def __init__(self):
         self.events = []

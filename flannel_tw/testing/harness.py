@@ -24,11 +24,12 @@ from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.model.events import REMOVED
 from flannel_tw.kernel.iface import ExtIface
 from flannel_tw.lease.manager import EtcdSubnetManager
+from flannel_tw.model.config import DEFAULT_PREFIX
 from flannel_tw.testing.fakes import RecordingBackend
 from flannel_tw.testing.polling import wait_until
 
 
-PREFIX = "/coreos.com/network"
+PREFIX = DEFAULT_PREFIX
 CONFIG = '{"Network": "10.5.0.0/16"}'
 IFACE = ExtIface(name="eth0", index=2, addr=IPv4Address("192.0.2.1"),
                  public_ip=IPv4Address("192.0.2.1"), mtu=1500)

@@ -25,6 +25,7 @@ import time
 from ipaddress import IPv4Interface, IPv4Network
 
 from flannel_tw.host.iptables import forward_rules, masq_rules
+from flannel_tw.model.config import DEFAULT_PREFIX
 from flannel_tw.tools.lab.run import start_daemons, start_etcd, subnet_file, wait_subnet_files
 from flannel_tw.tools.lab.topology import Lab, list_netns, stop_pids
 from flannel_tw.testing.overlay import PY, TCP_SINK, TCP_SOURCE, read_text, say, wait_for
@@ -126,7 +127,7 @@ class KernelOverlay:
         return proc, path
 
     def etcd(self, method, key, value=None):
-        url = "http://%s:2379/v2/keys/coreos.com/network/subnets/%s" % (self.lab.gateway, key)
+        url = "http://%s:2379/v2/keys%s/subnets/%s" % (self.lab.gateway, DEFAULT_PREFIX, key)
         args = [method, url] + ([value] if value is not None else [])
         return int(self.py(self.lab.switch_ns, ETCD, *args).stdout.strip())
 

@@ -24,6 +24,7 @@ from twisted.python import log
 from flannel_tw.tools.lab.run import (
     _daemon_logs, start_daemons, start_etcd, subnet_file, wait_subnet_files)
 from flannel_tw.tools.lab.topology import Lab, list_netns
+from flannel_tw.model.config import DEFAULT_PREFIX
 from flannel_tw.testing import skips
 
 
@@ -179,7 +180,7 @@ class Overlay:
 
     def lease_key(self, i):
         net = self.subnet(i)
-        return "/coreos.com/network/subnets/%s-%d" % (net.network_address, net.prefixlen)
+        return "%s/subnets/%s-%d" % (DEFAULT_PREFIX, net.network_address, net.prefixlen)
 
     def logs(self, *hosts):
         return "\n".join(_daemon_logs(self.workdir, i) for i in hosts or sorted(self.procs))

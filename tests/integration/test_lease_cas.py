@@ -11,7 +11,9 @@ from twisted.trial import unittest
 
 from flannel_tw.model.config import parse_config
 from flannel_tw.etcd.errors import TestFailed
-from flannel_tw.lease.manager import EtcdSubnetManager
+from flannel_tw.etcd.client import EtcdV2Client
+from flannel_tw.etcd.registry import EtcdV2Registry
+from flannel_tw.lease.manager import SubnetManager
 from flannel_tw.testing.etcd import shared_etcd, start_etcd_for_test, unique_prefix
 
 from flannel_tw.testing.harness import CONFIG, DaemonHarness, logged, sleep
@@ -21,17 +23,17 @@ from flannel_tw.observe.status import health_body
 OURS = '{"PublicIP":"192.0.2.1"}'
 
 
-class WriteBetweenListAndSet(EtcdSubnetManager):
-    """The real manager; right after its first list, C{intrude()} writes to etcd."""
+class WriteBetweenListAndSet(EtcdV2Registry):
+    """The real registry; right after its first list, C{intrude()} writes to etcd."""
 
     def __init__(self, *a, intrude, **kw):
-        EtcdSubnetManager.__init__(self, *a, **kw)
+        EtcdV2Registry.__init__(self, *a, **kw)
         self._intrude = intrude
         self.lists = 0
 
     @defer.inlineCallbacks
-    def list_leases(self):
-        result = yield EtcdSubnetManager.list_leases(self)
+    def list(self):
+        result = yield EtcdV2Registry.list(self)
         self.lists += 1
         if self.lists == 1:
             self._intrude()
@@ -47,8 +49,11 @@ class ReuseCASTests(ManagerTestMixin, unittest.TestCase):
         self.key = self.prefix + "/subnets/10.5.40.0-24"
 
     def intruding_manager(self, intrude):
-        base = self.make_manager()
-        return WriteBetweenListAndSet(base._client, prefix=self.prefix, intrude=intrude)
+        from twisted.internet import reactor
+        client = EtcdV2Client(reactor, [self.server.url])
+        self.addCleanup(client.close)
+        self.registry = WriteBetweenListAndSet(client, prefix=self.prefix, intrude=intrude)
+        return SubnetManager(self.registry)
 
     @defer.inlineCallbacks
     def test_key_taken_between_list_and_write_is_not_overwritten(self):
@@ -59,7 +64,7 @@ class ReuseCASTests(ManagerTestMixin, unittest.TestCase):
         lease = yield manager.acquire_lease(self.config, attrs("192.0.2.1"))
         self.assertEqual(self.server.v2_get(self.key)["node"]["value"], intruder)
         self.assertNotEqual(str(lease.subnet), "10.5.40.0/24")
-        self.assertEqual(manager.lists, 2)                 # looked again after the race
+        self.assertEqual(self.registry.lists, 2)                 # looked again after the race
         self.assertEqual(manager.reused_leases, {})
 
     @defer.inlineCallbacks
@@ -67,7 +72,7 @@ class ReuseCASTests(ManagerTestMixin, unittest.TestCase):
         self.server.v2_put(self.key, OURS, ttl=86400)
         manager = self.intruding_manager(lambda: self.server.v2_put(self.key, OURS, ttl=600))
         lease = yield manager.acquire_lease(self.config, attrs("192.0.2.1"))
-        self.assertEqual(manager.lists, 2)
+        self.assertEqual(self.registry.lists, 2)
         node = self.server.v2_get(self.key)["node"]
         self.assertEqual(str(lease.subnet), "10.5.40.0/24")
         self.assertEqual(lease.modified_index, node["modifiedIndex"])

@@ -28,7 +28,8 @@ from flannel_tw.etcd.client import EtcdV2Client, _parse
 from flannel_tw.etcd.errors import EtcdError, EtcdIndexWentBack, EtcdMemberError, EtcdProtocolError
 from flannel_tw.model.events import ADDED, LeaseEvent
 from flannel_tw.model.lease import Lease, LeaseAttrs, LeaseParseError
-from flannel_tw.lease.manager import EtcdSubnetManager
+from flannel_tw.etcd.registry import EtcdV2Registry
+from flannel_tw.lease.manager import EtcdSubnetManager, SubnetManager
 from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.backend.udp import offload as O
 from flannel_tw.backend.udp import packet as P
@@ -247,7 +248,8 @@ class WatchFuzzTests(unittest.TestCase):
                 return body
 
         client = EtcdV2Client(task.Clock(), ["http://127.0.0.1:2379"], http=StubTreq(List()))
-        manager = EtcdSubnetManager(client)
+        registry = EtcdV2Registry(client)
+        manager = SubnetManager(registry)
         events = []
         from twisted.logger import globalLogPublisher
         globalLogPublisher.addObserver(events.append)
@@ -260,7 +262,7 @@ class WatchFuzzTests(unittest.TestCase):
         warned = logged(events, "Ignoring bad subnet node")
         # one warning per distinct bad node (key), across both listings
         bad = {n["key"] for n in nodes
-               if not n.get("dir") and manager._is_direct_child(n["key"])
+               if not n.get("dir") and registry._is_direct_child(n["key"])
                and not any(l.modified_index == n["modifiedIndex"]
                            and l.key == n["key"].rstrip("/").rsplit("/", 1)[-1]
                            for l in leases)}

@@ -37,6 +37,8 @@ class PortConfigTests(TestCase):
         self.assertEqual(backend_port({"port": 9000}), 9000)
         self.assertEqual(backend_port({"PORT": 9001}), 9001)
         self.assertEqual(backend_port({"port": 1, "Port": 9002}), 9002)
+        # as Go's encoding/json (and the vxlan options): the last key that matches wins
+        self.assertEqual(backend_port({"Port": 9002, "port": 1}), 1)
 
     def test_invalid(self):
         for bad in (0, -1, 65536, "8285", 8285.0, True, None, [1]):

@@ -56,15 +56,15 @@ from zope.interface import implementer
 
 from flannel_tw.model.events import ADDED, REMOVED
 from flannel_tw.interfaces import IBackend, ICountingBackend, IReconfiguringBackend, IRoutesBackend
+from flannel_tw.model.config import go_json_fields
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.kernel import netlink as _netlink
 from flannel_tw.kernel.tun import open_tun
 from flannel_tw.kernel.tun import TunError
 from flannel_tw.backend.udp import offload as _off
 from flannel_tw.backend.udp import packet as _pkt
-from flannel_tw.backend.udp.routes import RouteTable
+from flannel_tw.backend.udp.routes import DEFAULT_PORT, RouteTable
 
-DEFAULT_PORT = 8285
 TUN_NAME = "flannel%d"
 ENCAP_OVERHEAD = 28          # IPv4 (20) + UDP (8)
 READS_PER_WAKEUP = 256
@@ -101,21 +101,15 @@ class UdpBackendError(Exception):
 
 def backend_port(backend: dict) -> int:
     """
-    The Port of a udp Backend config object (Go JSON: an exact "Port" key wins, else any
-    case-insensitive match), default 8285.
+    The Port of a udp Backend config object (keys matched as Go's encoding/json does,
+    L{flannel_tw.model.config.go_json_fields}; null is an error), default L{DEFAULT_PORT}.
 
     @raise ValueError: naming Backend.Port, unless it is an integer in 1..65535.
     """
-    backend = backend or {}
-    if "Port" in backend:
-        value = backend["Port"]
-    else:
-        for k, v in backend.items():
-            if isinstance(k, str) and k.lower() == "port":
-                value = v
-                break
-        else:
-            return DEFAULT_PORT
+    fields = go_json_fields(list((backend or {}).items()), ("Port",), raw=("Port",))
+    if "Port" not in fields:
+        return DEFAULT_PORT
+    value = fields["Port"]
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError("Backend.Port must be an integer from 1 to 65535, got %r" % (value,))
     if not 1 <= value <= 65535:

@@ -1,0 +1,134 @@
+# -*- test-case-name: tests.integration.test_subnet_manager,tests.unit.test_registry -*-
+"""
+The registry on etcd v2: the raw store under flannel's prefix, with flanneld v0.10's
+exact requests (flannel-compat.md sections 2 and 3). No policy lives here: which lease
+to take, when to renew and what a key or value means are decided by
+L{flannel_tw.lease.manager.SubnetManager} on top of any L{IRegistry}.
+
+Requests, as flanneld v0.10 sends them:
+- config: C{GET <prefix>/config?quorum=true&recursive=false&sorted=false};
+- list: C{GET <prefix>/subnets?quorum=true&recursive=true&sorted=false}; a missing
+  directory is an empty list at the error's index;
+- one lease: C{GET <prefix>/subnets/<name>?quorum=true&recursive=false&sorted=false};
+- create-only: C{PUT ...?prevExist=false} (form C{ttl=N&value=V});
+- conditional set: C{PUT ...?prevIndex=N} (or C{?prevValue=V});
+- delete: C{DELETE <key>};
+- watch: C{GET <prefix>/subnets?recursive=true&wait=true&waitIndex=N}, detecting a
+  wiped or restored cluster; nodes deeper than one level, and directories, are stepped
+  past here (they are no lease change).
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from flannel_tw.etcd.errors import KeyNotFound
+from flannel_tw.interfaces import IRegistry
+
+DEFAULT_PREFIX = "/coreos.com/network"
+REMOVAL_ACTIONS = frozenset(["delete", "expire", "compareAndDelete"])
+
+
+@dataclass(frozen=True)
+class Record:
+    """
+    One key under subnets/ as stored: C{key} the full key, C{value} the text (None when
+    the store has none), C{ttl} the seconds left (None: no TTL), C{modified_index} the
+    store's index of the last write to it.
+    """
+    key: str
+    value: Optional[str]
+    ttl: Optional[int]
+    modified_index: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change under subnets/: C{removed} (deleted or expired; C{record.value} is
+    None) or written; C{prev_value} the value before a removal (None: unknown)."""
+    removed: bool
+    record: Record
+    prev_value: Optional[str] = None
+
+
+def _record(node):
+    return Record(key=node.key, value=node.value, ttl=node.ttl,
+                  modified_index=node.modified_index)
+
+
+@implementer(IRegistry)
+class EtcdV2Registry:
+    """L{IRegistry} on an L{flannel_tw.etcd.client.EtcdV2Client}."""
+
+    def __init__(self, client, prefix=DEFAULT_PREFIX):
+        self._client = client
+        self.prefix = prefix.rstrip("/") or "/"
+
+    @property
+    def subnets_key(self):
+        return self.prefix + "/subnets"
+
+    def key(self, name):
+        return "%s/%s" % (self.subnets_key, name)
+
+    def _is_direct_child(self, key):
+        parent, _, name = (key or "").rstrip("/").rpartition("/")
+        return parent == self.subnets_key and bool(name)
+
+    @defer.inlineCallbacks
+    def get_config(self):
+        resp = yield self._client.get(self.prefix + "/config", quorum=True, recursive=False,
+                                      sorted=False)
+        return resp.node.value if resp.node.value is not None else ""
+
+    @defer.inlineCallbacks
+    def list(self):
+        try:
+            resp = yield self._client.get(self.subnets_key, recursive=True, quorum=True,
+                                          sorted=False)
+        except KeyNotFound as e:
+            return [], e.index
+        records = [_record(node) for node in resp.node.nodes or ()
+                   if not node.dir and self._is_direct_child(node.key)]
+        return records, (resp.etcd_index if resp.etcd_index is not None
+                         else resp.node.modified_index)
+
+    @defer.inlineCallbacks
+    def get(self, name):
+        resp = yield self._client.get(self.key(name), quorum=True)
+        return _record(resp.node)
+
+    @defer.inlineCallbacks
+    def create(self, name, value, ttl):
+        resp = yield self._client.create(self.key(name), value, ttl=ttl)
+        return _record(resp.node)
+
+    @defer.inlineCallbacks
+    def compare_and_set(self, name, value, ttl, prev_index=None, prev_value=None):
+        resp = yield self._client.set(self.key(name), value, ttl=ttl, prev_index=prev_index,
+                                      prev_value=prev_value)
+        return _record(resp.node)
+
+    @defer.inlineCallbacks
+    def set(self, name, value, ttl):
+        resp = yield self._client.set(self.key(name), value, ttl=ttl)
+        return _record(resp.node)
+
+    @defer.inlineCallbacks
+    def delete(self, name):
+        yield self._client.delete(self.key(name))
+
+    @defer.inlineCallbacks
+    def watch(self, wait_index):
+        while True:
+            resp = yield self._client.watch(self.subnets_key, wait_index, recursive=True,
+                                            detect_reset=True)
+            node = resp.node
+            if self._is_direct_child(node.key) and not node.dir:
+                break
+            wait_index = node.modified_index + 1  # a deeper or dir node: not a lease change
+        if resp.action in REMOVAL_ACTIONS:
+            prev = resp.prev_node.value if resp.prev_node is not None else None
+            return Change(True, Record(node.key, None, None, node.modified_index), prev or None)
+        return Change(False, _record(node))
