@@ -25,8 +25,8 @@ from zope.interface import implementer
 
 from flannel_tw.etcd.errors import KeyNotFound
 from flannel_tw.interfaces import IRegistry
+from flannel_tw.model.config import DEFAULT_PREFIX
 
-DEFAULT_PREFIX = "/coreos.com/network"
 REMOVAL_ACTIONS = frozenset(["delete", "expire", "compareAndDelete"])
 
 

@@ -1,8 +1,9 @@
-# -*- test-case-name: tests.test_subnet_manager -*-
+# -*- test-case-name: tests.integration.test_subnet_manager,tests.unit.test_registry -*-
 """
-The subnet manager on etcd v2: network config, lease acquisition, renewal, listing
-and watching, with flanneld v0.10's schema (flannel-compat.md sections 2 and 3) and
-flannel-tw's decisions (section 13):
+The subnet manager: the lease policy (network config, lease acquisition, renewal,
+listing and watching) on any L{IRegistry} (the raw store; etcd v2 in
+L{flannel_tw.etcd.registry}), with flanneld v0.10's schema (flannel-compat.md sections
+2 and 3) and flannel-tw's decisions (section 13):
 
 - a previous subnet from subnet.env is reused only if no other host holds it;
 - only etcd error 105 (node exists) means "lost the race, try another subnet";
@@ -21,17 +22,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from flannel_tw.lease.allocate import choose_subnet, fits, holds_allocation
-from flannel_tw.model.config import DEFAULT_PREFIX, ConfigError, parse_config
+from flannel_tw.model.config import ConfigError, parse_config
 from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
+from flannel_tw.etcd.registry import DEFAULT_PREFIX, EtcdV2Registry
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
-from flannel_tw.interfaces import ISubnetManager
+from flannel_tw.interfaces import IRegistry, ISubnetManager
 from flannel_tw.model.lease import (Lease, LeaseAttrs, LeaseParseError, key_name, key_to_subnet,
                               subnet_to_key)
 from flannel_tw.model.leasecheck import SkipMemory
 
 SUBNET_TTL = 86400
 RACE_RETRIES = 10
-REMOVAL_ACTIONS = frozenset(["delete", "expire", "compareAndDelete"])
 
 
 class AcquireError(Exception):
@@ -40,7 +41,7 @@ class AcquireError(Exception):
 
 def node_to_lease(node):
     """
-    An etcd node under subnets/ -> L{Lease}, with the key's last component as stored in
+    A registry record under subnets/ -> L{Lease}, with the key's last component as stored in
     C{key} (flanneld's lenient parse: see L{Lease.is_canonical} before routing it).
 
     @raise LeaseParseError: the key or value is not a lease, as flanneld would skip it.
@@ -52,9 +53,9 @@ def node_to_lease(node):
 
 
 @implementer(ISubnetManager)
-class EtcdSubnetManager:
+class SubnetManager:
     """
-    L{ISubnetManager} on an L{flannel_tw.etcd.client.EtcdV2Client}.
+    L{ISubnetManager}: the lease policy on an L{IRegistry}.
 
     @param rand: a C{random.Random} for choosing among free subnets.
     @ivar skipped: the L{SkipMemory} of nodes skipped as bad (reasons C{bad-key}: no
@@ -63,31 +64,26 @@ class EtcdSubnetManager:
 
     log = Logger()
 
-    def __init__(self, client, prefix=DEFAULT_PREFIX, rand=None):
-        self._client = client
-        self.prefix = prefix.rstrip("/") or "/"
+    def __init__(self, registry, rand=None):
+        self._registry = IRegistry(registry)
         self._rand = rand if rand is not None else random.SystemRandom()
         self.skipped = SkipMemory()
         # subnet -> modifiedIndex of our write when acquire_lease reused an existing lease
         self.reused_leases = {}
 
+    @property
+    def prefix(self):
+        return self._registry.prefix
+
     def skipped_counts(self):
         """Nodes under subnets/ skipped as bad, by reason (C{bad-key}, C{bad-value})."""
         return dict(self.skipped.counts)
 
-    @property
-    def subnets_key(self):
-        return self.prefix + "/subnets"
-
-    def lease_key(self, subnet):
-        return "%s/%s" % (self.subnets_key, subnet_to_key(subnet))
-
     @defer.inlineCallbacks
     def get_network_config(self):
         """Deferred L{NetworkConfig}; fails with ConfigError, KeyNotFound or a transport error."""
-        resp = yield self._client.get(self.prefix + "/config", quorum=True, recursive=False,
-                                      sorted=False)
-        return parse_config(resp.node.value if resp.node.value is not None else "")
+        text = yield self._registry.get_config()
+        return parse_config(text)
 
     def _warn_bad_node(self, node, err):
         """One warning per bad node (not per event: a renewal with the same fault is
@@ -105,39 +101,27 @@ class EtcdSubnetManager:
                           index=node.modified_index, reason=reason,
                           error="%s (index %s): %s" % (node.key, node.modified_index, err))
 
-    def _is_direct_child(self, key):
-        parent, _, name = (key or "").rstrip("/").rpartition("/")
-        return parent == self.subnets_key and bool(name)
-
     @defer.inlineCallbacks
     def list_leases(self):
         """Deferred C{(leases, index)}; bad nodes are skipped with one warning each."""
-        try:
-            resp = yield self._client.get(self.subnets_key, recursive=True, quorum=True,
-                                          sorted=False)
-        except KeyNotFound as e:
-            return [], e.index
+        records, index = yield self._registry.list()
         leases = []
-        keys = []
-        for node in resp.node.nodes or ():
-            if node.dir or not self._is_direct_child(node.key):
-                continue
-            keys.append(node.key)
+        for record in records:
             try:
-                leases.append(node_to_lease(node))
+                leases.append(node_to_lease(record))
             except LeaseParseError as e:
-                self._warn_bad_node(node, e)
-        self.skipped.retain(keys)    # a complete list: forget nodes that are gone
-        return leases, resp.etcd_index if resp.etcd_index is not None else resp.node.modified_index
+                self._warn_bad_node(record, e)
+        self.skipped.retain([r.key for r in records])  # a complete list: forget the gone
+        return leases, index
 
     @defer.inlineCallbacks
     def get_lease(self, subnet):
-        resp = yield self._client.get(self.lease_key(subnet), quorum=True)
-        return node_to_lease(resp.node)
+        record = yield self._registry.get(subnet_to_key(subnet))
+        return node_to_lease(record)
 
-    def _response_lease(self, resp, subnet, attrs):
-        return Lease(subnet=subnet, attrs=attrs, ttl=resp.node.ttl,
-                     modified_index=resp.node.modified_index)
+    def _written_lease(self, record, subnet, attrs):
+        return Lease(subnet=subnet, attrs=attrs, ttl=record.ttl,
+                     modified_index=record.modified_index)
 
     @defer.inlineCallbacks
     def acquire_lease(self, config, attrs, previous_subnet=None):
@@ -158,8 +142,9 @@ class EtcdSubnetManager:
                 if fits(config, mine.subnet):
                     ttl = None if mine.is_reservation else SUBNET_TTL
                     try:
-                        resp = yield self._client.set(self.lease_key(mine.subnet), value,
-                                                      ttl=ttl, prev_index=mine.modified_index)
+                        record = yield self._registry.compare_and_set(
+                            subnet_to_key(mine.subnet), value, ttl,
+                            prev_index=mine.modified_index)
                     except (TestFailed, KeyNotFound) as e:
                         self.log.warn("Lease {subnet} with our PublicIP changed in etcd between "
                                       "our list and our write ({error}); not overwritten, "
@@ -168,7 +153,7 @@ class EtcdSubnetManager:
                         continue
                     self.log.info("Reusing our lease {subnet} (reservation: {res})",
                                   subnet=mine.subnet, res=mine.is_reservation)
-                    lease = self._response_lease(resp, mine.subnet, attrs)
+                    lease = self._written_lease(record, mine.subnet, attrs)
                     self.reused_leases = {lease.subnet: lease.modified_index}  # the last only
                     return lease
                 self.log.warn("Our lease {subnet} does not fit the config any more; deleting it",
@@ -196,21 +181,21 @@ class EtcdSubnetManager:
                     self._rand)
 
             try:
-                resp = yield self._client.create(self.lease_key(candidate), value, ttl=SUBNET_TTL)
+                record = yield self._registry.create(subnet_to_key(candidate), value, SUBNET_TTL)
             except NodeExist:
                 self.log.info("Subnet {subnet} was taken by another host meanwhile; retrying "
                               "(attempt {attempt})", subnet=candidate, attempt=attempt + 1)
                 previous_subnet = None
                 continue
             self.log.info("Acquired lease {subnet}", subnet=candidate)
-            return self._response_lease(resp, candidate, attrs)
+            return self._written_lease(record, candidate, attrs)
         raise AcquireError("Max retries reached trying to acquire a subnet (%d attempts)"
                            % RACE_RETRIES)
 
     @defer.inlineCallbacks
     def _delete_quietly(self, subnet):
         try:
-            yield self._client.delete(self.lease_key(subnet))
+            yield self._registry.delete(subnet_to_key(subnet))
         except KeyNotFound:
             pass
 
@@ -231,8 +216,9 @@ class EtcdSubnetManager:
             cas = {"prev_index": lease.modified_index}
         else:
             cas = {"prev_value": value}
-        resp = yield self._client.set(self.lease_key(lease.subnet), value, ttl=ttl, **cas)
-        return self._response_lease(resp, lease.subnet, lease.attrs)
+        record = yield self._registry.compare_and_set(subnet_to_key(lease.subnet), value, ttl,
+                                                      **cas)
+        return self._written_lease(record, lease.subnet, lease.attrs)
 
     @defer.inlineCallbacks
     def watch_leases(self, wait_index):
@@ -242,24 +228,19 @@ class EtcdSubnetManager:
         and with EtcdIndexWentBack when etcd's index is below C{wait_index - 1} (the
         cluster was wiped or restored; both mean: re-list).
         """
-        while True:
-            resp = yield self._client.watch(self.subnets_key, wait_index, recursive=True,
-                                            detect_reset=True)
-            node = resp.node
-            if self._is_direct_child(node.key) and not node.dir:
-                break
-            wait_index = node.modified_index + 1  # a deeper or dir node: not a lease change
+        change = yield self._registry.watch(wait_index)
+        node = change.record
         index = node.modified_index
-        if resp.action in REMOVAL_ACTIONS:
+        if change.removed:
             self.skipped.forget(node.key)
             try:
                 subnet = key_to_subnet(node.key)
             except LeaseParseError:
                 return None, index   # it was never a lease: nothing to undo
             attrs = None
-            if resp.prev_node is not None and resp.prev_node.value:
+            if change.prev_value:
                 try:
-                    attrs = LeaseAttrs.from_json(resp.prev_node.value)
+                    attrs = LeaseAttrs.from_json(change.prev_value)
                 except LeaseParseError:
                     attrs = None
             return LeaseEvent(REMOVED, Lease(subnet=subnet, attrs=attrs, ttl=None,
@@ -272,3 +253,10 @@ class EtcdSubnetManager:
             return None, index
         self.skipped.forget(node.key)    # replaced by a good value
         return LeaseEvent(ADDED, lease), index
+
+
+class EtcdSubnetManager(SubnetManager):
+    """The L{SubnetManager} on etcd v2: an L{EtcdV2Registry} on C{client} at C{prefix}."""
+
+    def __init__(self, client, prefix=DEFAULT_PREFIX, rand=None):
+        SubnetManager.__init__(self, EtcdV2Registry(client, prefix), rand=rand)

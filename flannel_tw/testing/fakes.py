@@ -25,6 +25,7 @@ class FakeSubnetManager:
     def __init__(self):
         self.events = []
         self.pending = []
+        self.reused_leases = {}
 
     def _call(self, name, *args):
         d = defer.Deferred()
