@@ -15,8 +15,8 @@ from typing import List, Optional
 
 from pyroute2.netns import create_socket
 from flannel_tw.kernel.rtnetlink import (
-    ERR, HDR, NETLINK_ROUTE, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
-    NLMSG_NOOP, netlink_error)
+    HDR, NETLINK_ROUTE, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    NLMSG_NOOP, error_code, messages, netlink_error)
 
 SOL_SOCKET = socket.SOL_SOCKET
 SO_RCVBUFFORCE = 33
@@ -114,17 +114,12 @@ class Netlink:
         codes = [0] * len(requests)
         while True:
             data = sock.recv(1 << 20)
-            offset = 0
-            while offset + HDR.size <= len(data):
-                n, kind, _, seq, _ = HDR.unpack_from(data, offset)
-                if n < HDR.size:
-                    break
+            for kind, seq, start, _ in messages(data):
                 if kind == NLMSG_ERROR:
                     if seq == barrier:
                         return codes
                     if first <= seq < barrier:
-                        codes[seq - first] = -ERR.unpack_from(data, offset + HDR.size)[0]
-                offset += (n + 3) & ~3
+                        codes[seq - first] = error_code(data, start)
 
     def get(self, kind, payload):
         """A get request (no dump): the C{(type, body)} of the answer; NetlinkError on error."""
@@ -141,20 +136,18 @@ class Netlink:
         out = []
         while True:
             data = sock.recv(1 << 20)
-            offset = 0
-            while offset + HDR.size <= len(data):
-                n, mkind, _, mseq, _ = HDR.unpack_from(data, offset)
-                if n < HDR.size:
+            for mkind, mseq, start, end in messages(data):
+                if mkind is None:
                     return out
-                if mseq == seq:
-                    if mkind == NLMSG_DONE:
-                        return out
-                    if mkind == NLMSG_ERROR:
-                        code = -ERR.unpack_from(data, offset + HDR.size)[0]
-                        if code:
-                            raise netlink_error(code)
-                        return out
-                    out.append((mkind, bytes(data[offset + HDR.size:offset + n])))
-                    if not flags & NLM_F_DUMP:
-                        return out
-                offset += (n + 3) & ~3
+                if mseq != seq:
+                    continue
+                if mkind == NLMSG_DONE:
+                    return out
+                if mkind == NLMSG_ERROR:
+                    code = error_code(data, start)
+                    if code:
+                        raise netlink_error(code)
+                    return out
+                out.append((mkind, bytes(data[start:end])))
+                if not flags & NLM_F_DUMP:
+                    return out

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_vxlan -*-
+# -*- test-case-name: tests.unit.test_rtnetlink,tests.unit.test_vxlan -*-
 """
 The rtnetlink codec (pure: no sockets, no reactor): route, neighbour and FDB requests
 packed byte for byte as pyroute2 packs them (the tests compare), and the parsing of the
@@ -82,6 +82,28 @@ def mac_text(raw):
 
 def netlink_error(code):
     return NetlinkError(code, os.strerror(code))
+
+
+def messages(data):
+    """
+    The netlink messages of a received datagram, in order: C{(type, seq, start, end)},
+    C{data[start:end]} being the body; a message with a bad length yields
+    C{(None, None, 0, 0)} and ends the walk.
+    """
+    offset = 0
+    size = len(data)
+    while offset + HDR.size <= size:
+        n, kind, _, seq, _ = HDR.unpack_from(data, offset)
+        if n < HDR.size:
+            yield None, None, 0, 0
+            return
+        yield kind, seq, offset + HDR.size, offset + n
+        offset += (n + 3) & ~3
+
+
+def error_code(data, start):
+    """The errno of an NLMSG_ERROR whose body starts at C{start} (0: an ack)."""
+    return -ERR.unpack_from(data, start)[0]
 
 
 def route_request(command, subnet, gateway, oif, onlink=False):
