@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 
 import flannel_tw
+from flannel_tw.backend.reconcile import FirstList
 from flannel_tw.backend.registry import UnknownBackend, make_backend
 from flannel_tw.interfaces import (ICountingBackend, IReconcilingBackend,
                                    IReconfiguringBackend, IRoutesBackend)
@@ -223,7 +224,7 @@ class FlannelDaemon(service.MultiService):
         listing = self.manager
         if IReconcilingBackend.providedBy(backend):
             # the backend removes kernel entries of leases gone while we were down
-            listing = _FirstList(self.manager, backend.reconcile)
+            listing = FirstList(self.manager, backend.reconcile)
         # only leases that may be routed reach the backend (flannel_tw.model.leasecheck)
         self.watcher = LeaseWatcher(self._reactor, listing, backend.handle_events,
                                     own_subnet=lambda: self.keeper.lease.subnet,
@@ -390,33 +391,3 @@ class FlannelDaemon(service.MultiService):
             backend_counters=(backend.counters if ICountingBackend.providedBy(backend)
                               else None),
             routes=len(backend.routes) if IRoutesBackend.providedBy(backend) else None)
-
-
-class _FirstList:
-    """
-    The subnet manager as the lease watcher sees it: the leases of the first successful
-    list also go to C{on_first} (a backend's C{reconcile}), before the watcher turns them
-    into events.
-    """
-
-    log = Logger()
-
-    def __init__(self, manager, on_first):
-        self._manager = manager
-        self._on_first = on_first
-
-    def __getattr__(self, name):
-        return getattr(self._manager, name)
-
-    def list_leases(self):
-        d = defer.maybeDeferred(self._manager.list_leases)
-        return d.addCallback(self._listed)
-
-    def _listed(self, result):
-        on_first, self._on_first = self._on_first, None
-        if on_first is not None:
-            try:
-                on_first(result[0])
-            except Exception:
-                self.log.failure("Reconciling the data plane with the lease list failed")
-        return result

@@ -188,11 +188,11 @@ class FirstListTests(unittest.TestCase):
 
     def test_first_list_only(self):
         from twisted.internet import defer
-        from flannel_tw.daemon import _FirstList
+        from flannel_tw.backend.reconcile import FirstList
         from flannel_tw.testing.fakes import FakeSubnetManager
         manager = FakeSubnetManager()
         seen = []
-        listing = _FirstList(manager, seen.append)
+        listing = FirstList(manager, seen.append)
         a = lease("10.5.2.0/24", "192.168.250.12", kind="host-gw")
         d1 = listing.list_leases()
         manager.next("list_leases")[2].callback(([a], 7))
