@@ -39,6 +39,7 @@ from twisted.logger import (FileLogObserver, FilteringLogObserver, ILogObserver,
                             LogLevel, LogLevelFilterPredicate, Logger, formatEvent,
                             textFileLogObserver)
 from twisted.python import threadable
+from twisted.python.components import Componentized
 from twisted.web import server
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import implementer
@@ -340,12 +341,13 @@ def install(service, options, reactor):
     original = service.setServiceParent
 
     def setServiceParent(parent):
-        set_component = getattr(parent, "setComponent", None)
-        if set_component is not None and parent.getComponent(ILogObserver, None) is None:
+        # twistd's application (and a .tac file's) is a Componentized; a plain parent is not
+        if (isinstance(parent, Componentized)
+                and parent.getComponent(ILogObserver, None) is None):
             target = log_target(_twistd_config(options))
             if target is not None:
                 observer = make_observer(log_format, target, reactor, verbosity)
-                set_component(ILogObserver, observer)
+                parent.setComponent(ILogObserver, observer)
                 reactor.addSystemEventTrigger("after", "shutdown",
                                               observer.rate_limiter.flush)
         return original(parent)
