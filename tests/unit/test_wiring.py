@@ -1,0 +1,40 @@
+"""
+flannel_tw.wiring: the object graph built from the options in one place (no network:
+nothing is started; the services are only built).
+"""
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from flannel_tw import wiring
+from flannel_tw.daemon import FlannelDaemon
+from flannel_tw.tap import Options
+
+
+def options(*argv):
+    opts = Options(environ={})
+    opts.parseOptions(["--etcd-endpoints=http://127.0.0.1:9", "--iface=127.0.0.1",
+                       "--iptables-forward-rules=false"] + list(argv))
+    return opts
+
+
+class BuildTests(unittest.TestCase):
+    def build(self, *argv):
+        d = wiring.build_daemon(options(*argv), reactor)
+        self.addCleanup(d.etcd_client.close)
+        self.addCleanup(d._keeper_clock.close)
+        return d
+
+    def test_the_daemon_gets_its_parts(self):
+        d = self.build("--etcd-prefix=/x/net", "--subnet-lease-renew-margin=30")
+        self.assertIsInstance(d, FlannelDaemon)
+        self.assertEqual(d.etcd_client.endpoints, ["http://127.0.0.1:9"])
+        self.assertEqual(d.manager.prefix, "/x/net")
+        self.assertEqual(d.settings.renew_margin, 1800.0)
+        self.assertEqual(str(d.ext_iface.addr), "127.0.0.1")
+        self.assertEqual(list(d), [])        # no health or metrics port: no services
+
+    def test_health_and_metrics_services_when_their_ports_are_set(self):
+        d = self.build("--healthz-port=8471", "--healthz-ip=127.0.0.1",
+                       "--metrics-port=8472", "--metrics-ip=127.0.0.2")
+        listening = sorted((svc.endpoint._port, svc.endpoint._interface) for svc in d)
+        self.assertEqual(listening, [(8471, "127.0.0.1"), (8472, "127.0.0.2")])
