@@ -188,6 +188,9 @@ class ITun(Interface):
     """A TUN device opened without packet info (IFF_TUN|IFF_NO_PI)."""
 
     name = Attribute("Device name, e.g. 'flannel0'.")
+    vnet_hdr = Attribute("True when opened with IFF_VNET_HDR: every packet read or "
+                         "written starts with a 10-byte virtio_net_hdr.")
+    closed = Attribute("True once close() was called.")
 
     def fileno():
         """The non-blocking file descriptor."""
@@ -195,11 +198,38 @@ class ITun(Interface):
     def read():
         """Read one packet (bytes); raises BlockingIOError when none is ready."""
 
+    def readinto(buf):
+        """Read one packet into the writable C{buf}; return its length. Raises
+        BlockingIOError when none is ready."""
+
     def write(packet):
         """Write one packet."""
 
     def close():
         """Close the file descriptor."""
+
+
+class IDatagramRunReceiver(Interface):
+    """
+    A datagram protocol fed by L{flannel_tw.backend.udp.port.DrainingPort}: the port
+    reads straight into the protocol's buffer and says what it read.
+    """
+
+    def receiveBuffer():
+        """The writable buffer (a memoryview) the port reads each datagram into."""
+
+    def runReceived(n, seg, addr):
+        """
+        C{n} bytes were read into the buffer from C{addr}: one datagram when C{seg} is
+        0 or C{seg >= n}, else datagrams of C{seg} bytes coalesced by UDP_GRO (the last
+        may be shorter). Never raises.
+        """
+
+    def truncatedReceived(n, addr):
+        """A datagram from C{addr} was longer than the buffer (C{n} bytes kept)."""
+
+    def datagramReceived(datagram, addr):
+        """One datagram as bytes (L{twisted.internet.protocol.DatagramProtocol})."""
 
 
 # -- the kernel seam ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_udp_backend -*-
+# -*- test-case-name: tests.unit.test_udp_backend -*-
 """
 Opening the udp backend's TUN device (IFF_TUN|IFF_NO_PI, name template flannel%d)
 with python-pytun (flannel-compat.md section 6); and, for the offloaded mode, with

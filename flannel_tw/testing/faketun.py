@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_udp_backend -*-
+# -*- test-case-name: tests.unit.test_udp_backend -*-
 """
 A fake TUN device for unit tests: one end of an AF_UNIX SOCK_SEQPACKET socketpair, so
 packet boundaries are kept and the reactor can really poll it. The test drives the
@@ -44,7 +44,8 @@ class FakeTunPeer:
 @implementer(ITun)
 class FakeTun:
     """
-    Provides L{ITun}; also has C{readinto} like the real device. With C{vnet_hdr} it
+    Provides L{ITun} (checked against the real devices' signatures in
+    tests.unit.test_udp_backend.FakeTunTests). With C{vnet_hdr} it
     stands for a TUN opened with IFF_VNET_HDR: the test injects and reads packets
     with their 10-byte virtio_net_hdr (the fake passes bytes through either way).
     """
