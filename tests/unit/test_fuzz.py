@@ -1,4 +1,4 @@
-"""Hostile input: hypothesis drives the UDP receive path (UdpBackend._from_udp with a
+"""Hostile input: hypothesis drives the UDP receive path (UdpReceiver.datagramReceived with a
 FakeTun, and real datagrams on loopback) and every etcd JSON parser (parse_config,
 LeaseAttrs.from_json, the client's response parsing, the subnet manager's watch and
 list over StubTreq). Malformed leases in a real etcd are skipped with one warning each,
@@ -32,6 +32,7 @@ from flannel_tw.etcd.registry import EtcdV2Registry
 from flannel_tw.lease.manager import EtcdSubnetManager, SubnetManager
 from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.backend.udp import offload as O
+from flannel_tw.backend.udp import vnet as V
 from flannel_tw.backend.udp import packet as P
 from flannel_tw.testing.harness import logged
 from flannel_tw.testing.polling import wait_until
@@ -290,7 +291,7 @@ class UdpReceiveFuzzTests(unittest.TestCase):
 
     def _deliver(self, data, source):
         errors = self.backend.counters["error"]
-        self.backend._from_udp(data, (source, 8285))
+        self.backend.receiver.datagramReceived(data, (source, 8285))
         self.assertEqual(self.backend.counters["error"], errors,
                          "unexpected exception handling %r" % (data[:64],))
         return self.tun.written()
@@ -393,17 +394,17 @@ class OffloadFrameFuzzTests(unittest.TestCase):
 
     def _check_forwarded(self, data, written):
         for w in written:
-            self.assertGreaterEqual(len(w), O.VNET_HDR_LEN + 20)
-            self.assertIsNone(O.check_vnet(w, 0, len(w) - O.VNET_HDR_LEN, self.backend.mtu))
-            flags, gso, hdr_len, gso_size, cstart, coff = O.parse_vnet(w)
-            pkt = w[O.VNET_HDR_LEN:]
-            if flags & O.F_NEEDS_CSUM:      # the checksum field the kernel will fill in
+            self.assertGreaterEqual(len(w), V.VNET_HDR_LEN + 20)
+            self.assertIsNone(V.check_vnet(w, 0, len(w) - V.VNET_HDR_LEN, self.backend.mtu))
+            flags, gso, hdr_len, gso_size, cstart, coff = V.parse_vnet(w)
+            pkt = w[V.VNET_HDR_LEN:]
+            if flags & V.F_NEEDS_CSUM:      # the checksum field the kernel will fill in
                 self.assertEqual((cstart, coff), (P.header_length(pkt),
                                                   {6: 16, 17: 6}[pkt[9]]))
             if gso:
-                self.assertIn((gso & ~O.GSO_ECN, pkt[9]), [(O.GSO_TCPV4, 6),
-                                                           (O.GSO_UDP_L4, 17)])
-                self.assertGreaterEqual(gso_size, O.MIN_GSO_SIZE)
+                self.assertIn((gso & ~V.GSO_ECN, pkt[9]), [(V.GSO_TCPV4, 6),
+                                                           (V.GSO_UDP_L4, 17)])
+                self.assertGreaterEqual(gso_size, V.MIN_GSO_SIZE)
                 self.assertLessEqual(gso_size, self.backend.mtu - 28)
             self.assertEqual(pkt[0] >> 4, 4)
             self.assertIn(IPv4Address(bytes(pkt[12:16])), PEER_SUBNET)
@@ -441,12 +442,12 @@ class OffloadFrameFuzzTests(unittest.TestCase):
         pkt = make_ipv4(src="10.1.7.3", dst="10.1.15.2", proto=proto, payload=l4 + payload)
         coff = {6: 16, 17: 6}.get(proto, 0)
         fields = {"none": [0, 0, 0, 0, 0, 0],
-                  "partial": [O.F_NEEDS_CSUM, 0, 0, 0, 20, coff],
-                  "gso": [O.F_NEEDS_CSUM, O.GSO_UDP_L4 if proto == 17 else O.GSO_TCPV4,
+                  "partial": [V.F_NEEDS_CSUM, 0, 0, 0, 20, coff],
+                  "gso": [V.F_NEEDS_CSUM, V.GSO_UDP_L4 if proto == 17 else V.GSO_TCPV4,
                           20 + len(l4), 1400, 20, coff]}[kind]
         for i, value in mutations:
             fields[i] = value
-        frame = O.build_vnet(*fields) + pkt
+        frame = V.build_vnet(*fields) + pkt
         seg = self.backend.mtu
         out = bytearray(len(frame) + 256 * O.FRAME_HDR_LEN)
         count, total = O.pack_frame(frame, len(frame), seg, out, fid)
@@ -454,7 +455,7 @@ class OffloadFrameFuzzTests(unittest.TestCase):
         for o in range(0, total, seg):
             written += self._deliver(bytes(out[o:min(o + seg, total)]), PEER)
         self._check_forwarded(frame, written)
-        self.assertEqual(len(written), int(O.check_vnet(frame, 0, len(pkt), seg) is None))
+        self.assertEqual(len(written), int(V.check_vnet(frame, 0, len(pkt), seg) is None))
         self.assertEqual(self.backend.counters["frames_in"] - self.frames, 1)
         self.frames += 1
 
@@ -473,12 +474,12 @@ class OffloadFrameFuzzTests(unittest.TestCase):
     @given(st.lists(segment, min_size=1, max_size=12), st.integers(1, 400))
     def test_coalesced_runs_from_a_peer(self, segs, seg):
         """Any bytes as a coalesced read: taken as a frame run or refused, never an error."""
-        buf = bytearray(O.VNET_HDR_LEN) + b"".join(segs)
-        n = len(buf) - O.VNET_HDR_LEN
-        self.backend._rbuf[:len(buf)] = buf
+        buf = bytearray(V.VNET_HDR_LEN) + b"".join(segs)
+        n = len(buf) - V.VNET_HDR_LEN
+        self.backend.receiver._rbuf[:len(buf)] = buf
         errors = self.backend.counters["error"]
         try:
-            self.backend._frame_run(n, seg, (PEER, 8285))
+            self.backend.receiver._frame_run(n, seg, (PEER, 8285))
         except Exception as e:      # the drain loop would count it: here it is a failure
             self.fail("frame run raised %r" % (e,))
         self.assertEqual(self.backend.counters["error"], errors)
@@ -521,7 +522,7 @@ class FloodTests(unittest.TestCase):
         before = backend.counters["unknown-peer"]
         t0 = time.process_time()
         for _ in range(n):
-            backend._from_udp(packet, (STRANGER, 8285))
+            backend.receiver.datagramReceived(packet, (STRANGER, 8285))
         cost = (time.process_time() - t0) / n
         self.assertEqual(backend.counters["unknown-peer"] - before, n)
 

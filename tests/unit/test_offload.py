@@ -17,13 +17,14 @@ from flannel_tw.model.events import ADDED, LeaseEvent
 from flannel_tw.model.lease import Lease, LeaseAttrs
 from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.backend.udp import offload as O
+from flannel_tw.backend.udp import vnet as V
 from flannel_tw.backend.udp import packet as P
 from flannel_tw.testing.udp_fixtures import (
     EXT, OUR_SUBNET, OURS, PEER, PEER_SUBNET, BackendTestBase, config, lease, make_ipv4,
     wait_for)
 
 
-H = O.VNET_HDR_LEN
+H = V.VNET_HDR_LEN
 
 
 def tcp_packet(payload, src="10.1.15.2", dst="10.1.7.3", seq=1000, flags=0x18, ipid=7,
@@ -59,7 +60,7 @@ def udp_packet(payload, src="10.1.7.3", dst="10.1.15.2"):
 
 def tso_header(pkt, mss=1420, gso_type=None):
     """The virtio-net header the kernel puts before the TCP super-packet C{pkt}."""
-    return O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4 if gso_type is None else gso_type,
+    return V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4 if gso_type is None else gso_type,
                         40, mss, 20, 16)
 
 
@@ -77,18 +78,18 @@ class VnetHeaderTests(TestCase):
            st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
     def test_round_trip(self, a, b, c, d, e, f):
         fields = (a, b, c, d, e, f)
-        hdr = O.build_vnet(*fields)
+        hdr = V.build_vnet(*fields)
         self.assertEqual(len(hdr), H)
-        self.assertEqual(O.parse_vnet(hdr), fields)
-        self.assertEqual(O.parse_vnet(b"xx" + hdr, 2), fields)
+        self.assertEqual(V.parse_vnet(hdr), fields)
+        self.assertEqual(V.parse_vnet(b"xx" + hdr, 2), fields)
 
     def test_little_endian_layout(self):
-        self.assertEqual(O.build_vnet(1, 1, 52, 1420, 20, 16),
+        self.assertEqual(V.build_vnet(1, 1, 52, 1420, 20, 16),
                          bytes([1, 1, 52, 0, 0x8C, 0x05, 20, 0, 16, 0]))
 
     @given(st.binary(max_size=3000))
     def test_csum_add_matches_rfc1071(self, data):
-        s = O.csum_add(data, 0, len(data))
+        s = V.csum_add(data, 0, len(data))
         ref = P.ones_complement_sum(data)
         self.assertEqual(s % 0xFFFF, ref % 0xFFFF)
 
@@ -96,7 +97,7 @@ class VnetHeaderTests(TestCase):
     def test_check_needs_a_sane_ipv4_packet(self, hdr, pkt):
         """Too short, not IPv4 or a bad IPv4 header: check_ipv4's reason, never an error."""
         frame = bytes(hdr[:H]).ljust(H, b"\0") + pkt
-        reason = O.check_vnet(frame, 0, len(pkt), 1472)
+        reason = V.check_vnet(frame, 0, len(pkt), 1472)
         if P.check_ipv4(pkt) is not None:
             self.assertEqual(reason, P.check_ipv4(pkt))
 
@@ -105,11 +106,11 @@ MTU = 1472
 
 
 def check(hdr, pkt, mtu=MTU):
-    return O.check_vnet(bytes(hdr) + bytes(pkt), 0, len(pkt), mtu)
+    return V.check_vnet(bytes(hdr) + bytes(pkt), 0, len(pkt), mtu)
 
 
 class VnetCheckTests(TestCase):
-    """L{O.check_vnet}: a received frame's header must describe its packet exactly."""
+    """L{V.check_vnet}: a received frame's header must describe its packet exactly."""
 
     tcp = tcp_packet(bytes(20000), src="10.1.7.3", dst="10.1.15.2", partial=True)
     udp = udp_packet(bytes(5000))
@@ -118,28 +119,28 @@ class VnetCheckTests(TestCase):
         small = tcp_packet(b"abc", partial=True)
         for hdr, pkt in (
                 (tso_header(self.tcp), self.tcp),                         # TSO
-                (tso_header(self.tcp, gso_type=O.GSO_TCPV4 | O.GSO_ECN), self.tcp),
-                (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, len(self.tcp), 1420, 20, 16),
+                (tso_header(self.tcp, gso_type=V.GSO_TCPV4 | V.GSO_ECN), self.tcp),
+                (V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, len(self.tcp), 1420, 20, 16),
                  self.tcp),                                               # hdr_len: all linear
-                (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 0, 1420, 20, 16), self.tcp),
-                (tso_header(self.tcp, mss=O.MIN_GSO_SIZE), self.tcp),
+                (V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 0, 1420, 20, 16), self.tcp),
+                (tso_header(self.tcp, mss=V.MIN_GSO_SIZE), self.tcp),
                 (tso_header(self.tcp, mss=MTU - 40), self.tcp),
-                (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_UDP_L4, 28, 1400, 20, 6), self.udp),
-                (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16), small),  # partial checksum
-                (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 6), self.udp),
-                (O.build_vnet(O.F_DATA_VALID), small),
-                (O.build_vnet(), make_ipv4())):
-            self.assertIsNone(check(hdr, pkt), (O.parse_vnet(hdr), pkt[:40]))
+                (V.build_vnet(V.F_NEEDS_CSUM, V.GSO_UDP_L4, 28, 1400, 20, 6), self.udp),
+                (V.build_vnet(V.F_NEEDS_CSUM, 0, 0, 0, 20, 16), small),  # partial checksum
+                (V.build_vnet(V.F_NEEDS_CSUM, 0, 0, 0, 20, 6), self.udp),
+                (V.build_vnet(V.F_DATA_VALID), small),
+                (V.build_vnet(), make_ipv4())):
+            self.assertIsNone(check(hdr, pkt), (V.parse_vnet(hdr), pkt[:40]))
 
     def test_the_reported_cases_are_refused(self):
         """GSO_TCPV4 on a UDP packet, gso_size 1, a checksum offset inside the IP header."""
         self.assertEqual(check(tso_header(self.udp), self.udp), "bad-offload")
-        self.assertEqual(check(O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 6),
+        self.assertEqual(check(V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 40, 1420, 20, 6),
                                self.udp), "bad-offload")
         self.assertEqual(check(tso_header(self.tcp, mss=1), self.tcp), "bad-offload")
-        self.assertEqual(check(O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 0, 10),
+        self.assertEqual(check(V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 40, 1420, 0, 10),
                                self.tcp), "bad-offload")
-        self.assertEqual(check(O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 0, 10), self.tcp),
+        self.assertEqual(check(V.build_vnet(V.F_NEEDS_CSUM, 0, 0, 0, 0, 10), self.tcp),
                          "bad-offload")
 
     def test_every_mismatch_is_refused(self):
@@ -155,51 +156,51 @@ class VnetCheckTests(TestCase):
         udp_len[24:26] = struct.pack("!H", 100)
         icmp = make_ipv4(proto=1, payload=bytes(100))
         cases = {
-            "unknown flag": (O.build_vnet(0x04), make_ipv4()),
+            "unknown flag": (V.build_vnet(0x04), make_ipv4()),
             "unknown gso type": (tso_header(tcp, gso_type=2), tcp),
-            "legacy UFO": (O.build_vnet(O.F_NEEDS_CSUM, 3, 28, 1400, 20, 6), udp),
+            "legacy UFO": (V.build_vnet(V.F_NEEDS_CSUM, 3, 28, 1400, 20, 6), udp),
             "TCPv6": (tso_header(tcp, gso_type=4), tcp),
-            "ECN alone": (O.build_vnet(0, O.GSO_ECN), make_ipv4()),
-            "ECN with UDP": (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_UDP_L4 | O.GSO_ECN, 28,
+            "ECN alone": (V.build_vnet(0, V.GSO_ECN), make_ipv4()),
+            "ECN with UDP": (V.build_vnet(V.F_NEEDS_CSUM, V.GSO_UDP_L4 | V.GSO_ECN, 28,
                                           1400, 20, 6), udp),
-            "UDP_L4 on TCP": (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_UDP_L4, 40, 1400, 20, 16),
+            "UDP_L4 on TCP": (V.build_vnet(V.F_NEEDS_CSUM, V.GSO_UDP_L4, 40, 1400, 20, 16),
                               tcp),
-            "GSO without NEEDS_CSUM": (O.build_vnet(0, O.GSO_TCPV4, 40, 1420, 20, 16), tcp),
-            "GSO with DATA_VALID only": (O.build_vnet(O.F_DATA_VALID, O.GSO_TCPV4, 40, 1420),
+            "GSO without NEEDS_CSUM": (V.build_vnet(0, V.GSO_TCPV4, 40, 1420, 20, 16), tcp),
+            "GSO with DATA_VALID only": (V.build_vnet(V.F_DATA_VALID, V.GSO_TCPV4, 40, 1420),
                                          tcp),
             "gso_size 0": (tso_header(tcp, mss=0), tcp),
-            "gso_size below the minimum": (tso_header(tcp, mss=O.MIN_GSO_SIZE - 1), tcp),
+            "gso_size below the minimum": (tso_header(tcp, mss=V.MIN_GSO_SIZE - 1), tcp),
             "segments over the MTU": (tso_header(tcp, mss=MTU - 39), tcp),
-            "UDP over 64 segments": (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_UDP_L4, 28, 70, 20, 6),
+            "UDP over 64 segments": (V.build_vnet(V.F_NEEDS_CSUM, V.GSO_UDP_L4, 28, 70, 20, 6),
                                      udp),
             "csum_start not the IP header length": (
-                O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 24, 16), tcp),
+                V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 40, 1420, 24, 16), tcp),
             "csum_offset not TCP's": (
-                O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 6), tcp),
-            "csum_offset not UDP's": (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16), udp),
-            "checksum beyond the packet": (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16),
+                V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 40, 1420, 20, 6), tcp),
+            "csum_offset not UDP's": (V.build_vnet(V.F_NEEDS_CSUM, 0, 0, 0, 20, 16), udp),
+            "checksum beyond the packet": (V.build_vnet(V.F_NEEDS_CSUM, 0, 0, 0, 20, 16),
                                            make_ipv4(proto=6, payload=b"x" * 10)),
-            "NEEDS_CSUM on ICMP": (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 2), icmp),
+            "NEEDS_CSUM on ICMP": (V.build_vnet(V.F_NEEDS_CSUM, 0, 0, 0, 20, 2), icmp),
             "hdr_len beyond the packet": (
-                O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, len(tcp) + 1, 1420, 20, 16), tcp),
+                V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, len(tcp) + 1, 1420, 20, 16), tcp),
             "a fragment": (tso_header(frag), frag),
             "TCP header too short": (tso_header(short_doff), short_doff),
             "total length short of the packet": (tso_header(longer), longer),
-            "UDP length wrong": (O.build_vnet(O.F_NEEDS_CSUM, O.GSO_UDP_L4, 28, 1400, 20, 6),
+            "UDP length wrong": (V.build_vnet(V.F_NEEDS_CSUM, V.GSO_UDP_L4, 28, 1400, 20, 6),
                                  udp_len),
-            "gso_size without GSO": (O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 1420, 20, 16), tcp),
-            "hdr_len without GSO": (O.build_vnet(0, 0, 40), make_ipv4()),
-            "csum fields without NEEDS_CSUM": (O.build_vnet(0, 0, 0, 0, 20, 16), tcp),
+            "gso_size without GSO": (V.build_vnet(V.F_NEEDS_CSUM, 0, 0, 1420, 20, 16), tcp),
+            "hdr_len without GSO": (V.build_vnet(0, 0, 40), make_ipv4()),
+            "csum fields without NEEDS_CSUM": (V.build_vnet(0, 0, 0, 0, 20, 16), tcp),
         }
         for what, (hdr, pkt) in cases.items():
             self.assertEqual(check(hdr, pkt), "bad-offload", what)
 
     def test_a_tiny_mtu_refuses_any_gso(self):
         """An MTU that leaves less than MIN_GSO_SIZE per segment: no GSO at all."""
-        self.assertEqual(check(tso_header(self.tcp, mss=O.MIN_GSO_SIZE), self.tcp,
-                               mtu=40 + O.MIN_GSO_SIZE - 1), "bad-offload")
-        self.assertIsNone(check(tso_header(self.tcp, mss=O.MIN_GSO_SIZE), self.tcp,
-                                mtu=40 + O.MIN_GSO_SIZE))
+        self.assertEqual(check(tso_header(self.tcp, mss=V.MIN_GSO_SIZE), self.tcp,
+                               mtu=40 + V.MIN_GSO_SIZE - 1), "bad-offload")
+        self.assertIsNone(check(tso_header(self.tcp, mss=V.MIN_GSO_SIZE), self.tcp,
+                                mtu=40 + V.MIN_GSO_SIZE))
 
     @settings(max_examples=300, deadline=None)
     @given(st.integers(0, 255), st.sampled_from([0, 1, 3, 4, 5, 0x80, 0x81, 0x85, 0xFF]),
@@ -220,14 +221,14 @@ class VnetCheckTests(TestCase):
             pkt = tcp_packet(bytes(size), options=b"\x01" * 12 if kind == "tcp-opts" else b"",
                              partial=True)
         n = len(pkt)
-        reason = check(O.build_vnet(flags, gso, hdr_len, gso_size, cstart, coff), pkt, mtu)
+        reason = check(V.build_vnet(flags, gso, hdr_len, gso_size, cstart, coff), pkt, mtu)
         if reason is not None:
             self.assertEqual(reason, "bad-offload")
             return
         proto = pkt[9]
-        self.assertEqual(flags & ~(O.F_NEEDS_CSUM | O.F_DATA_VALID), 0)
+        self.assertEqual(flags & ~(V.F_NEEDS_CSUM | V.F_DATA_VALID), 0)
         self.assertLessEqual(hdr_len, n)
-        if flags & O.F_NEEDS_CSUM:
+        if flags & V.F_NEEDS_CSUM:
             self.assertIn(proto, (6, 17))
             self.assertEqual(cstart, 20)
             self.assertEqual(coff, 16 if proto == 6 else 6)
@@ -237,23 +238,23 @@ class VnetCheckTests(TestCase):
         if gso == 0:
             self.assertEqual((hdr_len, gso_size), (0, 0))
             return
-        self.assertTrue(flags & O.F_NEEDS_CSUM)
+        self.assertTrue(flags & V.F_NEEDS_CSUM)
         l4 = ((pkt[32] >> 4) * 4) if proto == 6 else 8
-        self.assertIn((gso, proto), [(O.GSO_TCPV4, 6), (O.GSO_TCPV4 | O.GSO_ECN, 6),
-                                     (O.GSO_UDP_L4, 17)])
-        self.assertGreaterEqual(gso_size, O.MIN_GSO_SIZE)
+        self.assertIn((gso, proto), [(V.GSO_TCPV4, 6), (V.GSO_TCPV4 | V.GSO_ECN, 6),
+                                     (V.GSO_UDP_L4, 17)])
+        self.assertGreaterEqual(gso_size, V.MIN_GSO_SIZE)
         self.assertLessEqual(20 + l4 + gso_size, mtu)
         segs = -(-(n - 20 - l4) // gso_size)
-        self.assertLessEqual(segs, 64 if proto == 17 else O.MAX_GSO_SEGMENTS)
+        self.assertLessEqual(segs, 64 if proto == 17 else V.MAX_GSO_SEGMENTS)
 
     @settings(max_examples=200, deadline=None)
-    @given(st.integers(0, 40000), st.integers(O.MIN_GSO_SIZE, 8960), st.booleans(),
+    @given(st.integers(0, 40000), st.integers(V.MIN_GSO_SIZE, 8960), st.booleans(),
            st.booleans(), st.integers(1280, 9000))
     def test_kernel_headers_for_fitting_segments_are_accepted(self, size, mss, ecn, opts,
                                                               mtu):
         options = b"\x01" * 12 if opts else b""
         pkt = tcp_packet(bytes(size), options=options, partial=True)
-        hdr = tso_header(pkt, mss, O.GSO_TCPV4 | (O.GSO_ECN if ecn else 0))
+        hdr = tso_header(pkt, mss, V.GSO_TCPV4 | (V.GSO_ECN if ecn else 0))
         fits = 40 + len(options) + mss <= mtu
         self.assertEqual(check(hdr, pkt, mtu), None if fits else "bad-offload")
 
@@ -265,7 +266,7 @@ class SegmentationTests(TestCase):
            st.sampled_from([b"", b"\x01\x01\x08\x0a" + bytes(8)]))
     def test_segments_are_valid_and_reassemble(self, payload, mss, flags, ipid, seq, opts):
         pkt = tcp_packet(payload, seq=seq, flags=flags, ipid=ipid, options=opts, partial=True)
-        segs = O.segment_tcp4(pkt, 0, len(pkt), mss)
+        segs = V.segment_tcp4(pkt, 0, len(pkt), mss)
         hl, thl = 20, 20 + len(opts)
         self.assertEqual(len(segs), max(1, -(-len(payload) // mss)))
         got = b""
@@ -289,7 +290,7 @@ class SegmentationTests(TestCase):
         pkt = tcp_packet(bytes([fill]) * size, partial=True)
         self.assertFalse(tcp_ok(pkt) and size > 0 and fill > 0 and False)
         buf = bytearray(b"h" * H) + pkt
-        O.finish_checksum(buf, H, len(pkt), 20, 16)
+        V.finish_checksum(buf, H, len(pkt), 20, 16)
         self.assertTrue(tcp_ok(buf[H:]))
 
 
@@ -529,7 +530,7 @@ class VnetBackendTests(BackendTestBase):
         peer = self.listen_peer()
         yield self.started(offload_peer=True)
         pkt = tcp_packet(os.urandom(65000), partial=True)
-        hdr = O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 16)
+        hdr = V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 40, 1420, 20, 16)
         self.tun.peer.inject(hdr + pkt)
         n = -(-(H + len(pkt)) // (self.backend.mtu - O.FRAME_HDR_LEN))
         yield wait_for(lambda: len(peer.poll()) == n, what="%d segments" % n)
@@ -555,18 +556,18 @@ class VnetBackendTests(BackendTestBase):
         peer = self.listen_peer()
         yield self.started(offload_peer=True)
         calls = []
-        real = self.backend._sendmsg
+        real = self.backend.sender._sendmsg
 
         def sendmsg(buffers, ancdata, flags, addr):
             calls.append(sum(len(b) for b in buffers))
             return real(buffers, ancdata, flags, addr)
-        self.backend._sendmsg = sendmsg
+        self.backend.sender._sendmsg = sendmsg
         small = [tcp_packet(b"%03d" % i + b"s" * 197, seq=i, partial=True) for i in range(6)]
         big = tcp_packet(os.urandom(30000), seq=99, partial=True)
-        csum = O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16)
+        csum = V.build_vnet(V.F_NEEDS_CSUM, 0, 0, 0, 20, 16)
         for p in small[:3]:
             self.tun.peer.inject(csum + p)
-        self.tun.peer.inject(O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 16) + big)
+        self.tun.peer.inject(V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 40, 1420, 20, 16) + big)
         for p in small[3:]:
             self.tun.peer.inject(csum + p)
         nseg = -(-(H + len(big)) // (self.backend.mtu - O.FRAME_HDR_LEN))
@@ -591,7 +592,7 @@ class VnetBackendTests(BackendTestBase):
         yield self.started(offload_peer=False)
         payload = os.urandom(20000)
         pkt = tcp_packet(payload, partial=True)
-        self.tun.peer.inject(O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 16) + pkt)
+        self.tun.peer.inject(V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 40, 1420, 20, 16) + pkt)
         n = -(-20000 // 1420)
         yield wait_for(lambda: len(peer.poll()) == n, what="%d segments" % n)
         got = b""
@@ -608,7 +609,7 @@ class VnetBackendTests(BackendTestBase):
         peer = self.listen_peer()
         yield self.started(offload_peer=offload_peer)
         pkt = tcp_packet(b"abc" * 100, partial=True)
-        self.tun.peer.inject(O.build_vnet(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16) + pkt)
+        self.tun.peer.inject(V.build_vnet(V.F_NEEDS_CSUM, 0, 0, 0, 20, 16) + pkt)
         yield wait_for(peer.poll)
         data = peer.received[0][0]
         self.assertEqual(len(data), len(pkt))
@@ -623,7 +624,7 @@ class VnetBackendTests(BackendTestBase):
         s = self.peer_socket(PEER)
         plain = make_ipv4(src="10.1.7.3", dst="10.1.15.2")
         s.sendto(plain, (OURS, self.port))
-        hdr = O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 16)
+        hdr = V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 40, 1420, 20, 16)
         big = tcp_packet(os.urandom(30000), src="10.1.7.3", dst="10.1.15.2", partial=True)
         for seg in self.frame_segments(hdr + big):
             s.sendto(seg, (OURS, self.port))
@@ -649,7 +650,7 @@ class VnetBackendTests(BackendTestBase):
         seg = self.backend.mtu
         plain = [make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=bytes([k]) * (seg - 20))
                  for k in range(5)]
-        hdr = O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 20, 16)
+        hdr = V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 40, 1420, 20, 16)
         big = tcp_packet(os.urandom(20000), src="10.1.7.3", dst="10.1.15.2", partial=True)
         segs = self.frame_segments(hdr + big)
         for burst in (b"".join(plain), b"".join(segs)):
@@ -667,7 +668,7 @@ class VnetBackendTests(BackendTestBase):
     def test_filter_applies_to_offload_frames(self):
         yield self.started()
         s = self.peer_socket(PEER)
-        hdr = O.build_vnet()
+        hdr = V.build_vnet()
         for fid, pkt in enumerate((make_ipv4(src="10.1.99.3", dst="10.1.15.2"),
                                    make_ipv4(src="10.1.7.3", dst="10.1.15.2", ttl=1))):
             for seg in self.frame_segments(hdr + pkt, fid):
@@ -692,8 +693,8 @@ class VnetBackendTests(BackendTestBase):
         frames = [
             tso_header(udp) + udp,                                        # TCPV4 on UDP
             tso_header(tcp, mss=1) + tcp,                                 # 20,000 segments
-            O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4, 40, 1420, 0, 10) + tcp,  # IP header
-            O.build_vnet(O.F_NEEDS_CSUM, O.GSO_TCPV4 | O.GSO_ECN, 40, 1420, 20, 6) + tcp,
+            V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4, 40, 1420, 0, 10) + tcp,  # IP header
+            V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4 | V.GSO_ECN, 40, 1420, 20, 6) + tcp,
             tso_header(tcp) + tcp,                                        # the good one
         ]
         nsegs = 0
@@ -717,8 +718,8 @@ class VnetBackendTests(BackendTestBase):
         yield self.started(offload_peer=True)
         payload = os.urandom(3000)
         pkt = tcp_packet(payload, partial=True)
-        self.tun.peer.inject(tso_header(pkt, mss=O.MIN_GSO_SIZE - 8) + pkt)
-        n = -(-3000 // (O.MIN_GSO_SIZE - 8))
+        self.tun.peer.inject(tso_header(pkt, mss=V.MIN_GSO_SIZE - 8) + pkt)
+        n = -(-3000 // (V.MIN_GSO_SIZE - 8))
         yield wait_for(lambda: len(peer.poll()) == n, what="%d segments" % n)
         self.assertTrue(all(d[0] == 0x45 and tcp_ok(d) for d, _ in peer.received))
         self.assertEqual(b"".join(d[40:] for d, _ in peer.received), payload)
@@ -728,7 +729,7 @@ class VnetBackendTests(BackendTestBase):
     @defer.inlineCallbacks
     def test_icmp_unreachable_has_header(self):
         yield self.started()
-        self.tun.peer.inject(O.build_vnet() + make_ipv4(dst="10.1.99.3"))
+        self.tun.peer.inject(V.build_vnet() + make_ipv4(dst="10.1.99.3"))
         got = []
         yield wait_for(lambda: got.extend(self.tun.peer.written()) or got)
         self.assertEqual(got[0][:H], bytes(H))

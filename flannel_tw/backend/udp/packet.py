@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_udp_packet -*-
+# -*- test-case-name: tests.unit.test_udp_packet -*-
 """
 IPv4 header handling for the udp backend's data path (flannel-compat.md section 6).
 Pure: no reactor, no sockets.

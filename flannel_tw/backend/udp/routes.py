@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_udp_routes -*-
+# -*- test-case-name: tests.unit.test_udp_routes -*-
 """
 The udp backend's routing table: overlay subnet -> peer (PublicIP, port), plus the
 reverse index used to filter incoming datagrams. Pure: no reactor.

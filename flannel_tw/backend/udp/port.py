@@ -1,0 +1,70 @@
+# -*- test-case-name: tests.unit.test_udp_port -*-
+"""
+L{DrainingPort}: the udp backend's UDP port on 8285, a L{twisted.internet.udp.Port}
+whose C{doRead} drains the socket the way a data path needs, and hands what it reads
+to its protocol (an L{IDatagramRunReceiver}, the receive path).
+
+Twisted's own reader allocates a 64 KB bytes object per datagram and stops after 256 KB
+a wake-up; this one reads up to L{READS_PER_WAKEUP} datagrams a wake-up with
+C{recvmsg_into} straight into the protocol's reusable buffer (no per-datagram
+allocation), and with UDP_GRO on the socket one read may bring a run of datagrams
+from one peer coalesced, their size in the UDP_GRO cmsg.
+"""
+import errno
+import socket
+import struct
+
+from twisted.internet import udp
+from twisted.logger import Logger
+
+from flannel_tw.interfaces import IDatagramRunReceiver
+
+READS_PER_WAKEUP = 256
+UDP_GRO = getattr(socket, "UDP_GRO", 104)
+_GRO_CMSG = socket.CMSG_SPACE(4)
+_GRO_SIZE = struct.Struct("=i").unpack_from   # the UDP_GRO cmsg: a native int
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+class DrainingPort(udp.Port):
+    """
+    A listening UDP port (IPv4) whose protocol provides L{IDatagramRunReceiver}.
+    Start it with C{startListening()} (what C{reactor.listenUDP} does). Socket errors
+    other than EAGAIN (an ICMP port unreachable reported on the socket) are logged at
+    debug level and reading goes on.
+    """
+
+    log = Logger()
+
+    def __init__(self, port, proto, interface="", maxPacketSize=65535, reactor=None):
+        if not IDatagramRunReceiver.providedBy(proto):
+            raise TypeError("DrainingPort needs an IDatagramRunReceiver, got %r" % (proto,))
+        udp.Port.__init__(self, port, proto, interface, maxPacketSize, reactor)
+
+    def enable_gro(self):
+        """Ask for UDP_GRO on the socket. Raises OSError if the kernel refuses it."""
+        self.socket.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+
+    def doRead(self):
+        recv = self.socket.recvmsg_into
+        proto = self.protocol
+        into = [proto.receiveBuffer()]
+        run = proto.runReceived
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                n, anc, flags, addr = recv(into, _GRO_CMSG)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in _AGAIN:
+                    return
+                self.log.debug("udp backend: socket error {e}", e=e)
+                continue
+            if flags & socket.MSG_TRUNC:
+                proto.truncatedReceived(n, addr)
+                continue
+            gro = 0
+            for level, kind, data in anc:
+                if level == socket.SOL_UDP and kind == UDP_GRO:
+                    gro = _GRO_SIZE(data)[0]
+            run(n, gro, addr)
