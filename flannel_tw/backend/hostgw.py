@@ -22,7 +22,7 @@ from flannel_tw.backend.routed import PeerBackend
 from flannel_tw.interfaces import IBackend, IReconcilingBackend, IReconfiguringBackend
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.interfaces import IHostGwKernel
-from flannel_tw.kernel.batch import Job, Kernel, first_result
+from flannel_tw.kernel.batch import Job, Kernel
 from flannel_tw.kernel.rtnetlink import RouteEntry, route_request
 
 ROUTE_CHECK_INTERVAL = 10.0     # seconds (flanneld's routeCheckRetries loop)
@@ -65,13 +65,6 @@ class HostGwKernel(Kernel):
                 (route_request("replace", target.subnet, target.gateway, oif), None)]
             jobs.append(Job(removes, steps, target))
         return self.run_jobs(jobs)
-
-    def install_hostgw(self, route: HostGwRoute, oif: int) -> HostGwRoute:
-        """C{route replace <subnet> via <PublicIP> dev <ext>}; raises NetlinkError."""
-        return first_result(self.apply_hostgw(oif, [(None, route)]))
-
-    def remove_hostgw(self, route: HostGwRoute, oif: int) -> None:
-        first_result(self.apply_hostgw(oif, [(route, None)]))
 
 
 @implementer(IBackend, IReconcilingBackend, IReconfiguringBackend)

@@ -64,13 +64,6 @@ def ignore_gone(fn, *args, **kw):
             raise
 
 
-def first_result(results):
-    """The single result of a one-entry batch; raised when it is an exception."""
-    if isinstance(results[0], Exception):
-        raise results[0]
-    return results[0]
-
-
 @implementer(IKernel)
 class Kernel:
     """
@@ -90,20 +83,6 @@ class Kernel:
         """A new pyroute2 socket in our namespace (a context manager)."""
         return NetNS(self.netns) if self.netns else IPRoute()
 
-    # -- links ----------------------------------------------------------------
-
-    def link_index(self, name: str) -> Optional[int]:
-        with self.ipr() as ipr:
-            found = ipr.link_lookup(ifname=name)
-            return found[0] if found else None
-
-    def link_mac(self, name: str) -> Optional[str]:
-        with self.ipr() as ipr:
-            found = ipr.link_lookup(ifname=name)
-            if not found:
-                return None
-            return pyroute_attr(ipr.get_links(found[0])[0], "IFLA_ADDRESS", "").lower()
-
     # -- requests and routes ----------------------------------------------------
 
     def request(self, requests, gone_ok=False):
@@ -122,15 +101,6 @@ class Kernel:
         return (len(answer) == 1 and answer[0][0] == RTM_NEWROUTE
                 and not route_has_gateway(answer[0][1]))
 
-    def replace_route(self, subnet: IPv4Network, gateway: IPv4Address, oif: int,
-                      onlink: bool = False) -> None:
-        """C{ip route replace subnet via gateway dev <oif> [onlink]}. Raises NetlinkError."""
-        self.request([route_request("replace", subnet, gateway, oif, onlink)])
-
-    def delete_route(self, subnet: IPv4Network, gateway: IPv4Address, oif: int) -> None:
-        """Delete that route; a missing one is not an error."""
-        self.request([route_request("del", subnet, gateway, oif)], gone_ok=True)
-
     def routes(self, network: IPv4Network) -> List[RouteEntry]:
         """Main-table routes to subnets strictly inside C{network} (one dump)."""
         out = []
@@ -139,9 +109,6 @@ class Kernel:
             if entry is not None:
                 out.append(entry)
         return out
-
-    def has_route(self, subnet: IPv4Network, gateway: IPv4Address, oif: int) -> bool:
-        return RouteEntry(subnet, gateway, oif) in self.routes(subnet.supernet())
 
     # -- batches ------------------------------------------------------------------
 
@@ -208,16 +175,6 @@ class Kernel:
                 for fam, ifindex, _, a in self._neigh_dump(socket.AF_BRIDGE)
                 if fam == socket.AF_BRIDGE and ifindex == index
                 and len(a.get(NDA_DST, b"")) == 4]
-
-    def delete_neighbour(self, index: int, ip: IPv4Address, mac: str) -> None:
-        self.request([neigh_request("del", index, ip, mac)], gone_ok=True)
-
-    def delete_fdb(self, index: int, mac: str, dst: IPv4Address) -> None:
-        self.request([fdb_request("del", index, mac, dst)], gone_ok=True)
-
-    def delete_route_entry(self, entry: RouteEntry) -> None:
-        self.request([route_request("del", entry.subnet, entry.gateway, entry.oif)],
-                     gone_ok=True)
 
     # -- leftovers --------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from flannel_tw.model.lease import Lease, LeaseAttrs
 from flannel_tw.kernel.iface import ExtIface
 from flannel_tw.backend.hostgw import HostGwKernel
 from flannel_tw.backend.vxlan.device import VxlanKernel
+from flannel_tw.kernel.nlsocket import Netlink
+from flannel_tw.kernel.rtnetlink import RouteEntry
 
 
 IFACE = ExtIface(name="eth0", index=7, addr=IPv4Address("192.168.250.11"),
@@ -47,5 +49,52 @@ def logged(obj):
     return events
 
 
+class CountingNetlink(Netlink):
+    """A L{Netlink} that counts the datagrams its windowed requests send (C{sends})."""
+
+    def __init__(self, netns=None):
+        Netlink.__init__(self, netns)
+        self.sends = 0
+
+    def _window(self, requests):
+        if requests:
+            self.sends += 1
+        return Netlink._window(self, requests)
+
+
 class LabKernel(VxlanKernel, HostGwKernel):
-    """Both routed backends' kernel code on one engine, for the namespace tests."""
+    """
+    Both routed backends' kernel code on one engine, for the namespace tests, with their
+    one-entry shorthands (the daemon only ever applies batches).
+    """
+
+    def __init__(self, netns=None):
+        VxlanKernel.__init__(self, netns)
+        self.netlink = CountingNetlink(netns)
+
+    def link_index(self, name):
+        with self.ipr() as ipr:
+            found = ipr.link_lookup(ifname=name)
+            return found[0] if found else None
+
+    def has_route(self, subnet, gateway, oif):
+        return RouteEntry(subnet, gateway, oif) in self.routes(subnet.supernet())
+
+    def install_vxlan_peer(self, index, ext_index, peer, direct_routing=False):
+        """One peer's entries; the peer with C{direct} set, or the step's error raised."""
+        return _one(self.apply_vxlan_peers(index, ext_index, [(None, peer)], direct_routing))
+
+    def remove_vxlan_peer(self, index, ext_index, peer):
+        _one(self.apply_vxlan_peers(index, ext_index, [(peer, None)]))
+
+    def install_hostgw(self, route, oif):
+        return _one(self.apply_hostgw(oif, [(None, route)]))
+
+    def remove_hostgw(self, route, oif):
+        _one(self.apply_hostgw(oif, [(route, None)]))
+
+
+def _one(results):
+    if isinstance(results[0], Exception):
+        raise results[0]
+    return results[0]

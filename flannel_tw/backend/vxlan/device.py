@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from flannel_tw.interfaces import IVxlanKernel
 from flannel_tw.kernel.batch import (
-    Job, Kernel, KernelError, first_result, ignore_gone, pyroute_attr)
+    Job, Kernel, KernelError, ignore_gone, pyroute_attr)
 from flannel_tw.kernel.rtnetlink import fdb_request, neigh_request, route_request
 
 VXLAN_DEFAULT_PORT = 8472       # the kernel's port when IFLA_VXLAN_PORT is not sent
@@ -102,8 +102,6 @@ def _peer_removes(index, ext_index, peer):
 @implementer(IVxlanKernel)
 class VxlanKernel(Kernel):
     """The batch engine plus the vxlan device and peer entries."""
-
-    vxlan_incompatibility = staticmethod(vxlan_incompatibility)
 
     def _peer_route(self, peer: VxlanPeer, index: int):
         """The onlink route request of a (not direct) peer."""
@@ -203,18 +201,3 @@ class VxlanKernel(Kernel):
                 target = replace(target, direct=False)
                 jobs.append(Job(removes, self._peer_steps(index, target), target))
         return self.run_jobs(jobs)
-
-    def install_vxlan_peer(self, index: int, ext_index: int, peer: VxlanPeer,
-                           direct_routing: bool = False) -> VxlanPeer:
-        """
-        One peer's entries (see L{apply_vxlan_peers}).
-
-        @return: the peer with C{direct} set as installed.
-        @raise NetlinkError: the step that failed, after the undo.
-        """
-        return first_result(self.apply_vxlan_peers(index, ext_index, [(None, peer)],
-                                                   direct_routing))
-
-    def remove_vxlan_peer(self, index: int, ext_index: int, peer: VxlanPeer) -> None:
-        """Delete what L{install_vxlan_peer} made; missing entries are not errors."""
-        first_result(self.apply_vxlan_peers(index, ext_index, [(peer, None)]))
