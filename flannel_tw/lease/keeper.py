@@ -1,11 +1,19 @@
-# -*- test-case-name: tests.test_keeper -*-
+# -*- test-case-name: tests.unit.test_keeper -*-
 """
-The lease keeper: an explicit state machine that holds our lease.
+The lease keeper: an explicit state machine that holds our lease (L{TRANSITIONS}, run by
+L{flannel_tw.lease.machine.Machine}).
 
-States: HELD (a renewal timer runs, or none for a reservation) -> RENEWING ->
-HELD ; RENEWING fails with a transport/etcd error -> RETRYING (backoff) -> RENEWING ;
-our lease gone or held by another host -> REACQUIRING -> HELD ; another live holder
-with our PublicIP -> CONFLICT -> (lease gone) REACQUIRING ; stop() -> STOPPED.
+States, one meaning each:
+  HELD         the lease is ours; a renewal timer runs (none for a reservation)
+  RENEWING     a renewal (compare-and-swap on our last write) is in flight
+  RETRYING     a renewal failed (etcd error): waiting to try again (backoff)
+  INSPECTING   our compare-and-swap failed: reading the key to see who wrote it
+  DEFENDING    writing our lease back over a same-PublicIP writer (once)
+  REACQUIRING  the lease is gone or another host's: acquiring one
+  LOST         acquiring failed: waiting to try again (backoff)
+  CONFLICT     another live holder has our PublicIP: standing down
+  STOPPED      stopped
+The lease counts as lost (L{LeaseKeeper.lease_lost}) in REACQUIRING, LOST and CONFLICT.
 
 - The renewal is scheduled from the TTL etcd returned (re-read on every renewal),
   on the injected clock: C{ttl - margin} (or C{ttl / 2} when the TTL is shorter than
@@ -25,10 +33,10 @@ with our PublicIP -> CONFLICT -> (lease gone) REACQUIRING ; stop() -> STOPPED.
   else to our key is seen: by the watcher (an event for our key with a newer index
   while no write of ours is in flight) or by a failed renewal (then the key is read).
   If that write carries another PublicIP, the subnet is another host's now: we take
-  another one. If it carries our PublicIP, another live process claims our PublicIP:
-  CONFLICT. The holder that was there first writes the lease back once (loudly);
+  another one. If it carries our PublicIP, another live process claims our PublicIP.
+  The holder that was there first writes the lease back once (DEFENDING, loudly);
   a keeper that reused an existing lease less than C{PROBATION} (30 s) ago, or that
-  already wrote back once, stands down instead: state CONFLICT, no more writes, the
+  already wrote back once, stands down instead: CONFLICT, no more writes, the
   lease counts as lost (/healthz 503), a critical log naming both, until the lease is
   gone from etcd (then it is re-acquired). So a second host started with our PublicIP
   reuses the lease, sees the first host's write-back at once and stands down, and two
@@ -39,6 +47,9 @@ with our PublicIP -> CONFLICT -> (lease gone) REACQUIRING ; stop() -> STOPPED.
 - When the lease is deleted or expires, we re-acquire, preferring the same subnet
   (create-only). If another host now holds it, we get another subnet and the
   daemon is told through C{on_new_lease(new, old)}, loudly.
+
+(About 440 lines: most is this contract and the log texts; the table is in
+L{flannel_tw.lease.keeper_table}, the engine in L{flannel_tw.lease.machine}.)
 """
 from dataclasses import replace
 
@@ -48,10 +59,12 @@ from twisted.logger import Logger
 from flannel_tw.etcd.errors import KeyNotFound, TestFailed
 from flannel_tw.model.events import REMOVED
 from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.lease.keeper_table import (  # noqa: F401 (the states are the keeper's API)
+    CONFLICT, DEFENDING, HELD, INSPECTING, LOST, REACQUIRING, RENEWING, RETRYING, STATES,
+    STOPPED, TRANSITIONS)
+from flannel_tw.lease.machine import Machine, check_table
 from flannel_tw.lease.status import KeeperStatus
 
-HELD, RENEWING, RETRYING, REACQUIRING, CONFLICT, STOPPED = (
-    "held", "renewing", "retrying", "reacquiring", "conflict", "stopped")
 PROBATION = 30.0        # seconds after reusing a lease in which we yield to its live holder
 RENEWAL_GRACE = 300.0   # seconds a renewal may fail before /healthz fails (at most)
 
@@ -88,8 +101,7 @@ class LeaseKeeper:
         self._margin = margin
         self._on_new_lease = on_new_lease
         self._backoff = backoff or make_backoff(initial=1.0, maximum=60.0)
-        self.state = HELD
-        self.lease_lost = False   # True from "gone or not ours" until re-acquired
+        self._machine = Machine(self, TRANSITIONS, HELD)
         self.failures = 0
         self.renewals = 0
         self.renewal_failures = 0
@@ -100,19 +112,43 @@ class LeaseKeeper:
         self._round_started = None   # clock time of the first attempt of a renewal round
         self._round_limit = None     # the round is late after this clock time
         self._valid_until = None     # clock time by which the lease expires at the latest
+        self._sent_at = None
+        self._prefer = None          # the subnet a re-acquisition asks for first
         self._probation = probation
         self._probation_until = None  # a reused lease: stand down to a live holder until then
         self._defended = False        # wrote our lease back over a same-PublicIP writer
-        self._defending = False
         self.conflicts = 0
 
-    def start(self):
-        self._set_valid(self.lease, self._clock.seconds())
-        self._start_probation(self.lease)
-        self._schedule(renewal_delay(self.lease.ttl, self._margin))
+    # -- public ---------------------------------------------------------------
 
-    def _set_valid(self, lease, sent_at):
-        self._valid_until = None if lease.ttl is None else sent_at + lease.ttl
+    @property
+    def state(self):
+        return self._machine.state
+
+    @property
+    def lease_lost(self):
+        """True from "gone or not ours" until re-acquired."""
+        return self.state in (REACQUIRING, LOST, CONFLICT)
+
+    def start(self):
+        self._machine.fire("start")
+
+    def stop(self):
+        self._machine.fire("stop")
+
+    def own_event(self, event):
+        """A watcher event about our own subnet."""
+        self._machine.fire(self._classify(event), event.lease)
+
+    def status(self):
+        """A L{KeeperStatus} snapshot; C{lease_ok} is what /healthz judges."""
+        return KeeperStatus(
+            state=self.state,
+            lease_ok=(self.state in (HELD, RENEWING, RETRYING, INSPECTING, DEFENDING)
+                      and not self.renewal_late()),
+            renewals=self.renewals, renewal_failures=self.renewal_failures,
+            last_renewal_at=self.last_renewal_at, renewal_failing_for=self.renewal_failing_for,
+            lease_expires_in=self.lease_expires_in)
 
     @property
     def renewal_failing_for(self):
@@ -132,23 +168,6 @@ class LeaseKeeper:
         """True when the renewal round has failed for too long (see the module docstring)."""
         return self._round_limit is not None and self._clock.seconds() > self._round_limit
 
-    def status(self):
-        """A L{KeeperStatus} snapshot; C{lease_ok} is what /healthz judges."""
-        return KeeperStatus(
-            state=self.state,
-            lease_ok=(self.state in (HELD, RENEWING, RETRYING) and not self.lease_lost
-                      and not self.renewal_late()),
-            renewals=self.renewals, renewal_failures=self.renewal_failures,
-            last_renewal_at=self.last_renewal_at, renewal_failing_for=self.renewal_failing_for,
-            lease_expires_in=self.lease_expires_in)
-
-    def stop(self):
-        self.state = STOPPED
-        self._cancel_timer()
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
-
     @property
     def next_renewal_in(self):
         """Seconds to the scheduled renewal or retry, None when nothing is scheduled."""
@@ -156,68 +175,58 @@ class LeaseKeeper:
             return None
         return self._timer.getTime() - self._clock.seconds()
 
-    def own_event(self, event):
-        """A watcher event about our own subnet."""
-        if self.state in (STOPPED, REACQUIRING):
-            return
+    # -- inputs -----------------------------------------------------------------
+
+    def _classify(self, event):
         if event.kind == REMOVED:
-            self.log.warn("Our lease {subnet} was deleted or expired in etcd; re-acquiring",
-                          subnet=self.lease.subnet)
-            self._reacquire(prefer=self.lease.subnet)
-        elif event.lease.attrs is not None and event.lease.attrs.public_ip != self._attrs.public_ip:
-            self.log.critical(
-                "Our subnet {subnet} is now held by another host ({other}); acquiring another "
-                "subnet", subnet=self.lease.subnet, other=event.lease.attrs.public_ip)
-            self._reacquire(prefer=None)
-        elif self.state == CONFLICT:
-            return
-        elif self._newer_than_ours(event.lease):
-            if self.state in (HELD, RETRYING):   # else a write of ours is in flight: its CAS tells
-                self._foreign_write(event.lease)
-        elif self._older_than_ours(event.lease):
-            return
-        elif self.state == HELD and event.lease.ttl is not None and not self.lease.is_reservation:
-            # flanneld: an added event for our own key resets the expiration and the timer.
-            self.lease = replace(self.lease, ttl=event.lease.ttl,
-                                 modified_index=event.lease.modified_index)
-            self._set_valid(self.lease, self._clock.seconds())
-            self._schedule(renewal_delay(event.lease.ttl, self._margin))
+            return "ev_removed"
+        lease = event.lease
+        if lease.attrs is not None and lease.attrs.public_ip != self._attrs.public_ip:
+            return "ev_taken"
+        if self._newer_than_ours(lease):
+            return "ev_stand_down" if self._must_stand_down() else "ev_defend"
+        if (not self._older_than_ours(lease) and lease.ttl is not None
+                and not self.lease.is_reservation):
+            return "ev_refresh"
+        return "ev_other"
 
-    # -- machinery ------------------------------------------------------------
+    def _classify_read(self, lease):
+        if lease.attrs is None or lease.attrs.public_ip != self._attrs.public_ip:
+            return "read_taken"
+        if self._older_than_ours(lease):
+            return "read_restored"
+        return "read_stand_down" if self._must_stand_down() else "read_defend"
 
-    def _cancel_timer(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _schedule(self, delay, action=None):
-        self._cancel_timer()
-        if delay is None:
-            return
-        self._timer = self._clock.callLater(max(0.0, delay), action or self._renew)
-
-    def _track(self, d, ok, fail):
+    def _track(self, d, on_result, on_failure):
+        """Fire C{on_result(result)} or C{on_failure(failure)}'s input for the request C{d}."""
         self._pending = d
 
-        def _ok(result):
+        def ok(result):
             if d is self._pending:
                 self._pending = None
-                ok(result)
+                self._machine.fire(*on_result(result))
 
-        def _fail(f):
+        def fail(f):
             if d is self._pending and not f.check(defer.CancelledError):
                 self._pending = None
-                fail(f)
+                self._machine.fire(*on_failure(f))
 
-        d.addCallbacks(_ok, _fail)
+        d.addCallbacks(ok, fail)
         d.addErrback(lambda f: self.log.failure("Lease keeper bug", f))
 
-    def _end_round(self):
-        self._round_started = self._round_limit = None
-
-    def _renew(self):
+    def _timer_due(self):
         self._timer = None
-        self.state = RENEWING
+        self._machine.fire("due")
+
+    # -- outputs: renewal ---------------------------------------------------------
+
+    def _begin(self):
+        self._set_valid(self.lease, self._clock.seconds())
+        self._start_probation(self.lease)
+        self._schedule(renewal_delay(self.lease.ttl, self._margin))
+
+    def _send_renewal(self):
+        self._cancel_timer()
         now = self._clock.seconds()
         if self._round_started is None:
             self._round_started = now
@@ -226,15 +235,14 @@ class LeaseKeeper:
                                        else max(0.0, min(self._grace, left / 2.0)))
         self._sent_at = now
         self._track(defer.maybeDeferred(self._manager.renew_lease, self.lease),
-                    self._renewed, self._renew_failed)
+                    lambda lease: ("renewed", lease), _renewal_failure)
 
     def _renewed(self, lease):
-        self.state = HELD
+        self._defended = False
+        self._wrote_back(lease)
+
+    def _wrote_back(self, lease):
         self.failures = 0
-        if self._defending:
-            self._defending = False
-        else:
-            self._defended = False
         self._end_round()
         self._set_valid(lease, self._sent_at)
         self.renewals += 1
@@ -243,41 +251,121 @@ class LeaseKeeper:
         self.log.info("Lease {subnet} renewed, ttl {ttl}", subnet=lease.subnet, ttl=lease.ttl)
         self._schedule(renewal_delay(lease.ttl, self._margin))
 
-    def _renew_failed(self, failure):
+    def _retry_renewal(self, failure):
         self.renewal_failures += 1
-        self._defending = False
-        if failure.check(TestFailed):
-            self._inspect()
-            return
-        if failure.check(KeyNotFound):
-            self.log.warn("Lease {subnet} is gone or no longer ours ({error}); re-acquiring",
-                          subnet=self.lease.subnet, error=failure.value)
-            self._reacquire(prefer=self.lease.subnet)
-            return
         delay = self._backoff(self.failures)
         self.failures += 1
-        self.state = RETRYING
         self.log.error("Error renewing lease (trying again in {delay:.0f}s): {error}",
                        delay=delay, error=failure.getErrorMessage())
-        self._schedule(delay, self._renew)
+        self._schedule(delay)
 
-    def _reacquire(self, prefer):
+    def _refresh(self, lease):
+        # flanneld: an added event for our own key resets the expiration and the timer.
+        self.lease = replace(self.lease, ttl=lease.ttl, modified_index=lease.modified_index)
+        self._set_valid(self.lease, self._clock.seconds())
+        self._schedule(renewal_delay(lease.ttl, self._margin))
+
+    # -- outputs: who wrote our key ------------------------------------------------
+
+    def _inspect(self, failure):
+        """Our compare-and-swap failed: read the key and see who wrote it."""
+        self.renewal_failures += 1
+        self._track(defer.maybeDeferred(self._manager.get_lease, self.lease.subnet),
+                    lambda lease: (self._classify_read(lease), lease),
+                    lambda f: ("read_gone" if f.check(KeyNotFound) else "read_error", f))
+
+    def _take_back(self, lease):
+        self.log.warn("etcd's copy of our lease {subnet} (index {index}) is older than our "
+                      "last write ({ours}): etcd was restored? Writing it again",
+                      subnet=lease.subnet, index=lease.modified_index,
+                      ours=self.lease.modified_index)
+        self.lease = replace(self.lease, modified_index=lease.modified_index)
+        self._send_renewal()
+
+    def _in_probation(self):
+        return self._probation_until is not None and self._clock.seconds() < self._probation_until
+
+    def _must_stand_down(self):
+        return self._in_probation() or self._defended
+
+    def _foreign_write(self, lease):
+        self.conflicts += 1
+        if lease.ttl is not None:
+            self._set_valid(lease, self._clock.seconds())  # it lives by that writer's TTL
+
+    def _stand_down(self, lease):
+        """Someone else wrote our key with our PublicIP: stand down (module docstring)."""
+        in_probation = self._in_probation()
+        self._foreign_write(lease)
         self._cancel_timer()
         self._end_round()
-        self._sent_at = self._clock.seconds()
-        self.state = REACQUIRING
-        self.lease_lost = True
-        self._track(defer.maybeDeferred(self._manager.acquire_lease, self._config, self._attrs,
-                                        prefer),
-                    self._reacquired, lambda f: self._reacquire_failed(f, prefer))
+        self.log.critical(
+            "Another live host or process with our PublicIP {public_ip} holds our lease "
+            "{subnet}: it wrote the lease (etcd index {index}) after our write (index "
+            "{ours}){why}. Two hosts must not share a PublicIP: standing down (no more "
+            "writes from us, /healthz fails) until the lease is gone from etcd. Fix the "
+            "duplicate PublicIP (--public-ip, --iface)", public_ip=self._attrs.public_ip,
+            subnet=self.lease.subnet, index=lease.modified_index,
+            ours=self.lease.modified_index,
+            why=(" right after we reused it" if in_probation
+                 else " again after we wrote it back once"))
 
-    def _reacquired(self, lease):
+    def _write_back(self, lease):
+        """Someone else wrote our key with our PublicIP: write it back once."""
+        self._foreign_write(lease)
+        self.log.critical(
+            "Another host or process with our PublicIP {public_ip} wrote our lease {subnet} "
+            "(etcd index {index}, our last write {ours}). Two hosts must not share a PublicIP: "
+            "writing our lease back once; the newcomer stands down",
+            public_ip=self._attrs.public_ip, subnet=self.lease.subnet,
+            index=lease.modified_index, ours=self.lease.modified_index)
+        self._defended = True
+        self.lease = replace(self.lease, modified_index=lease.modified_index)
+        self._send_renewal()
+
+    # -- outputs: re-acquisition -----------------------------------------------------
+
+    def _lease_gone(self, failure):
+        self.renewal_failures += 1
+        self.log.warn("Lease {subnet} is gone or no longer ours ({error}); re-acquiring",
+                      subnet=self.lease.subnet, error=failure.value)
+        self._reacquire(self.lease.subnet)
+
+    def _lease_gone_on_read(self, failure):
+        self.log.warn("Lease {subnet} is gone ({error}); re-acquiring",
+                      subnet=self.lease.subnet, error=failure.value)
+        self._reacquire(self.lease.subnet)
+
+    def _event_removed(self, lease):
+        self.log.warn("Our lease {subnet} was deleted or expired in etcd; re-acquiring",
+                      subnet=self.lease.subnet)
+        self._reacquire(self.lease.subnet)
+
+    def _taken(self, lease):
+        """Another host's PublicIP is on our key (seen in an event or a read)."""
+        self.log.critical(
+            "Our subnet {subnet} is now held by another host ({other}); acquiring another "
+            "subnet", subnet=self.lease.subnet,
+            other=lease.attrs.public_ip if lease.attrs is not None else None)
+        self._reacquire(None)
+
+    def _reacquire(self, prefer):
+        self._prefer = prefer
+        self._end_round()
+        self._send_acquisition()
+
+    def _send_acquisition(self):
+        self._cancel_timer()
+        self._sent_at = self._clock.seconds()
+        self._track(defer.maybeDeferred(self._manager.acquire_lease, self._config, self._attrs,
+                                        self._prefer),
+                    lambda lease: ("acquired", lease), lambda f: ("acquire_error", f))
+
+    def _acquired(self, lease):
         old, self.lease = self.lease, lease
         self._set_valid(lease, self._sent_at)
         self._start_probation(lease)
         self._defended = False
-        self.state = HELD
-        self.lease_lost = False
         self.failures = 0
         if lease.subnet != old.subnet:
             self.log.critical("Lease changed from {old} to {new}: subnet.env is rewritten; "
@@ -292,15 +380,36 @@ class LeaseKeeper:
                 self.log.failure("Handling the new lease {subnet} failed", subnet=lease.subnet)
         self._schedule(renewal_delay(lease.ttl, self._margin))
 
-    def _reacquire_failed(self, failure, prefer):
+    def _retry_acquisition(self, failure):
         delay = self._backoff(self.failures)
         self.failures += 1
-        self.state = RETRYING
         self.log.error("Error re-acquiring a lease (trying again in {delay:.0f}s): {error}",
                        delay=delay, error=failure.getErrorMessage())
-        self._schedule(delay, lambda: self._reacquire(prefer))
+        self._schedule(delay)
 
-    # -- another writer on our key -----------------------------------------------
+    def _halt(self):
+        self._cancel_timer()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _set_valid(self, lease, sent_at):
+        self._valid_until = None if lease.ttl is None else sent_at + lease.ttl
+
+    def _end_round(self):
+        self._round_started = self._round_limit = None
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _schedule(self, delay):
+        self._cancel_timer()
+        if delay is not None:
+            self._timer = self._clock.callLater(max(0.0, delay), self._timer_due)
 
     def _start_probation(self, lease):
         reused = self._manager.reused_leases  # ISubnetManager: the last reuse
@@ -317,67 +426,13 @@ class LeaseKeeper:
         return (lease.modified_index is not None and self.lease.modified_index is not None
                 and lease.modified_index < self.lease.modified_index)
 
-    def _inspect(self):
-        """Our compare-and-swap failed: read the key and see who wrote it."""
-        self.state = RENEWING
-        self._track(defer.maybeDeferred(self._manager.get_lease, self.lease.subnet),
-                    self._inspected, self._inspect_failed)
 
-    def _inspected(self, lease):
-        if lease.attrs is None or lease.attrs.public_ip != self._attrs.public_ip:
-            self.log.critical(
-                "Our subnet {subnet} is now held by another host ({other}); acquiring another "
-                "subnet", subnet=self.lease.subnet,
-                other=lease.attrs.public_ip if lease.attrs is not None else None)
-            self._reacquire(prefer=None)
-        elif self._older_than_ours(lease):
-            self.log.warn("etcd's copy of our lease {subnet} (index {index}) is older than our "
-                          "last write ({ours}): etcd was restored? Writing it again",
-                          subnet=lease.subnet, index=lease.modified_index,
-                          ours=self.lease.modified_index)
-            self.lease = replace(self.lease, modified_index=lease.modified_index)
-            self._renew()
-        else:
-            self._foreign_write(lease)
+def _renewal_failure(failure):
+    if failure.check(TestFailed):
+        return "renew_cas", failure
+    if failure.check(KeyNotFound):
+        return "renew_gone", failure
+    return "renew_error", failure
 
-    def _inspect_failed(self, failure):
-        if failure.check(KeyNotFound):
-            self.log.warn("Lease {subnet} is gone ({error}); re-acquiring",
-                          subnet=self.lease.subnet, error=failure.value)
-            self._reacquire(prefer=self.lease.subnet)
-            return
-        self._renew_failed(failure)
 
-    def _foreign_write(self, lease):
-        """Someone else wrote our key with our PublicIP (see the module docstring)."""
-        self.conflicts += 1
-        now = self._clock.seconds()
-        if lease.ttl is not None:
-            self._set_valid(lease, now)   # the key now lives by the TTL that writer gave it
-        in_probation = self._probation_until is not None and now < self._probation_until
-        if in_probation or self._defended:
-            self._cancel_timer()
-            self._end_round()
-            self.state = CONFLICT
-            self.lease_lost = True
-            self.log.critical(
-                "Another live host or process with our PublicIP {public_ip} holds our lease "
-                "{subnet}: it wrote the lease (etcd index {index}) after our write (index "
-                "{ours}){why}. Two hosts must not share a PublicIP: standing down (no more "
-                "writes from us, /healthz fails) until the lease is gone from etcd. Fix the "
-                "duplicate PublicIP (--public-ip, --iface)", public_ip=self._attrs.public_ip,
-                subnet=self.lease.subnet, index=lease.modified_index,
-                ours=self.lease.modified_index,
-                why=(" right after we reused it" if in_probation
-                     else " again after we wrote it back once"))
-            return
-        self.log.critical(
-            "Another host or process with our PublicIP {public_ip} wrote our lease {subnet} "
-            "(etcd index {index}, our last write {ours}). Two hosts must not share a PublicIP: "
-            "writing our lease back once; the newcomer stands down",
-            public_ip=self._attrs.public_ip, subnet=self.lease.subnet,
-            index=lease.modified_index, ours=self.lease.modified_index)
-        self._defended = self._defending = True
-        self._cancel_timer()
-        self.lease = replace(self.lease, modified_index=lease.modified_index)
-        self._renew()
+check_table(TRANSITIONS, STATES, HELD, LeaseKeeper)

@@ -1,10 +1,11 @@
-# -*- test-case-name: tests.test_watch -*-
+# -*- test-case-name: tests.unit.test_watch,tests.unit.test_machine -*-
 """
 The lease watcher: an explicit state machine that keeps a view of every lease in etcd
 and reports changes of the other hosts' routable leases to a sink (the backend).
 
-States: IDLE -> LISTING -> WATCHING (loop) ; any error -> BACKOFF -> (LISTING or
-WATCHING) ; stop() -> STOPPED from anywhere.
+States (L{TRANSITIONS}, run by L{flannel_tw.lease.machine.Machine}): IDLE -> LISTING
+-> WATCHING (loop) ; index cleared or went back -> LISTING ; any other error -> BACKOFF
+-> (LISTING or WATCHING) ; stop() -> STOPPED from anywhere.
 
 - LISTING: list the leases, diff against what we route (added for new or changed
   leases, changed BackendData included; removed for vanished ones), cursor = the
@@ -50,9 +51,37 @@ from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.model.lease import Lease, subnet_to_key
 from flannel_tw.model.leasecheck import SkipMemory, lease_problem
 from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.lease.machine import Machine, check_table
 from flannel_tw.lease.status import WatcherStatus
 
 IDLE, LISTING, WATCHING, BACKOFF, STOPPED = "idle", "listing", "watching", "backoff", "stopped"
+STATES = (IDLE, LISTING, WATCHING, BACKOFF, STOPPED)
+_LIVE = (IDLE, LISTING, WATCHING, BACKOFF)
+
+# Inputs: start, stop; the answers listed, watched, cleared (EventIndexCleared),
+# went_back (EtcdIndexWentBack), error; the backoff timer: retry_list (no cursor, or a
+# re-list is due) or retry_watch; retention_due (a wiped peer's deadline); own_moved
+# (our lease moved to another subnet).
+TRANSITIONS = {(state, "stop"): (STOPPED, "_halt") for state in STATES}
+TRANSITIONS.update({(state, "start"): (state, None) for state in STATES})
+TRANSITIONS.update({(state, "own_moved"): (state, "_own_moved") for state in _LIVE})
+TRANSITIONS.update({
+    (IDLE, "start"): (LISTING, "_send_list"),
+    (STOPPED, "own_moved"): (STOPPED, None),
+    (LISTING, "listed"): (WATCHING, "_on_listed"),
+    (WATCHING, "watched"): (WATCHING, "_on_watched"),
+    (BACKOFF, "retry_list"): (LISTING, "_send_list"),
+    (BACKOFF, "retry_watch"): (WATCHING, "_send_watch"),
+    (WATCHING, "retention_due"): (LISTING, "_interrupt_and_list"),
+    (BACKOFF, "retention_due"): (BACKOFF, "_relist_next"),
+    (LISTING, "retention_due"): (LISTING, None),  # the list in flight is judged on return
+})
+for _state in (LISTING, WATCHING):
+    TRANSITIONS.update({
+        (_state, "cleared"): (LISTING, "_resync"),
+        (_state, "went_back"): (LISTING, "_wiped_resync"),
+        (_state, "error"): (BACKOFF, "_back_off"),
+    })
 
 RETAIN_SLACK = 60.0       # seconds past a wiped peer's expiry (flanneld retries renewals each minute)
 RETAIN_NO_TTL = 86400.0   # a wiped reservation (no TTL) is kept one lease TTL (subnetTTL)
@@ -87,7 +116,7 @@ class LeaseWatcher:
         self._network = network
         self._subnet_len = subnet_len
         self._own_public_ip = own_public_ip
-        self.state = IDLE
+        self._machine = Machine(self, TRANSITIONS, IDLE)
         self.leases = {}          # subnet -> latest Lease under an exact key (ours included)
         self.known = {}           # subnet -> Lease routed by the sink (other hosts only)
         self.retained = {}        # subnet -> reactor time: a wiped peer's route kept until then
@@ -106,9 +135,12 @@ class LeaseWatcher:
 
     # -- public ---------------------------------------------------------------
 
+    @property
+    def state(self):
+        return self._machine.state
+
     def start(self):
-        if self.state == IDLE:
-            self._list()
+        self._machine.fire("start")
 
     def status(self):
         """A L{WatcherStatus} snapshot."""
@@ -121,7 +153,52 @@ class LeaseWatcher:
         return dict(self.skipped.counts)
 
     def stop(self):
-        self.state = STOPPED
+        self._machine.fire("stop")
+
+    def own_subnet_changed(self, old):
+        """
+        Our lease moved from C{old} to C{own_subnet()}: the latest lease stored for
+        C{old} (another host took it) becomes a peer route now, if it may be routed;
+        the new subnet stops being a peer.
+        """
+        self._machine.fire("own_moved", old)
+
+    # -- inputs ---------------------------------------------------------------
+
+    def _request(self, d, answered):
+        self._pending = d
+
+        def ok(result):
+            if d is self._pending:
+                self._pending = None
+                self.failures = 0
+                self.last_success_at = self._reactor.seconds()
+                self._machine.fire(answered, result)
+
+        def failed(failure):
+            if d is self._pending and not failure.check(defer.CancelledError):
+                self._pending = None
+                self._machine.fire("cleared" if failure.check(EventIndexCleared) else
+                                   "went_back" if failure.check(EtcdIndexWentBack) else
+                                   "error", failure)
+
+        d.addCallbacks(ok, failed)
+        d.addErrback(lambda f: self.log.failure("Lease watcher bug", f))
+
+    def _retry(self):
+        self._delayed = None
+        self._machine.fire("retry_list" if self.cursor is None or self._relist_due
+                           else "retry_watch")
+
+    def _retention_due(self):
+        """A retained peer's time is up: re-list (now if idle in a watch) to see if it is
+        back; the list removes the ones still absent."""
+        self._retain_timer = None
+        self._machine.fire("retention_due")
+
+    # -- outputs --------------------------------------------------------------
+
+    def _halt(self):
         for timer in (self._delayed, self._retain_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -130,90 +207,61 @@ class LeaseWatcher:
             pending, self._pending = self._pending, None
             pending.cancel()
 
-    def own_subnet_changed(self, old):
-        """
-        Our lease moved from C{old} to C{own_subnet()}: the latest lease stored for
-        C{old} (another host took it) becomes a peer route now, if it may be routed;
-        the new subnet stops being a peer.
-        """
-        if self.state == STOPPED:
-            return
+    def _own_moved(self, old):
         own = self._own_subnet()
         events = self._diff([s for s in (old, own) if s is not None], own)
         if events:
             self._emit(events)
 
-    # -- states ---------------------------------------------------------------
-
-    def _request(self, d, on_result):
-        self._pending = d
-        d.addCallbacks(self._ok, self._failed, callbackArgs=(d, on_result), errbackArgs=(d,))
-        d.addErrback(lambda f: self.log.failure("Lease watcher bug", f))
-
-    def _list(self):
-        self.state = LISTING
+    def _send_list(self):
         self._relist_due = False
-        self._request(defer.maybeDeferred(self._manager.list_leases), self._listed)
+        self._request(defer.maybeDeferred(self._manager.list_leases), "listed")
 
-    def _watch(self):
-        self.state = WATCHING
+    def _send_watch(self):
         self._request(defer.maybeDeferred(self._manager.watch_leases, self.cursor + 1),
-                      self._watched)
+                      "watched")
 
-    def _ok(self, result, d, on_result):
-        if self.state == STOPPED or d is not self._pending:
-            return
-        self._pending = None
-        self.failures = 0
-        self.last_success_at = self._reactor.seconds()
-        on_result(result)
-        if self.state == STOPPED:
-            return
-        if self._relist_due:
-            self._list()
-        else:
-            self._watch()
+    def _on_listed(self, result):
+        self._listed(result)
+        self._send_watch()
 
-    def _failed(self, failure, d):
-        if self.state == STOPPED or d is not self._pending:
-            return None
-        self._pending = None
-        if failure.check(defer.CancelledError):
-            return None
-        if failure.check(EventIndexCleared):
-            self.log.warn("Watch of subnet leases failed because etcd index outside history "
-                          "window; re-listing ({error})", error=failure.value)
-            self.resyncs += 1
-            self._list()
-            return None
-        if failure.check(EtcdIndexWentBack):
-            self.log.error("etcd's index went back from {cursor} to {index}: the etcd cluster "
-                           "was wiped or restored from a backup; re-listing the leases (peers "
-                           "missing from etcd keep their routes until their leases would "
-                           "have expired)",
-                           cursor=self.cursor, index=failure.value.etcd_index)
-            self.resyncs += 1
-            self.cursor = None
-            self._wiped = True
-            self._list()
-            return None
+    def _on_watched(self, result):
+        self._watched(result)
+        self._send_watch()
+
+    def _resync(self, failure):
+        self.log.warn("Watch of subnet leases failed because etcd index outside history "
+                      "window; re-listing ({error})", error=failure.value)
+        self.resyncs += 1
+        self._send_list()
+
+    def _wiped_resync(self, failure):
+        self.log.error("etcd's index went back from {cursor} to {index}: the etcd cluster "
+                       "was wiped or restored from a backup; re-listing the leases (peers "
+                       "missing from etcd keep their routes until their leases would "
+                       "have expired)",
+                       cursor=self.cursor, index=failure.value.etcd_index)
+        self.resyncs += 1
+        self.cursor = None
+        self._wiped = True
+        self._send_list()
+
+    def _back_off(self, failure):
         delay = self._backoff(self.failures)
         self.failures += 1
         self.log.warn("Watch subnets: {error}; retrying in {delay:.1f}s (failure {n})",
                       error=failure.getErrorMessage() or failure.type.__name__, delay=delay,
                       n=self.failures)
-        self.state = BACKOFF
         self._delayed = self._reactor.callLater(delay, self._retry)
-        return None
 
-    def _retry(self):
-        self._delayed = None
-        if self.state != BACKOFF:
-            return
-        if self.cursor is None or self._relist_due:
-            self._list()
-        else:
-            self._watch()
+    def _interrupt_and_list(self):
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+        self._send_list()
+
+    def _relist_next(self):
+        self._relist_due = True
 
     # -- results --------------------------------------------------------------
 
@@ -352,20 +400,11 @@ class LeaseWatcher:
         self._retain_timer = self._reactor.callLater(max(0.0, due - self._reactor.seconds()),
                                                      self._retention_due)
 
-    def _retention_due(self):
-        """A retained peer's time is up: re-list (now if idle in a watch) to see if it is
-        back; the list removes the ones still absent."""
-        self._retain_timer = None
-        if self.state == WATCHING and self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
-            self._list()
-        elif self.state == BACKOFF:
-            self._relist_due = True
-        # LISTING: the list in flight is judged when it returns, after the deadline
-
     def _emit(self, events):
         try:
             self._sink(events)
         except Exception:
             self.log.failure("Backend failed to handle {n} lease events", n=len(events))
+
+
+check_table(TRANSITIONS, STATES, IDLE, LeaseWatcher)

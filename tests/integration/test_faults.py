@@ -156,6 +156,8 @@ class EtcdFaultTests(DaemonHarness, unittest.TestCase):
         yield wait_until(lambda: exists(server, self.key(subnet))
                          and server.v2_get(self.key(subnet))["node"].get("ttl", 0) > 86000,
                          timeout=15)
+        # etcd holds the key before its answer reaches the keeper: wait for that answer
+        yield wait_until(lambda: d.keeper.state == keeper_mod.HELD, timeout=5)
         self.assertEqual(d.lease.subnet, subnet)
         self.assertEqual(d.keeper.state, keeper_mod.HELD)
         self.assertNotIn(("stop",), self.backends[0].events)

@@ -80,12 +80,11 @@ class HealthHTTPTests(HealthHTTPClient, DaemonHarness, unittest.TestCase):
         # hold re-acquisition (etcd refuses the create) so that the lost lease shows
         d.keeper._manager = _Refusing(d.keeper._manager)
         self.server.v2_delete(self.key(d.lease.subnet))
-        yield wait_until(lambda: d.keeper.state in ("reacquiring", "retrying")
-                         and d.keeper.state != "held", timeout=10)
+        yield wait_until(lambda: d.keeper.state in ("reacquiring", "lost"), timeout=10)
         yield wait_until(lambda: d.keeper._manager.refused >= 1, timeout=10)
         code, body = yield self.healthz()
         self.assertEqual(code, 503, body)
-        self.assertIn(body["keeper"], ("reacquiring", "retrying"))
+        self.assertIn(body["keeper"], ("reacquiring", "lost"))
         self.assertTrue(body["lease_lost"])
         d.keeper._manager.refusing = False
         yield wait_until(lambda: d.keeper.state == "held", timeout=20)

@@ -116,7 +116,7 @@ class KeeperTests(unittest.TestCase):
         self.keeper.own_event(LeaseEvent(REMOVED, Lease(NET, None)))
         _, args, d = self.manager.next("acquire_lease")
         d.errback(EtcdUnavailable({}))
-        self.assertEqual(self.keeper.state, keeper.RETRYING)
+        self.assertEqual((self.keeper.state, self.keeper.lease_lost), (keeper.LOST, True))
         self.clock.advance(1.0)
         _, args, d = self.manager.next("acquire_lease")
         self.assertEqual(args[2], NET)
@@ -365,7 +365,7 @@ class SamePublicIPTests(unittest.TestCase):
         k.own_event(self.written(21))
         _, args, _ = self.manager.next("renew_lease")
         self.assertEqual(args[0].modified_index, 21)
-        self.assertEqual(k.state, keeper.RENEWING)
+        self.assertEqual(k.state, keeper.DEFENDING)
 
     def test_failed_renewal_finds_our_ip_written_by_someone_else(self):
         k = self.make(index=10)
@@ -466,3 +466,44 @@ class KeeperStatusTests(unittest.TestCase):
         k = self.make()
         k.stop()
         self.assertEqual((k.status().state, k.status().lease_ok), ("stopped", False))
+
+
+class LostStateTests(unittest.TestCase):
+    """LOST (re-acquiring failed, waiting) is its own state: the lease counts as lost
+    exactly while the state says so, never by a flag left behind."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.manager = FakeSubnetManager()
+        self.keeper = keeper.LeaseKeeper(
+            self.clock, self.manager, CONFIG, ATTRS,
+            Lease(NET, ATTRS, ttl=86400, modified_index=10), 3600,
+            backoff=make_backoff(initial=1.0, maximum=60.0, jitter=lambda: 0.0))
+        self.keeper.start()
+
+    def test_written_back_from_lost_is_held_and_healthy(self):
+        k = self.keeper
+        k.own_event(LeaseEvent(REMOVED, Lease(NET, None)))
+        self.manager.next("acquire_lease")[2].errback(EtcdUnavailable({}))
+        self.assertEqual((k.state, k.lease_lost, k.status().lease_ok), (keeper.LOST, True, False))
+        # our key re-appears, written by another process with our PublicIP: written back
+        k.own_event(LeaseEvent(ADDED, Lease(NET, ATTRS, ttl=86400, modified_index=12)))
+        self.assertEqual(k.state, keeper.DEFENDING)
+        _, args, d = self.manager.next("renew_lease")
+        self.assertEqual(args[0].modified_index, 12)
+        d.callback(Lease(NET, ATTRS, ttl=86400, modified_index=13))
+        self.assertEqual((k.state, k.lease_lost, k.status().lease_ok), (keeper.HELD, False, True))
+        self.assertEqual(k.next_renewal_in, 82800)
+
+    def test_stop_from_lost_cancels_the_retry(self):
+        k = self.keeper
+        k.own_event(LeaseEvent(REMOVED, Lease(NET, None)))
+        self.manager.next("acquire_lease")[2].errback(EtcdUnavailable({}))
+        k.stop()
+        self.clock.advance(3600)
+        self.assertEqual((k.state, self.manager.pending), (keeper.STOPPED, []))
+
+    def test_unknown_input_is_a_bug_not_ignored(self):
+        from flannel_tw.lease.machine import UnexpectedInput
+        self.assertRaises(UnexpectedInput, self.keeper._machine.fire, "acquired", None)
+        self.assertEqual(self.keeper.state, keeper.HELD)
