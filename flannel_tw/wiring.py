@@ -22,8 +22,9 @@ def build_daemon(options, reactor):
     ext_iface = _ext_iface(options)
     client = _etcd_client(options, reactor)
     from flannel_tw.kernel.monoclock import MonotonicClock
-    from flannel_tw.lease.manager import EtcdSubnetManager
-    manager = EtcdSubnetManager(client, prefix=options["etcd-prefix"])
+    from flannel_tw.etcd.registry import EtcdV2Registry
+    from flannel_tw.lease.manager import SubnetManager
+    manager = SubnetManager(EtcdV2Registry(client, prefix=options["etcd-prefix"]))
     settings = DaemonSettings(subnet_file=options["subnet-file"], ip_masq=options["ip-masq"],
                               forward_rules=options["iptables-forward-rules"],
                               renew_margin=options["subnet-lease-renew-margin"] * 60.0,

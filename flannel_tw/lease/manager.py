@@ -24,7 +24,6 @@ from zope.interface import implementer
 from flannel_tw.lease.allocate import choose_subnet, fits, holds_allocation
 from flannel_tw.model.config import ConfigError, parse_config
 from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
-from flannel_tw.etcd.registry import DEFAULT_PREFIX, EtcdV2Registry
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import IRegistry, ISubnetManager
 from flannel_tw.model.lease import (Lease, LeaseAttrs, LeaseParseError, key_name, key_to_subnet,
@@ -254,9 +253,3 @@ class SubnetManager:
         self.skipped.forget(node.key)    # replaced by a good value
         return LeaseEvent(ADDED, lease), index
 
-
-class EtcdSubnetManager(SubnetManager):
-    """The L{SubnetManager} on etcd v2: an L{EtcdV2Registry} on C{client} at C{prefix}."""
-
-    def __init__(self, client, prefix=DEFAULT_PREFIX, rand=None):
-        SubnetManager.__init__(self, EtcdV2Registry(client, prefix), rand=rand)

@@ -23,7 +23,8 @@ from flannel_tw import daemon as daemon_mod
 from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.model.events import REMOVED
 from flannel_tw.kernel.iface import ExtIface
-from flannel_tw.lease.manager import EtcdSubnetManager
+from flannel_tw.etcd.registry import DEFAULT_PREFIX, EtcdV2Registry
+from flannel_tw.lease.manager import SubnetManager
 from flannel_tw.model.config import DEFAULT_PREFIX
 from flannel_tw.testing.fakes import RecordingBackend
 from flannel_tw.testing.polling import wait_until
@@ -61,28 +62,29 @@ def free_port():
         return s.getsockname()[1]
 
 
-class CountingManager(EtcdSubnetManager):
-    """The real etcd subnet manager, counting calls by name (for 'no tight loop' checks)."""
+class CountingManager(SubnetManager):
+    """The real subnet manager on etcd v2, counting calls by name (for 'no tight loop'
+    checks)."""
 
-    def __init__(self, *a, **kw):
-        EtcdSubnetManager.__init__(self, *a, **kw)
+    def __init__(self, client, prefix=DEFAULT_PREFIX, rand=None):
+        SubnetManager.__init__(self, EtcdV2Registry(client, prefix), rand=rand)
         self.calls = collections.Counter()
 
     def get_network_config(self):
         self.calls["get_network_config"] += 1
-        return EtcdSubnetManager.get_network_config(self)
+        return SubnetManager.get_network_config(self)
 
     def watch_leases(self, wait_index):
         self.calls["watch_leases"] += 1
-        return EtcdSubnetManager.watch_leases(self, wait_index)
+        return SubnetManager.watch_leases(self, wait_index)
 
     def list_leases(self):
         self.calls["list_leases"] += 1
-        return EtcdSubnetManager.list_leases(self)
+        return SubnetManager.list_leases(self)
 
     def acquire_lease(self, *a, **kw):
         self.calls["acquire_lease"] += 1
-        return EtcdSubnetManager.acquire_lease(self, *a, **kw)
+        return SubnetManager.acquire_lease(self, *a, **kw)
 
 
 class DaemonHarness:

@@ -15,7 +15,8 @@ from twisted.internet import defer, reactor, task
 
 from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.model.lease import LeaseAttrs
-from flannel_tw.lease.manager import EtcdSubnetManager
+from flannel_tw.etcd.registry import EtcdV2Registry
+from flannel_tw.lease.manager import SubnetManager
 
 
 CONFIG_JSON = '{"Network": "10.5.0.0/16"}'
@@ -43,8 +44,8 @@ class ManagerTestMixin:
         server = server or self.server
         client = EtcdV2Client(reactor, [server.url])
         self.addCleanup(client.close)
-        return EtcdSubnetManager(client, prefix=prefix or self.prefix,
-                                 rand=random.Random(seed))
+        return SubnetManager(EtcdV2Registry(client, prefix=prefix or self.prefix),
+                             rand=random.Random(seed))
 
     def raw(self, subnet_key):
         return self.server.v2_get(self.prefix + "/subnets/" + subnet_key)["node"]

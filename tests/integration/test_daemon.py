@@ -14,7 +14,8 @@ from flannel_tw import daemon as daemon_mod
 from flannel_tw import wiring
 from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.kernel.iface import ExtIface
-from flannel_tw.lease.manager import EtcdSubnetManager
+from flannel_tw.etcd.registry import EtcdV2Registry
+from flannel_tw.lease.manager import SubnetManager
 from flannel_tw.host.subnetfile import parse_env
 from flannel_tw.testing.etcd import shared_etcd, unique_prefix
 from flannel_tw.testing.fakes import RecordingBackend
@@ -41,7 +42,7 @@ class DaemonTests(unittest.TestCase):
     def make_daemon(self, iface=IFACE, prepare_error=None, status=None, **settings):
         client = EtcdV2Client(reactor, [self.server.url])
         self.addCleanup(client.close)
-        manager = EtcdSubnetManager(client, prefix=self.prefix)
+        manager = SubnetManager(EtcdV2Registry(client, prefix=self.prefix))
 
         def factory(name, reactor_, ext_iface):
             if name not in ("udp", "recording"):
@@ -360,7 +361,7 @@ class RealRunLogTests(unittest.TestCase):
             "127.0.0.1 (MTU 65536), public IP 127.0.0.1",
             "[flannel_tw.daemon.FlannelDaemon#info] Network config: Network=10.5.0.0/16 "
             "SubnetLen=24 SubnetMin=10.5.1.0 SubnetMax=10.5.255.0 Backend=alloc",
-            "[flannel_tw.lease.manager.EtcdSubnetManager#info] Acquired lease %s" % subnet,
+            "[flannel_tw.lease.manager.SubnetManager#info] Acquired lease %s" % subnet,
             "[flannel_tw.daemon.FlannelDaemon#info] Wrote %s" % self.subnet_file,
             "[flannel_tw.daemon.FlannelDaemon#info] Running with lease %s in network "
             "10.5.0.0/16 (alloc backend, MTU 65536)" % subnet])

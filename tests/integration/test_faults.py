@@ -19,7 +19,8 @@ from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.lease import keeper as keeper_mod
 from flannel_tw.lease.backoff import make_backoff
-from flannel_tw.lease.manager import EtcdSubnetManager
+from flannel_tw.etcd.registry import EtcdV2Registry
+from flannel_tw.lease.manager import SubnetManager
 from flannel_tw.host.subnetfile import parse_env
 from flannel_tw.testing.etcd import EtcdServer, start_etcd_for_test
 from flannel_tw.testing.netfaults import SilenceableProxy
@@ -377,7 +378,7 @@ class SkewedClockTests(unittest.TestCase):
         server.put_config(CONFIG)
         client = EtcdV2Client(reactor, server.endpoints)
         self.addCleanup(client.close)
-        manager = EtcdSubnetManager(client)
+        manager = SubnetManager(EtcdV2Registry(client))
         config = parse_config(CONFIG)
         attrs = LeaseAttrs(IPv4Address("192.0.2.1"))
         lease = yield manager.acquire_lease(config, attrs)

@@ -12,7 +12,8 @@ from twisted.logger import LogLevel
 from twisted.trial import unittest
 
 from flannel_tw.etcd.client import EtcdV2Client
-from flannel_tw.lease.manager import EtcdSubnetManager
+from flannel_tw.etcd.registry import EtcdV2Registry
+from flannel_tw.lease.manager import SubnetManager
 from flannel_tw.testing.etcd import shared_etcd, unique_prefix
 from flannel_tw.testing.harness import capture_logs, logged
 from flannel_tw.testing.fuzz_fixtures import DEEP
@@ -39,7 +40,7 @@ class RealEtcdBadLeaseTests(unittest.TestCase):
         server.v2_put(subnets + "10.5.7.0-24", '{"PublicIP": "10.0.0.7"}')
         client = EtcdV2Client(reactor, [server.url])
         self.addCleanup(client.close)
-        manager = EtcdSubnetManager(client, prefix=prefix)
+        manager = SubnetManager(EtcdV2Registry(client, prefix=prefix))
         for _ in range(3):
             leases, _ = yield manager.list_leases()
             self.assertEqual([str(l.subnet) for l in leases], ["10.5.7.0/24"])

@@ -29,7 +29,7 @@ from flannel_tw.etcd.errors import EtcdError, EtcdIndexWentBack, EtcdMemberError
 from flannel_tw.model.events import ADDED, LeaseEvent
 from flannel_tw.model.lease import Lease, LeaseAttrs, LeaseParseError
 from flannel_tw.etcd.registry import EtcdV2Registry
-from flannel_tw.lease.manager import EtcdSubnetManager, SubnetManager
+from flannel_tw.lease.manager import SubnetManager
 from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.backend.udp import offload as O
 from flannel_tw.backend.udp import vnet as V
@@ -121,7 +121,8 @@ class ParserFuzzTests(unittest.TestCase):
             {"action": "get", "node": {"key": "/coreos.com/network/config",
                                        "value": DEEP}}).encode()
         client = EtcdV2Client(task.Clock(), ["http://127.0.0.1:2379"], http=StubTreq(resource))
-        f = self.failureResultOf(EtcdSubnetManager(client).get_network_config(), ConfigError)
+        f = self.failureResultOf(SubnetManager(EtcdV2Registry(client)).get_network_config(),
+                                 ConfigError)
         self.assertIn("nested too deeply", str(f.value))
 
     def test_parse_config_deep_nesting(self):
@@ -219,7 +220,7 @@ class WatchFuzzTests(unittest.TestCase):
         resource = _Watch((200, body))
         clock = task.Clock()
         client = EtcdV2Client(clock, ["http://127.0.0.1:2379"], http=StubTreq(resource))
-        manager = EtcdSubnetManager(client)
+        manager = SubnetManager(EtcdV2Registry(client))
         d = manager.watch_leases(5)
         results = []
         d.addBoth(results.append)

@@ -231,6 +231,23 @@ class DaemonWiringTests(unittest.TestCase):
         self.assertIsInstance(d._keeper_clock, MonotonicClock)
         self.assertIsInstance(d._keeper_clock._alarm, monoclock._TimerFdAlarm)
 
+    def test_build_daemon_runs_the_lease_policy_on_the_etcd_v2_registry(self):
+        from twisted.internet import reactor
+        from zope.interface.verify import verifyObject
+        from flannel_tw import wiring
+        from flannel_tw.interfaces import ISubnetManager
+        from flannel_tw.lease.manager import SubnetManager
+        from flannel_tw.tap import Options
+        options = Options(environ={})
+        options.parseOptions(["--etcd-endpoints=http://127.0.0.1:9", "--iface=127.0.0.1",
+                              "--iptables-forward-rules=false", "--etcd-prefix=/x/net/"])
+        d = wiring.build_daemon(options, reactor)
+        self.addCleanup(d.etcd_client.close)
+        self.addCleanup(d._keeper_clock.close)
+        self.assertIs(type(d.manager), SubnetManager)
+        verifyObject(ISubnetManager, d.manager)
+        self.assertEqual(d.manager.prefix, "/x/net")
+
 
 class RenewalLateTests(unittest.TestCase):
     """When a failing renewal makes the keeper unhealthy (keeper.renewal_late)."""
