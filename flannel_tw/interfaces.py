@@ -51,7 +51,9 @@ class ISubnetManager(Interface):
 
         @return: Deferred firing with C{(event_or_None, modified_index)} where event is a
             L{LeaseEvent}; None means the node could not be parsed (step past it).
-            Fails with L{flannel_tw.etcd.errors.EventIndexCleared} when the index is too old.
+            Fails with L{flannel_tw.etcd.errors.EventIndexCleared} when the index is too old
+            and with L{flannel_tw.etcd.errors.EtcdIndexWentBack} when the store's index is
+            below C{wait_index - 1} (wiped or restored); both mean: list again.
         """
 
     def get_lease(subnet):

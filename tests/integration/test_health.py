@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from flannel_tw.host.sdnotify import sd_notify, sd_status
 from flannel_tw.testing.etcd import start_etcd_for_test
-from flannel_tw.testing.harness import CONFIG, DaemonHarness, sleep
+from flannel_tw.testing.harness import CONFIG, CountingManager, DaemonHarness, sleep
 from flannel_tw.testing.polling import wait_until
 from flannel_tw.testing.health_client import HealthHTTPClient, notify_socket, received
 from flannel_tw.observe.status import health_body
@@ -74,40 +74,38 @@ class HealthHTTPTests(HealthHTTPClient, DaemonHarness, unittest.TestCase):
     @defer.inlineCallbacks
     def test_lease_lost_is_unhealthy_until_reacquired(self):
         self.server.put_config(CONFIG)
-        d = self.run_daemon(self.make_daemon(self.server.endpoints))
+        d = self.run_daemon(self.make_daemon(self.server.endpoints,
+                                             manager_class=_Refusing))
         self.listen(d)
         yield self.running(d)
         # hold re-acquisition (etcd refuses the create) so that the lost lease shows
-        d.keeper._manager = _Refusing(d.keeper._manager)
+        d.manager.refusing = True
         self.server.v2_delete(self.key(d.lease.subnet))
         yield wait_until(lambda: d.keeper.state in ("reacquiring", "lost"), timeout=10)
-        yield wait_until(lambda: d.keeper._manager.refused >= 1, timeout=10)
+        yield wait_until(lambda: d.manager.refused >= 1, timeout=10)
         code, body = yield self.healthz()
         self.assertEqual(code, 503, body)
         self.assertIn(body["keeper"], ("reacquiring", "lost"))
         self.assertTrue(body["lease_lost"])
-        d.keeper._manager.refusing = False
+        d.manager.refusing = False
         yield wait_until(lambda: d.keeper.state == "held", timeout=20)
         code, body = yield self.healthz()
         self.assertEqual(code, 200, body)
 
 
-class _Refusing:
-    """Wraps a subnet manager; acquire_lease fails while C{refusing}."""
+class _Refusing(CountingManager):
+    """The real subnet manager; acquire_lease fails while C{refusing}."""
 
-    def __init__(self, manager):
-        self._manager = manager
-        self.refusing = True
+    def __init__(self, *a, **kw):
+        CountingManager.__init__(self, *a, **kw)
+        self.refusing = False
         self.refused = 0
 
     def acquire_lease(self, *a, **kw):
         if self.refusing:
             self.refused += 1
             return defer.fail(RuntimeError("test: etcd refuses the create"))
-        return self._manager.acquire_lease(*a, **kw)
-
-    def __getattr__(self, name):
-        return getattr(self._manager, name)
+        return CountingManager.acquire_lease(self, *a, **kw)
 
 
 class NotifyTests(DaemonHarness, unittest.TestCase):
