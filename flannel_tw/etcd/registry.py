@@ -57,6 +57,10 @@ def _record(node):
                   modified_index=node.modified_index)
 
 
+def _answer(response):
+    return _record(response.node)
+
+
 @implementer(IRegistry)
 class EtcdV2Registry:
     """L{IRegistry} on an L{flannel_tw.etcd.client.EtcdV2Client}."""
@@ -94,30 +98,21 @@ class EtcdV2Registry:
         return records, (resp.etcd_index if resp.etcd_index is not None
                          else resp.node.modified_index)
 
-    @defer.inlineCallbacks
     def get(self, name):
-        resp = yield self._client.get(self.key(name), quorum=True)
-        return _record(resp.node)
+        return self._client.get(self.key(name), quorum=True).addCallback(_answer)
 
-    @defer.inlineCallbacks
     def create(self, name, value, ttl):
-        resp = yield self._client.create(self.key(name), value, ttl=ttl)
-        return _record(resp.node)
+        return self._client.create(self.key(name), value, ttl=ttl).addCallback(_answer)
 
-    @defer.inlineCallbacks
     def compare_and_set(self, name, value, ttl, prev_index=None, prev_value=None):
-        resp = yield self._client.set(self.key(name), value, ttl=ttl, prev_index=prev_index,
-                                      prev_value=prev_value)
-        return _record(resp.node)
+        return self._client.set(self.key(name), value, ttl=ttl, prev_index=prev_index,
+                                prev_value=prev_value).addCallback(_answer)
 
-    @defer.inlineCallbacks
     def set(self, name, value, ttl):
-        resp = yield self._client.set(self.key(name), value, ttl=ttl)
-        return _record(resp.node)
+        return self._client.set(self.key(name), value, ttl=ttl).addCallback(_answer)
 
-    @defer.inlineCallbacks
     def delete(self, name):
-        yield self._client.delete(self.key(name))
+        return self._client.delete(self.key(name)).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
     def watch(self, wait_index):
