@@ -89,6 +89,12 @@ class KernelSeamTests(unittest.TestCase):
         self.check(IHostGwKernel, HostGwKernel())
         self.check(IHostGwKernel, FakeKernel())
 
+    def test_lab_kernel(self):
+        """The namespace tests' kernel (both backends' code, one-entry shorthands)."""
+        from flannel_tw.testing.kernel_fixtures import LabKernel
+        self.check(IVxlanKernel, LabKernel())
+        self.check(IHostGwKernel, LabKernel())
+
     def test_netlink_module_and_fake(self):
         self.check(INetlink, netlink)
         self.check(INetlink, FakeNetlink())
