@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from flannel_tw.lease.allocate import choose_subnet, fits, holds_allocation
-from flannel_tw.model.config import ConfigError, parse_config
+from flannel_tw.model.config import parse_config
 from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import IRegistry, ISubnetManager

@@ -21,7 +21,7 @@ from flannel_tw.interfaces import IRegistry, ISubnetManager
 from flannel_tw.lease.manager import SUBNET_TTL, SubnetManager
 from flannel_tw.model.config import parse_config
 from flannel_tw.model.events import ADDED, REMOVED
-from flannel_tw.model.lease import Lease, LeaseAttrs
+from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.testing.registry import FakeRegistry
 
 CONFIG_JSON = '{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}'
