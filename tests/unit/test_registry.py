@@ -217,3 +217,47 @@ class PolicyOnFakeRegistryTests(unittest.TestCase):
         leases, index = self.successResultOf(self.manager.list_leases())
         self.assertEqual([l.subnet for l in leases], [NET])
         self.assertEqual(self.manager.skipped_counts()["bad-key"], 1)
+
+
+class KeeperOnFakeRegistryTests(unittest.TestCase):
+    """The keeper and the policy on the in-memory registry: every answer is synchronous,
+    so each input the keeper fires from inside an output is queued, never re-entered."""
+
+    def setUp(self):
+        from flannel_tw.lease.keeper import LeaseKeeper
+        self.clock = task.Clock()
+        self.registry = FakeRegistry(config=CONFIG_JSON)
+        self.manager = SubnetManager(self.registry, rand=random.Random(1))
+        lease = self.successResultOf(self.manager.acquire_lease(CONFIG, ATTRS,
+                                                                previous_subnet=NET))
+        self.changes = []
+        self.keeper = LeaseKeeper(self.clock, self.manager, CONFIG, ATTRS, lease, 3600,
+                                  on_new_lease=lambda new, old: self.changes.append(
+                                      (new.subnet, old.subnet)))
+        self.keeper.start()
+
+    def test_renewals_are_compare_and_swaps_on_our_last_write(self):
+        for _ in range(3):
+            before = self.keeper.lease.modified_index
+            self.clock.advance(82800)
+            self.assertEqual(self.registry.writes[-1][0::4], ("compare_and_set", before))
+            self.assertEqual(self.keeper.state, "held")
+        self.assertEqual(self.keeper.renewals, 3)
+
+    def test_wiped_store_is_reacquired_with_the_same_subnet(self):
+        self.registry.wipe(index=5)
+        self.clock.advance(82800)     # the renewal finds no key: re-acquire, same subnet
+        self.assertEqual(self.keeper.state, "held")
+        self.assertEqual(self.keeper.lease.subnet, NET)
+        self.assertEqual(self.changes, [(NET, NET)])
+        self.assertEqual(self.registry.records["10.5.7.0-24"].modified_index,
+                         self.keeper.lease.modified_index)
+
+    def test_another_host_on_our_key_moves_us(self):
+        self.registry.put_raw("10.5.7.0-24", '{"PublicIP":"192.0.2.9"}', ttl=86400)
+        self.clock.advance(82800)     # CAS fails, the read shows another PublicIP
+        self.assertEqual(self.keeper.state, "held")
+        self.assertNotEqual(self.keeper.lease.subnet, NET)
+        self.assertEqual(self.changes, [(self.keeper.lease.subnet, NET)])
+        self.assertEqual(json.loads(self.registry.records["10.5.7.0-24"].value)["PublicIP"],
+                         "192.0.2.9")
