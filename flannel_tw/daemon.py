@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_daemon,tests.unit.test_etcd_health,tests.unit.test_status -*-
+# -*- test-case-name: tests.integration.test_daemon, tests.unit.test_etcd_health, tests.unit.test_status -*-
 """
 The daemon: sequences start-up in the order flanneld does (config -> backend -> lease
 -> data plane -> subnet.env -> READY=1 -> watch + renew) over parts built elsewhere

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_capabilities, tests.unit.test_kernel_seam, tests.unit.test_registry -*-
 """
 The seams of flannel-tw, as zope.interface declarations. Real implementations and
 the test fakes both declare and are checked (``verifyObject``) against these.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_tap,tests.integration.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap, tests.integration.test_tap -*-
 """
 ``twistd flannel``: flanneld v0.10's flags (flannel-compat.md section 10), each also
 taken from ``FLANNELD_<NAME>`` when not given on the command line, and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_wiring,tests.integration.test_daemon -*-
+# -*- test-case-name: tests.unit.test_wiring, tests.integration.test_daemon -*-
 """
 The object graph of ``twistd flannel``, built in one place from the parsed options
 (L{flannel_tw.tap.Options}), as C{twisted.names.tap.makeService} does: the interface

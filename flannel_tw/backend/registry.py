@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_daemon -*-
+# -*- test-case-name: tests.integration.test_daemon -*-
 """Backend type name -> factory C{(reactor, ext_iface) -> IBackend}."""
 
 

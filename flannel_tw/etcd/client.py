@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_etcd_client -*-
+# -*- test-case-name: tests.unit.test_etcd_client, tests.integration.test_etcd_client -*-
 """An etcd v2 HTTP API client on treq (over a keepalive, no-compression Agent), speaking to etcd the way flanneld v0.10 does.
 
 Wire format

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_etcd_client -*-
+# -*- test-case-name: tests.unit.test_etcd_client, tests.integration.test_etcd_client -*-
 """Typed etcd v2 errors. Pure."""
 
 

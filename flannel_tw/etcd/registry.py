@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_subnet_manager,tests.unit.test_registry -*-
+# -*- test-case-name: tests.integration.test_subnet_manager, tests.unit.test_registry -*-
 """
 The registry on etcd v2: the raw store under flannel's prefix, with flanneld v0.10's
 exact requests (flannel-compat.md sections 2 and 3). No policy lives here: which lease

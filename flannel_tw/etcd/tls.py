@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.unit.test_tls, tests.integration.test_tls -*-
 """TLS to etcd: CA, client certificate and key, as an Agent policy (IPolicyForHTTPS)."""
 import os
 from twisted.internet import ssl

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_etcd_transport -*-
+# -*- test-case-name: tests.integration.test_etcd_transport -*-
 """
 The HTTP transport under L{flannel_tw.etcd.client.EtcdV2Client}: treq's C{HTTPClient}
 over an Agent whose TCP connections keep alive and that neither asks for nor accepts

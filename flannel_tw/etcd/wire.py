@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_etcd_client -*-
+# -*- test-case-name: tests.unit.test_etcd_client, tests.integration.test_etcd_client -*-
 """
 etcd v2's answers, pure: L{Node} and L{Response}, and L{parse_response}, which turns
 one HTTP answer (status, headers, body) into a Response or the typed error it means

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_iptables -*-
+# -*- test-case-name: tests.unit.test_iptables, tests.integration.test_iptables, tests.lab.test_iptables -*-
 """
 flanneld v0.10's iptables rules (flannel-compat.md section 9), N = Network, S = our subnet:
 

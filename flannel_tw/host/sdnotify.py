@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_daemon -*-
+# -*- test-case-name: tests.integration.test_daemon -*-
 """systemd's sd_notify protocol: one datagram to $NOTIFY_SOCKET."""
 import os
 import socket

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_subnetfile -*-
+# -*- test-case-name: tests.unit.test_subnetfile -*-
 """
 subnet.env (flannel-compat.md section 5): rendering, parsing, atomic writing, and
 the Docker options that mk-docker-opts.sh derives from it. Pure apart from file I/O.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.lab.test_vxlan,tests.unit.test_kernel_seam -*-
+# -*- test-case-name: tests.lab.test_vxlan, tests.unit.test_kernel_seam -*-
 """
 The batch/undo engine the routed backends' kernel work goes through (flannel-compat.md
 sections 7 and 8), on one long-lived L{Netlink} socket per L{Kernel}:

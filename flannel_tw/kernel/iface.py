@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_iface,tests.lab.test_iface -*-
+# -*- test-case-name: tests.unit.test_iface, tests.lab.test_iface -*-
 """
 Choosing the external interface and public IP as flanneld does (flannel-compat.md
 section 10), with pyroute2.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_monoclock -*-
+# -*- test-case-name: tests.unit.test_monoclock, tests.integration.test_monoclock -*-
 """
 A monotonic C{IReactorTime} for timers that must not follow wall-clock steps.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_kernel_seam,tests.lab.test_udp_backend -*-
+# -*- test-case-name: tests.unit.test_kernel_seam, tests.lab.test_udp_backend -*-
 """
 Kernel configuration for backends through pyroute2 (never by running ``ip``).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.lab.test_vxlan,tests.unit.test_kernel_seam -*-
+# -*- test-case-name: tests.lab.test_vxlan, tests.unit.test_kernel_seam -*-
 """
 One long-lived rtnetlink socket for bulk requests and dumps (blocking; run it in a
 thread, never on the reactor thread).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_allocate -*-
+# -*- test-case-name: tests.unit.test_allocate -*-
 """
 Choosing a free subnet as flanneld does (flannel-compat.md section 2, AcquireLease
 step 4): scan SubnetMin..SubnetMax, keep the first 100 that overlap no taken

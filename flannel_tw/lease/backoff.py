@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_watch -*-
+# -*- test-case-name: tests.unit.test_watch -*-
 """Retry delays: Twisted's capped, jittered exponential backoff with flannel-tw's defaults."""
 from twisted.application.internet import backoffPolicy
 

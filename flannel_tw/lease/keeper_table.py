@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_machine,tests.unit.test_keeper -*-
+# -*- test-case-name: tests.unit.test_machine, tests.unit.test_keeper -*-
 """
 The lease keeper's states and its transition table (L{flannel_tw.lease.keeper} says what
 each state means; L{flannel_tw.lease.machine} runs the table). Outputs are the names of

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_subnet_manager,tests.unit.test_registry -*-
+# -*- test-case-name: tests.integration.test_subnet_manager, tests.unit.test_registry -*-
 """
 The subnet manager: the lease policy (network config, lease acquisition, renewal,
 listing and watching) on any L{IRegistry} (the raw store; etcd v2 in

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_keeper,tests.unit.test_watch -*-
+# -*- test-case-name: tests.unit.test_keeper, tests.unit.test_watch -*-
 """
 Snapshots of the lease stage for the daemon's status (L{flannel_tw.observe}): frozen
 values, so a reader cannot change the keeper or the watcher through them.

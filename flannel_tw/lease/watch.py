@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_watch,tests.unit.test_machine -*-
+# -*- test-case-name: tests.unit.test_watch, tests.unit.test_machine -*-
 """
 The lease watcher: an explicit state machine that keeps a view of every lease in etcd
 and reports changes of the other hosts' routable leases to a sink (the backend).

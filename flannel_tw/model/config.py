@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.unit.test_config -*-
 """
 The network config stored at ``<prefix>/config``: parsing and validation with
 flanneld's rules and defaults (flannel-compat.md section 1 and 13). Pure: no reactor.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_lease -*-
+# -*- test-case-name: tests.unit.test_lease -*-
 """
 Leases: the etcd key ``<prefix>/subnets/10.5.34.0-24`` <-> subnet, and the value JSON
 exactly as flanneld writes it (flannel-compat.md section 2). Pure: no reactor.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_leasecheck -*-
+# -*- test-case-name: tests.unit.test_leasecheck -*-
 """
 Which leases read from etcd may be routed. Pure: no reactor.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_health,tests.unit.test_status -*-
+# -*- test-case-name: tests.integration.test_health, tests.unit.test_status -*-
 """
 ``/healthz`` and ``/readyz`` (twisted.web), on --healthz-ip/--healthz-port.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logs -*-
+# -*- test-case-name: tests.unit.test_logs -*-
 """
 The daemon's log output: ``--log-format text|json`` and a rate limit on repeated
 warnings and errors.

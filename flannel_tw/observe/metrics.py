@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_metrics,tests.unit.test_etcd_metrics -*-
+# -*- test-case-name: tests.unit.test_metrics, tests.unit.test_etcd_metrics -*-
 """
 A Prometheus endpoint (``--metrics-port``, ``--metrics-ip``; flannel-tw only).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.unit.test_tls, tests.integration.test_tls -*-
 """
 Throw-away X.509 material for tests: a CA, a server certificate for 127.0.0.1 and a
 client certificate, made with the C{cryptography} package (EC P-256 keys, so it is fast).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_etcd_client -*-
+# -*- test-case-name: tests.unit.test_etcd_client, tests.integration.test_etcd_client -*-
 """Run a real etcd (v2 API enabled) for tests and for the namespace lab.
 
 Synchronous helpers (subprocess + urllib); nothing here needs a running reactor.

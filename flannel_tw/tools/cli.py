@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_install_units, tests.integration.test_dockeropts -*-
 """
 ``flannel-tw``: the helper commands around the daemon.
 

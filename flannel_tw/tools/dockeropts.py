@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dockeropts -*-
+# -*- test-case-name: tests.unit.test_dockeropts, tests.integration.test_dockeropts -*-
 """
 ``flannel-tw docker-opts``: mk-docker-opts.sh (flannel-compat.md section 5) in Python.
 Reads subnet.env and writes the Docker daemon options, atomically. Pure apart from

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_install_units -*-
+# -*- test-case-name: tests.unit.test_install_units, tests.integration.test_install_units -*-
 """
 ``flannel-tw install-units``: write the systemd units (and the CNI plugin shim) with the
 absolute paths of the install this command runs from.

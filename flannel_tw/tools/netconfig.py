@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_netconfig -*-
+# -*- test-case-name: tests.unit.test_netconfig, tests.integration.test_netconfig -*-
 """
 ``flannel-tw config get`` / ``flannel-tw config set``: read or publish the network
 config, C{<prefix>/config}, in etcd's v2 keyspace (the key flannel-tw and flanneld

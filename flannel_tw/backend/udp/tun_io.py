@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_udp_port,tests.unit.test_udp_backend -*-
+# -*- test-case-name: tests.unit.test_udp_port, tests.unit.test_udp_backend -*-
 """
 The udp backend's two ends at flannel0: L{TunReader}, the reactor-registered
 descriptor that wakes the send path when the TUN has packets, and L{TunWriter}, which

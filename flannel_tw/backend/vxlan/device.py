@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_vxlan,tests.lab.test_vxlan,tests.unit.test_kernel_seam -*-
+# -*- test-case-name: tests.unit.test_vxlan, tests.lab.test_vxlan, tests.unit.test_kernel_seam -*-
 """
 The vxlan backend's kernel side (flannel-compat.md section 7): the device
 C{flannel.<VNI>} (made or reused, its address), the value types of the device and of a

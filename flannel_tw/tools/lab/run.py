@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_lab_topology -*-
+# -*- test-case-name: tests.unit.test_lab_topology, tests.integration.test_lab_topology, tests.lab.test_lab_topology -*-
 """
 ``flannel-tw lab``: build a namespace lab, run a real etcd and one flannel-tw
 daemon per host, put a docker-like container behind each host, and ping every

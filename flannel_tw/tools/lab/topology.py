@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_lab_topology -*-
+# -*- test-case-name: tests.unit.test_lab_topology, tests.integration.test_lab_topology, tests.lab.test_lab_topology -*-
 """
 Synchronous building blocks for a namespace lab: hosts as network namespaces
 joined by a bridge in a "switch" namespace, and a docker-like container behind
