@@ -1,10 +1,6 @@
 """Test helpers (formerly in tests/test_cni.py), shared by
 tests/integration/test_cni.py, tests/lab/test_cni.py, tests/unit/test_cni.py.
-
-flannel_tw.tools.cni: delegate config generation, environment checks and error JSON
-(unit, with a fake delegate), and containers attached through the real plugin
-(bridge + host-local from containernetworking-plugins) on two udp lab hosts
-reaching each other."""
+(No test module imports another: what several need lives here.)"""
 
 import os
 

@@ -4,12 +4,7 @@ tests/integration/test_fuzz.py, tests/integration/test_health.py,
 tests/integration/test_lease_cas.py, tests/integration/test_lease_health.py,
 tests/integration/test_lease_routing.py, tests/integration/test_tls.py,
 tests/integration/test_wipe.py, tests/unit/test_fuzz.py, tests/unit/test_tls.py.
-
-The daemon against a misbehaving real etcd (a private server per test): not up at
-start, killed mid-run, wiped, our lease deleted or expired, our subnet taken while we
-were away, the pool exhausted, a dead endpoint in the list; and lease renewal that
-follows the TTL etcd returns. A recording backend stands in for the data plane, so
-"no route removed" means "no REMOVED event reached the backend"."""
+(No test module imports another: what several need lives here.)"""
 
 import collections
 import os

@@ -1,10 +1,7 @@
 """Test helpers (formerly in tests/test_health.py), shared by
 tests/integration/test_health.py, tests/integration/test_lease_health.py,
 tests/lab/test_health.py.
-
-/healthz and /readyz over real HTTP on loopback, driven by a real etcd that goes away
-and comes back; systemd's READY=1 on a real AF_UNIX datagram socket, in-process and
-from ``twistd -n flannel`` in a lab namespace, with a clean SIGTERM stop."""
+(No test module imports another: what several need lives here.)"""
 
 import json
 import socket

@@ -1,9 +1,6 @@
 """Test helpers (formerly in tests/test_iptables.py), shared by
 tests/integration/test_iptables.py, tests/lab/test_iptables.py, tests/unit/test_iptables.py.
-
-flanneld's iptables rules: the rule lists (pure), TrafficRules' check-and-restore logic
-against an in-memory iptables on a task.Clock, and the real ``iptables`` binary inside a
-private network namespace (root only)."""
+(No test module imports another: what several need lives here.)"""
 
 
 

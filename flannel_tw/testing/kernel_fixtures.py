@@ -1,10 +1,7 @@
 """Test helpers (formerly in tests/test_vxlan.py), shared by
 tests/lab/test_vxlan.py, tests/unit/test_hostgw.py, tests/unit/test_iptables.py,
 tests/unit/test_vxlan.py.
-
-The vxlan backend: options and lease attrs (pure), the backend's event logic against a
-recording fake kernel (flannel_tw.testing.fakes.FakeKernel), and the kernel code (flannel_tw.kernel, backend/vxlan/device.py,
-backend/hostgw.py) on a real kernel inside a private network namespace (root only)."""
+(No test module imports another: what several need lives here.)"""
 
 from ipaddress import IPv4Address, IPv4Network
 

@@ -1,22 +1,6 @@
 """Test helpers (formerly in tests/test_kernel_overlay.py), shared by
 tests/lab/test_kernel_overlay.py, tests/lab/test_lease_lab.py.
-
-The vxlan and host-gw data planes end to end on real kernels: a real etcd in the lab's
-switch namespace, one ``twistd flannel --ip-masq`` per host namespace, a docker-like
-container behind each host, and a "receiver" namespace on the lab bridge outside the
-overlay (host 9, no daemon).
-
-One lab per backend is shared by a sequence of checks (kept in one test method so the
-whole file stays well under a minute): two hosts (ping, 4 MB TCP with sha256, ip-masq
-to the receiver, no masquerading inside the overlay), a third host joining (ping matrix,
-TCP), exact kernel entries and iptables rules on every host, a daemon restart (same
-subnet, entries left from the earlier run for a vanished lease removed, one copy of
-everything), a vxlan peer coming back with a new VtepMAC, a host-gw route deleted by
-hand coming back, a host leaving, leases of other types ignored, an unreachable host-gw
-peer logged by name, and host-gw refusing a NAT'ed PublicIP.
-
-All traffic goes only to addresses inside namespaces the test created; teardown is
-registered before anything is made."""
+(No test module imports another: what several need lives here.)"""
 
 import hashlib
 import json

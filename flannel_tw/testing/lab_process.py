@@ -1,9 +1,6 @@
 """Test helpers (formerly in tests/test_process.py), shared by
 tests/lab/test_health.py, tests/lab/test_process.py.
-
-``twistd -n flannel`` and ``twistd -ny tac/flannel.tac`` as real processes, each in a
-host namespace of the lab, against a real etcd in the lab's switch namespace
-(alloc backend: these tests are about the control plane, not the data path)."""
+(No test module imports another: what several need lives here.)"""
 
 
 

@@ -1,8 +1,6 @@
 """Test helpers (formerly in tests/test_metrics.py), shared by
 tests/lab/test_metrics.py, tests/unit/test_etcd_metrics.py, tests/unit/test_metrics.py.
-
-flannel_tw.observe.metrics: the collector over hand-built status snapshots, the page via StubTreq,
-and a scrape of a real daemon's endpoint in a two-host udp lab after traffic."""
+(No test module imports another: what several need lives here.)"""
 
 from prometheus_client.parser import text_string_to_metric_families
 

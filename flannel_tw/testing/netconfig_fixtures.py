@@ -1,10 +1,6 @@
 """Test helpers (formerly in tests/test_netconfig.py), shared by
 tests/integration/test_netconfig.py, tests/unit/test_netconfig.py.
-
-flannel_tw.tools.netconfig (``flannel-tw config get|set``) against a real etcd 3.5 (v2 API):
-plain, over TLS with client certificates (from the flags and from $ETCD_SSL_DIR, as the
-daemon finds them), with v2 basic auth; the JSON checked before anything is written;
-usage errors naming the flag or variable; and the command as a process."""
+(No test module imports another: what several need lives here.)"""
 
 import io
 

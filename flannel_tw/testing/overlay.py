@@ -2,15 +2,7 @@
 flannel_tw/testing/kernel_overlay.py, tests/lab/test_kernel_overlay.py,
 tests/lab/test_lease_lab.py, tests/lab/test_overlay.py, tests/lab/test_udp_backend.py,
 tests/unit/test_overlay.py.
-
-The udp overlay on real kernels, end to end: a real etcd in the lab's switch
-namespace, one ``twistd flannel`` (udp backend, TUN flannel0, UDP 8285) per
-host namespace, and a docker-like container behind each host
-(flannel_tw.tools.lab).
-
-Every test builds its own lab (about two seconds each) and tears it down in a
-cleanup, so namespaces, devices and processes go away even when a test fails.
-All traffic goes only to addresses inside namespaces the test created."""
+(No test module imports another: what several need lives here.)"""
 
 import json
 import os

@@ -4,9 +4,7 @@ tests/integration/test_faults.py, tests/integration/test_health.py,
 tests/integration/test_lease_cas.py, tests/integration/test_lease_health.py,
 tests/integration/test_lease_routing.py, tests/integration/test_subnet_manager.py,
 tests/integration/test_tls.py, tests/integration/test_wipe.py, tests/unit/test_fuzz.py.
-
-The etcd subnet manager and the lease watcher against a real etcd (v2 API), started
-by the suite on a free loopback port."""
+(No test module imports another: what several need lives here.)"""
 
 import random
 from ipaddress import IPv4Address

@@ -1,10 +1,7 @@
 """Test helpers (formerly in tests/test_udp_backend.py), shared by
 tests/lab/test_udp_backend.py, tests/unit/test_fuzz.py, tests/unit/test_offload.py,
 tests/unit/test_udp_backend.py.
-
-Tests for the udp backend (flannel_tw.backend.udp.backend) on the real reactor, with a
-FakeTun and real UDP sockets on loopback; plus real-kernel TUN tests (flannel_tw.kernel.tun,
-flannel_tw.kernel.netlink) inside a throw-away network namespace."""
+(No test module imports another: what several need lives here.)"""
 
 import socket
 import struct

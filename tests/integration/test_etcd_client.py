@@ -1,5 +1,6 @@
 """Tests for flannel_tw.etcd.client (StubTreq unit tests and real-etcd integration tests)
-and for the flannel_tw.testing.etcd runner."""
+
+The integration tests (RealEtcdTests, PrivateEtcdTests, EtcdServerTests); the whole description is in tests/unit/test_etcd_client.py."""
 
 import json
 import socket

@@ -1,15 +1,6 @@
 """What users install, not the checkout: the wheel and the sdist built from this tree,
-installed into a fresh virtualenv and run from C{/} (no checkout on any path).
 
-- the wheel and the sdist hold C{twisted/plugins/flannel_plugin.py}, the tac files,
-  the systemd units and the CNI shim, LICENSE, and every module of C{flannel_tw};
-- a wheel built from the sdist holds the same files (what pip does with an sdist);
-- in a fresh venv: C{twistd flannel --version}, C{python -m flannel_tw version},
-  C{flannel-tw plugin-cache} (which leaves a current, readable Twisted plugin cache),
-  and a daemon (C{twistd -n flannel}, alloc backend) against a real etcd in a lab
-  namespace, until it writes subnet.env.
-
-The fresh venv costs a pip install of the dependencies (from pip's cache when warm)."""
+The integration tests (ArchiveTests); the whole description is in tests/lab/test_install.py."""
 
 import glob
 import os

@@ -1,7 +1,6 @@
 """flannel_tw.tools.install (``flannel-tw install-units``): the bin directory of the running
-install, the rendering of the shipped units with its absolute paths, atomic and
-idempotent writes, the operator's options.env kept, dry runs, and the command line
-(in-process and as a process)."""
+
+The integration tests (MainTests); the whole description is in tests/unit/test_install_units.py."""
 
 import io
 import os

@@ -1,6 +1,6 @@
 """flanneld's iptables rules: the rule lists (pure), TrafficRules' check-and-restore logic
-against an in-memory iptables on a task.Clock, and the real ``iptables`` binary inside a
-private network namespace (root only)."""
+
+The integration tests (ProcessRunnerLookupTests); the whole description is in tests/unit/test_iptables.py."""
 
 import os
 

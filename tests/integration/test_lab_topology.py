@@ -1,5 +1,6 @@
 """Tests for flannel_tw.tools.lab.topology on real kernels: namespaces, a bridge, veths.
-All traffic stays inside the namespaces each test makes."""
+
+The integration tests (LabRunPureTests); the whole description is in tests/lab/test_lab_topology.py."""
 
 import subprocess
 from ipaddress import IPv4Address

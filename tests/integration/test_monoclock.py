@@ -1,4 +1,6 @@
-"""MonotonicClock: calls on a fake clock and alarm, and on a real reactor whose wall clock steps."""
+"""MonotonicClock: calls on a fake clock and alarm, and on a real reactor whose wall clock steps.
+
+The integration tests (RealReactorStepTests); the whole description is in tests/unit/test_monoclock.py."""
 
 import json
 import os

@@ -1,4 +1,6 @@
-"""``twistd flannel`` options: flanneld's flags, defaults, FLANNELD_* variables, errors."""
+"""``twistd flannel`` options: flanneld's flags, defaults, FLANNELD_* variables, errors.
+
+The integration tests (TwistdProcessTests); the whole description is in tests/unit/test_tap.py."""
 
 import os
 import subprocess

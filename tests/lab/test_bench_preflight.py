@@ -1,5 +1,6 @@
 """bench.preflight: the benchmark refuses to start, with a clear message, on a machine
-that is not set up (instead of minutes of "daemon exited (1)")."""
+
+The lab tests (CommandTests); the whole description is in tests/unit/test_bench_preflight.py."""
 
 import os
 import subprocess

@@ -1,6 +1,6 @@
 """/healthz and /readyz over real HTTP on loopback, driven by a real etcd that goes away
-and comes back; systemd's READY=1 on a real AF_UNIX datagram socket, in-process and
-from ``twistd -n flannel`` in a lab namespace, with a clean SIGTERM stop."""
+
+The lab tests (TwistdNotifyTests); the whole description is in tests/integration/test_health.py."""
 
 import json
 import os

@@ -1,8 +1,6 @@
 """The udp backend's offloaded mode (flannel_tw.backend.udp.offload): vnet headers, user-space
-segmentation and splitting, checksum completion (hypothesis); the negotiation through
-the lease's BackendData; the data path with a FakeTun that carries vnet headers; and,
-in the namespace lab, TCP transfers checked with sha256 between two offloading hosts
-and between an offloading host and one with offload off (flanneld's wire format)."""
+
+The lab tests (OffloadLabTests); the whole description is in tests/unit/test_offload.py."""
 
 import hashlib
 import json

@@ -1,6 +1,6 @@
 """Tests for the udp backend (flannel_tw.backend.udp.backend) on the real reactor, with a
-FakeTun and real UDP sockets on loopback; plus real-kernel TUN tests (flannel_tw.kernel.tun,
-flannel_tw.kernel.netlink) inside a throw-away network namespace."""
+
+The lab tests (ForeignDestinationLabTests, RealTunTests); the whole description is in tests/unit/test_udp_backend.py."""
 
 import ctypes
 import os

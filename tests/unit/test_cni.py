@@ -1,7 +1,6 @@
 """flannel_tw.tools.cni: delegate config generation, environment checks and error JSON
-(unit, with a fake delegate), and containers attached through the real plugin
-(bridge + host-local from containernetworking-plugins) on two udp lab hosts
-reaching each other."""
+
+The unit tests (ConfigTests, ErrorTests); the whole description is in tests/integration/test_cni.py."""
 
 import io
 import json

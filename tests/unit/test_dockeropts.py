@@ -1,5 +1,6 @@
 """Tests for flannel_tw.tools.dockeropts: ``flannel-tw docker-opts`` with the flags and
-output of mk-docker-opts.sh (flannel-compat.md section 5)."""
+
+The unit tests (PropertyTests); the whole description is in tests/integration/test_dockeropts.py."""
 
 import io
 import os

@@ -1,5 +1,6 @@
 """Tests for flannel_tw.kernel.iface on a real kernel, inside a network namespace
-made for each test (veth pairs and a bridge with addresses and a default route)."""
+
+The unit tests (PureTests); the whole description is in tests/lab/test_iface.py."""
 
 from ipaddress import IPv4Address
 

@@ -1,5 +1,6 @@
 """Tests for flannel_tw.tools.lab.topology on real kernels: namespaces, a bridge, veths.
-All traffic stays inside the namespaces each test makes."""
+
+The unit tests (PureTests); the whole description is in tests/lab/test_lab_topology.py."""
 
 from twisted.trial import unittest
 

@@ -1,11 +1,6 @@
 """The udp overlay on real kernels, end to end: a real etcd in the lab's switch
-namespace, one ``twistd flannel`` (udp backend, TUN flannel0, UDP 8285) per
-host namespace, and a docker-like container behind each host
-(flannel_tw.tools.lab).
 
-Every test builds its own lab (about two seconds each) and tears it down in a
-cleanup, so namespaces, devices and processes go away even when a test fails.
-All traffic goes only to addresses inside namespaces the test created."""
+The unit tests (PacketTests); the whole description is in tests/lab/test_overlay.py."""
 
 import struct
 from ipaddress import IPv4Address

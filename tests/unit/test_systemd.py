@@ -1,19 +1,6 @@
 """The systemd units in flannel_tw/deploy/systemd.
 
-- Each shipped file parsed (a small unit-file parser that keeps repeated keys, as
-  systemd does) and its key directives checked: absolute paths into the default
-  install (/opt/flannel-tw), RestartPreventExitStatus=64, Wants= (not Requires=) on
-  flanneld from Docker's side, the config drop-in running ``flannel-tw config set``.
-- The environment the daemon gets from the unit, its drop-ins and options.env,
-  computed by systemd.exec(5)'s documented rule, then parsed by the daemon's Options:
-  the TLS drop-in's https endpoint really reaches the daemon.
-- ``systemd-analyze verify`` over the units as ``flannel-tw install-units`` writes
-  them for this very install (the venv's real twistd and flannel-tw), with no stub
-  executables anywhere; the unit search path is the scratch directory plus the
-  distro's units (SYSTEMD_UNIT_PATH), and executables are checked on the real
-  filesystem. Commands of other packages that this host lacks (dockerd, etcdctl)
-  are replaced, visibly, by real executables.
-- ``twistd flannel`` and the .tac files exit 64 on a bad flag or value."""
+The unit tests (ParserTests, UnitTests, EnvironmentTests); the whole description is in tests/integration/test_systemd.py."""
 
 import os
 import shlex

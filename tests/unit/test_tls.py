@@ -1,8 +1,6 @@
 """etcd over TLS with client certificates, and etcd v2 basic auth, against a real etcd.
-Certificates are made in the test (flannel_tw.testing.certs). Bad files at start-up
-are fatal with a message naming the file (flanneld: "Failed to create SubnetManager");
-TLS failures at runtime (untrusted server, rejected client certificate) are logged
-clearly and retried, and the daemon recovers once the certificates are fixed."""
+
+The unit tests (TLSFileTests, InsecureSettingsTests); the whole description is in tests/integration/test_tls.py."""
 
 import os
 import shutil
