@@ -26,7 +26,7 @@ from flannel_tw.backend.registry import UnknownBackend, make_backend
 from flannel_tw.interfaces import (ICountingBackend, IReconcilingBackend,
                                    IReconfiguringBackend, IRoutesBackend)
 from flannel_tw.model.config import ConfigError
-from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.model.backoff import make_backoff
 from flannel_tw.lease.keeper import LeaseKeeper
 from flannel_tw.lease.watch import LeaseWatcher
 from flannel_tw.host.subnetfile import read_previous_subnet, render_subnet_env, write_atomic

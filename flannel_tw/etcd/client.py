@@ -55,12 +55,12 @@ from twisted.python.failure import Failure
 from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdMemberError,
                                     EtcdProtocolError, EtcdUnavailable,
                                     describe_transport_error, etcd_error_kind)
-from flannel_tw.etcd.transport import MAX_BODY, build_http, discard_body, read_body
+from flannel_tw.etcd.transport import MAX_BODY, build_http, discard_body, quiet_pool, read_body
 from flannel_tw.etcd.wire import (SNIPPET as _SNIPPET, Node, Response,  # Node, Response:
                                   header_index as _header_index,        # re-exported
                                   parse_response as _parse, says_unhealthy as _says_unhealthy,
                                   validate_endpoint as _validate_endpoint)
-from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.model.backoff import make_backoff
 
 __all__ = ["Node", "Response", "EtcdV2Client"]
 
@@ -147,7 +147,6 @@ class EtcdV2Client:
         self._empty_backoff = make_backoff()
         if http is None:
             from twisted.web.client import BrowserLikePolicyForHTTPS
-            from flannel_tw.observe.logs import quiet_pool
 
             self._pool = quiet_pool(reactor, persistent=True)  # no factory lines per connection
             http = build_http(

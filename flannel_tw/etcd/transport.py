@@ -16,14 +16,13 @@ compressed bodies, and a body reader with a size cap.
 - B{Size cap}: L{read_body} stops reading (and drops the connection) past C{limit}
   bytes and fails with L{EtcdResponseTooLarge}.
 """
-import base64
 import socket
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.web.client import Agent, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
@@ -32,11 +31,22 @@ from zope.interface import implementer
 
 from flannel_tw.etcd.errors import EtcdMemberError, EtcdResponseTooLarge
 
-__all__ = ["KEEPALIVE", "MAX_BODY", "KeepAliveEndpointFactory", "IdentityAgent", "build_http", "read_body",
+__all__ = ["quiet_pool", "KEEPALIVE", "MAX_BODY", "KeepAliveEndpointFactory", "IdentityAgent", "build_http", "read_body",
            "discard_body", "set_keepalive"]
 
 KEEPALIVE = {"idle": 30, "interval": 10, "count": 3}   # seconds, seconds, probes
 MAX_BODY = 64 * 1024 * 1024                             # bytes per response
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False       # no "Starting factory" / "Stopping factory" per connection
+
+
+def quiet_pool(reactor, persistent=True):
+    """An HTTPConnectionPool whose per-connection factories log nothing."""
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool._factory = _QuietClientFactory
+    return pool
 
 
 def set_keepalive(sock, idle=KEEPALIVE["idle"], interval=KEEPALIVE["interval"],

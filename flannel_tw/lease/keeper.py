@@ -58,7 +58,7 @@ from twisted.logger import Logger
 
 from flannel_tw.etcd.errors import KeyNotFound, TestFailed
 from flannel_tw.model.events import REMOVED
-from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.model.backoff import make_backoff
 from flannel_tw.lease.keeper_table import (  # noqa: F401 (the states are the keeper's API)
     CONFLICT, DEFENDING, HELD, INSPECTING, LOST, REACQUIRING, RENEWING, RETRYING, STATES,
     STOPPED, TRANSITIONS)

@@ -50,7 +50,7 @@ from flannel_tw.etcd.errors import EtcdIndexWentBack, EventIndexCleared
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.model.lease import Lease, subnet_to_key
 from flannel_tw.model.leasecheck import SkipMemory, lease_problem
-from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.model.backoff import make_backoff
 from flannel_tw.lease.machine import Machine, check_table
 from flannel_tw.lease.status import WatcherStatus
 

@@ -18,7 +18,7 @@ does not fill the disk. Info and debug events always pass.
 With ``-v 0`` (the default) debug events are not written; ``-v=N`` (N > 0, or
 FLANNELD_V) writes them too.
 
-Quiet plumbing: the etcd client's connection pool (L{quiet_pool}) and the
+Quiet plumbing: the etcd client's connection pool (L{flannel_tw.etcd.transport.quiet_pool}) and the
 /healthz and /metrics sites (L{QuietSite}) log no "Starting factory" lines and no
 access-log lines at the default level (requests go to debug), and
 L{redact_url} keeps etcd credentials out of log lines.
@@ -41,7 +41,6 @@ from twisted.logger import (FileLogObserver, FilteringLogObserver, ILogObserver,
 from twisted.python import threadable
 from twisted.python.components import Componentized
 from twisted.web import server
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import implementer
 
 FORMATS = ("text", "json")
@@ -248,17 +247,6 @@ def redact_url(url):
         return "<unparsable URL>"
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False       # no "Starting factory" / "Stopping factory" per connection
-
-
-def quiet_pool(reactor, persistent=True):
-    """An HTTPConnectionPool whose per-connection factories log nothing."""
-    pool = HTTPConnectionPool(reactor, persistent=persistent)
-    pool._factory = _QuietClientFactory
-    return pool
 
 
 _access_log = Logger(namespace="flannel_tw.web")

@@ -18,7 +18,7 @@ from flannel_tw.model.config import parse_config
 from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.lease import keeper as keeper_mod
-from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.model.backoff import make_backoff
 from flannel_tw.etcd.registry import EtcdV2Registry
 from flannel_tw.lease.manager import SubnetManager
 from flannel_tw.host.subnetfile import parse_env

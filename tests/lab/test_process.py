@@ -11,8 +11,8 @@ import time
 from twisted.trial import unittest
 
 from flannel_tw.tools.lab import run as labrun
-from flannel_tw.tools.lab.topology import Lab, parse_subnet_env
-from flannel_tw.testing.lab_process import CONFIG
+from flannel_tw.tools.lab.topology import Lab
+from flannel_tw.testing.lab_process import CONFIG, wait_for_subnet_env
 from flannel_tw.testing import skips
 
 
@@ -37,14 +37,7 @@ class ProcessTests(unittest.TestCase):
         return json.loads(cp.stdout)
 
     def wait_for(self, path, proc, log, timeout=30):
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(path):
-            if proc.poll() is not None:
-                self.fail("daemon exited with %s:\n%s" % (proc.returncode, open(log).read()))
-            if time.monotonic() > deadline:
-                self.fail("no %s after %ss:\n%s" % (path, timeout, open(log).read()))
-            time.sleep(0.1)
-        return parse_subnet_env(path)
+        return wait_for_subnet_env(self, path, proc, log, timeout, what="daemon")
 
     def stop(self, proc):
         """

@@ -7,13 +7,13 @@ import json
 import os
 import signal
 import sys
-import time
 
 from twisted.trial import unittest
 
 from flannel_tw.tools.lab import run as labrun
-from flannel_tw.tools.lab.topology import Lab, parse_subnet_env
+from flannel_tw.tools.lab.topology import Lab
 from flannel_tw.testing import skips
+from flannel_tw.testing.lab_process import wait_for_subnet_env
 
 
 class TacTests(unittest.TestCase):
@@ -45,14 +45,7 @@ class TacTests(unittest.TestCase):
         return proc, log, subnet_file
 
     def wait_for(self, path, proc, log, timeout=30):
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(path):
-            if proc.poll() is not None:
-                self.fail("twistd exited with %s:\n%s" % (proc.returncode, open(log).read()))
-            if time.monotonic() > deadline:
-                self.fail("no %s after %ss:\n%s" % (path, timeout, open(log).read()))
-            time.sleep(0.1)
-        return parse_subnet_env(path)
+        return wait_for_subnet_env(self, path, proc, log, timeout, what="twistd")
 
     def get(self, url):
         code = ("import sys, urllib.request as u; "

@@ -12,7 +12,7 @@ from flannel_tw.model.lease import Lease, LeaseAttrs
 from flannel_tw.kernel import monoclock
 from flannel_tw.kernel.monoclock import MonotonicClock
 from flannel_tw.lease import keeper
-from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.model.backoff import make_backoff
 from flannel_tw.lease.status import KeeperStatus
 from flannel_tw.testing.fakes import FakeSubnetManager
 

@@ -301,7 +301,8 @@ class QuietPlumbingTests(unittest.TestCase):
             self.assertEqual(logs.redact_url(url), want)
 
     def test_quiet_pool_factories_are_not_noisy(self):
-        pool = logs.quiet_pool(task.Clock())
+        from flannel_tw.etcd.transport import quiet_pool
+        pool = quiet_pool(task.Clock())
         self.assertFalse(pool._factory.noisy)
         self.assertTrue(pool.persistent)
         from twisted.web.resource import Resource

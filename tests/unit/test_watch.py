@@ -12,7 +12,7 @@ from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import ISubnetManager
 from flannel_tw.model.lease import Lease, LeaseAttrs, key_to_subnet
 from flannel_tw.lease import watch
-from flannel_tw.lease.backoff import make_backoff
+from flannel_tw.model.backoff import make_backoff
 from flannel_tw.lease.status import WatcherStatus
 from flannel_tw.testing.fakes import FakeSubnetManager
 

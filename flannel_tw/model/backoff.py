@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.unit.test_watch -*-
-"""Retry delays: Twisted's capped, jittered exponential backoff with flannel-tw's defaults."""
+"""Retry delays (pure: no reactor): Twisted's capped, jittered exponential backoff with flannel-tw's defaults."""
 from twisted.application.internet import backoffPolicy
 
 
