@@ -10,9 +10,10 @@ from twisted.logger import Logger
 
 class FirstList:
     """
-    The subnet manager as the lease watcher sees it: the leases of the first successful
-    list also go to C{on_first} (a backend's C{reconcile}), before the watcher turns them
-    into events.
+    The subnet manager as the lease watcher sees it (the two calls it makes:
+    C{list_leases} and C{watch_leases}): the leases of the first successful list also
+    go to C{on_first} (a backend's C{reconcile}), before the watcher turns them into
+    events.
     """
 
     log = Logger()
@@ -21,8 +22,8 @@ class FirstList:
         self._manager = manager
         self._on_first = on_first
 
-    def __getattr__(self, name):
-        return getattr(self._manager, name)
+    def watch_leases(self, wait_index):
+        return self._manager.watch_leases(wait_index)
 
     def list_leases(self):
         d = defer.maybeDeferred(self._manager.list_leases)
