@@ -201,5 +201,8 @@ class FirstListTests(unittest.TestCase):
         manager.next("list_leases")[2].callback(([], 9))
         self.assertEqual(self.successResultOf(d2), ([], 9))
         self.assertEqual(seen, [[a]])
-        self.assertEqual(listing.prefix, manager.prefix)        # the rest passes through
-        self.assertIsInstance(listing.watch_leases(8), defer.Deferred)
+        # the watcher's other call goes to the manager as it is
+        d3 = listing.watch_leases(8)
+        self.assertIsInstance(d3, defer.Deferred)
+        self.assertEqual(manager.next("watch_leases")[1], (8,))
+        self.assertFalse(hasattr(listing, "prefix"))     # nothing else passes through
