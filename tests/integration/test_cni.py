@@ -9,11 +9,12 @@ import os
 import stat
 import subprocess
 
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import example, given, strategies as st
 from twisted.trial import unittest
 
 from flannel_tw.tools import cni
 from flannel_tw.testing.cni_fixtures import SUBNET_ENV, _write
+from flannel_tw.testing.fuzz_fixtures import fuzz, json_values
 
 
 class BadInputTests(unittest.TestCase):
@@ -149,22 +150,6 @@ class BadInputTests(unittest.TestCase):
         self.assertIn("boom", body["details"])
 
 
-FUZZ_EXAMPLES = int(os.environ.get("FLANNEL_TW_FUZZ_EXAMPLES", "0") or 0)
-
-
-def fuzz(examples):
-    return settings(max_examples=FUZZ_EXAMPLES or examples, deadline=None,
-                    derandomize=not FUZZ_EXAMPLES,
-                    suppress_health_check=[HealthCheck.too_slow,
-                                           HealthCheck.function_scoped_fixture])
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=4),
-    max_leaves=20)
 versions = st.sampled_from(list(cni.SUPPORTED_VERSIONS) + ["", "9.9.9", "1.0", "0.4.0.0"])
 field_values = json_values | versions
 addresses = st.sampled_from(["10.1.74.2/24", "10.1.75.2/24", "fd00::1/64", "10.1.74.2",

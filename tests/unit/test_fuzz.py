@@ -8,13 +8,12 @@ The example counts keep this module under about 30 s; raise FLANNEL_TW_FUZZ_EXAM
 for a longer run."""
 
 import json
-import os
 import socket
 import struct
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import example, given, strategies as st
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor, task
 from twisted.logger import Logger
@@ -39,25 +38,11 @@ from flannel_tw.testing.polling import wait_until
 from flannel_tw.testing.udp_fixtures import (
     EXT, OUR_SUBNET, OURS, PEER, PEER_SUBNET, STRANGER, FakeNetlink, config, free_port,
     header_ok, lease, make_ipv4)
-from flannel_tw.testing.fuzz_fixtures import DEEP
+from flannel_tw.testing.fuzz_fixtures import DEEP, fuzz, json_values
 
 
-N = int(os.environ.get("FLANNEL_TW_FUZZ_EXAMPLES", "0") or 0)
 
 
-def fuzz(examples):
-    return settings(max_examples=N or examples, deadline=None, derandomize=not N,
-                    suppress_health_check=[HealthCheck.too_slow,
-                                           HealthCheck.function_scoped_fixture])
-
-
-# JSON values of any shape, and texts that are almost JSON
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=4),
-    max_leaves=20)
 DEEP_OBJ = '{"a":' * 50000 + "1" + "}" * 50000
 
 
