@@ -40,9 +40,6 @@ from flannel_tw.testing.udp_fixtures import (
     header_ok, lease, make_ipv4)
 from flannel_tw.testing.fuzz_fixtures import DEEP, fuzz, json_values
 
-
-
-
 DEEP_OBJ = '{"a":' * 50000 + "1" + "}" * 50000
 
 
