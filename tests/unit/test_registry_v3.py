@@ -1,0 +1,149 @@
+"""flannel_tw.etcd.registry_v3: the interface, the v0.20 value form, and the mapping of
+IRegistry's calls onto v3 requests (over a scripted client)."""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
+from flannel_tw.etcd.registry_v3 import EtcdV3Registry, v3_value
+from flannel_tw.etcd.v3client import b64
+from flannel_tw.interfaces import IRegistry
+
+HEADER = {"revision": "12"}
+
+
+class ScriptedClient:
+    """Records each call; answers from a list of dicts (or exceptions)."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def _answer(self, name, *args):
+        self.calls.append((name,) + args)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(answer)
+
+    def range(self, key, range_end=None, revision=None):
+        return self._answer("range", key, range_end)
+
+    def put(self, key, value, lease=None):
+        return self._answer("put", key, value, lease)
+
+    def txn(self, compare, success, failure=()):
+        return self._answer("txn", compare, success, list(failure))
+
+    def delete_range(self, key, range_end=None, prev_kv=False):
+        return self._answer("delete_range", key)
+
+    def lease_grant(self, ttl):
+        return self._answer("lease_grant", ttl)
+
+    def lease_revoke(self, lease_id):
+        return self._answer("lease_revoke", lease_id)
+
+    def lease_time_to_live(self, lease_id):
+        return self._answer("lease_time_to_live", lease_id)
+
+    def watch_once(self, key, range_end, start_revision, on_created=None):
+        return self._answer("watch_once", key, range_end, start_revision)
+
+
+def registry(*answers):
+    client = ScriptedClient(*answers)
+    return EtcdV3Registry(client, "/coreos.com/network/"), client
+
+
+class InterfaceTests(unittest.TestCase):
+    def test_provides_iregistry(self):
+        reg, _ = registry()
+        self.assertTrue(verifyObject(IRegistry, reg))
+        self.assertEqual(reg.prefix, "/coreos.com/network")
+
+
+class ValueTests(unittest.TestCase):
+    def test_v020_value_form(self):
+        self.assertEqual(v3_value('{"PublicIP":"10.0.0.7"}'),
+                         '{"PublicIP":"10.0.0.7","PublicIPv6":null}')
+        self.assertEqual(v3_value('{"PublicIP":"10.0.0.5","BackendType":"host-gw"}'),
+                         '{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw"}')
+
+    def test_value_with_publicipv6_or_other_form_unchanged(self):
+        for text in ('{"PublicIP":"10.0.0.5","PublicIPv6":"2001:db8::5"}', '{}', 'x'):
+            self.assertEqual(v3_value(text), text)
+
+
+class MappingTests(unittest.TestCase):
+    KEY = "/coreos.com/network/subnets/10.5.1.0-24"
+
+    def test_create_is_txn_on_version_zero_with_a_new_lease(self):
+        reg, client = registry({"ID": "77", "TTL": "86400"},
+                               {"header": HEADER, "succeeded": True})
+        rec = self.successResultOf(reg.create("10.5.1.0-24", '{"PublicIP":"10.0.0.1"}', 86400))
+        self.assertEqual((rec.modified_index, rec.ttl, rec.value),
+                         (12, 86400, '{"PublicIP":"10.0.0.1","PublicIPv6":null}'))
+        self.assertEqual(client.calls[0], ("lease_grant", 86400))
+        _, compare, success, failure = client.calls[1]
+        self.assertEqual(compare, [{"key": b64(self.KEY), "target": "VERSION",
+                                    "result": "EQUAL", "version": "0"}])
+        self.assertEqual(success, [{"request_put": {
+            "key": b64(self.KEY), "value": b64('{"PublicIP":"10.0.0.1","PublicIPv6":null}'),
+            "lease": "77"}}])
+
+    def test_lost_create_is_node_exist_and_revokes_the_lease(self):
+        reg, client = registry({"ID": "77", "TTL": "86400"}, {"header": HEADER}, {})
+        self.failureResultOf(reg.create("10.5.1.0-24", "{}", 86400), NodeExist)
+        self.assertEqual(client.calls[-1], ("lease_revoke", 77))
+
+    def test_cas_by_index_is_mod_revision_compare(self):
+        reg, client = registry({"header": HEADER, "succeeded": True})
+        rec = self.successResultOf(reg.compare_and_set("10.5.1.0-24", "{}", None, prev_index=9))
+        self.assertIsNone(rec.ttl)
+        _, compare, success, _ = client.calls[0]
+        self.assertEqual(compare[0]["target"], "MOD")
+        self.assertEqual(compare[0]["mod_revision"], "9")
+        self.assertNotIn("lease", success[0]["request_put"])   # a reservation: no lease
+
+    def test_failed_cas_tells_missing_from_changed(self):
+        kv = {"key": b64(self.KEY), "mod_revision": "10"}
+        reg, _ = registry({"header": HEADER, "responses": [{"response_range": {"kvs": [kv]}}]},
+                          {"header": HEADER, "responses": [{"response_range": {}}]})
+        self.failureResultOf(reg.compare_and_set("10.5.1.0-24", "{}", None, prev_index=9),
+                             TestFailed)
+        self.failureResultOf(reg.compare_and_set("10.5.1.0-24", "{}", None, prev_value="{}"),
+                             KeyNotFound)
+
+    def test_delete_of_nothing_is_key_not_found(self):
+        reg, _ = registry({"header": HEADER})
+        self.failureResultOf(reg.delete("10.5.1.0-24"), KeyNotFound)
+
+    def test_list_ranges_subnets_and_reads_lease_ttls(self):
+        kvs = [{"key": b64(self.KEY), "value": b64("{}"), "mod_revision": "5", "lease": "3"},
+               {"key": b64("/coreos.com/network/subnets/10.5.2.0-24"), "value": b64("{}"),
+                "mod_revision": "6"},
+               {"key": b64("/coreos.com/network/subnets/a/deep"), "mod_revision": "7"}]
+        reg, client = registry({"header": HEADER, "kvs": kvs}, {"ID": "3", "TTL": "500"})
+        records, cursor = self.successResultOf(reg.list())
+        self.assertEqual(cursor, 12)
+        self.assertEqual([(r.key.rsplit("/", 1)[1], r.ttl, r.modified_index) for r in records],
+                         [("10.5.1.0-24", 500, 5), ("10.5.2.0-24", None, 6)])
+        self.assertEqual(client.calls[0], ("range", "/coreos.com/network/subnets",
+                                           "/coreos.com/network/subnett"))
+
+    def test_watch_hands_out_every_event_of_a_response(self):
+        events = [{"kv": {"key": b64(self.KEY), "value": b64("{}"), "mod_revision": "13"}},
+                  {"type": "DELETE", "kv": {"key": b64("/coreos.com/network/subnets/10.5.2.0-24"),
+                                            "mod_revision": "13"},
+                   "prev_kv": {"value": b64("old")}},
+                  {"kv": {"key": b64(self.KEY), "value": b64("{}"), "mod_revision": "14"}}]
+        reg, client = registry({"events": events})
+        a = self.successResultOf(reg.watch(13))
+        b = self.successResultOf(reg.watch(14))
+        c = self.successResultOf(reg.watch(14))
+        self.assertEqual([(x.removed, x.record.modified_index) for x in (a, b, c)],
+                         [(False, 13), (True, 13), (False, 14)])
+        self.assertEqual(b.prev_value, "old")
+        self.assertEqual(len(client.calls), 1)
