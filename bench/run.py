@@ -32,6 +32,9 @@ Then the control-plane scale run: N leases written into etcd, one daemon started
 time from its own lease to all N routes, from a new lease to its route (median of 20),
 and its peak memory (VmHWM).
 
+After the scenarios, the udp backend's per-hop latency profile for a lone packet
+(bench/latency.py, also runnable alone as ``python3 -m bench.latency``).
+
 Prints a table and PASS/MISS per target and writes bench/results-<time>.json.
 """
 import argparse
@@ -406,6 +409,19 @@ def table(results, ref_name):
     return "\n".join("  ".join(v.ljust(x) for v, x in zip(row, w)).rstrip() for row in rows)
 
 
+def latency_profile(samples=1000):
+    """The udp backend's per-hop profile for a lone packet (bench/latency.py), run in a
+    process of its own (it installs the epoll reactor)."""
+    try:
+        p = subprocess.run([sys.executable, "-m", "bench.latency", "--samples", str(samples)],
+                           cwd=repo_root(), capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "latency profile: failed: %s" % (e,)
+    if p.returncode:
+        return "latency profile: failed (exit %d): %s" % (p.returncode, p.stderr[-400:])
+    return p.stdout.rstrip()
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=int, default=5, help="TCP test length (default 5)")
@@ -492,7 +508,9 @@ def main(argv=None):
                 % (s["backend"], s["leases"], s.get("start_to_lease_s") or -1,
                    fmt(s.get("lease_to_routes_s"), ".2f"),
                    fmt(s.get("new_lease_median_ms"), ".1f"), s["peak_rss_mb"]))
-    say("")
+    if names:
+        say(latency_profile())
+        say("")
     checks = targets(results, [s for s in scale if "unavailable" not in s and "error" not in s],
                      ref_name)
     for c in checks:
