@@ -714,3 +714,107 @@ class ReconfigureTests(TestCase):
             self.assertEqual([str(c[1]) for c in calls], ["10.5.3.0/32", "10.5.4.0/32"])
             return backend.stop()
         return d.addCallback(check)
+
+
+class LonePacketTests(BackendTestBase):
+    """
+    The send path's fast path (issue 16): after a wake-up that read a single packet,
+    the next wake-up's first packet leaves at once (one read, one sendto; the read
+    that finds the TUN empty comes after the send), while a run read in one wake-up
+    keeps its UDP GSO sendmsg; both deliver the same bytes.
+    """
+
+    def record(self):
+        """Record the order of TUN reads ("read", or "eagain" when none was queued),
+        sendtos and sendmsgs."""
+        calls = []
+        sender = self.backend.sender
+        real_sendto, real_sendmsg = sender._sendto, sender._sendmsg
+        real_read = self.tun.readinto
+
+        def readinto(buf):
+            try:
+                n = real_read(buf)
+            except BlockingIOError:
+                calls.append("eagain")
+                raise
+            calls.append("read")
+            return n
+
+        def sendto(data, addr):
+            calls.append("sendto")
+            return real_sendto(data, addr)
+
+        def sendmsg(buffers, ancdata, flags, addr):
+            calls.append("sendmsg")
+            return real_sendmsg(buffers, ancdata, flags, addr)
+        sender._sendto, sender._sendmsg = sendto, sendmsg
+        self.tun.readinto = readinto
+        return calls
+
+    @defer.inlineCallbacks
+    def test_lone_packet_is_sent_before_the_next_read(self):
+        peer = self.listen_peer()
+        yield self.started()
+        first = make_ipv4(payload=b"first")
+        self.tun.peer.inject(first)
+        yield wait_for(lambda: len(peer.received) == 1, what="the first datagram")
+        self.assertTrue(self.backend.sender.lone)
+        calls = self.record()
+        second = make_ipv4(payload=b"second")
+        self.tun.peer.inject(second)
+        yield wait_for(lambda: len(peer.received) == 2, what="the second datagram")
+        yield wait_for(lambda: "eagain" in calls, what="the read after the send")
+        self.assertEqual(calls, ["read", "sendto", "eagain"])
+        data, src = peer.received[1]
+        self.assertEqual(data[8], 63)
+        self.assertTrue(header_ok(data))
+        self.assertEqual(data[12:], second[12:])
+        self.assertTrue(self.backend.sender.lone)
+        c = self.backend.counters
+        self.assertEqual((c["tun_packets_in"], c["packets_out"]), (2, 2))
+        self.assertEqual(c["bytes_out"], len(first) + len(second))
+
+    @defer.inlineCallbacks
+    def test_run_keeps_its_gso_sendmsg(self):
+        """A run read in one wake-up that follows a busy one leaves in one sendmsg."""
+        peer = self.listen_peer()
+        yield self.started()
+        calls = self.record()
+        run = [make_ipv4(payload=b"%03d" % i + b"r" * 97) for i in range(8)]
+        for p in run:
+            self.tun.peer.inject(p)
+        yield wait_for(lambda: len(peer.received) == 8, what="8 datagrams")
+        self.assertEqual(calls, ["read"] * 8 + ["eagain", "sendmsg"])
+        self.assertFalse(self.backend.sender.lone)
+        del calls[:]
+        for p in run:
+            self.tun.peer.inject(p)
+        yield wait_for(lambda: len(peer.received) == 16, what="16 datagrams")
+        self.assertEqual(calls, ["read"] * 8 + ["eagain", "sendmsg"])
+
+    @defer.inlineCallbacks
+    def test_lone_and_batch_paths_deliver_the_same_bytes(self):
+        """The same packets, once each alone (the lone path) and once as a run after a
+        lone one (its first packet on the lone path, the rest as one GSO run)."""
+        peer = self.listen_peer()
+        yield self.started()
+        pkts = [make_ipv4(payload=b"%03d" % i + b"s" * 61) for i in range(5)]
+        self.tun.peer.inject(make_ipv4(payload=b"warm-up"))
+        yield wait_for(lambda: len(peer.received) == 1, what="the warm-up datagram")
+        calls = self.record()
+        for i, p in enumerate(pkts):
+            self.tun.peer.inject(p)
+            yield wait_for(lambda: len(peer.received) == 2 + i, what="lone datagram")
+        alone = [d for d, _ in peer.received[1:]]
+        yield wait_for(lambda: calls.count("eagain") == 5, what="the reads after the sends")
+        self.assertEqual(calls, ["read", "sendto", "eagain"] * 5)
+        del calls[:]
+        for p in pkts:
+            self.tun.peer.inject(p)
+        yield wait_for(lambda: len(peer.received) == 11, what="the run")
+        self.assertEqual(calls, ["read", "sendto"] + ["read"] * 4 + ["eagain", "sendmsg"])
+        run = [d for d, _ in peer.received[6:]]
+        self.assertEqual(alone, run)
+        self.assertEqual([d[12:] for d in run], [p[12:] for p in pkts])
+        self.assertEqual([d[8] for d in run], [63] * 5)

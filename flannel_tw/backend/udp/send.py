@@ -11,6 +11,12 @@ one buffer and leaves in one sendmsg with UDP_SEGMENT (UDP GSO): the kernel cuts
 into the same datagrams flanneld would send, after a single trip through routing,
 veth, bridge and netfilter (a sendto per packet if the kernel refuses it).
 
+A lone packet (ping, a request) does not wait for that: after a wake-up that read a
+single packet, the next wake-up's first packet is sent at once with one sendto
+(L{Sender._send_lone}, no run state), and only then does the loop read on, so the read
+that finds the TUN empty costs CPU but no latency; a run read in one wake-up after a
+busy one keeps its GSO sendmsg (issue 16; bench/latency.py profiles both paths).
+
 In offloaded mode each read starts with a vnet header and may be a TCP super-packet:
 towards an offloading peer it leaves as one frame (L{flannel_tw.backend.udp.offload}),
 towards any other peer it is cut into flanneld's packets here.
@@ -73,6 +79,10 @@ class Sender:
         self._fview = memoryview(self._fbuf)
         self._frame_id = 0
         self._super = None           # (route entry, gso_size) of the super-packet at hand
+        # True after a wake-up that read a single packet: the next wake-up's first
+        # packet is then sent at once (L{_send_lone}), before the read that looks for
+        # more, instead of waiting to see whether a run follows
+        self.lone = False
 
     def drain(self, tun):
         """
@@ -97,6 +107,8 @@ class Sender:
         count = 0        # packets in it
         seg = 0          # their length
         peer = None      # their destination
+        lone = self.lone
+        got = 0          # packets read
         try:
             for _ in range(READS_PER_WAKEUP):
                 try:
@@ -111,6 +123,11 @@ class Sender:
                     return e
                 counters["tun_packets_in"] += 1
                 counters["tun_bytes_in"] += n - hdr
+                got += 1
+                if lone:
+                    lone = False
+                    self._send_lone(prepare, n, hdr)
+                    continue
                 try:
                     to = prepare(off, n)
                     if to is None:
@@ -146,7 +163,29 @@ class Sender:
         finally:
             if count:
                 self._send_run(view, off, count, seg, peer)
+            if got:
+                self.lone = got == 1
         return None
+
+    def _send_lone(self, prepare, n, hdr):
+        """
+        The first packet of a wake-up that follows a lone one, read into the front of
+        C{self._buf} (C{n} bytes, C{hdr} of them its vnet header): checked, routed and
+        sent at once with one sendto (a super-packet as a frame or segments), touching
+        no run state; the drain loop then reads on for anything queued behind it.
+        """
+        try:
+            to = prepare(0, n)
+            if to is None:
+                return
+            if to is _SUPER:
+                self._send_super(0, n)
+                return
+            n -= hdr
+            self._send(self._view[:n], n, to)
+        except Exception:
+            count_error(self.counters, self.log,
+                        "udp backend: error handling a packet from the tun")
 
     def _prepare_plain(self, off, n):
         """
