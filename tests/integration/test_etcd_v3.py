@@ -6,14 +6,13 @@ import json
 import urllib.request
 from ipaddress import IPv4Network
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from flannel_tw.etcd.errors import EtcdIndexWentBack, EventIndexCleared, KeyNotFound, NodeExist, TestFailed
 from flannel_tw.etcd.registry_v3 import EtcdV3Registry
 from flannel_tw.etcd.v3client import EtcdV3Client, WatchCompacted
 from flannel_tw.lease.manager import SubnetManager
-from flannel_tw.model.config import parse_config
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.testing.etcd import shared_etcd, start_etcd_for_test, unique_prefix
 from flannel_tw.testing.polling import CONFIG_JSON, attrs
