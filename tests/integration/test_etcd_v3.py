@@ -215,3 +215,40 @@ class ManagerOverV3Tests(V3Mixin, unittest.TestCase):
         leases, _ = yield manager.list_leases()
         self.assertEqual([l.subnet for l in leases], [lease.subnet])
         self.assertIsNotNone(renewed)
+
+
+class AuthTests(unittest.TestCase):
+    """v3 auth on a private etcd: a token from /v3/auth/authenticate in the
+    Authorization header; an invalid token (expired, or from a restarted member) is
+    replaced by authenticating again."""
+
+    def setUp(self):
+        self.server = start_etcd_for_test(self)
+        v3(self.server, "/v3/auth/user/add", {"name": "root", "password": "pw"})
+        v3(self.server, "/v3/auth/user/grant", {"user": "root", "role": "root"})
+        v3(self.server, "/v3/auth/enable", {})
+
+    def client(self, **kwargs):
+        client = EtcdV3Client(reactor, self.server.endpoints, request_timeout=5.0, **kwargs)
+        self.addCleanup(client.close)
+        return client
+
+    @defer.inlineCallbacks
+    def test_authenticated_registry_and_invalid_token_renewed(self):
+        client = self.client(username="root", password="pw")
+        registry = EtcdV3Registry(client, "/coreos.com/network")
+        yield client.put("/coreos.com/network/config", CONFIG_JSON)
+        self.assertEqual((yield registry.get_config()), CONFIG_JSON)
+        client._token = "bogus.1"          # as after the token's TTL or a member restart
+        self.assertEqual((yield registry.get_config()), CONFIG_JSON)
+        self.assertNotEqual(client._token, "bogus.1")
+
+    @defer.inlineCallbacks
+    def test_wrong_password_and_no_user_fail_as_answers(self):
+        from flannel_tw.etcd.v3client import EtcdV3Error
+        with self.assertRaises(EtcdV3Error) as cm:
+            yield self.client(username="root", password="bad").range("/a")
+        self.assertIn("invalid user ID or password", cm.exception.message)
+        with self.assertRaises(EtcdV3Error) as cm:
+            yield self.client().range("/a")
+        self.assertIn("user name is empty", cm.exception.message)

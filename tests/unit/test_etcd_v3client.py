@@ -2,7 +2,6 @@
 its fail-over and auth, and the streaming watch split across reads (StubTreq over an
 in-memory twisted.web resource)."""
 
-import base64
 import json
 
 from treq.testing import StubTreq
@@ -234,4 +233,27 @@ class JSONStreamTests(unittest.TestCase):
         self.assertIsNotNone(self.failureResultOf(stream.deferred))
 
 
-del base64, defer
+
+
+class CancelTests(Base):
+    def test_cancelled_watch_fails_with_cancelled_and_drops_the_stream(self):
+        c = self.make([_line({"created": True})])
+        d = c.watch_once("/p/subnets", "/p/subnett", 3)
+        self.stub.flush()
+        request, parts = self.gateway.streams[0]
+        request.write(parts[0])
+        self.stub.flush()
+        lost = []
+        request.notifyFinish().addErrback(lost.append)
+        d.cancel()
+        self.stub.flush()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(len(lost), 1)
+
+    def test_cancelled_request_fails_with_cancelled(self):
+        c = self.make([b""])
+        d = c.range("/k")
+        self.stub.flush()
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(len(self.gateway.requests), 1)
