@@ -26,6 +26,7 @@ whatever the chunk boundaries. A response with C{compact_revision} (the start
 revision was compacted away) fails with L{WatchCompacted}.
 """
 import base64
+import collections
 import json
 
 from twisted.internet import defer
@@ -37,7 +38,7 @@ from twisted.web.http import PotentialDataLoss
 
 from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdMemberError, EtcdProtocolError,
                                     EtcdResponseTooLarge, EtcdUnavailable, EventIndexCleared,
-                                    describe_transport_error)
+                                    describe_transport_error, etcd_error_kind)
 from flannel_tw.etcd.transport import MAX_BODY, build_http, quiet_pool, read_body
 from flannel_tw.etcd.wire import validate_endpoint
 
@@ -184,6 +185,16 @@ class JSONStream(Protocol):
             self.deferred.errback(reason)
 
 
+class _Watch:
+    """One watch in flight: C{alive_at} is when its member last showed life (answered the
+    request's headers, or sent a stream object)."""
+
+    def __init__(self, start_revision, on_created, now):
+        self.start_revision = start_revision
+        self.on_created = on_created
+        self.alive_at = now
+
+
 class _Transport(Exception):
     def __init__(self, error):
         self.error = error
@@ -252,6 +263,19 @@ class EtcdV3Client:
                               connect_timeout if connect_timeout is not None else request_timeout,
                               self._pool)
         self._http = http
+        self.error_counts = collections.Counter()   # kind -> count, for metrics
+        self.last_answer_at = None                   # reactor time of the last answer
+        self._watches = set()                        # the _Watch of each watch in flight
+
+    def watch_silence(self):
+        """
+        Seconds since the least recently heard-from watch in flight last showed life;
+        None when no watch is in flight. An idle watch is opened again every
+        C{watch_timeout} seconds, so a live member shows life at least that often.
+        """
+        if not self._watches:
+            return None
+        return self._reactor.seconds() - min(w.alive_at for w in self._watches)
 
     @property
     def current_endpoint(self):
@@ -307,7 +331,7 @@ class EtcdV3Client:
 
     def call(self, path, body):
         """POST C{body} to C{path} with fail-over; fires with the decoded answer dict."""
-        return defer.ensureDeferred(self._failover(path, body, None))
+        return self._counted(defer.ensureDeferred(self._failover(path, body, None)))
 
     def watch_once(self, key, range_end, start_revision, on_created=None):
         """
@@ -323,8 +347,37 @@ class EtcdV3Client:
         body = {"create_request": {"key": b64(key), "range_end": b64(range_end),
                                    "start_revision": str(int(start_revision)),
                                    "prev_kv": True}}
-        return defer.ensureDeferred(self._failover(
-            "/v3/watch", body, (int(start_revision), on_created)))
+        watch = _Watch(int(start_revision), on_created, self._reactor.seconds())
+        self._watches.add(watch)
+        d = self._counted(defer.ensureDeferred(self._failover("/v3/watch", body, watch)))
+
+        def done(result):
+            self._watches.discard(watch)
+            return result
+        return d.addBoth(done)
+
+    def _counted(self, d):
+        def answered(result):
+            self.last_answer_at = self._reactor.seconds()
+            return result
+
+        def failed(failure):
+            if failure.check(EtcdError):
+                self.last_answer_at = self._reactor.seconds()
+                kind = etcd_error_kind(failure.value.error_code)
+            elif failure.check(EtcdUnavailable):
+                kind = "unavailable"
+            elif failure.check(EtcdProtocolError):
+                kind = "protocol"
+            elif failure.check(EtcdIndexWentBack):
+                kind = "index_went_back"
+            elif failure.check(defer.CancelledError):
+                return failure
+            else:
+                kind = "other"
+            self.error_counts[kind] += 1
+            return failure
+        return d.addCallbacks(answered, failed)
 
     # -- machinery ----------------------------------------------------------------------
 
@@ -339,6 +392,7 @@ class EtcdV3Client:
                 result = await self._with_auth(endpoint, path, body, watch)
             except _Transport as t:
                 errors[endpoint] = t.error
+                self.error_counts[getattr(t.error, "kind", "transport")] += 1
                 self.log.warn("etcd endpoint {endpoint} failed: {error}", endpoint=endpoint,
                               error=describe_transport_error(t.error, self.tls_files))
                 self._token = None
@@ -401,6 +455,8 @@ class EtcdV3Client:
                 raise defer.CancelledError() from None
             raise
         raw = getattr(response, "original", response)
+        if watch is not None:
+            watch.alive_at = self._reactor.seconds()
         if response.code != 200 or watch is None:
             data = await read_body(raw, self.max_body)
             if response.code != 200:
@@ -415,9 +471,10 @@ class EtcdV3Client:
         return await self._stream(raw, watch)
 
     async def _stream(self, raw, watch):
-        start_revision, on_created = watch
+        start_revision, on_created = watch.start_revision, watch.on_created
 
         def on_object(obj):
+            watch.alive_at = self._reactor.seconds()
             if not isinstance(obj, dict):
                 raise EtcdProtocolError("watch stream object is not a JSON object")
             if "error" in obj:

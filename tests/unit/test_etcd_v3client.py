@@ -257,3 +257,38 @@ class CancelTests(Base):
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
         self.assertEqual(len(self.gateway.requests), 1)
+
+
+class StatusTests(Base):
+    """What the daemon's /healthz and /metrics read of any etcd client."""
+
+    def test_error_counts_by_kind(self):
+        c = self.make((503, b"x"), (404, {"error": "e", "code": 5, "message": "e"}),
+                      (200, b"nope"), endpoints=(EP1,))
+        self.failureResultOf(c.range("/k"), EtcdUnavailable)
+        self.failureResultOf(c.range("/k"), EtcdV3Error)
+        self.failureResultOf(c.range("/k"), EtcdProtocolError)
+        self.assertEqual(dict(c.error_counts), {"server_error": 1, "unavailable": 1,
+                                                "etcd_other": 1, "protocol": 1})
+
+    def test_watch_silence_follows_the_stream(self):
+        c = self.make([_line({"created": True}), _line({}), _line({"events": [{"kv": {}}]})],
+                      watch_timeout=None)
+        self.assertIsNone(c.watch_silence())
+        d = c.watch_once("/p/subnets", "/p/subnett", 3)
+        self.stub.flush()
+        self.clock.advance(5)
+        self.assertEqual(c.watch_silence(), 5)
+        request, parts = self.gateway.streams[0]
+        request.write(parts[0])                   # headers and the created ack
+        self.stub.flush()
+        self.assertEqual(c.watch_silence(), 0)
+        self.clock.advance(7)
+        self.assertEqual(c.watch_silence(), 7)
+        request.write(parts[1])                   # a response without events (progress)
+        self.stub.flush()
+        self.assertEqual(c.watch_silence(), 0)
+        request.write(parts[2])
+        self.stub.flush()
+        self.successResultOf(d)
+        self.assertIsNone(c.watch_silence())
