@@ -22,9 +22,12 @@ def build_daemon(options, reactor):
     ext_iface = _ext_iface(options)
     client = _etcd_client(options, reactor)
     from flannel_tw.kernel.monoclock import MonotonicClock
-    from flannel_tw.etcd.registry import EtcdV2Registry
     from flannel_tw.lease.manager import SubnetManager
-    manager = SubnetManager(EtcdV2Registry(client, prefix=options["etcd-prefix"]))
+    if options["etcd-api"] == "v3":
+        from flannel_tw.etcd.registry_v3 import EtcdV3Registry as Registry
+    else:
+        from flannel_tw.etcd.registry import EtcdV2Registry as Registry
+    manager = SubnetManager(Registry(client, prefix=options["etcd-prefix"]))
     settings = DaemonSettings(subnet_file=options["subnet-file"], ip_masq=options["ip-masq"],
                               forward_rules=options["iptables-forward-rules"],
                               renew_margin=options["subnet-lease-renew-margin"] * 60.0,
@@ -58,8 +61,10 @@ def _ext_iface(options):
 
 
 def _etcd_client(options, reactor):
-    """The etcd v2 client: endpoints, basic auth, TLS files (flags or ETCD_* in the env)."""
+    """The etcd client of --etcd-api (v2, or v3 on the JSON gateway): endpoints, auth
+    (v2 basic auth, v3 token auth), TLS files (flags or ETCD_* in the env)."""
     from flannel_tw.etcd.client import EtcdV2Client
+    from flannel_tw.etcd.v3client import EtcdV3Client
     from flannel_tw.etcd.tls import TLSFileError, tls_files, tls_policy
     cafile, certfile, keyfile = tls_files(options["etcd-cafile"], options["etcd-certfile"],
                                           options["etcd-keyfile"], os.environ)
@@ -69,9 +74,10 @@ def _etcd_client(options, reactor):
             tls = tls_policy(cafile, certfile, keyfile)
         except TLSFileError as e:
             raise SystemExit("Failed to create SubnetManager: %s" % (e,))
-    return EtcdV2Client(reactor, options["etcd-endpoints"],
-                        username=options["etcd-username"] or None,
-                        password=options["etcd-password"] or None, tls=tls)
+    client = EtcdV3Client if options["etcd-api"] == "v3" else EtcdV2Client
+    return client(reactor, options["etcd-endpoints"],
+                  username=options["etcd-username"] or None,
+                  password=options["etcd-password"] or None, tls=tls)
 
 
 def _rules_factory():

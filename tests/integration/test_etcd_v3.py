@@ -252,3 +252,51 @@ class AuthTests(unittest.TestCase):
         with self.assertRaises(EtcdV3Error) as cm:
             yield self.client().range("/a")
         self.assertIn("user name is empty", cm.exception.message)
+
+
+class DaemonOverV3Tests(unittest.TestCase):
+    """twistd's object graph (L{flannel_tw.wiring.build_daemon}) with --etcd-api=v3 on a
+    real etcd 3.5: alloc backend (a lease, no data plane), no iptables."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_daemon_runs_on_v3_and_sees_a_peer(self):
+        import os
+        from flannel_tw import daemon as daemon_mod, wiring
+        from flannel_tw.tap import Options
+        from flannel_tw.testing.polling import wait_until
+        server = shared_etcd()
+        prefix = unique_prefix(self)
+        raw_put(server, prefix + "/config",
+                '{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}')
+        subnet_file = os.path.join(os.path.abspath(self.mktemp()), "subnet.env")
+        os.makedirs(os.path.dirname(subnet_file))
+        options = Options(environ={})
+        options.parseOptions([
+            "--etcd-api=v3", "--etcd-endpoints=%s" % server.url, "--etcd-prefix=%s" % prefix,
+            "--iface=127.0.0.1", "--subnet-file=%s" % subnet_file,
+            "--iptables-forward-rules=false"])
+        d = wiring.build_daemon(options, reactor)
+        d.startService()
+        self.addCleanup(d.etcd_client.close)
+        self.addCleanup(lambda: d.running and d.stopService())
+        yield wait_until(lambda: d.phase == daemon_mod.RUNNING, timeout=20)
+        subnet = d.lease.subnet
+        key = "%s/subnets/%s-%d" % (prefix, subnet.network_address, subnet.prefixlen)
+        kv = raw_kv(server, key)
+        self.assertEqual(kv["value"], '{"PublicIP":"127.0.0.1","PublicIPv6":null}')
+        self.assertTrue(86390 <= int(v3(server, "/v3/lease/timetolive",
+                                        {"ID": kv["lease"]})["TTL"]) <= 86400)
+        with open(subnet_file) as f:
+            self.assertIn("FLANNEL_SUBNET=%s/%d\n" % (subnet.network_address + 1,
+                                                      subnet.prefixlen), f.read())
+        from flannel_tw.testing.etcd import EtcdHTTPError
+        with self.assertRaises(EtcdHTTPError):        # nothing in the v2 keyspace
+            server.v2_get(prefix + "/subnets")
+        peer = IPv4Network("10.5.250.0/24") if subnet != IPv4Network("10.5.250.0/24") \
+            else IPv4Network("10.5.251.0/24")
+        raw_put(server, "%s/subnets/%s-24" % (prefix, peer.network_address),
+                '{"PublicIP":"192.0.2.9","PublicIPv6":null}')
+        yield wait_until(lambda: peer in d.watcher.leases, timeout=10)
+        self.assertEqual(str(d.watcher.leases[peer].attrs.public_ip), "192.0.2.9")

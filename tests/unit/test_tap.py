@@ -26,6 +26,8 @@ class DefaultsTests(unittest.TestCase):
         for name in ("etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username",
                      "etcd-password"):
             self.assertEqual(o[name], "")
+        self.assertEqual(o["etcd-api"], "v2")
+        self.assertEqual(parse([], {"FLANNELD_ETCD_API": "v3"})["etcd-api"], "v3")
 
 
 class FlagTests(unittest.TestCase):
@@ -74,6 +76,7 @@ class FlagTests(unittest.TestCase):
             (["--iface-regex=("], "--iface-regex"),
             (["--etcd-cafile=/nonexistent/ca.pem"], "--etcd-cafile"),
             (["--kube-subnet-mgr"], "--kube-subnet-mgr"),
+            (["--etcd-api=v4"], "--etcd-api"),
         ]
         for argv, needle in cases:
             with self.assertRaises(usage.UsageError, msg=argv) as cm:

@@ -38,3 +38,32 @@ class BuildTests(unittest.TestCase):
                        "--metrics-port=8472", "--metrics-ip=127.0.0.2")
         listening = sorted((svc.endpoint._port, svc.endpoint._interface) for svc in d)
         self.assertEqual(listening, [(8471, "127.0.0.1"), (8472, "127.0.0.2")])
+
+
+class EtcdApiTests(unittest.TestCase):
+    """--etcd-api picks the etcd client and the registry under the subnet manager."""
+
+    def build(self, *argv):
+        d = wiring.build_daemon(options(*argv), reactor)
+        self.addCleanup(d.etcd_client.close)
+        self.addCleanup(d._keeper_clock.close)
+        return d
+
+    def test_v2_by_default(self):
+        from flannel_tw.etcd.client import EtcdV2Client
+        from flannel_tw.etcd.registry import EtcdV2Registry
+        d = self.build()
+        self.assertIsInstance(d.etcd_client, EtcdV2Client)
+        self.assertIsInstance(d.manager._registry, EtcdV2Registry)
+
+    def test_v3(self):
+        from flannel_tw.etcd.registry_v3 import EtcdV3Registry
+        from flannel_tw.etcd.v3client import EtcdV3Client
+        d = self.build("--etcd-api=v3", "--etcd-prefix=/x/net", "--etcd-username=u",
+                       "--etcd-password=p")
+        self.assertIsInstance(d.etcd_client, EtcdV3Client)
+        self.assertIsInstance(d.manager._registry, EtcdV3Registry)
+        self.assertIs(d.manager._registry._client, d.etcd_client)
+        self.assertEqual((d.manager.prefix, d.etcd_client.endpoints),
+                         ("/x/net", ["http://127.0.0.1:9"]))
+        self.assertEqual((d.etcd_client._username, d.etcd_client._password), ("u", "p"))
