@@ -29,6 +29,8 @@ How L{IRegistry}'s v2-shaped calls map onto v3:
   and lease expiry alike) are removals, with the previous value when etcd still has it.
 """
 import re
+from dataclasses import dataclass
+from typing import Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -119,12 +121,16 @@ class EtcdV3Registry:
         answer = yield self._client.range(key, end)
         records = []
         for kv in answer.get("kvs") or []:
-            if not isinstance(kv, dict):
-                continue
-            name = _text(unb64(kv.get("key")))
-            if not self._is_direct_child(name):
-                continue
-            records.append((yield self._record(kv)))
+            try:
+                if not isinstance(kv, dict):
+                    raise EtcdProtocolError("not an object")
+                name = _text(unb64(kv.get("key")))
+                if not self._is_direct_child(name):
+                    continue
+                records.append((yield self._record(kv)))
+            except EtcdProtocolError as e:
+                self.log.warn("Ignoring a malformed key-value from etcd under {key}: "
+                              "{error}", key=key, error=e)
         return records, _revision(answer)
 
     @defer.inlineCallbacks
@@ -218,40 +224,60 @@ class EtcdV3Registry:
 
         while True:
             result = yield self._client.watch_once(key, end, wait_index, created)
-            changes = []
+            changes, seen = [], []
             for event in result.get("events") or []:
-                change = self._change(event)
-                if change is not None and change.record.modified_index >= wait_index:
-                    if not change.removed and change.record.ttl is not None:
+                try:
+                    change = self._change(event)
+                except EtcdProtocolError as e:
+                    self.log.warn("Ignoring a malformed watch event from etcd: {error}",
+                                  error=e)
+                    continue
+                if change is None:
+                    continue
+                seen.append(change.record.modified_index)
+                if change.lease_key and change.record.modified_index >= wait_index:
+                    ttl = change.record.ttl
+                    if not change.removed and ttl is not None:
                         ttl = yield self._ttl(event["kv"])
-                        change = Change(False, Record(change.record.key, change.record.value,
-                                                      ttl, change.record.modified_index))
-                    changes.append(change)
+                    changes.append(Change(change.removed, Record(
+                        change.record.key, change.record.value, ttl,
+                        change.record.modified_index), change.prev_value))
             if changes:
                 break
-            # events outside the lease keys only (deeper keys, subnets-prefixed names)
-            wait_index = max(as_int(e.get("kv", {}).get("mod_revision"))
-                             for e in result["events"]) + 1
+            # events outside the lease keys only (deeper keys, subnets-prefixed names) or
+            # malformed ones: watch on past them
+            # (every event of the response is at wait_index or later: progress is safe)
+            wait_index = max(seen + [_revision(result), wait_index]) + 1
         self._pending = changes[1:]
         self._next_index = changes[0].record.modified_index + 1
         return changes[0]
 
     def _change(self, event):
+        """A watch event -> C{_Event} (C{lease_key}: directly under subnets/); raises
+        L{EtcdProtocolError} for a malformed one."""
         if not isinstance(event, dict) or not isinstance(event.get("kv"), dict):
             raise EtcdProtocolError("watch event without kv: %r" % (str(event)[:200],))
         kv = event["kv"]
         key = _text(unb64(kv.get("key")))
-        if not self._is_direct_child(key):
-            return None
         revision = as_int(kv.get("mod_revision"))
+        if not self._is_direct_child(key):
+            return _Event(False, Record(key, None, None, revision), lease_key=False)
         if event.get("type") == "DELETE":
             prev = event.get("prev_kv")
             prev_value = _text(unb64(prev.get("value"))) if isinstance(prev, dict) else None
-            return Change(True, Record(key, None, None, revision), prev_value or None)
+            return _Event(True, Record(key, None, None, revision), prev_value or None)
         lease = as_int(kv.get("lease"))
         # ttl 0 marks "has a lease" here; watch() asks the lease's TTL (as flanneld does)
-        return Change(False, Record(key, _text(unb64(kv.get("value"))),
+        return _Event(False, Record(key, _text(unb64(kv.get("value"))),
                                     None if not lease else 0, revision))
+
+
+@dataclass(frozen=True)
+class _Event:
+    removed: bool
+    record: Record
+    prev_value: Optional[str] = None
+    lease_key: bool = True
 
 
 def _revision(answer):

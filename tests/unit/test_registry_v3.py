@@ -147,3 +147,29 @@ class MappingTests(unittest.TestCase):
                          [(False, 13), (True, 13), (False, 14)])
         self.assertEqual(b.prev_value, "old")
         self.assertEqual(len(client.calls), 1)
+
+
+class HostileTests(unittest.TestCase):
+    """A bad key-value or event from etcd is warned about and skipped; the rest is used."""
+
+    KEY = "/coreos.com/network/subnets/10.5.1.0-24"
+
+    def test_list_skips_malformed_kvs(self):
+        kvs = ["x", {"key": "%%%", "mod_revision": "5"},
+               {"key": b64(self.KEY), "value": b64("{}"), "mod_revision": "zz"},
+               {"key": b64(self.KEY), "value": b64("{}"), "mod_revision": "6"}]
+        reg, _ = registry({"header": HEADER, "kvs": kvs})
+        records, cursor = self.successResultOf(reg.list())
+        self.assertEqual([(r.key, r.modified_index) for r in records], [(self.KEY, 6)])
+        self.assertEqual(cursor, 12)
+
+    def test_watch_skips_malformed_and_foreign_events(self):
+        good = {"kv": {"key": b64(self.KEY), "value": b64("{}"), "mod_revision": "15"}}
+        reg, client = registry(
+            {"header": {"revision": "14"}, "events": [
+                "x", {"kv": {"key": "%%%"}},
+                {"kv": {"key": b64("/coreos.com/network/subnets/a/b"), "mod_revision": "13"}}]},
+            {"header": {"revision": "15"}, "events": [{"kv": None}, good]})
+        change = self.successResultOf(reg.watch(13))
+        self.assertEqual((change.record.key, change.record.modified_index), (self.KEY, 15))
+        self.assertEqual([c[3] for c in client.calls], [13, 15])
