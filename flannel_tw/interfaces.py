@@ -69,8 +69,8 @@ class ISubnetManager(Interface):
 
 class IRegistry(Interface):
     """
-    The raw store under flannel's prefix (etcd v2 today: L{flannel_tw.etcd.registry}; etcd
-    v3 later), under L{flannel_tw.lease.manager.SubnetManager}'s policy. A lease is named
+    The raw store under flannel's prefix (etcd v2: L{flannel_tw.etcd.registry}; etcd v3:
+    L{flannel_tw.etcd.registry_v3}, which maps index to revision), under L{flannel_tw.lease.manager.SubnetManager}'s policy. A lease is named
     by its key's last component (C{10.5.1.0-24}); values are texts, returned as stored.
     Records and changes are L{flannel_tw.etcd.registry.Record} and C{Change}.
 
@@ -120,6 +120,9 @@ class IRegistry(Interface):
     def watch(wait_index):
         """
         Wait for the next change directly under subnets/ at index C{wait_index} or later.
+        (On v3 several changes can share one index, a multi-key txn's revision: called
+        with that index + 1 right after handing one out, the registry hands out the rest
+        first.)
 
         @return: Deferred C{Change}; fails with C{EventIndexCleared} or
             C{EtcdIndexWentBack} (then list again).
