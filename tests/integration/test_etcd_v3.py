@@ -300,3 +300,36 @@ class DaemonOverV3Tests(unittest.TestCase):
                 '{"PublicIP":"192.0.2.9","PublicIPv6":null}')
         yield wait_until(lambda: peer in d.watcher.leases, timeout=10)
         self.assertEqual(str(d.watcher.leases[peer].attrs.public_ip), "192.0.2.9")
+
+
+class TLSTests(unittest.TestCase):
+    """The v3 client over https with a client certificate (the transport the v2 client
+    uses: the same TLS policy and failure messages)."""
+
+    timeout = 60
+
+    def setUp(self):
+        import os
+        from flannel_tw.testing.certs import make_pki
+        self.pki = make_pki(os.path.join(os.path.abspath(self.mktemp()), "pki"))
+        self.server = start_etcd_for_test(self, tls=self.pki.etcd_tls())
+
+    @defer.inlineCallbacks
+    def test_registry_over_tls_and_missing_client_certificate(self):
+        from flannel_tw.etcd.errors import EtcdUnavailable
+        from flannel_tw.etcd.tls import tls_policy
+        self.assertTrue(self.server.url.startswith("https://"))
+        client = EtcdV3Client(reactor, self.server.endpoints, request_timeout=5.0,
+                              tls=tls_policy(self.pki.ca, self.pki.client_cert,
+                                             self.pki.client_key))
+        self.addCleanup(client.close)
+        registry = EtcdV3Registry(client, "/coreos.com/network")
+        rec = yield registry.create("10.5.1.0-24", '{"PublicIP":"192.0.2.1"}', 86400)
+        records, cursor = yield registry.list()
+        self.assertEqual([(r.key, r.modified_index) for r in records],
+                         [(rec.key, rec.modified_index)])
+        bare = EtcdV3Client(reactor, self.server.endpoints, request_timeout=5.0,
+                            tls=tls_policy(self.pki.ca))
+        self.addCleanup(bare.close)
+        e = yield self.assertFailure(bare.range("/coreos.com/network/config"), EtcdUnavailable)
+        self.assertIn("etcd rejected our client certificate", str(e))
