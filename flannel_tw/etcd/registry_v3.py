@@ -36,7 +36,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from flannel_tw.etcd.errors import EtcdIndexWentBack, EtcdProtocolError, KeyNotFound, NodeExist, TestFailed
+from flannel_tw.etcd.errors import (EtcdIndexWentBack, EtcdProtocolError, KeyNotFound,
+                                    NodeExist, TestFailed)
 from flannel_tw.etcd.registry import Change, Record
 from flannel_tw.etcd.v3client import as_int, b64, unb64
 from flannel_tw.interfaces import IRegistry

@@ -36,8 +36,9 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdMemberError, EtcdProtocolError,
-                                    EtcdResponseTooLarge, EtcdUnavailable, EventIndexCleared,
+from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdMemberError,
+                                    EtcdProtocolError, EtcdResponseTooLarge, EtcdUnavailable,
+                                    EventIndexCleared,
                                     describe_transport_error, etcd_error_kind)
 from flannel_tw.etcd.transport import MAX_BODY, build_http, quiet_pool, read_body
 from flannel_tw.etcd.wire import validate_endpoint

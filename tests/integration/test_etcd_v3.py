@@ -9,7 +9,8 @@ from ipaddress import IPv4Network
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from flannel_tw.etcd.errors import EtcdIndexWentBack, EventIndexCleared, KeyNotFound, NodeExist, TestFailed
+from flannel_tw.etcd.errors import (EtcdIndexWentBack, EventIndexCleared, KeyNotFound,
+                                    NodeExist, TestFailed)
 from flannel_tw.etcd.registry_v3 import EtcdV3Registry
 from flannel_tw.etcd.v3client import EtcdV3Client, WatchCompacted
 from flannel_tw.lease.manager import SubnetManager

@@ -12,7 +12,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from flannel_tw.etcd.errors import EtcdProtocolError, EtcdResponseTooLarge, EtcdUnavailable, EventIndexCleared
+from flannel_tw.etcd.errors import (EtcdProtocolError, EtcdResponseTooLarge, EtcdUnavailable,
+                                    EventIndexCleared)
 from flannel_tw.etcd.v3client import (EtcdV3Client, EtcdV3Error, JSONStream, WatchCompacted,
                                       b64, prefix_range_end)
 
