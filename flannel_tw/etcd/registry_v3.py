@@ -45,6 +45,7 @@ from flannel_tw.model.config import DEFAULT_PREFIX
 
 __all__ = ["EtcdV3Registry", "v3_value"]
 
+TTL_CONCURRENCY = 16     # TimeToLive requests in flight at once while listing
 _V2_HEAD = re.compile(r'\{"PublicIP":"[0-9.]*"')
 
 
@@ -120,19 +121,26 @@ class EtcdV3Registry:
     def list(self):
         key, end = self._range()
         answer = yield self._client.range(key, end)
-        records = []
+        kvs = []
         for kv in answer.get("kvs") or []:
             try:
                 if not isinstance(kv, dict):
                     raise EtcdProtocolError("not an object")
-                name = _text(unb64(kv.get("key")))
-                if not self._is_direct_child(name):
-                    continue
-                records.append((yield self._record(kv)))
+                if self._is_direct_child(_text(unb64(kv.get("key")))):
+                    as_int(kv.get("mod_revision")), as_int(kv.get("lease"))
+                    unb64(kv.get("value"))
+                    kvs.append(kv)
             except EtcdProtocolError as e:
                 self.log.warn("Ignoring a malformed key-value from etcd under {key}: "
                               "{error}", key=key, error=e)
-        return records, _revision(answer)
+        # one TimeToLive per leased key (as flanneld), up to TTL_CONCURRENCY at a time
+        limit = defer.DeferredSemaphore(TTL_CONCURRENCY)
+        results = yield defer.DeferredList([limit.run(self._record, kv) for kv in kvs],
+                                           consumeErrors=True)
+        for ok, result in results:
+            if not ok:
+                result.raiseException()
+        return [result for _, result in results], _revision(answer)
 
     @defer.inlineCallbacks
     def get(self, name):

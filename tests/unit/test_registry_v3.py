@@ -173,3 +173,29 @@ class HostileTests(unittest.TestCase):
         change = self.successResultOf(reg.watch(13))
         self.assertEqual((change.record.key, change.record.modified_index), (self.KEY, 15))
         self.assertEqual([c[3] for c in client.calls], [13, 15])
+
+
+class ListConcurrencyTests(unittest.TestCase):
+    def test_lease_ttls_are_asked_concurrently_up_to_the_limit(self):
+        from flannel_tw.etcd import registry_v3
+        kvs = [{"key": b64("/coreos.com/network/subnets/10.5.%d.0-24" % i),
+                "value": b64("{}"), "mod_revision": str(i + 1), "lease": str(100 + i)}
+               for i in range(registry_v3.TTL_CONCURRENCY + 4)]
+        reg, client = registry({"header": HEADER, "kvs": kvs})
+        held = []
+        client.lease_time_to_live = lambda lease: held.append((lease, defer.Deferred())) \
+            or held[-1][1]
+        d = reg.list()
+        self.assertEqual(len(held), registry_v3.TTL_CONCURRENCY)
+        while len(held) < len(kvs) or not all(h.called for _, h in held):
+            lease, h = next((x for x in held if not x[1].called))
+            h.callback({"ID": str(lease), "TTL": str(lease)})
+        records, _ = self.successResultOf(d)
+        self.assertEqual([r.ttl for r in records], [100 + i for i in range(len(kvs))])
+
+    def test_a_failed_ttl_fails_the_list(self):
+        from flannel_tw.etcd.errors import EtcdUnavailable
+        kvs = [{"key": b64("/coreos.com/network/subnets/10.5.1.0-24"), "mod_revision": "3",
+                "lease": "9"}]
+        reg, _ = registry({"header": HEADER, "kvs": kvs}, EtcdUnavailable({}))
+        self.failureResultOf(reg.list(), EtcdUnavailable)
