@@ -36,6 +36,11 @@ After the scenarios, the udp backend's per-hop latency profile for a lone packet
 (bench/latency.py, also runnable alone as ``python3 -m bench.latency``).
 
 Prints a table and PASS/MISS per target and writes bench/results-<time>.json.
+
+Why this module is longer than 400 lines: it is the benchmark's one run end to end
+(scenario set-ups, measurements, rounds, targets, table); the control-plane run lives in
+bench/scale.py, the per-hop latency profile in bench/latency.py, the start-up check in
+bench/preflight.py.
 """
 import argparse
 import json
