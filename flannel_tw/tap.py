@@ -36,8 +36,9 @@ _PARAMS = {
     "etcd-cafile": ("", "SSL Certificate Authority file used to secure etcd communication"),
     "etcd-username": ("", "username for BasicAuth to etcd"),
     "etcd-password": ("", "password for BasicAuth to etcd"),
-    "etcd-api": ("v2", "etcd API and keyspace: v2 (flanneld v0.10-v0.17) or v3 (flanneld "
-                 "v0.18+; the JSON gateway, /v3/) (flannel-tw)"),
+    "etcd-api": ("auto", "etcd API and keyspace: v2 (flanneld v0.10-v0.17), v3 (flanneld "
+                 "v0.18+; the JSON gateway, /v3/), or auto: whichever holds the network "
+                 "config, v3 when both hold the same one (flannel-tw)"),
     "subnet-file": (DEFAULT_SUBNET_FILE, "filename where env variables (subnet, MTU, ...) "
                     "will be written to"),
     "public-ip": ("", "IP accessible by other nodes for inter-host communication"),
@@ -252,8 +253,8 @@ class Options(usage.Options):
                 else:
                     raise usage.UsageError("%s: invalid boolean value %r"
                                            % (self._where(name), raw))
-        if self["etcd-api"] not in ("v2", "v3"):
-            raise usage.UsageError("%s: %r is not v2 or v3"
+        if self["etcd-api"] not in ("auto", "v2", "v3"):
+            raise usage.UsageError("%s: %r is not auto, v2 or v3"
                                    % (self._where("etcd-api"), self["etcd-api"]))
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("%s: %r is not one of text, json"

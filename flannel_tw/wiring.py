@@ -20,14 +20,8 @@ def build_daemon(options, reactor):
         unusable.
     """
     ext_iface = _ext_iface(options)
-    client = _etcd_client(options, reactor)
     from flannel_tw.kernel.monoclock import MonotonicClock
-    from flannel_tw.lease.manager import SubnetManager
-    if options["etcd-api"] == "v3":
-        from flannel_tw.etcd.registry_v3 import EtcdV3Registry as Registry
-    else:
-        from flannel_tw.etcd.registry import EtcdV2Registry as Registry
-    manager = SubnetManager(Registry(client, prefix=options["etcd-prefix"]))
+    client, manager = _etcd_keyspace(options, reactor)
     settings = DaemonSettings(subnet_file=options["subnet-file"], ip_masq=options["ip-masq"],
                               forward_rules=options["iptables-forward-rules"],
                               renew_margin=options["subnet-lease-renew-margin"] * 60.0,
@@ -37,6 +31,8 @@ def build_daemon(options, reactor):
                            keeper_clock=MonotonicClock(reactor), etcd_client=client)
     for warning in options.warnings:    # insecure or unused etcd flags
         daemon.log.warn("{problem}", problem=warning)
+    if options["etcd-api"] != "auto":
+        daemon.log.info("Using etcd's {api} keyspace (--etcd-api={api})", api=options["etcd-api"])
     from flannel_tw.observe.logs import install as install_logging
     install_logging(daemon, options, reactor)   # --log-format text|json, rate-limited errors
     if options["metrics-port"]:
@@ -60,11 +56,46 @@ def _ext_iface(options):
         raise SystemExit("Failed to find interface to use: %s" % (e,))
 
 
-def _etcd_client(options, reactor):
-    """The etcd client of --etcd-api (v2, or v3 on the JSON gateway): endpoints, auth
-    (v2 basic auth, v3 token auth), TLS files (flags or ETCD_* in the env)."""
-    from flannel_tw.etcd.client import EtcdV2Client
-    from flannel_tw.etcd.v3client import EtcdV3Client
+def _etcd_keyspace(options, reactor):
+    """
+    C{(client, manager)} for --etcd-api: v2 or v3, that keyspace's client and a
+    L{SubnetManager} on its registry; auto, a L{KeyspaceManager} that builds each
+    keyspace's client and registry when first asked and chooses while the daemon waits
+    for its config, with a L{KeyspaceClient} in front of the clients.
+    """
+    from flannel_tw.lease.manager import SubnetManager
+    prefix = options["etcd-prefix"]
+    api = options["etcd-api"]
+    tls = _tls(options)     # an unusable TLS file exits now, not at the first request
+    if api != "auto":
+        client = _etcd_client(options, reactor, api, tls)
+        return client, SubnetManager(_registry(client, api, prefix))
+    from flannel_tw.lease.keyspace import KeyspaceClient, KeyspaceManager
+    from flannel_tw.observe.logs import redact_url
+
+    def build(which):
+        client = _etcd_client(options, reactor, which, tls)
+        return client, _registry(client, which, prefix)
+
+    endpoint = redact_url(options["etcd-endpoints"][0])
+
+    def where(which, key):
+        return ("%s/v2/keys%s" % (endpoint, key) if which == "v2"
+                else "key %s at %s" % (key, endpoint))
+    manager = KeyspaceManager(build, prefix, where)
+    return KeyspaceClient(manager), manager
+
+
+def _registry(client, api, prefix):
+    if api == "v3":
+        from flannel_tw.etcd.registry_v3 import EtcdV3Registry
+        return EtcdV3Registry(client, prefix=prefix)
+    from flannel_tw.etcd.registry import EtcdV2Registry
+    return EtcdV2Registry(client, prefix=prefix)
+
+
+def _tls(options):
+    """The TLS policy of the TLS files (flags or ETCD_* in the env), or None."""
     from flannel_tw.etcd.tls import TLSFileError, tls_files, tls_policy
     cafile, certfile, keyfile = tls_files(options["etcd-cafile"], options["etcd-certfile"],
                                           options["etcd-keyfile"], os.environ)
@@ -74,7 +105,15 @@ def _etcd_client(options, reactor):
             tls = tls_policy(cafile, certfile, keyfile)
         except TLSFileError as e:
             raise SystemExit("Failed to create SubnetManager: %s" % (e,))
-    client = EtcdV3Client if options["etcd-api"] == "v3" else EtcdV2Client
+    return tls
+
+
+def _etcd_client(options, reactor, api, tls):
+    """The etcd client of C{api} (v2, or v3 on the JSON gateway): endpoints, auth
+    (v2 basic auth, v3 token auth), the TLS policy C{tls}."""
+    from flannel_tw.etcd.client import EtcdV2Client
+    from flannel_tw.etcd.v3client import EtcdV3Client
+    client = EtcdV3Client if api == "v3" else EtcdV2Client
     return client(reactor, options["etcd-endpoints"],
                   username=options["etcd-username"] or None,
                   password=options["etcd-password"] or None, tls=tls)

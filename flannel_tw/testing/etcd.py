@@ -91,7 +91,8 @@ def _die_with_parent():
 
 
 class EtcdServer:
-    """One single-member etcd with ``--enable-v2``.
+    """One single-member etcd with ``--enable-v2`` (unless C{enable_v2=False}: then, as
+    etcd 3.6+, it answers 404 on C{/v2/keys} and serves only v3).
 
     @param host: listen address (loopback by default; an address inside C{netns} for the lab).
     @param client_port: client port; a free one is picked by binding port 0 when None
@@ -108,8 +109,9 @@ class EtcdServer:
     """
 
     def __init__(self, host="127.0.0.1", client_port=None, data_dir=None, extra_args=(),
-                 netns=None, tls=None, peer_port=None, name="flannel-tw-test"):
+                 netns=None, tls=None, peer_port=None, name="flannel-tw-test", enable_v2=True):
         self.host = host
+        self.enable_v2 = enable_v2
         self.netns = netns
         self.tls = dict(tls) if tls else None
         self.extra_args = tuple(extra_args)
@@ -177,7 +179,7 @@ class EtcdServer:
             self._binary,
             "--name", self.name,
             "--data-dir", self.data_dir,
-            "--enable-v2=true",
+            "--enable-v2=%s" % ("true" if self.enable_v2 else "false"),
             "--listen-client-urls", self.url,
             "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer,

@@ -359,6 +359,9 @@ class RealRunLogTests(unittest.TestCase):
             "prefix %s" % (flannel_tw.__version__, self.server.url, self.prefix),
             "[flannel_tw.daemon.FlannelDaemon#info] Using interface with name lo and address "
             "127.0.0.1 (MTU 65536), public IP 127.0.0.1",
+            "[flannel_tw.lease.keyspace.KeyspaceManager#info] Using etcd's v2 keyspace "
+            "(--etcd-api=auto): the network config is only in the v2 keyspace "
+            "(%s/v2/keys%s/config)" % (self.server.url, self.prefix),
             "[flannel_tw.daemon.FlannelDaemon#info] Network config: Network=10.5.0.0/16 "
             "SubnetLen=24 SubnetMin=10.5.1.0 SubnetMax=10.5.255.0 Backend=alloc",
             "[flannel_tw.lease.manager.SubnetManager#info] Acquired lease %s" % subnet,

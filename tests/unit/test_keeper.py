@@ -240,7 +240,8 @@ class DaemonWiringTests(unittest.TestCase):
         from flannel_tw.tap import Options
         options = Options(environ={})
         options.parseOptions(["--etcd-endpoints=http://127.0.0.1:9", "--iface=127.0.0.1",
-                              "--iptables-forward-rules=false", "--etcd-prefix=/x/net/"])
+                              "--iptables-forward-rules=false", "--etcd-prefix=/x/net/",
+                              "--etcd-api=v2"])
         d = wiring.build_daemon(options, reactor)
         self.addCleanup(d.etcd_client.close)
         self.addCleanup(d._keeper_clock.close)

@@ -26,8 +26,9 @@ class DefaultsTests(unittest.TestCase):
         for name in ("etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username",
                      "etcd-password"):
             self.assertEqual(o[name], "")
-        self.assertEqual(o["etcd-api"], "v2")
+        self.assertEqual(o["etcd-api"], "auto")
         self.assertEqual(parse([], {"FLANNELD_ETCD_API": "v3"})["etcd-api"], "v3")
+        self.assertEqual(parse(["--etcd-api=v2"], {})["etcd-api"], "v2")
 
 
 class FlagTests(unittest.TestCase):

@@ -49,12 +49,33 @@ class EtcdApiTests(unittest.TestCase):
         self.addCleanup(d._keeper_clock.close)
         return d
 
-    def test_v2_by_default(self):
+    def test_v2(self):
         from flannel_tw.etcd.client import EtcdV2Client
         from flannel_tw.etcd.registry import EtcdV2Registry
-        d = self.build()
+        d = self.build("--etcd-api=v2")
         self.assertIsInstance(d.etcd_client, EtcdV2Client)
         self.assertIsInstance(d.manager._registry, EtcdV2Registry)
+
+    def test_auto_by_default_builds_each_keyspace_when_asked(self):
+        from flannel_tw.etcd.client import EtcdV2Client
+        from flannel_tw.etcd.registry import EtcdV2Registry
+        from flannel_tw.etcd.registry_v3 import EtcdV3Registry
+        from flannel_tw.etcd.v3client import EtcdV3Client
+        from flannel_tw.lease.keyspace import KeyspaceManager
+        d = self.build("--etcd-prefix=/x/net", "--etcd-username=u", "--etcd-password=p")
+        self.assertIsInstance(d.manager, KeyspaceManager)
+        self.assertEqual(d.manager.built_clients(), [])        # nothing built yet
+        self.assertEqual(d.etcd_client.endpoints, ["http://127.0.0.1:9"])
+        v2_client, v2_registry = d.manager.part("v2")
+        v3_client, v3_registry = d.manager.part("v3")
+        self.assertIsInstance(v2_client, EtcdV2Client)
+        self.assertIsInstance(v2_registry, EtcdV2Registry)
+        self.assertIsInstance(v3_client, EtcdV3Client)
+        self.assertIsInstance(v3_registry, EtcdV3Registry)
+        self.assertIs(v3_registry._client, v3_client)
+        self.assertEqual((v3_registry.prefix, v2_registry.prefix), ("/x/net", "/x/net"))
+        self.assertEqual((v3_client._username, v3_client._password), ("u", "p"))
+        self.assertIs(d.manager.part("v3")[0], v3_client)       # built once
 
     def test_v3(self):
         from flannel_tw.etcd.registry_v3 import EtcdV3Registry
