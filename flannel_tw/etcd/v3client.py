@@ -405,9 +405,20 @@ class EtcdV3Client:
     async def _with_auth(self, endpoint, path, body, watch):
         for attempt in (0, 1):
             if self._username is not None and self._token is None:
-                answer = await self._attempt(endpoint, "/v3/auth/authenticate",
-                                             {"name": self._username,
-                                              "password": self._password}, None, False)
+                try:
+                    answer = await self._attempt(endpoint, "/v3/auth/authenticate",
+                                                 {"name": self._username,
+                                                  "password": self._password}, None, False)
+                except EtcdV3Error as e:
+                    if "authentication is not enabled" not in e.message:
+                        raise
+                    # as clientv3: no v3 auth on this cluster, so no token ("" = none)
+                    self.log.info("etcd v3 auth is not enabled: requests go without a "
+                                  "token (user {user} unused)", user=self._username)
+                    self._token = ""
+                    answer = None
+                if answer is None:
+                    return await self._attempt(endpoint, path, body, watch, True)
                 token = answer.get("token")
                 if not isinstance(token, str) or not token:
                     raise EtcdProtocolError("authenticate gave no token")
@@ -444,7 +455,7 @@ class EtcdV3Client:
 
     async def _request(self, endpoint, path, body, watch, auth):
         headers = {b"Content-Type": [b"application/json"]}
-        if auth and self._token is not None:
+        if auth and self._token:
             headers[b"Authorization"] = [self._token.encode("utf-8")]
         try:
             response = await self._http.request(

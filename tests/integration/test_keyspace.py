@@ -20,8 +20,7 @@ from flannel_tw.testing.etcd import (EtcdHTTPError, shared_etcd, start_etcd_for_
                                      unique_prefix)
 from flannel_tw.testing.harness import capture_logs, logged
 from flannel_tw.testing.polling import wait_until
-
-from tests.integration.test_etcd_v3 import raw_kv, raw_put, v3
+from flannel_tw.testing.v3raw import raw_kv, raw_put, v3
 
 CONFIG = '{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}'
 SAME = '{ "Backend": {"Type": "alloc"}, "Network": "10.5.0.0/16" }'
@@ -141,6 +140,17 @@ class AutoKeyspaceTests(unittest.TestCase):
         kv = raw_kv(server, self.key(d.lease.subnet))
         self.assertEqual(kv["value"], '{"PublicIP":"127.0.0.1","PublicIPv6":null}')
         self.assertEqual(logged(self.logs, "Couldn't fetch network config"), [])
+
+    @defer.inlineCallbacks
+    def test_v2_auth_only_cluster_runs_on_v2(self):
+        # user and password for etcd's v2 auth; v3 auth is off, so v3 is read without a
+        # token (not "authentication is not enabled" forever)
+        server = start_etcd_for_test(self)
+        server.enable_v2_auth("s3cret")
+        server.put_config(CONFIG, prefix=self.prefix)
+        d = self.start(server, "--etcd-username=root", "--etcd-password=s3cret")
+        yield wait_until(lambda: d.phase == daemon_mod.RUNNING, timeout=20)
+        self.assertEqual(d.manager.chosen, "v2")
 
     @defer.inlineCallbacks
     def test_explicit_v2_ignores_v3(self):

@@ -127,6 +127,19 @@ class RequestTests(Base):
             (b"/v3/kv/range", b"T2")])
         self.assertEqual(reqs[0]["body"], {"name": "root", "password": "pw"})
 
+    def test_user_given_but_auth_not_enabled_goes_on_without_token(self):
+        # as etcd's clientv3: "authentication is not enabled" is not an error; requests
+        # go without a token (a cluster with v2 auth only, read by --etcd-api=auto)
+        off = {"error": "etcdserver: authentication is not enabled", "code": 9,
+               "message": "etcdserver: authentication is not enabled"}
+        c = self.make((400, off), (200, {"header": HEADER}), (200, {"header": HEADER}),
+                      username="root", password="pw")
+        self.successResultOf(c.range("/a"))
+        self.successResultOf(c.range("/b"))
+        self.assertEqual([(r["path"], r["authorization"]) for r in self.gateway.requests], [
+            (b"/v3/auth/authenticate", None), (b"/v3/kv/range", None),
+            (b"/v3/kv/range", None)])
+
     def test_prefix_range_end(self):
         self.assertEqual(prefix_range_end("/p/subnets"), b"/p/subnett")
         self.assertEqual(prefix_range_end(b"a\xff"), b"b")
