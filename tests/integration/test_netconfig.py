@@ -35,7 +35,9 @@ class PlainEtcdTests(unittest.TestCase, Runner):
         self.assertEqual(str(parse_config(node["value"]).network), "10.7.0.0/16")
 
         code, out, err = yield self.config("get", env=self.env)
-        self.assertEqual((code, out, err), (0, CONFIG + "\n", ""))
+        self.assertEqual((code, out), (0, CONFIG + "\n"))
+        self.assertEqual(err, "flannel-tw config: the network config is only in the v2 "
+                         "keyspace (%s/config)\n" % self.prefix)
 
         code, out, _err = yield self.config("set", CONFIG, env=self.env)
         self.assertEqual(code, 0)
@@ -136,7 +138,7 @@ class TLSEtcdTests(unittest.TestCase, Runner):
         env = {"FLANNELD_ETCD_ENDPOINTS": self.server.url, "ETCD_SSL_DIR": self.pki.directory}
         code, _out, err = yield self.config("set", CONFIG, env=env)
         self.assertEqual((code, err), (0, ""))
-        code, out, err = yield self.config("get", env=env)
+        code, out, err = yield self.config("get", "--etcd-api=v2", env=env)
         self.assertEqual((code, out, err), (0, CONFIG + "\n", ""))
 
     @defer.inlineCallbacks
