@@ -134,7 +134,7 @@ class KeyspaceClient:
     """
     The daemon's view of the etcd client under a L{KeyspaceManager}: the chosen
     keyspace's client once chosen; before, the v2 client's attributes (the same
-    endpoints and TLS files), error counts summed over every client built so far.
+    endpoints and TLS files); error counts summed over every client built.
     """
 
     def __init__(self, keyspace):
@@ -145,8 +145,8 @@ class KeyspaceClient:
 
     @property
     def error_counts(self):
-        if self._keyspace.chosen is not None:
-            return self._current().error_counts
+        # summed over every client built, before and after the choice: a counter for
+        # /metrics never goes down (the other keyspace's client is no longer used)
         total = collections.Counter()
         for client in self._keyspace.built_clients():
             total.update(client.error_counts)
