@@ -122,17 +122,24 @@ class HostileLeaseTests(RoutingHarness, unittest.TestCase):
         yield self.running(d)
         backend = self.backends[0]
         yield wait_until(lambda: self.routed(backend) == {"10.5.7.0/24": "192.0.2.7"})
-        for name, (value, _) in HOSTILE.items():
+        # The daemon took a random subnet: a hostile key (or the marker) naming that very
+        # subnet would be a write to our own lease, another test; move such a key aside.
+        own = "%s-24" % (d.lease.subnet.network_address,)
+        spare = ("10.5.%d.0-24" % i for i in range(200, 250))
+        hostile = {(next(spare) if name == own else name): v for name, v in HOSTILE.items()}
+        marker = "10.5.14.0-24" if own != "10.5.14.0-24" else next(spare)
+        marker_subnet = marker.replace("-", "/")
+        for name, (value, _) in hostile.items():
             self.put(name, value)
-        self.put("10.5.14.0-24", '{"PublicIP":"192.0.2.14"}')    # the marker: last write
-        yield wait_until(lambda: "10.5.14.0/24" in self.routed(backend))
+        self.put(marker, '{"PublicIP":"192.0.2.14"}')    # the marker: last write
+        yield wait_until(lambda: marker_subnet in self.routed(backend))
         self.assertEqual(self.routed(backend), {"10.5.7.0/24": "192.0.2.7",
-                                                "10.5.14.0/24": "192.0.2.14"})
+                                                marker_subnet: "192.0.2.14"})
         metrics = self.skipped_metrics(d)
-        for reason, n in expected_counts(HOSTILE).items():
+        for reason, n in expected_counts(hostile).items():
             self.assertEqual(metrics[reason], n, reason)
         self.assertEqual(len(logged(self.logs, "Ignoring lease", LogLevel.warn)),
-                         len(HOSTILE) - 1)      # our own PublicIP: an info line
+                         len(hostile) - 1)      # our own PublicIP: an info line
         self.assertEqual(d.lease.subnet.prefixlen, 24)
         self.assertEqual(self.exits, [])
 
