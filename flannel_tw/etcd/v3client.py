@@ -24,6 +24,11 @@ The watch (L{EtcdV3Client.watch_once}) is a streaming POST: the gateway sends a 
 body of C{{"result": WatchResponse}} objects (one per line); L{JSONStream} splits them
 whatever the chunk boundaries. A response with C{compact_revision} (the start
 revision was compacted away) fails with L{WatchCompacted}.
+
+Why this module is longer than 400 lines: like the v2 client, one request's fail-over,
+timeout, auth-token renewal and cancellation share one loop, and the streaming watch
+(its chunk splitter and liveness) belongs to it; answers' parsing that needs no request
+state could move to a wire module as v2's did (a later step).
 """
 import base64
 import collections
