@@ -1,9 +1,6 @@
 """EtcdV3Registry and EtcdV3Client against a real etcd 3.5 (its JSON gateway, /v3/),
 checked with independent synchronous requests to the same gateway."""
 
-import base64
-import json
-import urllib.request
 from ipaddress import IPv4Network
 
 from twisted.internet import defer, reactor
@@ -17,35 +14,9 @@ from flannel_tw.lease.manager import SubnetManager
 from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.testing.etcd import shared_etcd, start_etcd_for_test, unique_prefix
 from flannel_tw.testing.polling import CONFIG_JSON, attrs
+from flannel_tw.testing.v3raw import _b64, raw_kv, raw_put, v3
 
 VALUE = '{"PublicIP":"192.0.2.1","PublicIPv6":null}'
-
-
-def _b64(text):
-    return base64.b64encode(text.encode()).decode()
-
-
-def v3(server, path, body):
-    """A synchronous gateway call (independent of the code under test)."""
-    req = urllib.request.Request(server.url + path, data=json.dumps(body).encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=10) as f:
-        return json.loads(f.read())
-
-
-def raw_kv(server, key):
-    kvs = v3(server, "/v3/kv/range", {"key": _b64(key)}).get("kvs") or []
-    if not kvs:
-        return None
-    kv = kvs[0]
-    kv["value"] = base64.b64decode(kv.get("value", "")).decode()
-    return kv
-
-
-def raw_put(server, key, value, lease=None):
-    body = {"key": _b64(key), "value": _b64(value)}
-    if lease:
-        body["lease"] = str(lease)
-    return int(v3(server, "/v3/kv/put", body)["header"]["revision"])
 
 
 class V3Mixin:
