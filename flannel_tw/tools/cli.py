@@ -7,6 +7,7 @@
     flannel-tw plugin-cache
     flannel-tw install-units [--dest DIR] [--tls] [--network-config] [--docker] [--cni-dir DIR] ...
     flannel-tw config get | set CONFIG_JSON|- | set --file F   [etcd flags]
+    flannel-tw etcd migrate   [etcd flags]
     flannel-tw version
 
 The daemon itself runs as ``twistd -n flannel [flags]``.
@@ -27,6 +28,8 @@ commands:
                 install's absolute paths (see: flannel-tw install-units --help)
   config        read or publish the network config <prefix>/config in etcd, with the
                 daemon's etcd flags and FLANNELD_* variables (flannel-tw config --help)
+  etcd migrate  copy the config and the leases from etcd's v2 keyspace to v3, create-only
+                (flannel-tw etcd migrate --help)
   version       print the version
 
 The daemon runs as: twistd -n flannel [flags]   (see: twistd flannel --help)
@@ -56,6 +59,9 @@ def main(argv=None, stdout=None, stderr=None):
     if command == "config":
         from flannel_tw.tools.netconfig import main as netconfig
         return netconfig(rest, stdout, stderr)
+    if command == "etcd":
+        from flannel_tw.tools.migrate import main as etcd
+        return etcd(rest, stdout, stderr)
     if command == "plugin-cache":
         return plugin_cache(stdout, stderr)
     if command in ("version", "--version"):

@@ -1,0 +1,290 @@
+# -*- test-case-name: tests.unit.test_migrate, tests.integration.test_migrate -*-
+"""
+``flannel-tw etcd migrate``: copy the network config and the leases from etcd's v2
+keyspace (flanneld v0.10-v0.17) to its v3 keyspace (flanneld v0.18+, flannel-tw
+C{--etcd-api=v3}), once, with the daemon's etcd flags.
+
+    flannel-tw etcd migrate [etcd flags]
+
+- B{config}: C{<prefix>/config} is written to v3 when v3 has none (create-only); the
+  same config already there is fine; a different one is refused (exit 1) before
+  anything is written.
+- B{leases}: every key under C{<prefix>/subnets} in v2 is checked (its key in flanneld's
+  exact form, its value parseable, inside the config's Network with its SubnetLen, a
+  usable PublicIP: L{flannel_tw.model.leasecheck}); a bad one is skipped with one line
+  saying why, never copied. A good one is created in v3 only where v3 has no such key
+  (a txn on C{version == 0}), so nothing v3 holds is overwritten: a lease with a TTL
+  gets a newly granted etcd lease of the TTL it has left in v2, a reservation (no TTL)
+  stays one (no lease), and the value is written in flanneld v0.20's form
+  (L{v3_lease_value}).
+
+Safe to run again (a second run finds everything there) and on a live cluster.
+The last line sums up: C{N copied, M already there, K skipped as invalid}.
+
+C{--follow} (mirroring both ways during a rolling move) is not available yet: the
+command says so and exits 2.
+
+Exit status: 0 done (skipped invalid leases included), 1 failed (different configs,
+etcd error or unreachable; the reason on stderr), 2 usage error.
+"""
+import argparse
+import contextlib
+import os
+import sys
+
+from twisted.internet import defer, task
+from twisted.python import usage
+
+from flannel_tw.etcd.registry_v3 import v3_value
+from flannel_tw.model.config import ConfigError, parse_config
+from flannel_tw.model.lease import Lease, LeaseAttrs, LeaseParseError, parse_canonical_key
+from flannel_tw.model.leasecheck import lease_problem
+
+PROG = "flannel-tw etcd migrate"
+# the daemon's etcd flags; --etcd-api makes no sense here (both keyspaces are used)
+ETCD_FLAGS = ("etcd-endpoints", "etcd-prefix", "etcd-cafile", "etcd-certfile", "etcd-keyfile",
+              "etcd-username", "etcd-password")
+
+
+class CommandError(Exception):
+    """A failure to report on stderr with exit status 1."""
+
+
+# -- pure: what to do with one v2 lease ------------------------------------------------
+
+def v3_lease_value(text, attrs):
+    """
+    The v3 value for a v2 lease value C{text} (already parsed into C{attrs}): flanneld
+    v0.20's form, C{PublicIP}, C{"PublicIPv6":null}, C{BackendType}, C{BackendData}.
+    A value in the v2 writer's form keeps its text with C{PublicIPv6} inserted
+    (L{v3_value}); a value already carrying C{PublicIPv6} is kept as it is; any other
+    (spacing, field order, case) is written anew from C{attrs}.
+    """
+    if '"PublicIPv6"' in text:
+        return text
+    converted = v3_value(text)
+    if converted != text:
+        return converted
+    return v3_value(attrs.to_json())
+
+
+def plan_lease(key, value, ttl, config=None):
+    """
+    What to do with the v2 lease at C{key} (full key; C{value} its text or None, C{ttl}
+    its seconds left or None for a reservation), given the parsed network C{config}
+    (None: not checked against it).
+
+    @return: C{("copy", name, v3_text, ttl)} with C{name} the key's last component, or
+        C{("skip", reason, message)}.
+    """
+    name = key.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        subnet = parse_canonical_key(key)
+    except LeaseParseError as e:
+        return ("skip", "bad-key", str(e))
+    if value is None:
+        return ("skip", "bad-value", "no value")
+    try:
+        attrs = LeaseAttrs.from_json(value)
+    except LeaseParseError as e:
+        return ("skip", "bad-value", str(e))
+    problem = lease_problem(Lease(subnet=subnet, attrs=attrs, key=name),
+                            network=config.network if config else None,
+                            subnet_len=config.subnet_len if config else None)
+    if problem is not None:
+        return ("skip",) + tuple(problem)
+    if ttl is not None:
+        ttl = max(int(ttl), 1)
+    return ("copy", name, v3_lease_value(value, attrs), ttl)
+
+
+def same_config(a, b):
+    """Whether two config texts say the same (equal text, or equal once parsed, Backend
+    included)."""
+    if a.strip() == b.strip():
+        return True
+    try:
+        pa, pb = parse_config(a), parse_config(b)
+    except ConfigError:
+        return False
+    return pa == pb and pa.backend == pb.backend
+
+
+# -- the command -----------------------------------------------------------------------
+
+class _ArgparseExit(Exception):
+    def __init__(self, code):
+        self.code = code if isinstance(code, int) else 2
+
+
+def _parser():
+    from flannel_tw.tap import _PARAMS, _env_name
+    p = argparse.ArgumentParser(
+        prog="flannel-tw etcd",
+        description="Move flannel's keys from etcd's v2 keyspace to its v3 keyspace, with "
+                    "the daemon's etcd flags (each also as FLANNELD_<FLAG>; with no TLS "
+                    "file given $ETCD_SSL_DIR is searched as the daemon does).")
+    sub = p.add_subparsers(dest="command", metavar="migrate")
+    mig = sub.add_parser("migrate", help="copy the config and the leases from v2 to v3 "
+                                         "(create-only: nothing in v3 is overwritten)")
+    mig.add_argument("--follow", action="store_true",
+                     help="keep mirroring leases both ways (not available yet)")
+    group = mig.add_argument_group("etcd (the daemon's flags; see twistd flannel --help)")
+    for flag in ETCD_FLAGS:
+        group.add_argument("--" + flag, dest=flag, metavar="VALUE",
+                           help="%s (%s)" % (_PARAMS[flag][1], _env_name(flag)))
+    return p
+
+
+def parse(argv, environ, stdout=None, stderr=None):
+    """C{(args, options)}; raises L{usage.UsageError} (exit 2) or L{_ArgparseExit}."""
+    from flannel_tw.tools.netconfig import _normalize, etcd_options
+    try:
+        with contextlib.redirect_stdout(stdout or sys.stdout), \
+                contextlib.redirect_stderr(stderr or sys.stderr):
+            args = _parser().parse_args(_normalize(argv))
+    except SystemExit as e:
+        raise _ArgparseExit(e.code)
+    if args.command is None:
+        raise usage.UsageError("give a command: migrate")
+    if args.follow:
+        raise usage.UsageError("--follow is not available yet (only the one-shot copy is "
+                               "built); run without it")
+    flags = ["--%s=%s" % (f, getattr(args, f)) for f in ETCD_FLAGS
+             if getattr(args, f) is not None]
+    env = {k: v for k, v in environ.items() if k != "FLANNELD_ETCD_API"}
+    return args, etcd_options(flags, env)
+
+
+@defer.inlineCallbacks
+def _create_config(client, key, text):
+    """Create C{key} in v3 unless it exists; fires with the revision, or None when a
+    value appeared meanwhile."""
+    from flannel_tw.etcd.v3client import as_int, b64
+    answer = yield client.txn(
+        [{"key": b64(key), "target": "VERSION", "result": "EQUAL", "version": "0"}],
+        [{"request_put": {"key": b64(key), "value": b64(text)}}])
+    if not answer.get("succeeded"):
+        return None
+    return as_int((answer.get("header") or {}).get("revision"))
+
+
+@defer.inlineCallbacks
+def migrate(reactor, options, environ, stdout):
+    """The one-shot copy. Fires with C{(copied, present, skipped)}; raises
+    L{CommandError} or the etcd client's errors."""
+    from flannel_tw.etcd.errors import EtcdProtocolError, NodeExist
+    from flannel_tw.etcd.registry import EtcdV2Registry
+    from flannel_tw.etcd.registry_v3 import EtcdV3Registry
+    from flannel_tw.tools.netconfig import V2ConfigStore, V3ConfigStore, make_client
+
+    prefix = options["etcd-prefix"]
+    v2client = make_client(reactor, options, environ, "v2")
+    v3client = make_client(reactor, options, environ, "v3")
+    try:
+        v2conf, v3conf = V2ConfigStore(v2client, prefix), V3ConfigStore(v3client, prefix)
+        try:
+            v2text = yield v2conf.get()
+        except EtcdProtocolError as e:
+            if e.status == 404:
+                raise CommandError("etcd serves no v2 keyspace (started without "
+                                   "--enable-v2?): nothing to migrate")
+            raise
+        v3text = yield v3conf.get()
+        config = None
+        if v2text is not None:
+            try:
+                config = parse_config(v2text)
+            except ConfigError as e:
+                stdout.write("%s: warning: the v2 config does not parse (%s); leases are "
+                             "checked without it\n" % (PROG, e))
+        if v2text is not None and v3text is not None and not same_config(v2text, v3text):
+            raise CommandError(
+                "the v3 keyspace already holds a different network config at %s (v2: %s; "
+                "v3: %s); nothing written. Make them equal (flannel-tw config set "
+                "--etcd-api=v3 ...) or remove the v3 one, then run again"
+                % (v3conf.key, v2text, v3text))
+        if v2text is None:
+            stdout.write("%s: config: none in v2 (%s)%s\n" % (
+                PROG, v2conf.key, "" if v3text is None else "; v3 has one"))
+        elif v3text is not None:
+            stdout.write("%s: config: already in v3 (%s)\n" % (PROG, v3conf.key))
+        else:
+            revision = yield _create_config(v3client, v3conf.key, v2text)
+            if revision is None:
+                v3text = yield v3conf.get()
+                if v3text is not None and not same_config(v2text, v3text):
+                    raise CommandError("a different network config appeared in v3 at %s "
+                                       "meanwhile: %s" % (v3conf.key, v3text))
+                stdout.write("%s: config: already in v3 (%s)\n" % (PROG, v3conf.key))
+            else:
+                stdout.write("%s: config: copied to v3 (%s, etcd revision %d)\n"
+                             % (PROG, v3conf.key, revision))
+
+        v2reg, v3reg = EtcdV2Registry(v2client, prefix), EtcdV3Registry(v3client, prefix)
+        records, _index = yield v2reg.list()
+        copied = present = skipped = 0
+        for record in sorted(records, key=lambda r: r.key):
+            plan = plan_lease(record.key, record.value, record.ttl, config)
+            if plan[0] == "skip":
+                skipped += 1
+                stdout.write("%s: skipped %r (%s): %s\n" % (PROG, record.key, plan[1], plan[2]))
+                continue
+            _, name, value, ttl = plan
+            try:
+                yield v3reg.create(name, value, ttl)
+            except NodeExist:
+                present += 1
+                stdout.write("%s: %s already in v3, left alone\n" % (PROG, v3reg.key(name)))
+                continue
+            copied += 1
+            stdout.write("%s: copied %s (%s)\n" % (
+                PROG, v3reg.key(name),
+                "reservation, no TTL" if ttl is None else "TTL %ds" % ttl))
+        stdout.write("%s: %d copied, %d already there, %d skipped as invalid\n"
+                     % (PROG, copied, present, skipped))
+        return copied, present, skipped
+    finally:
+        yield v2client.close()
+        yield v3client.close()
+
+
+@defer.inlineCallbacks
+def execute(reactor, args, options, stdout, stderr, environ):
+    """Run a parsed command. Fires with the exit status."""
+    from flannel_tw.etcd.errors import EtcdError, EtcdProtocolError, EtcdUnavailable
+    from flannel_tw.tools.netconfig import CommandError as NetconfigError
+    try:
+        yield migrate(reactor, options, environ, stdout)
+        return 0
+    except (CommandError, NetconfigError) as e:
+        stderr.write("%s: %s\n" % (PROG, e))
+        return 1
+    except (EtcdError, EtcdUnavailable, EtcdProtocolError) as e:
+        stderr.write("%s: etcd: %s\n" % (PROG, e))
+        return 1
+
+
+def run(reactor, argv, stdout, stderr, environ=None):
+    """The whole command (argv after C{etcd}) on a running reactor; fires with the exit
+    status."""
+    environ = os.environ if environ is None else environ
+    try:
+        args, options = parse(argv, environ, stdout, stderr)
+    except _ArgparseExit as e:
+        return defer.succeed(e.code)
+    except usage.UsageError as e:
+        stderr.write("%s: %s\n(see: flannel-tw etcd migrate --help)\n" % (PROG, e))
+        return defer.succeed(2)
+    return execute(reactor, args, options, stdout, stderr, environ)
+
+
+def main(argv, stdout=None, stderr=None):
+    """C{flannel-tw etcd ...}: its own reactor (task.react), exits with the status."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+
+    def exit_with(code):
+        raise SystemExit(code)
+
+    task.react(lambda reactor: run(reactor, argv, stdout, stderr).addCallback(exit_with))
