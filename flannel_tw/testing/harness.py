@@ -58,11 +58,11 @@ def free_port():
 
 
 class CountingManager(SubnetManager):
-    """The real subnet manager on etcd v2, counting calls by name (for 'no tight loop'
-    checks)."""
+    """The real subnet manager on etcd v2 (or on C{registry_class}'s keyspace), counting
+    calls by name (for 'no tight loop' checks)."""
 
-    def __init__(self, client, prefix=DEFAULT_PREFIX, rand=None):
-        SubnetManager.__init__(self, EtcdV2Registry(client, prefix), rand=rand)
+    def __init__(self, client, prefix=DEFAULT_PREFIX, rand=None, registry_class=EtcdV2Registry):
+        SubnetManager.__init__(self, registry_class(client, prefix), rand=rand)
         self.calls = collections.Counter()
 
     def get_network_config(self):
@@ -96,13 +96,19 @@ class DaemonHarness:
 
     def make_daemon(self, endpoints, prefix=PREFIX, tls=None, username=None, password=None,
                     iface=IFACE, notify=None, backoff=None, manager_class=CountingManager,
-                    client_kw=None, **settings):
+                    client_kw=None, api="v2", **settings):
+        """C{api="v3"}: the v3 client (JSON gateway) and registry instead of v2's."""
         client_kw = dict(client_kw or {})
         client_kw.setdefault("request_timeout", 3.0)
-        client = EtcdV2Client(reactor, endpoints, tls=tls, username=username,
+        client_class, registry_class = EtcdV2Client, EtcdV2Registry
+        if api == "v3":
+            from flannel_tw.etcd.registry_v3 import EtcdV3Registry
+            from flannel_tw.etcd.v3client import EtcdV3Client
+            client_class, registry_class = EtcdV3Client, EtcdV3Registry
+        client = client_class(reactor, endpoints, tls=tls, username=username,
                               password=password, **client_kw)
         self.addCleanup(client.close)
-        manager = manager_class(client, prefix=prefix)
+        manager = manager_class(client, prefix=prefix, registry_class=registry_class)
 
         def factory(name, reactor_, ext_iface):
             backend = RecordingBackend(ext_iface.public_ip, mtu=ext_iface.mtu - 28)
