@@ -203,18 +203,19 @@ def setup_kernel_hostgw(lab, workdir):
         lab.add_container(i, write_env(workdir, i, 1500))
 
 
-def daemon_argv(workdir, i, etcd_url, host_ip, forward_rules=True):
+def daemon_argv(workdir, i, etcd_url, host_ip, forward_rules=True, extra=()):
     return lab_daemon_argv(
         workdir, i, etcd_url, host_ip, subnet_path=os.path.join(workdir, "h%d.env" % i),
         extra=["--healthz-ip=127.0.0.1", "--healthz-port=%d" % HEALTH_PORT,
-               "--iptables-forward-rules=%s" % ("true" if forward_rules else "false")])
+               "--iptables-forward-rules=%s" % ("true" if forward_rules else "false")]
+        + list(extra))
 
 
-def start_daemon(lab, workdir, i, etcd_url, env=None, forward_rules=True):
+def start_daemon(lab, workdir, i, etcd_url, env=None, forward_rules=True, extra=()):
     e = _child_env()
     e.update(env or {})
     p = lab.spawn(lab.host_ns(i), daemon_argv(workdir, i, etcd_url, lab.host_ip(i),
-                                              forward_rules),
+                                              forward_rules, extra),
                   os.path.join(workdir, "h%d.out" % i), env=e, cwd=workdir)
     return p
 
@@ -285,7 +286,9 @@ def helper(lab, ns, args, timeout=300):
     return json.loads(cp.stdout.strip().splitlines()[-1])
 
 
-def run_scale(backend, leases, keep_logs, samples=20):
+def run_scale(backend, leases, keep_logs, samples=20, api="v2"):
+    """api v3: the config and the leases in etcd's v3 keyspace (bench/scale.py: the
+    leases share one v3 lease per KEYS_PER_V3_LEASE keys), the daemon with --etcd-api=v3."""
     workdir = tempfile.mkdtemp(prefix="flannel-tw-bench-scale-")
     lab = new_lab(workdir)
     prefix = DEFAULT_PREFIX
@@ -294,13 +297,16 @@ def run_scale(backend, leases, keep_logs, samples=20):
         config = json.dumps({"Network": "10.0.0.0/8", "SubnetLen": 24,
                              "Backend": {"Type": backend}})
         url = start_etcd(lab, workdir, config)
-        put = helper(lab, lab.switch_ns, ["put", url, prefix, backend, leases])
+        if api == "v3":
+            helper(lab, lab.switch_ns, ["config3", url, prefix, config])
+        put = helper(lab, lab.switch_ns, ["put", url, prefix, backend, leases, 0, api])
         if put["written"] != leases:
             raise LabError("wrote only %d leases: %s" % (put["written"], put["errors"]))
         t0 = time.monotonic()
-        proc = start_daemon(lab, workdir, 1, url)
+        proc = start_daemon(lab, workdir, 1, url, extra=["--etcd-api=v3"] if api == "v3" else [])
         probe = helper(lab, lab.host_ns(1), ["probe", HEALTH_PORT, backend, leases, gw])
-        res = {"backend": backend, "leases": leases, "put_seconds": put["seconds"],
+        res = {"backend": backend, "etcd_api": api, "leases": leases,
+               "put_seconds": put["seconds"],
                "routes": probe["routes"], "lease": probe.get("lease")}
         if probe["lease_at"] is not None:
             res["start_to_lease_s"] = probe["lease_at"] - t0
@@ -308,7 +314,7 @@ def run_scale(backend, leases, keep_logs, samples=20):
             res["start_to_routes_s"] = probe["routes_at"] - t0
             res["lease_to_routes_s"] = probe["routes_at"] - probe["lease_at"]
         lat = helper(lab, lab.host_ns(1), ["latency", url, prefix, backend, HEALTH_PORT, gw,
-                                           samples, leases])["latencies"]
+                                           samples, leases, api])["latencies"]
         ok = [x for x in lat if x is not None]
         res["new_lease_ms"] = [round(x * 1000, 2) for x in ok]
         res["new_lease_missed"] = len(lat) - len(ok)
@@ -439,6 +445,10 @@ def build_parser():
     p.add_argument("--leases", type=int, default=10000, help="leases for the scale run")
     p.add_argument("--scale-backends", default="udp,vxlan,host-gw",
                    help="comma-separated backends for the scale run (default udp,vxlan,host-gw)")
+    p.add_argument("--scale-etcd-api", "--etcd-api", dest="scale_etcd_api", default="v2",
+                   choices=("v2", "v3"),
+                   help="the etcd keyspace of the scale run: the leases written there, the "
+                        "daemon started with --etcd-api=that (default v2)")
     p.add_argument("--keep-logs", action="store_true", help="keep the per-scenario workdirs")
     p.add_argument("--out", default=None, help="JSON path (default bench/results-<time>.json)")
     return p
@@ -491,7 +501,7 @@ def main(argv=None):
                 continue
             say("scale %-8s %d leases ..." % (backend, args.leases))
             try:
-                s = run_scale(backend, args.leases, args.keep_logs)
+                s = run_scale(backend, args.leases, args.keep_logs, api=args.scale_etcd_api)
             except Exception as e:
                 s = {"backend": backend, "error": "%s: %s" % (type(e).__name__, e)}
             say("scale %-8s %s" % (backend, json.dumps(s, sort_keys=True)))

@@ -4,11 +4,15 @@ bench.scale ...``), started by bench/run.py. Each prints one JSON object on stdo
 Times are CLOCK_MONOTONIC (time.monotonic()), which every namespace shares, so the
 parent can compare them with its own.
 
-    put URL PREFIX BACKEND N [FIRST]   write N leases fast (concurrent v2 PUTs)
+    put URL PREFIX BACKEND N [FIRST] [API]
+                                       write N leases fast (concurrent v2 PUTs; API v3:
+                                       v3 puts, see put_v3)
+    config3 URL PREFIX CONFIG          write the network config into the v3 keyspace
     probe HEALTH_PORT BACKEND N GW     wait for the lease, then for N routes
-    latency URL PREFIX BACKEND HEALTH_PORT GW COUNT BASE
+    latency URL PREFIX BACKEND HEALTH_PORT GW COUNT BASE [API]
                                        add COUNT leases one at a time, time each to its route
 """
+import base64
 import http.client
 import json
 import socket
@@ -52,8 +56,60 @@ def _put(conn, prefix, i, backend):
         raise RuntimeError("PUT %s: HTTP %d" % (key, r.status))
 
 
-def put(url, prefix, backend, n, first=0, workers=32):
+# v3: keys written by the benchmark share leases, KEYS_PER_V3_LEASE keys to a lease
+# (granting 10,000 leases one by one is slow, and a list/watch benchmark only needs every
+# key to carry a lease: the registry asks each key's lease's TTL all the same).
+KEYS_PER_V3_LEASE = 100
+
+
+def _b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+def _v3(conn, path, body):
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    data = r.read()
+    if r.status != 200:
+        raise RuntimeError("POST %s: HTTP %d %r" % (path, r.status, data[:200]))
+    return json.loads(data)
+
+
+def _grant(conn, ttl=86400):
+    return _v3(conn, "/v3/lease/grant", {"TTL": str(ttl)})["ID"]
+
+
+def _put_v3(conn, prefix, i, backend, lease):
+    from flannel_tw.etcd.registry_v3 import v3_value
+    key, _ = lease_key(i)
+    _v3(conn, "/v3/kv/put", {"key": _b64("%s/subnets/%s" % (prefix, key)),
+                             "value": _b64(v3_value(lease_value(i, backend))),
+                             "lease": str(lease)})
+
+
+def config3(url, prefix, config):
+    conn = _conn(url)
+    try:
+        _v3(conn, "/v3/kv/put", {"key": _b64(prefix.rstrip("/") + "/config"),
+                                 "value": _b64(config)})
+    finally:
+        conn.close()
+    return {"ok": True}
+
+
+def put(url, prefix, backend, n, first=0, workers=32, api="v2"):
     t0 = time.monotonic()
+    if api == "v3":
+        conn = _conn(url)
+        try:
+            leases = [_grant(conn) for _ in range((n + KEYS_PER_V3_LEASE - 1) // KEYS_PER_V3_LEASE)]
+        finally:
+            conn.close()
+
+        def write(conn, prefix, i, backend):
+            _put_v3(conn, prefix, i, backend, leases[(i - first) // KEYS_PER_V3_LEASE])
+    else:
+        write = _put
     errors = []
     idx = iter(range(first, first + n))
     lock = threading.Lock()
@@ -66,12 +122,12 @@ def put(url, prefix, backend, n, first=0, workers=32):
             if i is None:
                 return
             try:
-                _put(conn, prefix, i, backend)
+                write(conn, prefix, i, backend)
             except Exception as e:   # one retry on a fresh connection
                 conn.close()
                 conn = _conn(url)
                 try:
-                    _put(conn, prefix, i, backend)
+                    write(conn, prefix, i, backend)
                 except Exception as e2:
                     errors.append("%s / %s" % (e, e2))
     threads = [threading.Thread(target=work) for _ in range(workers)]
@@ -79,7 +135,10 @@ def put(url, prefix, backend, n, first=0, workers=32):
         t.start()
     for t in threads:
         t.join()
-    return {"written": n - len(errors), "errors": errors[:5], "seconds": time.monotonic() - t0}
+    res = {"written": n - len(errors), "errors": errors[:5], "seconds": time.monotonic() - t0}
+    if api == "v3":
+        res["v3_leases"] = len(leases)
+    return res
 
 
 def health(port):
@@ -171,8 +230,10 @@ def probe(port, backend, n, gw, timeout=120.0):
     return out
 
 
-def latency(url, prefix, backend, port, gw, count, base):
-    """Add leases base..base+count-1 one by one; seconds from each PUT's reply to its route."""
+def latency(url, prefix, backend, port, gw, count, base, api="v2"):
+    """Add leases base..base+count-1 one by one; seconds from each PUT's reply to its route
+    (v3: each key with a lease of its own, granted before the clock starts, as a daemon
+    does)."""
     from pyroute2 import IPRoute
     conn = _conn(url)
     ipr = IPRoute() if backend != "udp" else None
@@ -181,8 +242,13 @@ def latency(url, prefix, backend, port, gw, count, base):
         have = route_count(port, backend) if backend == "udp" else None
         for k in range(count):
             i = base + k
-            t0 = time.monotonic()
-            _put(conn, prefix, i, backend)
+            if api == "v3":
+                lease = _grant(conn)
+                t0 = time.monotonic()
+                _put_v3(conn, prefix, i, backend, lease)
+            else:
+                t0 = time.monotonic()
+                _put(conn, prefix, i, backend)
             deadline = t0 + 10
             while time.monotonic() < deadline:
                 if backend == "udp":
@@ -209,13 +275,18 @@ def main(argv):
     if cmd == "put":
         url, prefix, backend, n = argv[1:5]
         first = int(argv[5]) if len(argv) > 5 else 0
-        res = put(url, prefix, backend, int(n), first)
+        api = argv[6] if len(argv) > 6 else "v2"
+        res = put(url, prefix, backend, int(n), first, api=api)
+    elif cmd == "config3":
+        url, prefix, config = argv[1:4]
+        res = config3(url, prefix, config)
     elif cmd == "probe":
         port, backend, n, gw = argv[1:5]
         res = probe(int(port), backend, int(n), gw)
     elif cmd == "latency":
         url, prefix, backend, port, gw, count, base = argv[1:8]
-        res = latency(url, prefix, backend, int(port), gw, int(count), int(base))
+        api = argv[8] if len(argv) > 8 else "v2"
+        res = latency(url, prefix, backend, int(port), gw, int(count), int(base), api)
     else:
         raise SystemExit("unknown command %r" % cmd)
     print(json.dumps(res))
