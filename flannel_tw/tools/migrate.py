@@ -4,7 +4,7 @@
 keyspace (flanneld v0.10-v0.17) to its v3 keyspace (flanneld v0.18+, flannel-tw
 C{--etcd-api=v3}), once, with the daemon's etcd flags.
 
-    flannel-tw etcd migrate [etcd flags]
+    flannel-tw etcd migrate [--follow] [etcd flags]
 
 - B{config}: C{<prefix>/config} is written to v3 when v3 has none (create-only); the
   same config already there is fine; a different one is refused (exit 1) before
@@ -21,8 +21,8 @@ C{--etcd-api=v3}), once, with the daemon's etcd flags.
 Safe to run again (a second run finds everything there) and on a live cluster.
 The last line sums up: C{N copied, M already there, K skipped as invalid}.
 
-C{--follow} (mirroring both ways during a rolling move) is not available yet: the
-command says so and exits 2.
+C{--follow}: after the copy, lease changes are mirrored both ways until SIGINT/SIGTERM
+(L{Follower}): for the rolling move of hosts from v2-era to v3-era flanneld.
 
 Exit status: 0 done (skipped invalid leases included), 1 failed (different configs,
 etcd error or unreachable; the reason on stderr), 2 usage error.
@@ -30,6 +30,7 @@ etcd error or unreachable; the reason on stderr), 2 usage error.
 import argparse
 import contextlib
 import os
+import re
 import sys
 
 from twisted.internet import defer, task
@@ -98,6 +99,18 @@ def plan_lease(key, value, ttl, config=None):
     return ("copy", name, v3_lease_value(value, attrs), ttl)
 
 
+def v2_lease_value(text):
+    """The v2 value for a v3 lease value: flanneld v0.20's C{"PublicIPv6":null} right
+    after C{PublicIP} taken out again (the v2 writer's form); anything else unchanged."""
+    m = _V3_HEAD.match(text)
+    if m is None:
+        return text
+    return text[:m.end(1)] + text[m.end():]
+
+
+_V3_HEAD = re.compile(r'(\{"PublicIP":"[0-9.]*"),"PublicIPv6":null')
+
+
 def same_config(a, b):
     """Whether two config texts say the same (equal text, or equal once parsed, Backend
     included)."""
@@ -128,7 +141,8 @@ def _parser():
     mig = sub.add_parser("migrate", help="copy the config and the leases from v2 to v3 "
                                          "(create-only: nothing in v3 is overwritten)")
     mig.add_argument("--follow", action="store_true",
-                     help="keep mirroring leases both ways (not available yet)")
+                     help="after the copy, keep mirroring lease changes both ways until "
+                          "stopped (SIGINT/SIGTERM), for a rolling move")
     group = mig.add_argument_group("etcd (the daemon's flags; see twistd flannel --help)")
     for flag in ETCD_FLAGS:
         group.add_argument("--" + flag, dest=flag, metavar="VALUE",
@@ -147,9 +161,6 @@ def parse(argv, environ, stdout=None, stderr=None):
         raise _ArgparseExit(e.code)
     if args.command is None:
         raise usage.UsageError("give a command: migrate")
-    if args.follow:
-        raise usage.UsageError("--follow is not available yet (only the one-shot copy is "
-                               "built); run without it")
     flags = ["--%s=%s" % (f, getattr(args, f)) for f in ETCD_FLAGS
              if getattr(args, f) is not None]
     env = {k: v for k, v in environ.items() if k != "FLANNELD_ETCD_API"}
@@ -170,9 +181,11 @@ def _create_config(client, key, text):
 
 
 @defer.inlineCallbacks
-def migrate(reactor, options, environ, stdout):
+def migrate(reactor, options, environ, stdout, follow=None):
     """The one-shot copy. Fires with C{(copied, present, skipped)}; raises
-    L{CommandError} or the etcd client's errors."""
+    L{CommandError} or the etcd client's errors. With C{follow} (a callable), it is
+    called after the copy with a L{Follower} set up from the copy (the clients are
+    then closed once the Deferred it returns fires)."""
     from flannel_tw.etcd.errors import EtcdProtocolError, NodeExist
     from flannel_tw.etcd.registry import EtcdV2Registry
     from flannel_tw.etcd.registry_v3 import EtcdV3Registry
@@ -222,7 +235,11 @@ def migrate(reactor, options, environ, stdout):
                              % (PROG, v3conf.key, revision))
 
         v2reg, v3reg = EtcdV2Registry(v2client, prefix), EtcdV3Registry(v3client, prefix)
-        records, _index = yield v2reg.list()
+        follower = None
+        if follow is not None:   # the v3 cursor is taken before the copy: nothing is missed
+            v3records, v3revision = yield v3reg.list()
+            follower = Follower(reactor, v2reg, v3reg, config, stdout)
+        records, v2index = yield v2reg.list()
         copied = present = skipped = 0
         for record in sorted(records, key=lambda r: r.key):
             plan = plan_lease(record.key, record.value, record.ttl, config)
@@ -232,30 +249,275 @@ def migrate(reactor, options, environ, stdout):
                 continue
             _, name, value, ttl = plan
             try:
-                yield v3reg.create(name, value, ttl)
+                created = yield v3reg.create(name, value, ttl)
             except NodeExist:
                 present += 1
                 stdout.write("%s: %s already in v3, left alone\n" % (PROG, v3reg.key(name)))
                 continue
+            if follower is not None:
+                follower.mirrored("v3", name, record.modified_index, created.modified_index)
             copied += 1
             stdout.write("%s: copied %s (%s)\n" % (
                 PROG, v3reg.key(name),
                 "reservation, no TTL" if ttl is None else "TTL %ds" % ttl))
         stdout.write("%s: %d copied, %d already there, %d skipped as invalid\n"
                      % (PROG, copied, present, skipped))
+        if follower is not None:
+            yield follower.seed(records, v3records)
+            yield follow(follower, v2index + 1, v3revision + 1)
         return copied, present, skipped
     finally:
         yield v2client.close()
         yield v3client.close()
 
 
+class Follower:
+    """
+    C{--follow}: mirror lease changes both ways until L{stop}. A change seen in one
+    keyspace (created, renewed, deleted, expired) is done in the other, conditionally:
+    written only where the other side's key is absent (create-only) or still at the
+    version this follower last saw in sync with (C{synced}), else left alone and said;
+    deleted only at that version. The follower's own writes are remembered by
+    C{(name, version)} and not mirrored back (no ping-pong); events are handled one at a
+    time under one lock, so the event of a write is looked at only once the write is
+    remembered.
+    """
+
+    RETRY = 1.0
+
+    def __init__(self, reactor, v2reg, v3reg, config, stdout):
+        self.reactor, self.config, self.stdout = reactor, config, stdout
+        self.regs = {"v2": v2reg, "v3": v3reg}
+        self.synced = {}                 # name -> {"v2": index, "v3": revision}
+        self.ours = {"v2": set(), "v3": set()}
+        self.lock = defer.DeferredLock()
+        self.counts = {"mirrored": 0, "deleted": 0, "left": 0, "skipped": 0}
+        self._watches = {}
+        self._stopped = False
+
+    def say(self, text, *args):
+        self.stdout.write(("%s: " + text + "\n") % ((PROG,) + args))
+        if hasattr(self.stdout, "flush"):
+            self.stdout.flush()
+
+    def mirrored(self, to, name, from_version, to_version):
+        """Remember a write of ours: C{to}'s key C{name} is now at C{to_version}, in sync
+        with the other side's C{from_version}."""
+        other = "v2" if to == "v3" else "v3"
+        self.ours[to].add((name, to_version))
+        self.synced[name] = {to: to_version, other: from_version}
+
+    @defer.inlineCallbacks
+    def seed(self, v2records, v3records):
+        """Before following: keys holding the same lease in both keyspaces are in sync;
+        valid leases only in v3 (v3-era hosts) are created in v2."""
+        v2 = {r.key.rsplit("/", 1)[-1]: r for r in v2records}
+        for record in v3records:
+            name = record.key.rsplit("/", 1)[-1]
+            if name in self.synced:
+                continue
+            plan = plan_lease(record.key, record.value, record.ttl, self.config)
+            if plan[0] == "skip":
+                continue
+            if name in v2:
+                other = plan_lease(v2[name].key, v2[name].value, v2[name].ttl, self.config)
+                if other[0] == "copy" and other[2] == plan[2]:
+                    self.synced[name] = {"v2": v2[name].modified_index,
+                                         "v3": record.modified_index}
+                continue
+            yield self._write("v3", name, plan, record.modified_index)
+
+    def follow(self, v2index, v3revision):
+        """Watch both keyspaces (v2 from C{v2index}, v3 from C{v3revision}) until L{stop};
+        the Deferred fires then."""
+        self.say("following both keyspaces (v2 from index %d, v3 from revision %d) until "
+                 "stopped", v2index, v3revision)
+        return defer.gatherResults([self._loop("v2", v2index), self._loop("v3", v3revision)],
+                                   consumeErrors=True)
+
+    def stop(self):
+        if self._stopped:
+            return
+        self._stopped = True
+        for d in list(self._watches.values()):
+            d.cancel()
+        self.say("stopped following: %d written, %d deleted, %d left alone, %d skipped as "
+                 "invalid", self.counts["mirrored"], self.counts["deleted"],
+                 self.counts["left"], self.counts["skipped"])
+
+    @defer.inlineCallbacks
+    def _loop(self, side, index):
+        from flannel_tw.etcd.errors import EventIndexCleared
+        while not self._stopped:
+            d = self._watches[side] = self.regs[side].watch(index)
+            try:
+                change = yield d
+            except defer.CancelledError:
+                if self._stopped:
+                    return
+                raise
+            except EventIndexCleared as e:
+                if self._stopped:
+                    return
+                self.say("warning: the %s watch fell behind (%s); reading the keyspace "
+                         "again", side, e)
+                index = yield self._catch_up(side)
+                continue
+            except Exception as e:
+                if self._stopped:
+                    return
+                self.say("warning: watching %s failed: %s; trying again", side, e)
+                yield task.deferLater(self.reactor, self.RETRY, lambda: None)
+                continue
+            finally:
+                self._watches.pop(side, None)
+            index = change.record.modified_index + 1
+            yield self.lock.run(self._handle_safely, side, change)
+
+    @defer.inlineCallbacks
+    def _catch_up(self, side):
+        """A watch that fell behind (compacted / cleared): handle the listed state as
+        changes, and the synced keys no longer there as removals; the next cursor."""
+        from flannel_tw.etcd.registry import Change, Record
+        records, cursor = yield self.regs[side].list()
+        names = set()
+        for record in records:
+            name = record.key.rsplit("/", 1)[-1]
+            names.add(name)
+            if self.synced.get(name, {}).get(side) == record.modified_index:
+                continue             # unchanged since it was mirrored
+            yield self.lock.run(self._handle_safely, side, Change(False, record))
+        for name in [n for n, v in self.synced.items() if n not in names and v.get(side)]:
+            yield self.lock.run(self._handle_safely, side, Change(
+                True, Record(self.regs[side].key(name), None, None, 0)))
+        return cursor + 1
+
+    @defer.inlineCallbacks
+    def _handle_safely(self, side, change):
+        try:
+            yield self._handle(side, change)
+        except Exception as e:
+            self.say("warning: could not mirror %s from %s: %s", change.record.key, side, e)
+
+    @defer.inlineCallbacks
+    def _handle(self, side, change):
+        key, version = change.record.key, change.record.modified_index
+        name = key.rsplit("/", 1)[-1]
+        if (name, version) in self.ours[side]:
+            self.ours[side].discard((name, version))
+            return
+        if change.removed:
+            try:
+                parse_canonical_key(key)
+            except LeaseParseError:
+                return               # never mirrored, so nothing to remove
+            yield self._delete(side, name)
+            return
+        plan = plan_lease(key, change.record.value, change.record.ttl, self.config)
+        if plan[0] == "skip":
+            self.counts["skipped"] += 1
+            self.say("skipped %r in %s (%s): %s", key, side, plan[1], plan[2])
+            return
+        yield self._write(side, name, plan, version)
+
+    @defer.inlineCallbacks
+    def _current(self, side, name):
+        from flannel_tw.etcd.errors import KeyNotFound
+        try:
+            record = yield self.regs[side].get(name)
+        except KeyNotFound:
+            return None
+        return record.modified_index
+
+    @defer.inlineCallbacks
+    def _write(self, side, name, plan, version):
+        """Write the lease seen in C{side} (at C{version}) to the other keyspace."""
+        from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
+        to = "v3" if side == "v2" else "v2"
+        _, _, value, ttl = plan
+        if to == "v2":
+            value = v2_lease_value(value)
+        reg = self.regs[to]
+        current = yield self._current(to, name)
+        known = self.synced.get(name, {}).get(to)
+        try:
+            if current is None:
+                record = yield reg.create(name, value, ttl)
+            elif current == known:
+                record = yield reg.compare_and_set(name, value, ttl, prev_index=current)
+            else:
+                raise TestFailed(101, "Compare failed", reg.key(name), current)
+        except (NodeExist, TestFailed, KeyNotFound):
+            self.counts["left"] += 1
+            self.say("%s changed in %s on its own: left alone (not overwritten with %s's)",
+                     reg.key(name), to, side)
+            return
+        self.mirrored(to, name, version, record.modified_index)
+        self.counts["mirrored"] += 1
+        self.say("%s %s in %s (%s)", "created" if current is None else "renewed",
+                 reg.key(name), to, "no TTL" if ttl is None else "TTL %ds" % ttl)
+
+    @defer.inlineCallbacks
+    def _delete(self, side, name):
+        """Delete in the other keyspace the lease removed from C{side}."""
+        from flannel_tw.etcd.v3client import as_int, b64
+        to = "v3" if side == "v2" else "v2"
+        reg = self.regs[to]
+        known = self.synced.pop(name, {}).get(to)
+        current = yield self._current(to, name)
+        if current is None:
+            return
+        if current != known:
+            self.counts["left"] += 1
+            self.say("%s changed in %s on its own: left alone (not deleted)", reg.key(name), to)
+            return
+        if to == "v2":
+            from flannel_tw.etcd.errors import KeyNotFound, TestFailed
+            try:
+                response = yield reg._client._call(b"DELETE", reg.key(name),
+                                                   [("prevIndex", str(int(current)))])
+            except (KeyNotFound, TestFailed):
+                self.counts["left"] += 1
+                return
+            done = response.node.modified_index
+        else:
+            answer = yield reg._client.txn(
+                [{"key": b64(reg.key(name)), "target": "MOD", "result": "EQUAL",
+                  "mod_revision": str(int(current))}],
+                [{"request_delete_range": {"key": b64(reg.key(name))}}])
+            if not answer.get("succeeded"):
+                self.counts["left"] += 1
+                return
+            done = as_int((answer.get("header") or {}).get("revision"))
+        self.ours[to].add((name, done))
+        self.counts["deleted"] += 1
+        self.say("deleted %s in %s", reg.key(name), to)
+
+
 @defer.inlineCallbacks
-def execute(reactor, args, options, stdout, stderr, environ):
-    """Run a parsed command. Fires with the exit status."""
+def execute(reactor, args, options, stdout, stderr, environ, started=None):
+    """Run a parsed command. Fires with the exit status. With --follow, C{started} (if
+    given) is called with the L{Follower} once it follows; SIGINT/SIGTERM (the reactor's
+    shutdown) or L{Follower.stop} ends it."""
     from flannel_tw.etcd.errors import EtcdError, EtcdProtocolError, EtcdUnavailable
     from flannel_tw.tools.netconfig import CommandError as NetconfigError
+
+    def follow(follower, v2index, v3revision):
+        trigger = reactor.addSystemEventTrigger("before", "shutdown", follower.stop)
+        done = follower.follow(v2index, v3revision)
+        if started is not None:
+            started(follower)
+
+        def finished(result):
+            try:
+                reactor.removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError):
+                pass
+            return result
+        return done.addBoth(finished)
+
     try:
-        yield migrate(reactor, options, environ, stdout)
+        yield migrate(reactor, options, environ, stdout, follow if args.follow else None)
         return 0
     except (CommandError, NetconfigError) as e:
         stderr.write("%s: %s\n" % (PROG, e))
@@ -265,7 +527,7 @@ def execute(reactor, args, options, stdout, stderr, environ):
         return 1
 
 
-def run(reactor, argv, stdout, stderr, environ=None):
+def run(reactor, argv, stdout, stderr, environ=None, started=None):
     """The whole command (argv after C{etcd}) on a running reactor; fires with the exit
     status."""
     environ = os.environ if environ is None else environ
@@ -276,7 +538,7 @@ def run(reactor, argv, stdout, stderr, environ=None):
     except usage.UsageError as e:
         stderr.write("%s: %s\n(see: flannel-tw etcd migrate --help)\n" % (PROG, e))
         return defer.succeed(2)
-    return execute(reactor, args, options, stdout, stderr, environ)
+    return execute(reactor, args, options, stdout, stderr, environ, started)
 
 
 def main(argv, stdout=None, stderr=None):

@@ -62,12 +62,26 @@ class ConvertTests(unittest.TestCase):
         self.assertEqual(migrate.plan_lease("/p/subnets/10.9.3.0-24",
                                             '{"PublicIP":"192.0.2.7"}', 3, None)[0], "copy")
 
+    def test_v2_value_from_v3_value(self):
+        self.assertEqual(migrate.v2_lease_value(
+            '{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{}}'),
+            '{"PublicIP":"192.0.2.7","BackendType":"vxlan","BackendData":{}}')
+        self.assertEqual(migrate.v2_lease_value('{"PublicIP":"192.0.2.7","PublicIPv6":null}'),
+                         '{"PublicIP":"192.0.2.7"}')
+        for kept in ('{"PublicIP":"192.0.2.7"}',
+                     '{"PublicIP":"192.0.2.7","PublicIPv6":"2001:db8::1"}',
+                     '{ "PublicIP": "192.0.2.7", "PublicIPv6": null }'):
+            self.assertEqual(migrate.v2_lease_value(kept), kept)
+
     def test_same_config(self):
         a = '{"Network": "10.7.0.0/16", "Backend": {"Type": "vxlan"}}'
         self.assertTrue(migrate.same_config(a, a + "\n"))
-        self.assertTrue(migrate.same_config(a, '{"Backend":{"Type":"vxlan"},"Network":"10.7.0.0/16"}'))
-        self.assertFalse(migrate.same_config(a, '{"Network": "10.8.0.0/16", "Backend": {"Type": "vxlan"}}'))
-        self.assertFalse(migrate.same_config(a, '{"Network": "10.7.0.0/16", "Backend": {"Type": "udp"}}'))
+        self.assertTrue(migrate.same_config(
+            a, '{"Backend":{"Type":"vxlan"},"Network":"10.7.0.0/16"}'))
+        self.assertFalse(migrate.same_config(
+            a, '{"Network": "10.8.0.0/16", "Backend": {"Type": "vxlan"}}'))
+        self.assertFalse(migrate.same_config(
+            a, '{"Network": "10.7.0.0/16", "Backend": {"Type": "udp"}}'))
         self.assertFalse(migrate.same_config(a, "{bad"))
 
 
@@ -81,10 +95,10 @@ class UsageTests(unittest.TestCase):
         return code, out.getvalue(), err.getvalue()
 
     @defer.inlineCallbacks
-    def test_follow_not_available(self):
-        code, out, err = yield self.run_command("migrate", "--follow", env=self.NOWHERE)
-        self.assertEqual((code, out), (2, ""))
-        self.assertIn("--follow is not available yet", err)
+    def test_follow_with_unreachable_etcd_exit_1(self):
+        code, _out, err = yield self.run_command("migrate", "--follow", env=self.NOWHERE)
+        self.assertEqual(code, 1)
+        self.assertIn("flannel-tw etcd migrate: etcd:", err)
 
     @defer.inlineCallbacks
     def test_no_command(self):
