@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -273,3 +274,23 @@ class FollowTests(unittest.TestCase):
         self.assertEqual((kv["value"], int(kv["mod_revision"])), (newer, revision))
         self.assertIn("%s changed in v3 on its own: left alone" % self.sub("10.7.5.0-24"),
                       self.out.getvalue())
+
+    def test_process_stops_on_sigterm(self):
+        self.server.v2_put(self.sub("10.7.1.0-24"), VXLAN, ttl=600)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLANNELD_")}
+        env.update(self.env, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flannel_tw.tools.cli", "etcd", "migrate", "--follow"],
+            cwd=repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "following both keyspaces" in line:
+                break
+        self.assertIn("1 copied, 0 already there, 0 skipped as invalid\n", "".join(lines))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual((proc.returncode, err), (0, ""))
+        self.assertIn("stopped following: 0 written, 0 deleted", out)
