@@ -7,7 +7,7 @@
     flannel-tw plugin-cache
     flannel-tw install-units [--dest DIR] [--tls] [--network-config] [--docker] [--cni-dir DIR] ...
     flannel-tw config get | set CONFIG_JSON|- | set --file F   [etcd flags]
-    flannel-tw etcd migrate   [etcd flags]
+    flannel-tw etcd migrate [--follow]   [etcd flags]
     flannel-tw version
 
 The daemon itself runs as ``twistd -n flannel [flags]``.
@@ -28,8 +28,8 @@ commands:
                 install's absolute paths (see: flannel-tw install-units --help)
   config        read or publish the network config <prefix>/config in etcd, with the
                 daemon's etcd flags and FLANNELD_* variables (flannel-tw config --help)
-  etcd migrate  copy the config and the leases from etcd's v2 keyspace to v3, create-only
-                (flannel-tw etcd migrate --help)
+  etcd migrate  copy the config and the leases from etcd's v2 keyspace to v3, create-only;
+                --follow mirrors lease changes both ways (flannel-tw etcd migrate --help)
   version       print the version
 
 The daemon runs as: twistd -n flannel [flags]   (see: twistd flannel --help)
