@@ -14,7 +14,7 @@ How L{IRegistry}'s v2-shaped calls map onto v3:
   renewal (no KeepAlive; the old lease is left to expire). A write with ttl None puts
   the key without a lease: a reservation, never renewed by anyone. A record's C{ttl}
   is the lease's remaining TTL (C{/v3/lease/timetolive}), None for a key without a
-  lease.
+  lease; a list asks it once per distinct lease ID.
 - B{create}: a txn C{version(key) == 0 -> put}; a failed compare is C{NodeExist}.
 - B{compare_and_set}: C{prev_index} -> a txn C{mod_revision(key) == prev_index -> put};
   C{prev_value} -> C{value(key) == prev_value -> put}. On failure the txn's else branch
@@ -133,14 +133,22 @@ class EtcdV3Registry:
             except EtcdProtocolError as e:
                 self.log.warn("Ignoring a malformed key-value from etcd under {key}: "
                               "{error}", key=key, error=e)
-        # one TimeToLive per leased key (as flanneld), up to TTL_CONCURRENCY at a time
+        # one TimeToLive per distinct lease (keys sharing a lease share its TTL; flanneld
+        # asks per key), up to TTL_CONCURRENCY at a time
+        leases = sorted({as_int(kv.get("lease")) for kv in kvs} - {0})
         limit = defer.DeferredSemaphore(TTL_CONCURRENCY)
-        results = yield defer.DeferredList([limit.run(self._record, kv) for kv in kvs],
-                                           consumeErrors=True)
-        for ok, result in results:
+        results = yield defer.DeferredList(
+            [limit.run(self._client.lease_time_to_live, lease) for lease in leases],
+            consumeErrors=True)
+        ttls = {}
+        for lease, (ok, result) in zip(leases, results):
             if not ok:
                 result.raiseException()
-        return [result for _, result in results], _revision(answer)
+            ttls[lease] = max(as_int(result.get("TTL"), -1), 0)
+        records = [Record(key=_text(unb64(kv.get("key"))), value=_text(unb64(kv.get("value"))),
+                          ttl=ttls.get(as_int(kv.get("lease"))),
+                          modified_index=as_int(kv.get("mod_revision"))) for kv in kvs]
+        return records, _revision(answer)
 
     @defer.inlineCallbacks
     def get(self, name):

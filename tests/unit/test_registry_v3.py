@@ -193,6 +193,21 @@ class ListConcurrencyTests(unittest.TestCase):
         records, _ = self.successResultOf(d)
         self.assertEqual([r.ttl for r in records], [100 + i for i in range(len(kvs))])
 
+    def test_keys_sharing_a_lease_ask_its_ttl_once(self):
+        """A list asks TimeToLive once per distinct lease ID: keys with one lease share
+        its TTL (10,000 keys on a few leases: a few requests, not 10,000)."""
+        kvs = [{"key": b64("/coreos.com/network/subnets/10.5.%d.0-24" % i),
+                "value": b64("{}"), "mod_revision": str(i + 1), "lease": str(7 + i % 2)}
+               for i in range(6)]
+        kvs.append({"key": b64("/coreos.com/network/subnets/10.5.9.0-24"), "value": b64("{}"),
+                    "mod_revision": "20"})
+        reg, client = registry({"header": HEADER, "kvs": kvs}, {"ID": "7", "TTL": "70"},
+                               {"ID": "8", "TTL": "80"})
+        records, _ = self.successResultOf(reg.list())
+        self.assertEqual([r.ttl for r in records], [70, 80, 70, 80, 70, 80, None])
+        self.assertEqual(sorted(c for c in client.calls if c[0] == "lease_time_to_live"),
+                         [("lease_time_to_live", 7), ("lease_time_to_live", 8)])
+
     def test_a_failed_ttl_fails_the_list(self):
         from flannel_tw.etcd.errors import EtcdUnavailable
         kvs = [{"key": b64("/coreos.com/network/subnets/10.5.1.0-24"), "mod_revision": "3",
