@@ -294,3 +294,27 @@ class FollowTests(unittest.TestCase):
         out, err = proc.communicate(timeout=20)
         self.assertEqual((proc.returncode, err), (0, ""))
         self.assertIn("stopped following: 0 written, 0 deleted", out)
+
+    @defer.inlineCallbacks
+    def test_catch_up_after_a_watch_fell_behind(self):
+        """What a compacted v3 watch (or a cleared v2 index) does: the keyspace is read
+        again; new and changed leases are mirrored, synced ones gone are removed, the
+        unchanged ones are not rewritten."""
+        self.server.v2_put(self.sub("10.7.1.0-24"), VXLAN, ttl=600)
+        self.server.v2_put(self.sub("10.7.2.0-24"), '{"PublicIP":"192.0.2.2"}', ttl=600)
+        yield self.start()
+        yield self.follower.lock.acquire()          # the watches see nothing meanwhile
+        unchanged = self.v2node("10.7.1.0-24")["modifiedIndex"]
+        v3(self.server, "/v3/kv/deleterange", {"key": _b64(self.sub("10.7.2.0-24"))})
+        raw_put(self.server, self.sub("10.7.8.0-24"), '{"PublicIP":"192.0.2.8","PublicIPv6":null}')
+        self.follower.lock.release()
+        cursor = yield self.follower._catch_up("v3")
+        self.assertGreater(cursor, 0)
+        self.assertIsNone(self.v2node("10.7.2.0-24"))
+        self.assertEqual(self.v2node("10.7.8.0-24")["value"], '{"PublicIP":"192.0.2.8"}')
+        self.assertEqual(self.v2node("10.7.1.0-24")["modifiedIndex"], unchanged)
+        # the live watch then brings the same events: already in sync, nothing rewritten
+        mirrored = self.v2node("10.7.8.0-24")["modifiedIndex"]
+        yield task.deferLater(reactor, 1.5, lambda: None)
+        self.assertEqual(self.v2node("10.7.8.0-24")["modifiedIndex"], mirrored)
+        self.assertEqual(self.follower.counts["mirrored"], 1)
