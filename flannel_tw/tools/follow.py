@@ -7,6 +7,7 @@ v2-era flanneld and on v3-era flanneld see each other during a rolling move.
 from twisted.internet import defer, task
 
 from flannel_tw.model.lease import LeaseParseError, parse_canonical_key
+from flannel_tw.model.leasecheck import SkipMemory
 from flannel_tw.tools.migrate import PROG, plan_lease, v2_lease_value
 
 
@@ -31,6 +32,7 @@ class Follower:
         self.ours = {"v2": set(), "v3": set()}
         self.lock = defer.DeferredLock()
         self.counts = {"mirrored": 0, "deleted": 0, "left": 0, "skipped": 0}
+        self.skips = SkipMemory()        # each bad lease said once, however often rewritten
         self._watches = {}
         self._stopped = False
 
@@ -143,6 +145,7 @@ class Follower:
             self.ours[side].discard((name, version))
             return
         if change.removed:
+            self.skips.forget(side + key)
             try:
                 parse_canonical_key(key)
             except LeaseParseError:
@@ -153,9 +156,11 @@ class Follower:
             return                   # mirrored at this version already (a catch-up)
         plan = plan_lease(key, change.record.value, change.record.ttl, self.config)
         if plan[0] == "skip":
-            self.counts["skipped"] += 1
-            self.say("skipped %r in %s (%s): %s", key, side, plan[1], plan[2])
+            if self.skips.note(side + key, plan[1]):
+                self.counts["skipped"] += 1
+                self.say("skipped %r in %s (%s): %s", key, side, plan[1], plan[2])
             return
+        self.skips.forget(side + key)
         yield self._write(side, name, plan, version)
 
     @defer.inlineCallbacks

@@ -210,6 +210,8 @@ class FollowTests(unittest.TestCase):
         yield wait_until(lambda: "skipped %r in v2 (bad-key)" % self.sub("x10.7.3.0-24")
                          in self.out.getvalue(), timeout=5)
         self.assertIsNone(raw_kv(self.server, self.sub("x10.7.3.0-24")))
+        # rewritten with the same fault (a renewal): not said again
+        self.server.v2_put(self.sub("x10.7.3.0-24"), '{"PublicIP":"192.0.2.3"}', ttl=300)
 
         # no loop: nothing more is written on either side
         v2index = self.v2node("10.7.2.0-24")["modifiedIndex"]
@@ -222,6 +224,8 @@ class FollowTests(unittest.TestCase):
         code = yield self.stop()
         self.assertEqual(code, 0)
         self.assertIn("stopped following: 2 written, 1 deleted", self.out.getvalue())
+        self.assertEqual(self.out.getvalue().count("skipped %r in v2" % self.sub("x10.7.3.0-24")),
+                         1)
 
     @defer.inlineCallbacks
     def test_v3_changes_show_up_in_v2(self):
