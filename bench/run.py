@@ -30,7 +30,8 @@ path.
 
 Then the control-plane scale run: N leases written into etcd, one daemon started; the
 time from its own lease to all N routes, from a new lease to its route (median of 20),
-and its peak memory (VmHWM).
+and its peak memory (VmHWM). ``--scale-etcd-api v3``: the leases in etcd's v3 keyspace
+(100 keys to a v3 lease) and the daemon on ``--etcd-api=v3``.
 
 After the scenarios, the udp backend's per-hop latency profile for a lone packet
 (bench/latency.py, also runnable alone as ``python3 -m bench.latency``).
