@@ -216,10 +216,13 @@ class EtcdV2Client:
         """C{set(key, value, ttl, prev_exist=False)}: fails with L{NodeExist} if the key exists."""
         return self.set(key, value, ttl=ttl, prev_exist=False)
 
-    def delete(self, key):
-        """DELETE a key (no query).  Fires with a L{Response} (action "delete", prev_node set);
-        fails with L{KeyNotFound} if it is missing."""
-        return self._call(b"DELETE", key, [])
+    def delete(self, key, prev_index=None):
+        """DELETE a key.  Fires with a L{Response} (action "delete", prev_node set);
+        fails with L{KeyNotFound} if it is missing. C{prev_index} sends C{prevIndex=N}
+        (action "compareAndDelete"): fails with L{TestFailed} if the key's modifiedIndex
+        is no longer N."""
+        query = [] if prev_index is None else [("prevIndex", str(int(prev_index)))]
+        return self._call(b"DELETE", key, query)
 
     def watch(self, key, wait_index, recursive=False, detect_reset=False):
         """Long-poll C{?recursive=..&wait=true&waitIndex=N} with no timeout.

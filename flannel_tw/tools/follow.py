@@ -217,8 +217,7 @@ class Follower:
         if to == "v2":
             from flannel_tw.etcd.errors import KeyNotFound, TestFailed
             try:
-                response = yield reg._client._call(b"DELETE", reg.key(name),
-                                                   [("prevIndex", str(int(current)))])
+                response = yield reg._client.delete(reg.key(name), prev_index=current)
             except (KeyNotFound, TestFailed):
                 self.counts["left"] += 1
                 return

@@ -194,6 +194,13 @@ class ClientWireTests(unittest.TestCase):
         self.assertEqual(self.fake.requests[0]["uri"], b"/v2/keys/k")
         self.assertEqual(resp.action, "delete")
 
+    def test_delete_prev_index(self):
+        c = self.client(ok({"key": "/k", "modifiedIndex": 9}, action="compareAndDelete",
+                           prev={"key": "/k", "value": "v"}))
+        resp = self.successResultOf(c.delete("/k", prev_index=8))
+        self.assertEqual(self.fake.requests[0]["uri"], b"/v2/keys/k?prevIndex=8")
+        self.assertEqual(resp.action, "compareAndDelete")
+
     def test_watch_query(self):
         c = self.client(ok({"key": "/s/a", "value": "x", "modifiedIndex": 7}, action="set"))
         resp = self.successResultOf(c.watch("/s", 7, recursive=True))
