@@ -54,7 +54,7 @@ from twisted.python.failure import Failure
 
 from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdMemberError,
                                     EtcdProtocolError, EtcdUnavailable,
-                                    describe_transport_error, etcd_error_kind)
+                                    describe_transport_error, failure_kind)
 from flannel_tw.etcd.transport import MAX_BODY, build_http, discard_body, quiet_pool, read_body
 from flannel_tw.etcd.wire import (SNIPPET as _SNIPPET, Node, Response,  # Node, Response:
                                   header_index as _header_index,        # re-exported
@@ -299,21 +299,12 @@ class EtcdV2Client:
 
     def _count_failure(self, failure):
         """Count errors by kind for metrics; an etcd API error is still an answer."""
-        if failure.check(EtcdError):
-            self.last_answer_at = self._reactor.seconds()
-            kind = etcd_error_kind(failure.value.error_code)   # a fixed label set
-        elif failure.check(EtcdUnavailable):
-            kind = "unavailable"
-        elif failure.check(EtcdProtocolError):
-            kind = "protocol"
-        elif failure.check(EtcdIndexWentBack):
-            self.last_answer_at = self._reactor.seconds()
-            kind = "index_went_back"
-        elif failure.check(defer.CancelledError):
-            return failure
-        else:
-            kind = "other"
-        self.error_counts[kind] += 1
+        counted = failure_kind(failure)
+        if counted is not None:
+            kind, answered = counted
+            if answered:
+                self.last_answer_at = self._reactor.seconds()
+            self.error_counts[kind] += 1
         return failure
 
     async def _failover(self, method, key, query, form, watch, wait_index=None, token=None):

@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.unit.test_etcd_client, tests.integration.test_etcd_client -*-
-"""Typed etcd v2 errors. Pure."""
+"""Typed etcd v2 errors. Pure (no reactor)."""
+from twisted.internet.defer import CancelledError
 
 
 class EtcdError(Exception):
@@ -56,6 +57,26 @@ def etcd_error_kind(code) -> str:
     """The error-counter kind of an etcd error code: C{etcd_<code>} for etcd's own codes,
     C{etcd_other} for anything else."""
     return "etcd_%d" % code if code in KNOWN_CODES else "etcd_other"
+
+
+def failure_kind(failure):
+    """
+    How the etcd clients count a failed request for metrics: C{(kind, answered)}, where
+    C{kind} is from the fixed label set and C{answered} says whether etcd itself answered
+    (an etcd API error or an index that went back is an answer); None for a cancelled
+    request, which is not counted.
+    """
+    if failure.check(EtcdError):
+        return etcd_error_kind(failure.value.error_code), True
+    if failure.check(EtcdUnavailable):
+        return "unavailable", False
+    if failure.check(EtcdProtocolError):
+        return "protocol", False
+    if failure.check(EtcdIndexWentBack):
+        return "index_went_back", True
+    if failure.check(CancelledError):
+        return None
+    return "other", False
 
 
 def error_from_body(body: dict) -> EtcdError:

@@ -44,7 +44,7 @@ from twisted.web.http import PotentialDataLoss
 from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdMemberError,
                                     EtcdProtocolError, EtcdResponseTooLarge, EtcdUnavailable,
                                     EventIndexCleared,
-                                    describe_transport_error, etcd_error_kind)
+                                    describe_transport_error, failure_kind)
 from flannel_tw.etcd.transport import MAX_BODY, build_http, quiet_pool, read_body
 from flannel_tw.etcd.wire import validate_endpoint
 
@@ -368,20 +368,12 @@ class EtcdV3Client:
             return result
 
         def failed(failure):
-            if failure.check(EtcdError):
-                self.last_answer_at = self._reactor.seconds()
-                kind = etcd_error_kind(failure.value.error_code)
-            elif failure.check(EtcdUnavailable):
-                kind = "unavailable"
-            elif failure.check(EtcdProtocolError):
-                kind = "protocol"
-            elif failure.check(EtcdIndexWentBack):
-                kind = "index_went_back"
-            elif failure.check(defer.CancelledError):
-                return failure
-            else:
-                kind = "other"
-            self.error_counts[kind] += 1
+            counted = failure_kind(failure)
+            if counted is not None:
+                kind, etcd_answered = counted
+                if etcd_answered:
+                    self.last_answer_at = self._reactor.seconds()
+                self.error_counts[kind] += 1
             return failure
         return d.addCallbacks(answered, failed)
 
