@@ -34,7 +34,7 @@ import os
 import re
 import sys
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.python import usage
 
 from flannel_tw.etcd.registry_v3 import v3_value
@@ -322,10 +322,5 @@ def run(reactor, argv, stdout, stderr, environ=None, started=None):
 
 def main(argv, stdout=None, stderr=None):
     """C{flannel-tw etcd ...}: its own reactor (task.react), exits with the status."""
-    stdout = stdout or sys.stdout
-    stderr = stderr or sys.stderr
-
-    def exit_with(code):
-        raise SystemExit(code)
-
-    task.react(lambda reactor: run(reactor, argv, stdout, stderr).addCallback(exit_with))
+    from flannel_tw.tools.netconfig import react_exit
+    react_exit(run, argv, stdout, stderr)

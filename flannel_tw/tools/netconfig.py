@@ -380,8 +380,11 @@ def run(reactor, argv, stdout, stderr, environ=None, stdin=None):
     return execute(reactor, args, options, value, stdout, stderr, environ)
 
 
-def main(argv, stdout=None, stderr=None):
-    """C{flannel-tw config ...}: runs its own reactor (task.react) and exits with the status."""
+def react_exit(run, argv, stdout=None, stderr=None):
+    """
+    Run a command C{run(reactor, argv, stdout, stderr)} (a Deferred firing with the exit
+    status) on its own reactor (task.react) and exit with that status.
+    """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
 
@@ -389,3 +392,8 @@ def main(argv, stdout=None, stderr=None):
         raise SystemExit(code)   # task.react exits 0 on any plain result
 
     task.react(lambda reactor: run(reactor, argv, stdout, stderr).addCallback(exit_with))
+
+
+def main(argv, stdout=None, stderr=None):
+    """C{flannel-tw config ...}: runs its own reactor (task.react) and exits with the status."""
+    react_exit(run, argv, stdout, stderr)
