@@ -309,3 +309,31 @@ class INetlink(Interface):
         Give the TUN device C{address} (only), C{mtu}, up, and the route C{route dev
         ifname}; with C{gso_max_size}, the device's largest GSO packet.
         """
+
+
+class IWireguardDevice(Interface):
+    """
+    One WireGuard device in the daemon's network namespace: the kernel module's (generic
+    netlink) or wireguard-go's (UAPI socket). Made by
+    L{flannel_tw.backend.wireguard.device.open_device}; every method returns a Deferred.
+    Addresses, MTU and routes are not its business (the backend sets them with netlink).
+    """
+
+    name = Attribute("The interface name, e.g. 'flannel-wg'.")
+    kind = Attribute("'kernel' or 'userspace' (wireguard-go).")
+
+    def configure(private_key, listen_port):
+        """Set the private key (32 raw bytes) and the UDP listen port; bring the link up."""
+
+    def set_peers(upserts, removals):
+        """
+        Add or update each L{flannel_tw.model.wgpeer.WgPeer} in C{upserts} (its AllowedIPs
+        replace the old ones) and remove each public key (32 raw bytes) in C{removals},
+        in one exchange with the device.
+        """
+
+    def peers():
+        """@return: Deferred firing with a dict public key (raw) -> L{WgPeer} as the device has them."""
+
+    def close():
+        """Remove the device (kernel) or stop wireguard-go; idempotent."""
