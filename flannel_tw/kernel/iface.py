@@ -18,7 +18,7 @@ flanneld v0.10 (``main.go`` ``LookupExtIface`` and ``pkg/ip/iface.go``):
 import re
 import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from typing import List, Optional, Sequence, Tuple
 
 
@@ -41,6 +41,9 @@ class ExtIface:
     addr: IPv4Address        # the interface address (IfaceAddr)
     public_ip: IPv4Address   # --public-ip or addr
     mtu: int
+    # IPv6 (issue 15): set only when the network config enables IPv6.
+    addr6: Optional[IPv6Address] = None        # the interface's v6 address (IfaceV6Addr)
+    public_ipv6: Optional[IPv6Address] = None  # --public-ipv6 or addr6
 
 
 @dataclass(frozen=True)
