@@ -6,7 +6,7 @@ flanneld's rules and defaults (flannel-compat.md section 1 and 13). Pure: no rea
 import json
 import re
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Dict, Optional, Tuple
 
 
@@ -35,6 +35,14 @@ class NetworkConfig:
     subnet_max: IPv4Address
     backend_type: str          # lower-cased, "udp" when Backend is absent
     backend: dict = field(default_factory=dict, compare=False, hash=False)  # raw Backend object
+    # dual-stack (flanneld v0.15+): EnableIPv4 is always True here (IPv6-only is refused
+    # at parse); the ipv6_* fields are set only when enable_ipv6
+    enable_ipv4: bool = True
+    enable_ipv6: bool = False
+    ipv6_network: Optional[IPv6Network] = None
+    ipv6_subnet_len: int = 0
+    ipv6_subnet_min: Optional[IPv6Address] = None
+    ipv6_subnet_max: Optional[IPv6Address] = None
 
     @property
     def subnet_size(self) -> int:

@@ -6,7 +6,7 @@ exactly as flanneld writes it (flannel-compat.md section 2). Pure: no reactor.
 import json
 import re
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Optional
 
 from flannel_tw.model.config import Pairs, decode_pairs, go_json_fields, plain
@@ -38,6 +38,8 @@ class LeaseAttrs:
     public_ip: IPv4Address
     backend_type: str = ""            # "" for udp/alloc (omitted from JSON)
     backend_data: Any = None          # decoded JSON value, None = omitted
+    public_ipv6: Optional[IPv6Address] = None   # PublicIPv6 (null when None)
+    backend_v6_data: Any = None       # BackendV6Data: decoded JSON value, None = omitted
 
     def to_json(self) -> str:
         """Compact JSON, fields in order PublicIP, BackendType, BackendData."""
@@ -87,6 +89,9 @@ class Lease:
     # parser is lenient (see key_to_subnet), so "x10.5.7.0-24" gives the subnet of
     # "10.5.7.0-24"; only a lease whose key is canonical (is_canonical) may be routed.
     key: Optional[str] = field(default=None, compare=False)
+    # the IPv6 part of a dual-stack lease (key "10.5.34.0-24&fc00:0:0:a::-64"), None when
+    # the lease is IPv4-only
+    ipv6_subnet: Optional[IPv6Network] = None
 
     @property
     def is_canonical(self) -> bool:
