@@ -114,8 +114,14 @@ class IRegistry(Interface):
     def set(name, value, ttl):
         """Unconditional write. @return: Deferred C{Record}."""
 
-    def delete(name):
-        """@return: Deferred; fails with C{KeyNotFound}."""
+    def delete(name, prev_index=None):
+        """
+        Delete C{name}; with C{prev_index}, only if its index is still that
+        (compare-and-delete).
+
+        @return: Deferred firing with the index of the deletion; fails with
+            C{KeyNotFound}, or C{TestFailed} when C{prev_index} no longer matches.
+        """
 
     def watch(wait_index):
         """

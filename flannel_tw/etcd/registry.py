@@ -111,8 +111,9 @@ class EtcdV2Registry:
     def set(self, name, value, ttl):
         return self._client.set(self.key(name), value, ttl=ttl).addCallback(_answer)
 
-    def delete(self, name):
-        return self._client.delete(self.key(name)).addCallback(lambda _: None)
+    def delete(self, name, prev_index=None):
+        d = self._client.delete(self.key(name), prev_index=prev_index)
+        return d.addCallback(lambda response: response.node.modified_index)
 
     @defer.inlineCallbacks
     def watch(self, wait_index):

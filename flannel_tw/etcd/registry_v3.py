@@ -220,10 +220,23 @@ class EtcdV3Registry:
         return self._write(name, value, ttl, None)
 
     @defer.inlineCallbacks
-    def delete(self, name):
-        answer = yield self._client.delete_range(self.key(name))
-        if not as_int(answer.get("deleted")):
-            raise KeyNotFound(100, "Key not found", self.key(name), _revision(answer))
+    def delete(self, name, prev_index=None):
+        key = self.key(name)
+        if prev_index is None:
+            answer = yield self._client.delete_range(key)
+            if not as_int(answer.get("deleted")):
+                raise KeyNotFound(100, "Key not found", key, _revision(answer))
+            return _revision(answer)
+        answer = yield self._client.txn(
+            [{"key": b64(key), "target": "MOD", "result": "EQUAL",
+              "mod_revision": str(int(prev_index))}],
+            [{"request_delete_range": {"key": b64(key)}}],
+            [{"request_range": {"key": b64(key)}}])
+        if not answer.get("succeeded"):
+            if not _txn_range_kvs(answer):
+                raise KeyNotFound(100, "Key not found", key, _revision(answer))
+            raise TestFailed(101, "Compare failed", key, _revision(answer))
+        return _revision(answer)
 
     @defer.inlineCallbacks
     def watch(self, wait_index):

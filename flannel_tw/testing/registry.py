@@ -81,9 +81,12 @@ class FakeRegistry:
         self.writes.append(("set", name, value, ttl, None))
         return defer.succeed(self._write(name, value, ttl))
 
-    def delete(self, name):
-        self.writes.append(("delete", name, None, None, None))
-        return self.remove(name)
+    def delete(self, name, prev_index=None):
+        self.writes.append(("delete", name, None, None, prev_index))
+        have = self.records.get(name)
+        if have is not None and prev_index is not None and have.modified_index != prev_index:
+            return defer.fail(TestFailed(101, "Compare failed", self._key(name), self.index))
+        return self.remove(name).addCallback(lambda _: self.index)
 
     def watch(self, wait_index):
         if self.index < wait_index - 1:

@@ -6,6 +6,7 @@ v2-era flanneld and on v3-era flanneld see each other during a rolling move.
 """
 from twisted.internet import defer, task
 
+from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
 from flannel_tw.model.lease import LeaseParseError, parse_canonical_key
 from flannel_tw.model.leasecheck import SkipMemory
 from flannel_tw.tools.migrate import PROG, plan_lease, v2_lease_value
@@ -165,7 +166,6 @@ class Follower:
 
     @defer.inlineCallbacks
     def _current(self, side, name):
-        from flannel_tw.etcd.errors import KeyNotFound
         try:
             record = yield self.regs[side].get(name)
         except KeyNotFound:
@@ -175,7 +175,6 @@ class Follower:
     @defer.inlineCallbacks
     def _write(self, side, name, plan, version):
         """Write the lease seen in C{side} (at C{version}) to the other keyspace."""
-        from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
         to = "v3" if side == "v2" else "v2"
         _, _, value, ttl = plan
         if to == "v2":
@@ -203,7 +202,6 @@ class Follower:
     @defer.inlineCallbacks
     def _delete(self, side, name):
         """Delete in the other keyspace the lease removed from C{side}."""
-        from flannel_tw.etcd.v3client import as_int, b64
         to = "v3" if side == "v2" else "v2"
         reg = self.regs[to]
         known = self.synced.pop(name, {}).get(to)
@@ -214,23 +212,11 @@ class Follower:
             self.counts["left"] += 1
             self.say("%s changed in %s on its own: left alone (not deleted)", reg.key(name), to)
             return
-        if to == "v2":
-            from flannel_tw.etcd.errors import KeyNotFound, TestFailed
-            try:
-                response = yield reg._client.delete(reg.key(name), prev_index=current)
-            except (KeyNotFound, TestFailed):
-                self.counts["left"] += 1
-                return
-            done = response.node.modified_index
-        else:
-            answer = yield reg._client.txn(
-                [{"key": b64(reg.key(name)), "target": "MOD", "result": "EQUAL",
-                  "mod_revision": str(int(current))}],
-                [{"request_delete_range": {"key": b64(reg.key(name))}}])
-            if not answer.get("succeeded"):
-                self.counts["left"] += 1
-                return
-            done = as_int((answer.get("header") or {}).get("revision"))
+        try:
+            done = yield reg.delete(name, prev_index=current)
+        except (KeyNotFound, TestFailed):
+            self.counts["left"] += 1
+            return
         self.ours[to].add((name, done))
         self.counts["deleted"] += 1
         self.say("deleted %s in %s", reg.key(name), to)
