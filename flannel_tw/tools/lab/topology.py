@@ -10,6 +10,13 @@ Layout for prefix ``fl1a2b`` and subnet ``192.168.250.0/24``::
     fl1a2bh1     eth0 192.168.250.11/24 (peer h1 on br0), default via .1
     fl1a2bh1c    eth0 <FLANNEL_SUBNET .2>, default via .1 on docker0 in fl1a2bh1
 
+With ``subnet6`` (``flannel-tw lab --ipv6``, e.g. ``fd00:250::/64``) the underlay is
+dual-stack: br0 also holds ``fd00:250::1/64``, host i ``fd00:250::<10+i>/64`` with a v6
+default route via ``::1``; DAD is off in every lab namespace (``accept_dad=0`` before
+any device exists, addresses added ``nodad``) so each address is usable at once.  A
+container whose subnet.env has ``FLANNEL_IPV6_SUBNET`` gets ::2 of it and a v6 default
+route via ::1 on docker0 (docker's ``--ipv6 --fixed-cidr-v6``).
+
 Nothing is created in the current (root) namespace: every device is made
 inside a lab namespace, so deleting the namespaces removes everything.
 """
@@ -22,7 +29,8 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface,
+                       IPv6Network)
 from typing import Dict, List, Optional, Sequence
 
 IP = "ip"
@@ -40,6 +48,14 @@ class Container:
     gateway: IPv4Address     # docker0 address (.1), the default route
     subnet: IPv4Network      # FLANNEL_SUBNET as a network
     mtu: int                 # FLANNEL_MTU
+    # dual-stack (subnet.env with FLANNEL_IPV6_SUBNET), else None
+    addr6: Optional[IPv6Address] = None      # ::2 of the v6 subnet
+    gateway6: Optional[IPv6Address] = None   # docker0's v6 address (::1), the v6 default route
+    subnet6: Optional[IPv6Network] = None    # FLANNEL_IPV6_SUBNET as a network
+
+    def addrs(self):
+        """The container's addresses: IPv4, then IPv6 when it has one."""
+        return [self.addr] + ([self.addr6] if self.addr6 is not None else [])
 
 
 def _run(argv: Sequence[str], check=True, timeout=30, **kw) -> subprocess.CompletedProcess:
@@ -142,7 +158,8 @@ class Lab:
     partial set-up.
     """
 
-    def __init__(self, prefix: Optional[str] = None, subnet: str = "192.168.250.0/24"):
+    def __init__(self, prefix: Optional[str] = None, subnet: str = "192.168.250.0/24",
+                 subnet6: Optional[str] = None):
         if shutil.which(IP) is None:
             raise LabError("iproute2's 'ip' command was not found")
         existing = set(list_netns())
@@ -157,6 +174,10 @@ class Lab:
         self.subnet = IPv4Network(subnet)
         if self.subnet.prefixlen > 26:
             raise ValueError("lab subnet too small: %s" % subnet)
+        #: the underlay's IPv6 subnet (dual-stack lab), or None
+        self.subnet6 = IPv6Network(subnet6) if subnet6 is not None else None
+        if self.subnet6 is not None and self.subnet6.prefixlen > 120:
+            raise ValueError("lab IPv6 subnet too small: %s" % subnet6)
         self.namespaces: List[str] = []
         self.procs: List[subprocess.Popen] = []
         self._logs = []
@@ -184,6 +205,15 @@ class Lab:
     def host_ip(self, i: int) -> IPv4Address:
         return self.subnet.network_address + 10 + i
 
+    @property
+    def gateway6(self) -> Optional[IPv6Address]:
+        """The switch's br0 IPv6 address (::1), or None (IPv4-only lab)."""
+        return self.subnet6.network_address + 1 if self.subnet6 is not None else None
+
+    def host_ip6(self, i: int) -> Optional[IPv6Address]:
+        """Host i's underlay IPv6 address (::<10+i>, as the v4 one), or None."""
+        return self.subnet6.network_address + 10 + i if self.subnet6 is not None else None
+
     # -- plumbing ------------------------------------------------------------
 
     def _ip(self, ns: str, *args: str) -> subprocess.CompletedProcess:
@@ -194,6 +224,10 @@ class Lab:
             raise LabError("namespace %s already made" % ns)
         self.namespaces.append(ns)
         _run([IP, "netns", "add", ns])
+        if self.subnet6 is not None:
+            # no DAD in the lab: every v6 address (link-local ones too) usable at once
+            self.exec(ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0",
+                           "net.ipv6.conf.default.accept_dad=0"])
         self._ip(ns, "link", "set", "lo", "up")
 
     def _sysctl(self, ns: str, key: str, value: str) -> None:
@@ -208,6 +242,9 @@ class Lab:
         self._ip(ns, "link", "add", "br0", "type", "bridge")
         self._ip(ns, "addr", "add", "%s/%d" % (self.gateway, self.subnet.prefixlen),
                  "dev", "br0")
+        if self.subnet6 is not None:
+            self._ip(ns, "addr", "add", "%s/%d" % (self.gateway6, self.subnet6.prefixlen),
+                     "dev", "br0", "nodad")
         self._ip(ns, "link", "set", "br0", "up")
         self.switch = ns
         return ns
@@ -231,6 +268,10 @@ class Lab:
         self._ip(ns, "addr", "add", "%s/%d" % (self.host_ip(i), self.subnet.prefixlen),
                  "dev", "eth0")
         self._ip(ns, "route", "add", "default", "via", str(self.gateway))
+        if self.subnet6 is not None:
+            self._ip(ns, "addr", "add", "%s/%d" % (self.host_ip6(i), self.subnet6.prefixlen),
+                     "dev", "eth0", "nodad")
+            self._ip(ns, "-6", "route", "add", "default", "via", str(self.gateway6))
         self.hosts[i] = ns
         return ns
 
@@ -239,7 +280,10 @@ class Lab:
         As dockerd with ``--bip=$FLANNEL_SUBNET --mtu=$FLANNEL_MTU``: bridge
         docker0 in the host namespace holding FLANNEL_SUBNET, ip_forward on,
         and a container namespace ``<p>h<i>c`` whose eth0 has .2 of the subnet,
-        mtu FLANNEL_MTU and a default route via .1.
+        mtu FLANNEL_MTU and a default route via .1.  With FLANNEL_IPV6_SUBNET in the
+        file (dual-stack), as dockerd with ``--ipv6 --fixed-cidr-v6``: docker0 also
+        holds that address (::1), v6 forwarding is on, and eth0 gets ::2 and a v6
+        default route via ::1.
         """
         if host not in self.hosts:
             raise LabError("add_host(%d) first" % host)
@@ -247,12 +291,17 @@ class Lab:
         try:
             bip = IPv4Interface(env["FLANNEL_SUBNET"])
             mtu = int(env["FLANNEL_MTU"])
+            bip6 = (IPv6Interface(env["FLANNEL_IPV6_SUBNET"])
+                    if env.get("FLANNEL_IPV6_SUBNET") else None)
         except (KeyError, ValueError) as e:
             raise LabError("bad subnet.env %s (%s): %r" % (subnet_env_path, e, env))
         net = bip.network
         addr = bip.ip + 1
         if addr not in net or addr == net.broadcast_address:
             raise LabError("no room for a container in %s" % bip)
+        addr6 = bip6.ip + 1 if bip6 is not None else None
+        if bip6 is not None and addr6 not in bip6.network:
+            raise LabError("no room for a container in %s" % bip6)
         hns = self.hosts[host]
         cns = self.container_ns(host)
         self._new_ns(cns)
@@ -266,7 +315,15 @@ class Lab:
         self._ip(cns, "link", "set", "eth0", "mtu", str(mtu), "up")
         self._ip(cns, "addr", "add", "%s/%d" % (addr, net.prefixlen), "dev", "eth0")
         self._ip(cns, "route", "add", "default", "via", str(bip.ip))
-        c = Container(ns=cns, host=host, addr=addr, gateway=bip.ip, subnet=net, mtu=mtu)
+        if bip6 is not None:
+            self._ip(hns, "addr", "add", str(bip6), "dev", "docker0", "nodad")
+            self._sysctl(hns, "net.ipv6.conf.all.forwarding", "1")
+            self._ip(cns, "addr", "add", "%s/%d" % (addr6, bip6.network.prefixlen),
+                     "dev", "eth0", "nodad")
+            self._ip(cns, "-6", "route", "add", "default", "via", str(bip6.ip))
+        c = Container(ns=cns, host=host, addr=addr, gateway=bip.ip, subnet=net, mtu=mtu,
+                      addr6=addr6, gateway6=bip6.ip if bip6 is not None else None,
+                      subnet6=bip6.network if bip6 is not None else None)
         self.containers[host] = c
         return c
 
@@ -308,10 +365,14 @@ class Lab:
             "subnet": str(self.subnet),
             "namespaces": list(self.namespaces),
             "pids": [p.pid for p in self.procs if p.poll() is None],
-            "hosts": {str(i): {"ns": ns, "ip": str(self.host_ip(i))}
+            "subnet6": str(self.subnet6) if self.subnet6 is not None else None,
+            "hosts": {str(i): dict({"ns": ns, "ip": str(self.host_ip(i))},
+                                   **({"ip6": str(self.host_ip6(i))} if self.subnet6 else {}))
                       for i, ns in self.hosts.items()},
-            "containers": {str(i): {"ns": c.ns, "addr": str(c.addr),
-                                    "subnet": str(c.subnet), "mtu": c.mtu}
+            "containers": {str(i): dict({"ns": c.ns, "addr": str(c.addr),
+                                         "subnet": str(c.subnet), "mtu": c.mtu},
+                                        **({"addr6": str(c.addr6), "subnet6": str(c.subnet6)}
+                                           if c.addr6 is not None else {}))
                            for i, c in self.containers.items()},
         }
 

@@ -1,0 +1,110 @@
+"""Tests for the dual-stack lab underlay (flannel_tw.tools.lab.topology with subnet6,
+``flannel-tw lab --ipv6``) on real kernels. All traffic stays inside the namespaces
+each test makes; every lab is torn down in a cleanup."""
+
+import json
+import subprocess
+from ipaddress import IPv6Address, IPv6Network
+
+from twisted.trial import unittest
+
+from flannel_tw.tools.lab.topology import Lab, LabError, list_netns
+from flannel_tw.testing import skips
+
+
+def _ip_json(ns, *args):
+    out = subprocess.run(["ip", "-n", ns, "-j"] + list(args), check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out or "[]")
+
+
+def write_env(path, subnet="10.5.72.1/24", subnet6="fd00:10:5:48::1/64", mtu=1450):
+    with open(path, "w") as f:
+        f.write("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=%s\n" % subnet)
+        if subnet6:
+            f.write("FLANNEL_IPV6_NETWORK=fd00:10:5::/48\nFLANNEL_IPV6_SUBNET=%s\n" % subnet6)
+        f.write("FLANNEL_MTU=%s\nFLANNEL_IPMASQ=false\n" % mtu)
+    return path
+
+
+class DualStackTopologyTests(unittest.TestCase):
+    skip = skips.missing(root=True, tools=("ip", "ping", "sysctl"))
+
+    def make_lab(self, **kw):
+        lab = Lab(subnet6="fd00:250::/64", **kw)
+        self.addCleanup(lambda: self.assertEqual(
+            [n for n in list_netns() if n.startswith(lab.prefix)], []))
+        self.addCleanup(lab.teardown)
+        return lab
+
+    def test_addresses(self):
+        lab = self.make_lab()
+        self.assertEqual(lab.subnet6, IPv6Network("fd00:250::/64"))
+        self.assertEqual(lab.gateway6, IPv6Address("fd00:250::1"))
+        self.assertEqual(lab.host_ip6(3), IPv6Address("fd00:250::d"))
+        plain = Lab()
+        self.assertIsNone(plain.subnet6)
+        self.assertIsNone(plain.gateway6)
+        self.assertIsNone(plain.host_ip6(1))
+        self.assertRaises(ValueError, Lab, subnet6="fd00::/124")
+        self.assertRaises(ValueError, Lab, subnet6="10.0.0.0/24")
+
+    def test_hosts_ping_over_v6_at_once(self):
+        """No DAD: the underlay's v6 addresses work right after they are added."""
+        lab = self.make_lab()
+        lab.add_switch()
+        h1, h2 = lab.add_host(1), lab.add_host(2)
+        # the first ping, no settling: a tentative address would fail it
+        self.assertTrue(lab.ping(h1, lab.host_ip6(2), timeout=2))
+        self.assertTrue(lab.ping(h2, lab.gateway6, timeout=2))
+        self.assertTrue(lab.ping(h1, lab.host_ip(2)))       # v4 still there
+        (eth0,) = _ip_json(h1, "addr", "show", "dev", "eth0")
+        inet6 = [(a["local"], a["prefixlen"]) for a in eth0["addr_info"]
+                 if a["family"] == "inet6" and a.get("scope") == "global"]
+        self.assertEqual(inet6, [("fd00:250::b", 64)])
+        self.assertFalse([a for a in eth0["addr_info"] if a.get("tentative")])
+        routes = _ip_json(h1, "-6", "route", "show", "default")
+        self.assertEqual([(r["gateway"], r["dev"]) for r in routes], [("fd00:250::1", "eth0")])
+
+    def test_dual_stack_container(self):
+        lab = self.make_lab()
+        lab.add_switch()
+        lab.add_host(1)
+        c = lab.add_container(1, write_env(self.mktemp()))
+        self.assertEqual(str(c.addr6), "fd00:10:5:48::2")
+        self.assertEqual(str(c.gateway6), "fd00:10:5:48::1")
+        self.assertEqual(str(c.subnet6), "fd00:10:5:48::/64")
+        self.assertEqual([str(a) for a in c.addrs()], ["10.5.72.2", "fd00:10:5:48::2"])
+        self.assertTrue(lab.ping(c.ns, c.gateway6, timeout=2))
+        self.assertTrue(lab.ping(lab.host_ns(1), c.addr6, timeout=2))
+        # the container's v6 traffic leaves through the host (forwarding on): it reaches
+        # the host's underlay address and the switch (which routes back via no route:
+        # the switch has none to the container subnet, so only the host address)
+        self.assertTrue(lab.ping(c.ns, lab.host_ip6(1), timeout=2))
+        routes = _ip_json(c.ns, "-6", "route", "show", "default")
+        self.assertEqual([r["gateway"] for r in routes], ["fd00:10:5:48::1"])
+        fwd = lab.exec(lab.host_ns(1), ["sysctl", "-n", "net.ipv6.conf.all.forwarding"])
+        self.assertEqual(fwd.stdout.strip(), "1")
+        state = lab.state()
+        self.assertEqual(state["subnet6"], "fd00:250::/64")
+        self.assertEqual(state["hosts"]["1"]["ip6"], "fd00:250::b")
+        self.assertEqual(state["containers"]["1"]["addr6"], "fd00:10:5:48::2")
+
+    def test_v4_only_env_gives_v4_only_container(self):
+        lab = self.make_lab()
+        lab.add_switch()
+        lab.add_host(1)
+        c = lab.add_container(1, write_env(self.mktemp(), subnet6=None))
+        self.assertIsNone(c.addr6)
+        self.assertEqual(c.addrs(), [c.addr])
+        self.assertEqual(_ip_json(c.ns, "-6", "route", "show", "default"), [])
+
+    def test_bad_v6_subnet_env(self):
+        lab = self.make_lab()
+        lab.add_switch()
+        lab.add_host(1)
+        for bad in ["fd00::zz/64", "10.5.1.1/24", "fd00::1/128"]:
+            e = self.assertRaises(LabError, lab.add_container, 1,
+                                  write_env(self.mktemp(), subnet6=bad))
+            self.assertRegex(str(e), "bad subnet.env|no room for a container")
+        self.assertNotIn(lab.container_ns(1), list_netns())
