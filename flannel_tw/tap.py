@@ -12,7 +12,7 @@ take ``--flag=true|false``.
 import os
 import re
 import sys
-from ipaddress import AddressValueError, IPv4Address
+from ipaddress import AddressValueError, IPv4Address, IPv6Address
 from urllib.parse import urlsplit
 
 from twisted.python import usage
@@ -42,6 +42,8 @@ _PARAMS = {
     "subnet-file": (DEFAULT_SUBNET_FILE, "filename where env variables (subnet, MTU, ...) "
                     "will be written to"),
     "public-ip": ("", "IP accessible by other nodes for inter-host communication"),
+    "public-ipv6": ("", "IPv6 accessible by other nodes for inter-host communication "
+                    "(used when the network config has EnableIPv6)"),
     "subnet-lease-renew-margin": ("60", "subnet lease renewal margin, in minutes (1..1439)"),
     "healthz-ip": ("0.0.0.0", "the IP address for healthz server to listen"),
     "healthz-port": ("0", "the port for healthz server to listen (0 to disable)"),
@@ -266,6 +268,12 @@ class Options(usage.Options):
                 except (AddressValueError, ValueError):
                     raise usage.UsageError("%s: %r is not an IPv4 address"
                                            % (self._where(name), self[name]))
+        if self["public-ipv6"]:
+            try:
+                IPv6Address(self["public-ipv6"])
+            except (AddressValueError, ValueError):
+                raise usage.UsageError("%s: %r is not an IPv6 address"
+                                       % (self._where("public-ipv6"), self["public-ipv6"]))
         endpoints = [e.strip() for e in self["etcd-endpoints"].split(",") if e.strip()]
         if not endpoints:
             raise usage.UsageError("%s: no etcd endpoint given" % self._where("etcd-endpoints"))
