@@ -22,7 +22,7 @@ class ConfigError(ValueError):
     str(err) is a full sentence that names the key and what is wrong.
     """
 
-    def __init__(self, message: str, key: Optional[str] = None):
+    def __init__(self, message: str, key: Optional[str] = None):  # key: also the IPv6 fields
         super().__init__(message)
         self.key = key
 
@@ -48,8 +48,14 @@ class NetworkConfig:
     def subnet_size(self) -> int:
         return 2 ** (32 - self.subnet_len)
 
+    @property
+    def ipv6_subnet_size(self) -> int:
+        """Addresses per IPv6 subnet (0 when IPv6 is off)."""
+        return 2 ** (128 - self.ipv6_subnet_len) if self.enable_ipv6 else 0
 
-_FIELDS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend")
+
+_FIELDS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4",
+           "EnableIPv6", "IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax")
 _IPV4_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", re.ASCII)
 _CIDR_RE = re.compile(r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})/(\d{1,2})", re.ASCII)
 _UNSET = IPv4Address(0)
@@ -153,10 +159,10 @@ def _parse_network(value) -> IPv4Network:
     return network
 
 
-def _parse_subnet_len(value) -> int:
+def _parse_subnet_len(value, key="SubnetLen") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError("SubnetLen must be a non-negative integer, not %s"
-                          % (json.dumps(plain(value)),), key="SubnetLen")
+        raise ConfigError("%s must be a non-negative integer, not %s"
+                          % (key, json.dumps(plain(value))), key=key)
     return value
 
 
@@ -190,6 +196,7 @@ def _parse_backend(value) -> Tuple[str, dict]:
 def parse_config(text) -> NetworkConfig:
     """Parse and validate config JSON (str or bytes). Raises ConfigError."""
     fields = go_json_fields(_decode_object(text), _FIELDS, raw=("Backend",))
+    ipv6 = _parse_ipv6(fields)     # first: an IPv6-only config is refused before Network
     if "Network" not in fields:
         raise ConfigError("Network is missing: define an IPv4 CIDR such as \"10.1.0.0/16\"",
                           key="Network")
@@ -239,4 +246,123 @@ def parse_config(text) -> NetworkConfig:
 
     backend_type, backend = _parse_backend(fields.get("Backend", _ABSENT))
     return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=smin,
-                         subnet_max=smax, backend_type=backend_type, backend=backend)
+                         subnet_max=smax, backend_type=backend_type, backend=backend,
+                         **ipv6)
+
+
+# -- dual-stack (flanneld v0.15+; flanneld-v0.20-v3.md section B) ---------------------
+
+IPV6_ONLY_REFUSED = (
+    "EnableIPv4 is false: IPv6-only networks are not supported with etcd. flanneld's etcd "
+    "subnet manager has no IPv6-only lease key (every key is \"A.B.C.D-N\" or "
+    "\"A.B.C.D-N&<ipv6>-<len>\", always with an IPv4 subnet) and would publish PublicIP "
+    "0.0.0.0 for every host, so hosts would reuse each other's leases. Use a dual-stack "
+    "network instead: \"EnableIPv4\": true (the default), \"Network\", \"EnableIPv6\": "
+    "true and \"IPv6Network\"")
+_IPV6_CIDR_RE = re.compile(r"([0-9A-Fa-f:.]+)/(\d{1,3})", re.ASCII)
+_IPV6_ADDR_RE = re.compile(r"[0-9A-Fa-f:.]+", re.ASCII)
+_MAPPED = IPv6Network("::ffff:0:0/96")
+
+
+def _parse_bool(key: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError("%s must be true or false, not %s" % (key, json.dumps(plain(value))),
+                          key=key)
+    return value
+
+
+def _parse_ipv6_network(value) -> IPv6Network:
+    if not isinstance(value, str):
+        raise ConfigError("IPv6Network must be a string like \"fc00::/48\", not %s"
+                          % (json.dumps(plain(value)),), key="IPv6Network")
+    if value == "":
+        raise ConfigError("IPv6Network is empty: please define a correct IPv6Network "
+                          "parameter in the flannel config, an IPv6 CIDR such as "
+                          "\"fc00::/48\"", key="IPv6Network")
+    m = _IPV6_CIDR_RE.fullmatch(value)
+    try:
+        if m is None or ":" not in m.group(1) or int(m.group(2)) > 128:
+            raise ValueError(value)
+        network = IPv6Network("%s/%d" % (m.group(1), int(m.group(2))), strict=False)
+    except ValueError:
+        raise ConfigError("IPv6Network %r is not an IPv6 CIDR such as \"fc00::/48\"" % (value,),
+                          key="IPv6Network")
+    if network.prefixlen == 0:
+        raise ConfigError("IPv6Network %s is empty: please define a correct IPv6Network "
+                          "parameter in the flannel config, an IPv6 CIDR such as "
+                          "\"fc00::/48\"" % (network,), key="IPv6Network")
+    if network.overlaps(_MAPPED):
+        raise ConfigError("IPv6Network %s overlaps the IPv4-mapped range ::ffff:0:0/96, "
+                          "whose addresses flanneld writes as IPv4 in lease keys"
+                          % (network,), key="IPv6Network")
+    return network
+
+
+def _parse_ipv6_address(key: str, value) -> IPv6Address:
+    if isinstance(value, str) and _IPV6_ADDR_RE.fullmatch(value) and ":" in value:
+        try:
+            return IPv6Address(value)
+        except ValueError:
+            pass
+    raise ConfigError("%s must be an IPv6 address string, not %s"
+                      % (key, json.dumps(plain(value))), key=key)
+
+
+def _parse_ipv6(fields) -> Dict[str, Any]:
+    """
+    The dual-stack fields of NetworkConfig (keyword arguments), with flanneld v0.20's
+    defaults and errors. The IPv6 keys are type-checked whenever present (Go's decoder
+    would refuse a bad value too) and validated only with EnableIPv6, as flanneld does.
+    """
+    enable_ipv4 = _parse_bool("EnableIPv4", fields.get("EnableIPv4", True))
+    enable_ipv6 = _parse_bool("EnableIPv6", fields.get("EnableIPv6", False))
+    if not enable_ipv4:
+        raise ConfigError(IPV6_ONLY_REFUSED, key="EnableIPv4")
+    network = (_parse_ipv6_network(fields["IPv6Network"]) if "IPv6Network" in fields
+               else None)
+    subnet_len = _parse_subnet_len(fields.get("IPv6SubnetLen", 0), "IPv6SubnetLen")
+    smin = (_parse_ipv6_address("IPv6SubnetMin", fields["IPv6SubnetMin"])
+            if "IPv6SubnetMin" in fields else None)
+    smax = (_parse_ipv6_address("IPv6SubnetMax", fields["IPv6SubnetMax"])
+            if "IPv6SubnetMax" in fields else None)
+    if not enable_ipv6:
+        return {}
+    if network is None:
+        raise ConfigError("IPv6Network is missing: please define a correct IPv6Network "
+                          "parameter in the flannel config (EnableIPv6 is true), an IPv6 "
+                          "CIDR such as \"fc00::/48\"", key="IPv6Network")
+    prefix = network.prefixlen
+    if subnet_len > 0:
+        if subnet_len > 126:
+            raise ConfigError("IPv6SubnetLen %d: SubnetLen must be less than /127"
+                              % (subnet_len,), key="IPv6SubnetLen")
+        if subnet_len < prefix + 2:
+            raise ConfigError("IPv6SubnetLen %d with IPv6Network %s: network must be able to "
+                              "accommodate at least four subnets" % (subnet_len, network),
+                              key="IPv6SubnetLen")
+    elif prefix > 124:
+        raise ConfigError("IPv6Network %s: IPv6Network is too small. Minimum useful network "
+                          "prefix is /124" % (network,), key="IPv6Network")
+    elif prefix <= 62:
+        subnet_len = 64
+    else:
+        subnet_len = prefix + 2
+    size = 2 ** (128 - subnet_len)
+    if smin is None:
+        smin = network.network_address + size
+    elif smin not in network:
+        raise ConfigError("IPv6SubnetMin %s: IPv6SubnetMin is not in the range of the "
+                          "IPv6Network %s" % (smin, network), key="IPv6SubnetMin")
+    if smax is None:
+        smax = IPv6Address(int(network.broadcast_address) + 1 - size)
+    elif smax not in network:
+        raise ConfigError("IPv6SubnetMax %s: IPv6SubnetMax is not in the range of the "
+                          "IPv6Network %s" % (smax, network), key="IPv6SubnetMax")
+    if int(smin) % size:
+        raise ConfigError("IPv6SubnetMin is not on a SubnetLen boundary: %s (IPv6SubnetLen %d)"
+                          % (smin, subnet_len), key="IPv6SubnetMin")
+    if int(smax) % size:
+        raise ConfigError("IPv6SubnetMax is not on a SubnetLen boundary: %s (IPv6SubnetLen %d)"
+                          % (smax, subnet_len), key="IPv6SubnetMax")
+    return dict(enable_ipv6=True, ipv6_network=network, ipv6_subnet_len=subnet_len,
+                ipv6_subnet_min=smin, ipv6_subnet_max=smax)
