@@ -288,8 +288,8 @@ def helper(lab, ns, args, timeout=300):
 
 
 def run_scale(backend, leases, keep_logs, samples=20, api="v2"):
-    """api v3: the config and the leases in etcd's v3 keyspace (bench/scale.py: the
-    leases share one v3 lease per KEYS_PER_V3_LEASE keys), the daemon with --etcd-api=v3."""
+    """api v3: the config and the leases in etcd's v3 keyspace (bench/scale.py: one v3
+    lease per key, as real daemons write them), the daemon with --etcd-api=v3."""
     workdir = tempfile.mkdtemp(prefix="flannel-tw-bench-scale-")
     lab = new_lab(workdir)
     prefix = DEFAULT_PREFIX

@@ -89,7 +89,8 @@ def _etcd_keyspace(options, reactor):
 def _registry(client, api, prefix):
     if api == "v3":
         from flannel_tw.etcd.registry_v3 import EtcdV3Registry
-        return EtcdV3Registry(client, prefix=prefix)
+        # the daemon needs no exact TTLs from a list (EtcdV3Registry's docstring)
+        return EtcdV3Registry(client, prefix=prefix, exact_list_ttls=False)
     from flannel_tw.etcd.registry import EtcdV2Registry
     return EtcdV2Registry(client, prefix=prefix)
 

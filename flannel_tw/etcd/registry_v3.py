@@ -14,7 +14,12 @@ How L{IRegistry}'s v2-shaped calls map onto v3:
   renewal (no KeepAlive; the old lease is left to expire). A write with ttl None puts
   the key without a lease: a reservation, never renewed by anyone. A record's C{ttl}
   is the lease's remaining TTL (C{/v3/lease/timetolive}), None for a key without a
-  lease; a list asks it once per distinct lease ID.
+  lease. A list asks it once per distinct lease ID; with C{exact_list_ttls=False}
+  (the daemon) it asks nothing and reports L{LIST_TTL_BOUND} for every leased key: the
+  daemon only needs "leased or reservation" from a list (the watcher's retention of a
+  peer that vanished without an event is the only other use, and the bound of every
+  lease flannel writes is safe there), and real daemons give every key its own lease, so exact TTLs cost one
+  round trip per key (about 4 s for 10,000 keys).
 - B{create}: a txn C{version(key) == 0 -> put}; a failed compare is C{NodeExist}.
 - B{compare_and_set}: C{prev_index} -> a txn C{mod_revision(key) == prev_index -> put};
   C{prev_value} -> C{value(key) == prev_value -> put}. On failure the txn's else branch
@@ -46,6 +51,9 @@ from flannel_tw.model.config import DEFAULT_PREFIX
 __all__ = ["EtcdV3Registry", "v3_value"]
 
 TTL_CONCURRENCY = 16     # TimeToLive requests in flight at once while listing
+#: the TTL a list reports for a leased key when it does not ask etcd: the longest lease
+#: flannel writes (flanneld's subnetTTL, 24 h), an upper bound of what is left
+LIST_TTL_BOUND = 86400
 _V2_HEAD = re.compile(r'\{"PublicIP":"[0-9.]*"')
 
 
@@ -71,8 +79,9 @@ class EtcdV3Registry:
 
     log = Logger()
 
-    def __init__(self, client, prefix=DEFAULT_PREFIX):
+    def __init__(self, client, prefix=DEFAULT_PREFIX, exact_list_ttls=True):
         self._client = client
+        self._exact_list_ttls = exact_list_ttls
         self.prefix = prefix.rstrip("/") or "/"
         self._pending = []          # Changes of the last watch response not handed out
         self._next_index = None     # the wait_index that continues with _pending
@@ -136,6 +145,8 @@ class EtcdV3Registry:
         # one TimeToLive per distinct lease (keys sharing a lease share its TTL; flanneld
         # asks per key), up to TTL_CONCURRENCY at a time
         leases = sorted({as_int(kv.get("lease")) for kv in kvs} - {0})
+        if not self._exact_list_ttls:
+            leases = []
         limit = defer.DeferredSemaphore(TTL_CONCURRENCY)
         results = yield defer.DeferredList(
             [limit.run(self._client.lease_time_to_live, lease) for lease in leases],
@@ -146,9 +157,14 @@ class EtcdV3Registry:
                 result.raiseException()
             ttls[lease] = max(as_int(result.get("TTL"), -1), 0)
         records = [Record(key=_text(unb64(kv.get("key"))), value=_text(unb64(kv.get("value"))),
-                          ttl=ttls.get(as_int(kv.get("lease"))),
+                          ttl=self._list_ttl(ttls, as_int(kv.get("lease"))),
                           modified_index=as_int(kv.get("mod_revision"))) for kv in kvs]
         return records, _revision(answer)
+
+    def _list_ttl(self, ttls, lease):
+        if not lease:
+            return None
+        return ttls[lease] if self._exact_list_ttls else LIST_TTL_BOUND
 
     @defer.inlineCallbacks
     def get(self, name):

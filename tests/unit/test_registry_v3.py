@@ -6,7 +6,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
-from flannel_tw.etcd.registry_v3 import EtcdV3Registry, v3_value
+from flannel_tw.etcd.registry_v3 import LIST_TTL_BOUND, EtcdV3Registry, v3_value
 from flannel_tw.etcd.v3client import b64
 from flannel_tw.interfaces import IRegistry
 
@@ -132,6 +132,18 @@ class MappingTests(unittest.TestCase):
                          [("10.5.1.0-24", 500, 5), ("10.5.2.0-24", None, 6)])
         self.assertEqual(client.calls[0], ("range", "/coreos.com/network/subnets",
                                            "/coreos.com/network/subnett"))
+
+    def test_daemon_list_asks_no_ttls(self):
+        """exact_list_ttls=False: one range, leased keys report the 24 h bound,
+        reservations None."""
+        kvs = [{"key": b64(self.KEY), "value": b64("{}"), "mod_revision": "5", "lease": "3"},
+               {"key": b64("/coreos.com/network/subnets/10.5.2.0-24"), "value": b64("{}"),
+                "mod_revision": "6"}]
+        client = ScriptedClient({"header": HEADER, "kvs": kvs})
+        reg = EtcdV3Registry(client, exact_list_ttls=False)
+        records, _ = self.successResultOf(reg.list())
+        self.assertEqual([r.ttl for r in records], [LIST_TTL_BOUND, None])
+        self.assertEqual([c[0] for c in client.calls], ["range"])
 
     def test_watch_hands_out_every_event_of_a_response(self):
         events = [{"kv": {"key": b64(self.KEY), "value": b64("{}"), "mod_revision": "13"}},
