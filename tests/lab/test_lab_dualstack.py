@@ -108,3 +108,23 @@ class DualStackTopologyTests(unittest.TestCase):
                                   write_env(self.mktemp(), subnet6=bad))
             self.assertRegex(str(e), "bad subnet.env|no room for a container")
         self.assertNotIn(lab.container_ns(1), list_netns())
+
+
+class DualStackLabTests(unittest.TestCase):
+    """flannel_tw.testing.dualstack: etcd with a dual-stack config, daemons, containers."""
+    skip = skips.missing(root=True, tun=True, tools=("ip", "ping", "sysctl"), etcd=True)
+
+    def test_two_hosts_udp(self):
+        from flannel_tw.testing.dualstack import make_dualstack
+        ds = make_dualstack(self, [1, 2], backend="udp")
+        self.assertEqual(json.loads(ds.config)["IPv6Network"], "fd00:10:5::/48")
+        self.assertTrue(json.loads(ds.config)["EnableIPv6"])
+        for i in (1, 2):
+            argv = " ".join(ds.argv(i))
+            self.assertIn("--public-ipv6=%s" % ds.lab.host_ip6(i), argv)
+            self.assertIn("--iface=%s" % ds.lab.host_ip(i), argv)
+            # the container is dual-stack exactly when the daemon wrote a v6 subnet
+            self.assertEqual(ds.c(i).subnet6, ds.subnet6(i))
+        self.assertTrue(ds.lab.ping(ds.lab.host_ns(1), ds.lab.host_ip6(2)))
+        results = ds.assert_matrix(families=(4,))
+        self.assertEqual(sorted(results), [(1, 2, 4), (2, 1, 4)])
