@@ -294,13 +294,15 @@ class IVxlanKernel(IKernel):
         """
 
     def configure_vxlan(index, address):
-        """Give the device exactly C{address/32} and bring it up."""
+        """Give the device exactly C{address/32} (IPv6: C{/128}, other non-link-local
+        IPv6 addresses removed) and bring it up."""
 
-    def apply_vxlan_peers(index, ext_index, changes, direct_routing=False):
+    def apply_vxlan_peers(index, ext_index, changes, direct_routing=False, index6=None):
         """
         C{changes}: C{(have, target)} pairs of L{flannel_tw.backend.vxlan.device.VxlanPeer}
         or None: remove C{have}'s entries, install C{target}'s (a failed step undoes that
-        peer's earlier steps only).
+        peer's earlier steps only). Peers with an IPv6 subnet go on C{index6} (the
+        C{flannel-v6.<VNI>} device), the others on C{index}.
 
         @return: per change, in order, the peer installed (C{direct} set), None, or the
             exception that failed it.

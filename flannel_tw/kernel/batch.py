@@ -8,6 +8,9 @@ sections 7 and 8), on one long-lived L{Netlink} socket per L{Kernel}:
   - raw dumps: main-table routes, permanent neighbours, FDB entries; a route lookup;
   - the removal of entries an earlier run left (L{Kernel.remove_stale}).
 
+IPv4 and IPv6 alike (issue 15): a dump, lookup or clean-up takes the family of the
+network or address it is given; FDB entries list remotes of either family.
+
 What an entry is (a vxlan peer, a host-gw route) is the backends' business:
 L{flannel_tw.backend.vxlan.device} and L{flannel_tw.backend.hostgw} build the requests.
 
@@ -18,8 +21,8 @@ namespace, or in C{netns} when given (tests).
 """
 import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
-from typing import List, Optional, Tuple
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import List, Optional, Tuple, Union
 
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
@@ -29,10 +32,13 @@ from flannel_tw.interfaces import IKernel
 
 from flannel_tw.kernel.nlsocket import WINDOW, Netlink
 from flannel_tw.kernel.rtnetlink import (
-    GONE, NDA_DST, NDA_LLADDR, NUD_PERMANENT, ROUTE_DUMP, RTM_GETNEIGH, RTM_GETROUTE,
-    RTM_NEWROUTE, RouteEntry, fdb_request, mac_text, neigh_dump_payload, neigh_request,
-    netlink_error, parse_neigh, parse_route, route_get_payload, route_has_gateway,
-    route_request)
+    GONE, NDA_DST, NDA_LLADDR, NUD_PERMANENT, RTM_GETNEIGH, RTM_GETROUTE,
+    RTM_NEWROUTE, RouteEntry, family_of, fdb_request, mac_text, neigh_dump_payload,
+    neigh_request, netlink_error, parse_neigh, parse_route, route_dump_payload,
+    route_get_payload, route_has_gateway, route_request)
+
+IP = Union[IPv4Address, IPv6Address]
+Network = Union[IPv4Network, IPv6Network]
 
 
 class KernelError(Exception):
@@ -92,7 +98,7 @@ class Kernel:
             if code and not (gone_ok and code in GONE):
                 raise netlink_error(code)
 
-    def is_direct(self, ip: IPv4Address) -> bool:
+    def is_direct(self, ip: IP) -> bool:
         """flanneld's ip.DirectRouting: the route lookup to C{ip} has no gateway."""
         try:
             answer = self.netlink.get(RTM_GETROUTE, route_get_payload(ip))
@@ -101,10 +107,10 @@ class Kernel:
         return (len(answer) == 1 and answer[0][0] == RTM_NEWROUTE
                 and not route_has_gateway(answer[0][1]))
 
-    def routes(self, network: IPv4Network) -> List[RouteEntry]:
-        """Main-table routes to subnets strictly inside C{network} (one dump)."""
+    def routes(self, network: Network) -> List[RouteEntry]:
+        """Main-table routes to subnets strictly inside C{network} (one dump of its family)."""
         out = []
-        for kind, body in self.netlink.dump(RTM_GETROUTE, ROUTE_DUMP):
+        for kind, body in self.netlink.dump(RTM_GETROUTE, route_dump_payload(family_of(network))):
             entry = parse_route(kind, body, network)
             if entry is not None:
                 out.append(entry)
@@ -162,26 +168,31 @@ class Kernel:
             if parsed is not None:
                 yield parsed
 
-    def neighbours(self, index: int) -> List[Tuple[IPv4Address, str]]:
-        """Permanent IPv4 neighbours on the device: C{(ip, mac)}."""
-        return [(IPv4Address(a[NDA_DST]), mac_text(a.get(NDA_LLADDR, b"")))
-                for fam, ifindex, state, a in self._neigh_dump(socket.AF_INET)
-                if fam == socket.AF_INET and ifindex == index and state & NUD_PERMANENT
-                and len(a.get(NDA_DST, b"")) == 4]
+    def neighbours(self, index: int, family: int = socket.AF_INET) -> List[Tuple[IP, str]]:
+        """Permanent neighbours of C{family} (AF_INET or AF_INET6) on the device:
+        C{(ip, mac)}."""
+        size = 16 if family == socket.AF_INET6 else 4
+        return [(ip_address(a[NDA_DST]), mac_text(a.get(NDA_LLADDR, b"")))
+                for fam, ifindex, state, a in self._neigh_dump(family)
+                if fam == family and ifindex == index and state & NUD_PERMANENT
+                and len(a.get(NDA_DST, b"")) == size]
 
-    def fdb(self, index: int) -> List[Tuple[str, IPv4Address]]:
-        """Unicast FDB entries with a remote IPv4 destination on the device: C{(mac, dst)}."""
-        return [(mac_text(a.get(NDA_LLADDR, b"")), IPv4Address(a[NDA_DST]))
+    def fdb(self, index: int) -> List[Tuple[str, IP]]:
+        """Unicast FDB entries with a remote IPv4 or IPv6 destination on the device:
+        C{(mac, dst)}."""
+        return [(mac_text(a.get(NDA_LLADDR, b"")), ip_address(a[NDA_DST]))
                 for fam, ifindex, _, a in self._neigh_dump(socket.AF_BRIDGE)
                 if fam == socket.AF_BRIDGE and ifindex == index
-                and len(a.get(NDA_DST, b"")) == 4]
+                and len(a.get(NDA_DST, b"")) in (4, 16)]
 
     # -- leftovers --------------------------------------------------------------
 
-    def remove_stale(self, network: IPv4Network, keep_subnets, vxlan_index: Optional[int],
+    def remove_stale(self, network: Network, keep_subnets, vxlan_index: Optional[int],
                      ext_index: int, keep_macs=()) -> List[str]:
         """
-        Remove entries an earlier run left for leases that no longer exist:
+        Remove entries an earlier run left for leases that no longer exist, in the family
+        of C{network} (once per family: the IPv6 call names the IPv6 network, subnets and
+        device, C{flannel-v6.<VNI>}):
 
           - routes to subnets strictly inside C{network} that are not in C{keep_subnets}
             and go via the vxlan device (C{vxlan_index}) or via a gateway on the ext iface;
@@ -206,7 +217,7 @@ class Kernel:
                 requests.append(route_request("del", r.subnet, r.gateway, r.oif))
                 removed.append("route %s via %s" % (r.subnet, r.gateway))
         if vxlan_index is not None:
-            for ip, mac in self.neighbours(vxlan_index):
+            for ip, mac in self.neighbours(vxlan_index, family_of(network)):
                 if ip not in keep_ips:
                     requests.append(neigh_request("del", vxlan_index, ip, mac))
                     removed.append("neighbour %s lladdr %s" % (ip, mac))

@@ -8,19 +8,22 @@ A request is C{(type, flags, payload)}: the payload is everything after the nlms
 which L{flannel_tw.kernel.nlsocket.Netlink} adds (with the sequence number) when it sends.
 
 Routes are written with protocol "boot", as flanneld's netlink library does, into the
-main table.
+main table. Every request and parser takes IPv4 or IPv6 (issue 15): the family follows the
+addresses given (a route's from its subnet, a neighbour's from its IP, an FDB entry's
+remote from its dst).
 """
 import errno
 import os
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
-from typing import Optional
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Optional, Union
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 RT_TABLE_MAIN = 254
+RTPROT_KERNEL = 2
 RTPROT_BOOT = 3
 RTNH_F_ONLINK = 4
 NUD_NOARP = 0x40
@@ -57,8 +60,8 @@ _U32 = struct.Struct("=I")
 @dataclass(frozen=True)
 class RouteEntry:
     """A main-table route as listed: destination, gateway (or None), output device."""
-    subnet: IPv4Network
-    gateway: Optional[IPv4Address]
+    subnet: Union[IPv4Network, IPv6Network]
+    gateway: Optional[Union[IPv4Address, IPv6Address]]
     oif: int
 
 
@@ -67,8 +70,17 @@ def _rta(kind, data):
     return _RTA.pack(n, kind) + data + b"\0" * (-n % 4)
 
 
+def _ip(ip):
+    return ip if isinstance(ip, (IPv4Address, IPv6Address)) else ip_address(ip)
+
+
 def _packed(ip):
-    return ip.packed if isinstance(ip, IPv4Address) else IPv4Address(ip).packed
+    return _ip(ip).packed
+
+
+def family_of(ip_or_net) -> int:
+    """AF_INET or AF_INET6, from an address or a network (of either family)."""
+    return socket.AF_INET6 if ip_or_net.version == 6 else socket.AF_INET
 
 
 def _mac(mac):
@@ -111,13 +123,14 @@ def route_request(command, subnet, gateway, oif, onlink=False):
     C{ip route replace|del <subnet> [via <gateway>] dev <oif> [onlink]} in the main table,
     protocol boot on replace: C{(type, flags, payload)} as pyroute2 packs it.
     """
+    family = family_of(subnet)
     if command == "replace":
         kind, flags = RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE
-        head = RTMSG.pack(socket.AF_INET, subnet.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
+        head = RTMSG.pack(family, subnet.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
                           0, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
     elif command == "del":
         kind, flags = RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK
-        head = RTMSG.pack(socket.AF_INET, subnet.prefixlen, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0)
+        head = RTMSG.pack(family, subnet.prefixlen, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0)
     else:
         raise ValueError(command)
     attrs = _rta(RTA_DST, subnet.network_address.packed)
@@ -130,12 +143,13 @@ def route_request(command, subnet, gateway, oif, onlink=False):
 def neigh_request(command, index, ip, mac):
     """C{ip neigh replace|del <ip> lladdr <mac> dev <index> [nud permanent]}."""
     kind, flags = _neigh_command(command)
-    head = NDMSG.pack(socket.AF_INET, index, NUD_PERMANENT, 0, 0)
+    head = NDMSG.pack(family_of(_ip(ip)), index, NUD_PERMANENT, 0, 0)
     return kind, flags, head + _rta(NDA_DST, _packed(ip)) + _rta(NDA_LLADDR, _mac(mac))
 
 
 def fdb_request(command, index, mac, dst):
-    """C{bridge fdb replace|del <mac> dev <index> dst <dst> self permanent}."""
+    """C{bridge fdb replace|del <mac> dev <index> dst <dst> self permanent} (C{dst}: an
+    IPv4 or IPv6 remote; the message is AF_BRIDGE either way)."""
     kind, flags = _neigh_command(command)
     head = NDMSG.pack(socket.AF_BRIDGE, index, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
     return kind, flags, head + _rta(NDA_LLADDR, _mac(mac)) + _rta(NDA_DST, _packed(dst))
@@ -151,10 +165,17 @@ def _neigh_command(command):
 
 def route_get_payload(ip):
     """The body of C{ip route get <ip>} (an RTM_GETROUTE without dump)."""
-    return RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + _rta(RTA_DST, _packed(ip))
+    ip = _ip(ip)
+    return (RTMSG.pack(family_of(ip), ip.max_prefixlen, 0, 0, 0, 0, 0, 0, 0)
+            + _rta(RTA_DST, ip.packed))
 
 
-ROUTE_DUMP = RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+def route_dump_payload(family=socket.AF_INET):
+    """The body of a route dump of one family."""
+    return RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+ROUTE_DUMP = route_dump_payload(socket.AF_INET)
 
 
 def neigh_dump_payload(family):
@@ -181,26 +202,32 @@ def route_has_gateway(body):
 
 def parse_route(kind, body, network):
     """
-    One message of a route dump as a L{RouteEntry}, when it is an IPv4 main-table route to
-    a subnet strictly inside C{network}; else None.
+    One message of a route dump as a L{RouteEntry}, when it is a main-table route of
+    C{network}'s family (IPv4 or IPv6) to a subnet strictly inside C{network}; else None.
+    Routes the kernel made itself (protocol kernel) are never listed: an IPv6 address
+    C{<v6 subnet addr>/128} on C{flannel-v6.<VNI>} brings one, and it is not a peer's.
     """
     if kind != RTM_NEWROUTE or len(body) < RTMSG.size:
         return None
-    family, dst_len, _, _, table, _, _, _, _ = RTMSG.unpack_from(body)
-    if family != socket.AF_INET or dst_len <= network.prefixlen:
+    family, dst_len, _, _, table, protocol, _, _, _ = RTMSG.unpack_from(body)
+    if (family != family_of(network) or dst_len <= network.prefixlen
+            or protocol == RTPROT_KERNEL):
         return None
     a = attrs(body, RTMSG.size)
     if RTA_TABLE in a:
         table = _U32.unpack(a[RTA_TABLE][:4])[0]
     dst = a.get(RTA_DST)
-    if table != RT_TABLE_MAIN or dst is None or len(dst) != 4:
+    size = network.max_prefixlen // 8
+    if table != RT_TABLE_MAIN or dst is None or len(dst) != size:
         return None
     if int.from_bytes(dst, "big") & int(network.netmask) != int(network.network_address):
         return None
     gw = a.get(RTA_GATEWAY)
     oif = a.get(RTA_OIF)
-    return RouteEntry(IPv4Network((IPv4Address(dst), dst_len), strict=False),
-                      IPv4Address(gw) if gw else None,
+    address = IPv6Address if size == 16 else IPv4Address
+    net = IPv6Network if size == 16 else IPv4Network
+    return RouteEntry(net((address(dst), dst_len), strict=False),
+                      address(gw) if gw and len(gw) == size else None,
                       _U32.unpack(oif[:4])[0] if oif else 0)
 
 

@@ -107,6 +107,7 @@ class FakeKernel:
         self.fail_for = {}      # subnet -> exception for that entry's install only
         self.routes_now = {}    # subnet -> RouteEntry
         self.batches = []       # size of each apply_* call
+        self.index6 = None      # the index6 of the last apply_vxlan_peers
 
     def _call(self, name, *args):
         self.events.append((name,) + args)
@@ -115,6 +116,8 @@ class FakeKernel:
 
     def ensure_vxlan(self, spec):
         self._call("ensure_vxlan", spec)
+        if spec.local.version == 6:             # flannel-v6.<VNI>, made with spec.mac
+            return 13, spec.mac, "created"
         return 12, "0a:0b:0c:0d:0e:0f", "created"
 
     def configure_vxlan(self, index, address):
@@ -139,7 +142,8 @@ class FakeKernel:
                 out.append(target)
         return out
 
-    def apply_vxlan_peers(self, index, ext_index, changes, direct_routing=False):
+    def apply_vxlan_peers(self, index, ext_index, changes, direct_routing=False, index6=None):
+        self.index6 = index6
         return self._batch(changes, lambda p: None, lambda p: None)
 
     def apply_hostgw(self, oif, changes):

@@ -78,11 +78,13 @@ class LabKernel(VxlanKernel, HostGwKernel):
         return RouteEntry(subnet, gateway, oif) in self.routes(subnet.supernet())
 
     def install_vxlan_peer(self, index, ext_index, peer, direct_routing=False):
-        """One peer's entries; the peer with C{direct} set, or the step's error raised."""
-        return _one(self.apply_vxlan_peers(index, ext_index, [(None, peer)], direct_routing))
+        """One peer's entries on the device C{index} (flannel.N for an IPv4 peer,
+        flannel-v6.N for an IPv6 one); the peer with C{direct} set, or the step's error."""
+        return _one(self.apply_vxlan_peers(index, ext_index, [(None, peer)], direct_routing,
+                                           index6=index))
 
     def remove_vxlan_peer(self, index, ext_index, peer):
-        _one(self.apply_vxlan_peers(index, ext_index, [(peer, None)]))
+        _one(self.apply_vxlan_peers(index, ext_index, [(peer, None)], index6=index))
 
     def install_hostgw(self, route, oif):
         return _one(self.apply_hostgw(oif, [(None, route)]))

@@ -3,7 +3,7 @@ The packing is compared with pyroute2's encoder in tests.unit.test_vxlan."""
 import errno
 import socket
 import struct
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 from twisted.trial import unittest
 
@@ -14,9 +14,11 @@ def message(kind, seq, body):
     return R.HDR.pack(R.HDR.size + len(body), kind, 0, seq, 0) + body + b"\0" * (-len(body) % 4)
 
 
-def route_body(subnet, gateway, oif, table=R.RT_TABLE_MAIN, family=socket.AF_INET):
-    kind, flags, payload = R.route_request("replace", IPv4Network(subnet), gateway, oif)
-    head = R.RTMSG.pack(family, IPv4Network(subnet).prefixlen, 0, 0, table, 3, 0, 1, 0)
+def route_body(subnet, gateway, oif, table=R.RT_TABLE_MAIN, family=None, protocol=3):
+    net = ip_network(subnet)
+    kind, flags, payload = R.route_request("replace", net, gateway, oif)
+    family = R.family_of(net) if family is None else family
+    head = R.RTMSG.pack(family, net.prefixlen, 0, 0, table, protocol, 0, 1, 0)
     body = head + payload[R.RTMSG.size:]
     return body[:-4] + struct.pack("=I", table)        # the RTA_TABLE attribute, last
 
@@ -64,6 +66,51 @@ class ParseRouteTests(unittest.TestCase):
         body = route_body("10.5.2.0/24", None, 7)
         self.assertEqual(R.parse_route(R.RTM_NEWROUTE, body, self.NET).gateway, None)
         self.assertFalse(R.route_has_gateway(body))
+
+
+class ParseRouteV6Tests(unittest.TestCase):
+    """IPv6 routes (issue 15): the dump of one family, inside the IPv6 network."""
+    NET = IPv6Network("fc00:5::/48")
+
+    def test_a_route_inside_the_network(self):
+        body = route_body("fc00:5:0:2::/64", IPv6Address("fc00:5:0:2::"), 7)
+        self.assertEqual(R.parse_route(R.RTM_NEWROUTE, body, self.NET),
+                         R.RouteEntry(IPv6Network("fc00:5:0:2::/64"),
+                                      IPv6Address("fc00:5:0:2::"), 7))
+        self.assertEqual(R.parse_route(R.RTM_NEWROUTE, route_body("fc00:5:0:3::/64", None, 9),
+                                       self.NET),
+                         R.RouteEntry(IPv6Network("fc00:5:0:3::/64"), None, 9))
+
+    def test_others_are_skipped(self):
+        for body in (route_body("fc00:6:0:2::/64", None, 7),             # outside
+                     route_body("fc00:5::/48", None, 7),                 # not strictly inside
+                     route_body("fc00:5:0:2::/64", None, 7, table=100),  # another table
+                     route_body("10.5.2.0/24", None, 7),                  # IPv4
+                     # the kernel's own route for flannel-v6's <subnet addr>/128
+                     route_body("fc00:5:0:1::/128", None, 7, protocol=R.RTPROT_KERNEL)):
+            self.assertIsNone(R.parse_route(R.RTM_NEWROUTE, body, self.NET))
+        # and an IPv6 route is never taken for an IPv4 one
+        self.assertIsNone(R.parse_route(R.RTM_NEWROUTE, route_body("fc00:5:0:2::/64", None, 7),
+                                        IPv4Network("10.5.0.0/16")))
+
+    def test_requests_take_the_family_of_their_addresses(self):
+        _, _, route = R.route_request("replace", IPv6Network("fc00:5:0:2::/64"),
+                                      IPv6Address("fc00:5:0:2::"), 7, onlink=True)
+        self.assertEqual(R.RTMSG.unpack_from(route)[:2], (socket.AF_INET6, 64))
+        _, _, neigh = R.neigh_request("replace", 12, IPv6Address("fc00:5:0:2::"),
+                                      "82:4b:b6:2f:54:4e")
+        fam, index, state, attrs = R.parse_neigh(R.RTM_NEWNEIGH, neigh)
+        self.assertEqual((fam, index, state), (socket.AF_INET6, 12, R.NUD_PERMANENT))
+        self.assertEqual(IPv6Address(attrs[R.NDA_DST]), IPv6Address("fc00:5:0:2::"))
+        _, _, fdb = R.fdb_request("replace", 12, "82:4b:b6:2f:54:4e", IPv6Address("fd00::12"))
+        fam, _, _, attrs = R.parse_neigh(R.RTM_NEWNEIGH, fdb)
+        self.assertEqual((fam, IPv6Address(attrs[R.NDA_DST])), (socket.AF_BRIDGE,
+                                                                IPv6Address("fd00::12")))
+        get = R.route_get_payload(IPv6Address("fd00::12"))
+        self.assertEqual(R.RTMSG.unpack_from(get)[:2], (socket.AF_INET6, 128))
+        self.assertEqual(R.attrs(get, R.RTMSG.size)[R.RTA_DST], IPv6Address("fd00::12").packed)
+        self.assertEqual(R.RTMSG.unpack_from(R.route_dump_payload(socket.AF_INET6))[0],
+                         socket.AF_INET6)
 
 
 class ParseNeighTests(unittest.TestCase):

@@ -3,7 +3,7 @@ recording fake kernel, and the rtnetlink codec (flannel_tw.kernel.rtnetlink) byt
 against pyroute2's own encoder."""
 
 import socket
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from hypothesis import given, settings, strategies as st
 from pyroute2.netlink.exceptions import NetlinkError
@@ -383,6 +383,34 @@ class EncodingTests(unittest.TestCase):
             self.check(neigh_request(command, index, ip, mac),
                        lambda i: i.neigh(command, ifindex=index, dst=str(ip), lladdr=mac,
                                          state=0x80))
+            self.check(fdb_request(command, index, mac, ip),
+                       lambda i: i.neigh(command, family=socket.AF_BRIDGE, ifindex=index,
+                                         lladdr=mac, dst=str(ip), state=0xc0, flags=2))
+
+    # IPv6 (issue 15): routes, neighbours and FDB entries to an IPv6 remote
+    @settings(max_examples=40)
+    @given(st.integers(1 << 120, (1 << 128) - 1), st.integers(16, 128),
+           st.integers(1 << 120, (1 << 128) - 1), st.integers(1, (1 << 31) - 1),
+           st.booleans())
+    def test_ipv6_routes(self, net, plen, gw, oif, onlink):
+        subnet = IPv6Network((net, plen), strict=False)
+        gw = IPv6Address(gw)
+        kw = dict(dst=str(subnet.network_address), dst_len=plen, gateway=str(gw), oif=oif,
+                  table=254, family=socket.AF_INET6)
+        self.check(route_request("replace", subnet, gw, oif, onlink),
+                   lambda i: i.route("replace", proto=3, flags=4 if onlink else 0, **kw))
+        self.check(route_request("del", subnet, gw, oif), lambda i: i.route("del", **kw))
+
+    @settings(max_examples=40)
+    @given(st.integers(1, (1 << 31) - 1), st.integers(1 << 120, (1 << 128) - 1),
+           st.binary(min_size=6, max_size=6))
+    def test_ipv6_neighbours_and_fdb(self, index, ip, raw):
+        mac = ":".join("%02x" % b for b in raw)
+        ip = IPv6Address(ip)
+        for command in ("replace", "del"):
+            self.check(neigh_request(command, index, ip, mac),
+                       lambda i: i.neigh(command, family=socket.AF_INET6, ifindex=index,
+                                         dst=str(ip), lladdr=mac, state=0x80))
             self.check(fdb_request(command, index, mac, ip),
                        lambda i: i.neigh(command, family=socket.AF_BRIDGE, ifindex=index,
                                          lladdr=mac, dst=str(ip), state=0xc0, flags=2))
