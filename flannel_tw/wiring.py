@@ -28,7 +28,8 @@ def build_daemon(options, reactor):
                               healthz_ip=options["healthz-ip"],
                               healthz_port=options["healthz-port"])
     daemon = FlannelDaemon(reactor, manager, ext_iface, settings, rules_factory=_rules_factory(),
-                           keeper_clock=MonotonicClock(reactor), etcd_client=client)
+                           keeper_clock=MonotonicClock(reactor), etcd_client=client,
+                           backend_factory=_backend_factory(settings.subnet_file))
     for warning in options.warnings:    # insecure or unused etcd flags
         daemon.log.warn("{problem}", problem=warning)
     if options["etcd-api"] != "auto":
@@ -44,6 +45,16 @@ def build_daemon(options, reactor):
         health_service(daemon.status, reactor, settings.healthz_ip, settings.healthz_port
                        ).setServiceParent(daemon)
     return daemon
+
+
+def _backend_factory(subnet_file):
+    """make_backend, telling the backends that keep state beside the subnet file (the
+    wireguard key, C{wgkey}) where it is."""
+    from flannel_tw.backend.registry import make_backend
+
+    def factory(name, reactor, ext_iface):
+        return make_backend(name, reactor, ext_iface, subnet_file=subnet_file)
+    return factory
 
 
 def _ext_iface(options):

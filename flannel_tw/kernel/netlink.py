@@ -91,6 +91,45 @@ def configure_tun(ifname, address, mtu, route, gso_max_size=None):
                 ipr.route("replace", dst=dst, dst_len=route.prefixlen, oif=idx)
 
 
+def configure_link(ifname, address, mtu, route):
+    """
+    Configure a point-to-point device the kernel encrypts or encapsulates on (the
+    wireguard backend's C{flannel-wg}), as flanneld does: C{address} as the only IPv4
+    address, the MTU, up, and one C{route dev ifname scope link} for the whole flannel
+    network (replacing a route to it via another device).
+
+    @param address: L{IPv4Interface}, C{<lease .0>/32}.
+    @param route: L{IPv4Network}, the flannel Network.
+    @raise LinkNotFound: no such device.
+    @raise NetlinkError: the kernel refused a step.
+    """
+    address = IPv4Interface(address)
+    route = IPv4Network(route)
+    want = (str(address.ip), address.network.prefixlen)
+    with IPRoute() as ipr:
+        idx = _index(ipr, ifname)
+        have = False
+        for msg in ipr.get_addr(index=idx, family=socket.AF_INET):
+            ip = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if (ip, msg["prefixlen"]) == want:
+                have = True
+                continue
+            try:
+                ipr.addr("del", index=idx, address=ip, prefixlen=msg["prefixlen"])
+            except NetlinkError as e:
+                if e.code != errno.EADDRNOTAVAIL:
+                    raise
+        if not have:
+            try:
+                ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+        ipr.link("set", index=idx, mtu=int(mtu), state="up")
+        ipr.route("replace", dst=str(route.network_address), dst_len=route.prefixlen,
+                  oif=idx, scope=253)    # RT_SCOPE_LINK
+
+
 def _route_via(ipr, dst, dst_len, idx):
     """Whether the main table routes dst/dst_len via device idx."""
     for r in ipr.get_routes(family=socket.AF_INET, dst=dst, dst_len=dst_len, table=254):

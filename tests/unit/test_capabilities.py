@@ -39,6 +39,8 @@ class DeclarationTests(unittest.TestCase):
             "udp": {IBackend, IReconfiguringBackend, IRoutesBackend, ICountingBackend},
             "vxlan": {IBackend, IReconcilingBackend},
             "host-gw": {IBackend, IReconcilingBackend, IReconfiguringBackend},
+            "wireguard": {IBackend, IReconcilingBackend, IReconfiguringBackend,
+                          ICountingBackend},
         }
         for name, factory in FACTORIES.items():
             backend = factory(task.Clock(), IFACE)
