@@ -34,7 +34,8 @@ class NetworkConfig:
     subnet_min: IPv4Address
     subnet_max: IPv4Address
     backend_type: str          # lower-cased, "udp" when Backend is absent
-    backend: dict = field(default_factory=dict, compare=False, hash=False)  # raw Backend object
+    # the raw Backend object; not in the repr: it may hold a secret (wireguard's PSK)
+    backend: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     # dual-stack (flanneld v0.15+): EnableIPv4 is always True here (IPv6-only is refused
     # at parse); the ipv6_* fields are set only when enable_ipv6
     enable_ipv4: bool = True

@@ -87,6 +87,8 @@ class OptionsTests(unittest.TestCase):
             self.assertNotIn(PSK_B64, text)
             self.assertNotIn(repr(PSK), text)
             self.assertNotIn(PSK.hex(), text)
+        # nor in the parsed network config's repr
+        self.assertNotIn(PSK_B64, repr(config('{"Type":"wireguard","PSK":"%s"}' % PSK_B64)))
         almost = PSK_B64[:-1] + "!"
         e = self.assertRaises(OptionsError, parse_psk, almost)
         self.assertNotIn(almost[:20], str(e))
