@@ -27,7 +27,7 @@ from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.interfaces import IRegistry, ISubnetManager
 from flannel_tw.model.lease import (Lease, LeaseAttrs, LeaseParseError, key_name, key_to_subnet,
-                              subnet_to_key)
+                                    key_to_subnets, subnet_to_key)
 from flannel_tw.model.leasecheck import SkipMemory
 
 SUBNET_TTL = 86400
@@ -45,10 +45,10 @@ def node_to_lease(node):
 
     @raise LeaseParseError: the key or value is not a lease, as flanneld would skip it.
     """
-    subnet = key_to_subnet(node.key)
+    subnet, ipv6_subnet = key_to_subnets(node.key)
     attrs = LeaseAttrs.from_json(node.value if node.value is not None else "")
     return Lease(subnet=subnet, attrs=attrs, ttl=node.ttl, modified_index=node.modified_index,
-                 key=key_name(node.key))
+                 key=key_name(node.key), ipv6_subnet=ipv6_subnet)
 
 
 @implementer(ISubnetManager)
@@ -233,7 +233,7 @@ class SubnetManager:
         if change.removed:
             self.skipped.forget(node.key)
             try:
-                subnet = key_to_subnet(node.key)
+                subnet, ipv6_subnet = key_to_subnets(node.key)
             except LeaseParseError:
                 return None, index   # it was never a lease: nothing to undo
             attrs = None
@@ -243,8 +243,8 @@ class SubnetManager:
                 except LeaseParseError:
                     attrs = None
             return LeaseEvent(REMOVED, Lease(subnet=subnet, attrs=attrs, ttl=None,
-                                             modified_index=index,
-                                             key=key_name(node.key))), index
+                                             modified_index=index, key=key_name(node.key),
+                                             ipv6_subnet=ipv6_subnet)), index
         try:
             lease = node_to_lease(node)
         except LeaseParseError as e:

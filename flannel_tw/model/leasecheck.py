@@ -22,16 +22,33 @@ is believed only when all of these hold (L{lease_problem}):
 - C{own-public-ip}: its PublicIP is not our own (a route to ourselves is a loop; each
   host has one lease, flannel-compat.md section 12).
 
+With IPv6 on (C{ipv6_network} given), the v6 part of a dual-stack lease is checked as
+hostile as the v4 part, and a bad one skips the whole lease (as flanneld's vxlan skips
+the whole event; the rest of the cluster keeps working):
+
+- C{outside-network}: its v6 subnet lies inside the config's IPv6Network;
+- C{subnet-length}: its v6 prefix length is the config's IPv6SubnetLen;
+- C{overlaps-own}: its v6 subnet does not overlap our own v6 subnet;
+- C{public-ipv6}: its PublicIPv6, when set, is a usable unicast address: not ::
+  (unspecified), ::1 (loopback), fe80::/10 (link-local), ff00::/8 (multicast),
+  ::ffff:0:0/96 (IPv4-mapped), nor inside the overlay IPv6Network;
+- C{own-public-ip}: its PublicIPv6 is not our own;
+- C{bad-v6-data}: its BackendV6Data, when present, is a JSON object (the backend checks
+  its fields).
+
+A lease without a v6 part is routed over IPv4 only. With IPv6 off, the v6 part of a
+lease is not looked at (the watcher hands the backend the v4 part alone).
+
 C{bad-value} (a value flanneld cannot parse) is counted under the same labels by the
 subnet manager. Anything else is skipped with one warning per lease (L{SkipMemory}).
 """
 import hashlib
 from collections import OrderedDict
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Optional, Tuple
 
 REASONS = ("bad-key", "bad-value", "outside-network", "subnet-length", "overlaps-own",
-           "public-ip", "own-public-ip")
+           "public-ip", "own-public-ip", "public-ipv6", "bad-v6-data")
 
 _UNUSABLE = (
     (IPv4Network("0.0.0.0/8"), "unspecified ('this network', 0.0.0.0/8)"),
@@ -54,16 +71,75 @@ def public_ip_problem(ip: IPv4Address, network: Optional[IPv4Network] = None
     return None
 
 
+_UNUSABLE_V6 = (
+    (IPv6Network("::/128"), "unspecified (::)"),
+    (IPv6Network("::1/128"), "loopback"),
+    (IPv6Network("fe80::/10"), "link-local"),
+    (IPv6Network("ff00::/8"), "multicast"),
+    (IPv6Network("::ffff:0:0/96"), "IPv4-mapped"),
+)
+
+
+def public_ipv6_problem(ip: IPv6Address, network: Optional[IPv6Network] = None
+                        ) -> Optional[str]:
+    """Why C{ip} cannot be a peer's PublicIPv6, or None when it can."""
+    for block, why in _UNUSABLE_V6:
+        if ip in block:
+            return why
+    if network is not None and ip in network:
+        return "inside the overlay IPv6 network %s" % (network,)
+    return None
+
+
 def lease_problem(lease, network: Optional[IPv4Network] = None,
                   subnet_len: Optional[int] = None,
                   own_subnet: Optional[IPv4Network] = None,
-                  own_public_ip: Optional[IPv4Address] = None
+                  own_public_ip: Optional[IPv4Address] = None,
+                  ipv6_network: Optional[IPv6Network] = None,
+                  ipv6_subnet_len: Optional[int] = None,
+                  own_ipv6_subnet: Optional[IPv6Network] = None,
+                  own_public_ipv6: Optional[IPv6Address] = None
                   ) -> Optional[Tuple[str, str]]:
     """
     C{(reason, message)} when another host's L{flannel_tw.model.lease.Lease} must not be
-    routed, None when it may. A check whose context is None is not made. C{reason} is
-    one of L{REASONS}.
+    routed, None when it may. A check whose context is None is not made; the v6 part is
+    checked only with C{ipv6_network} (IPv6 on). C{reason} is one of L{REASONS}.
     """
+    problem = _v4_problem(lease, network, subnet_len, own_subnet, own_public_ip)
+    if problem is None and ipv6_network is not None:
+        ours = own_subnet is not None and lease.subnet == own_subnet
+        problem = _v6_problem(lease, ipv6_network, ipv6_subnet_len,
+                              None if ours else own_ipv6_subnet, own_public_ipv6)
+    return problem
+
+
+def _v6_problem(lease, network, subnet_len, own_subnet, own_public_ipv6):
+    subnet = lease.ipv6_subnet
+    if subnet is None:
+        return None             # an IPv4-only lease: routed over IPv4 only
+    if not subnet.subnet_of(network):
+        return "outside-network", "IPv6 subnet %s is not inside the IPv6 network %s" % (
+            subnet, network)
+    if subnet_len is not None and subnet.prefixlen != subnet_len:
+        return "subnet-length", "IPv6 subnet %s is not a /%d (IPv6SubnetLen)" % (
+            subnet, subnet_len)
+    if own_subnet is not None and subnet.overlaps(own_subnet):   # another host's lease
+        return "overlaps-own", "IPv6 subnet %s overlaps our own IPv6 subnet %s" % (
+            subnet, own_subnet)
+    ip = lease.attrs.public_ipv6
+    if ip is not None:
+        why = public_ipv6_problem(ip, network)
+        if why is not None:
+            return "public-ipv6", "PublicIPv6 %s is %s" % (ip, why)
+        if own_public_ipv6 is not None and ip == own_public_ipv6:
+            return "own-public-ip", "PublicIPv6 %s is our own" % (ip,)
+    data = lease.attrs.backend_v6_data
+    if data is not None and not isinstance(data, dict):
+        return "bad-v6-data", "BackendV6Data is not a JSON object: %.80r" % (data,)
+    return None
+
+
+def _v4_problem(lease, network, subnet_len, own_subnet, own_public_ip):
     subnet = lease.subnet
     if not lease.is_canonical:
         return "bad-key", "the key %r is not in flanneld's exact form %r" % (
