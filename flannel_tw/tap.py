@@ -270,6 +270,8 @@ class Options(usage.Options):
                                            % (self._where(name), self[name]))
         if self["public-ipv6"]:
             try:
+                if "%" in self["public-ipv6"]:      # a scope (zone): Go's ParseIP has none
+                    raise ValueError(self["public-ipv6"])
                 IPv6Address(self["public-ipv6"])
             except (AddressValueError, ValueError):
                 raise usage.UsageError("%s: %r is not an IPv6 address"

@@ -31,7 +31,7 @@ class PublicIPv6Tests(unittest.TestCase):
                          "2001:db8::8")
 
     def test_bad_values_name_the_flag_or_variable(self):
-        for bad in ("10.0.0.1", "fd00::zz", "fd00::1/64", "::ffff:10.0.0.1x", " "):
+        for bad in ("10.0.0.1", "fd00::zz", "fd00::1/64", "::ffff:10.0.0.1x", " ", "fe80::1%eth0"):
             with self.assertRaises(usage.UsageError, msg=bad) as cm:
                 parse(["--public-ipv6=" + bad])
             self.assertIn("--public-ipv6", str(cm.exception))
