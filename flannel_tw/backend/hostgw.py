@@ -11,9 +11,17 @@ an L2 segment.
   the peer is logged (and retried quietly every 10 s);
 - every 10 s (on the injected reactor) routes of installed peers that someone deleted are
   put back ("Route recovered").
+
+IPv6 (issue 15), when the config has EnableIPv6: our lease publishes PublicIPv6 (the ext
+iface's IPv6 address); each remote dual-stack host-gw lease also gets
+C{<v6 subnet> via <PublicIPv6> dev <ext iface>}, checked and recovered like the IPv4
+routes. The NAT check covers IPv4 only (as flanneld's). An IPv6 part that cannot be
+routed (no PublicIPv6, a subnet outside IPv6Network) is skipped with one warning; its
+IPv4 part is routed (L{flannel_tw.backend.routed}).
 """
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Union
 
 from twisted.internet import defer, task
 from zope.interface import implementer
@@ -37,9 +45,9 @@ class HostGwError(Exception):
 
 @dataclass(frozen=True)
 class HostGwRoute:
-    """C{subnet via gateway dev <oif>}: one remote host-gw lease."""
-    subnet: IPv4Network
-    gateway: IPv4Address
+    """C{subnet via gateway dev <oif>}: one remote host-gw lease (one family of it)."""
+    subnet: Union[IPv4Network, IPv6Network]
+    gateway: Union[IPv4Address, IPv6Address]
 
     def __str__(self):
         return "%s via %s" % (self.subnet, self.gateway)
@@ -82,14 +90,24 @@ class HostGwBackend(PeerBackend):
         self._check = None
 
     def prepare(self, config):
-        """@return: Deferred firing with the L{LeaseAttrs}; fails with L{HostGwError} behind NAT."""
+        """
+        @return: Deferred firing with the L{LeaseAttrs}; fails with L{HostGwError} behind
+            NAT, or with EnableIPv6 and no IPv6 address on the ext iface.
+        """
         if self.ext_iface.public_ip != self.ext_iface.addr:
             return defer.fail(HostGwError("%s (PublicIP %s, %s has %s)" % (
                 NAT_MESSAGE, self.ext_iface.public_ip, self.ext_iface.name,
                 self.ext_iface.addr)))
+        public_ipv6 = None
+        if getattr(config, "enable_ipv6", False):
+            public_ipv6 = self.ext_iface.public_ipv6 or self.ext_iface.addr6
+            if public_ipv6 is None:
+                return defer.fail(HostGwError(
+                    "EnableIPv6 is set but %s has no IPv6 address to publish as PublicIPv6"
+                    % (self.ext_iface.name,)))
         self.mtu = self.ext_iface.mtu
         return defer.succeed(LeaseAttrs(public_ip=self.ext_iface.public_ip,
-                                        backend_type="host-gw"))
+                                        backend_type="host-gw", public_ipv6=public_ipv6))
 
     def start(self, config, lease):
         """Nothing to configure for our own lease; starts the 10 s route check. Deferred."""
@@ -118,12 +136,30 @@ class HostGwBackend(PeerBackend):
     def _peer(self, lease):
         return HostGwRoute(subnet=lease.subnet, gateway=lease.attrs.public_ip)
 
+    def _peer6(self, lease):
+        problem = self.v6_problem(lease)
+        if problem is None and lease.attrs.public_ipv6 is None:
+            problem = "the lease has no PublicIPv6"
+        if problem is not None:
+            raise ValueError(problem)
+        return HostGwRoute(subnet=lease.ipv6_subnet, gateway=lease.attrs.public_ipv6)
+
     def _apply_batch(self, changes):
         return self.kernel.apply_hostgw(self.ext_iface.index, changes)
 
     def _remove_stale(self, leases):
-        return self.kernel.remove_stale(self.network, [l.subnet for l in leases], None,
-                                        self.ext_iface.index)
+        removed = self.kernel.remove_stale(self.network, [l.subnet for l in leases], None,
+                                           self.ext_iface.index)
+        if self.network6 is not None:
+            keep6 = []
+            for lease in leases:
+                try:
+                    keep6.append(self._peer6(lease).subnet)
+                except ValueError:
+                    pass
+            removed += self.kernel.remove_stale(self.network6, keep6, None,
+                                                self.ext_iface.index)
+        return removed
 
     # -- the route check ----------------------------------------------------------
 
@@ -161,6 +197,8 @@ class HostGwBackend(PeerBackend):
         """
         oif = self.ext_iface.index
         present = set(self.kernel.routes(self.network)) if routes else set()
+        if self.network6 is not None and any(r.subnet.version == 6 for r in routes):
+            present |= set(self.kernel.routes(self.network6))
         missing = [r for r in routes if RouteEntry(r.subnet, r.gateway, oif) not in present]
         recovered, errors = [], []
         if missing:

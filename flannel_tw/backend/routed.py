@@ -21,8 +21,18 @@ remote leases of our type become kernel entries, one peer per subnet.
 - L{PeerBackend.reconcile}, called by the daemon with the watcher's first lease list,
   removes entries an earlier run left for leases that no longer exist.
 - Leases of another backend type are ignored with one log line per lease.
+
+IPv4 and IPv6 (issue 15): with a config that enables IPv6, a dual-stack lease is two
+entries, each keyed by its own subnet (the IPv4 one and C{lease.ipv6_subnet}), installed,
+failed and retried on its own. Mixed stacks never crash (flanneld v0.20 dereferences nil
+there):
+  - without EnableIPv6 the IPv6 part of C{&} leases is ignored: their IPv4 part is routed;
+  - an IPv4-only lease seen by a dual-stack host: its IPv4 part only;
+  - a lease whose IPv6 part is unusable (missing or bad BackendV6Data, no PublicIPv6, a
+    subnet outside IPv6Network): flanneld's vxlan skips the WHOLE event, IPv4 included; we
+    route the IPv4 part and skip the IPv6 part with one warning.
 """
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -37,7 +47,8 @@ class PeerBackend:
     """
     Base of L{flannel_tw.backend.vxlan.backend.VxlanBackend} and
     L{flannel_tw.backend.hostgw.HostGwBackend}. Subclasses set C{name} and define
-    C{_peer(lease)} (pure: lease -> entry, may raise ValueError),
+    C{_peer(lease)} (pure: lease -> its IPv4 entry, may raise ValueError),
+    C{_peer6(lease)} (pure: lease -> its IPv6 entry, may raise ValueError),
     C{_apply_batch(changes)} (blocking, run in a thread: C{(have, target)} pairs -> per pair
     the entry installed, None, or the exception that failed it) and
     C{_remove_stale(leases)} (blocking).
@@ -60,10 +71,13 @@ class PeerBackend:
         self.mtu = None
         self.network = None
         self.own_subnet = None
-        self.wanted = {}        # subnet -> Lease
+        self.network6 = None    # IPv6Network when the config enables IPv6, else None
+        self.own_subnet6 = None
+        self.wanted = {}        # subnet (IPv4 or IPv6) -> Lease
         self.installed = {}     # subnet -> entry in the kernel
         self.failed = {}        # subnet -> last error logged
         self._ignored = set()   # subnets of other backend types, logged once
+        self._v6_of = {}        # IPv4 subnet -> the IPv6 subnet wanted for that lease
         self._busy = []         # Deferreds of kernel work in flight (for tests: settle())
         self._dirty = {}        # subnet -> None: waiting for the next flush, in order
         self._waiters = []      # Deferreds of _sync callers, fired after that flush
@@ -121,16 +135,34 @@ class PeerBackend:
                                   "type {kind!r})", backend=self.name, subnet=subnet,
                                   ip=lease.attrs.public_ip if lease.attrs else None,
                                   kind=kind or "udp")
-                if self.wanted.pop(subnet, None) is not None:
-                    self._sync(subnet)
+                self._unwant(subnet)
                 return
             self._ignored.discard(subnet)
             self.wanted[subnet] = lease
             self._sync(subnet)
+            self._want6(subnet, lease)
         elif event.kind == REMOVED:
             self._ignored.discard(subnet)
-            if self.wanted.pop(subnet, None) is not None:
-                self._sync(subnet)
+            self._unwant(subnet)
+
+    def _want6(self, subnet, lease):
+        """The IPv6 part of an added lease, when the config enables IPv6 (else ignored)."""
+        v6 = getattr(lease, "ipv6_subnet", None) if self.network6 is not None else None
+        if v6 is not None and v6 == self.own_subnet6:
+            v6 = None               # a hostile lease naming our own IPv6 subnet
+        old = self._v6_of.pop(subnet, None)
+        if old is not None and old != v6 and self.wanted.pop(old, None) is not None:
+            self._sync(old)
+        if v6 is not None:
+            self._v6_of[subnet] = v6
+            self.wanted[v6] = lease
+            self._sync(v6)
+
+    def _unwant(self, subnet):
+        """Forget the lease of IPv4 subnet C{subnet}: both its entries go."""
+        for key in (subnet, self._v6_of.pop(subnet, None)):
+            if key is not None and self.wanted.pop(key, None) is not None:
+                self._sync(key)
 
     def _sync(self, subnet):
         """
@@ -166,9 +198,12 @@ class PeerBackend:
             target = None
             if lease is not None:
                 try:
-                    target = self._peer(lease)
+                    target = self._peer6(lease) if subnet.version == 6 else self._peer(lease)
                 except ValueError as e:
-                    self._failure(subnet, lease, str(e))
+                    if subnet.version == 6:
+                        self._skip6(subnet, lease, str(e))
+                    else:
+                        self._failure(subnet, lease, str(e))
             if have is not None and have == target:
                 continue
             if have is None and target is None:
@@ -240,14 +275,30 @@ class PeerBackend:
 
     def _failure(self, subnet, lease, message):
         if self.failed.get(subnet) != message:
-            self.log.error("{backend} backend: cannot add peer {subnet} (PublicIP {ip}): "
-                           "{error}", backend=self.name, subnet=subnet,
-                           ip=lease.attrs.public_ip if lease else None, error=message)
+            ip = None
+            if lease is not None and lease.attrs is not None:
+                ip = lease.attrs.public_ipv6 if subnet.version == 6 else lease.attrs.public_ip
+            self.log.error("{backend} backend: cannot add peer {subnet} ({which} {ip}): "
+                           "{error}", backend=self.name, subnet=subnet, ip=ip, error=message,
+                           which="PublicIPv6" if subnet.version == 6 else "PublicIP")
+        self.failed[subnet] = message
+
+    def _skip6(self, subnet, lease, message):
+        """
+        The IPv6 part of a lease cannot be routed: one warning (per distinct reason); the
+        lease's IPv4 part is routed on its own. flanneld's vxlan skips the whole event
+        there, IPv4 included (a lease with a missing or bad BackendV6Data); we do not.
+        """
+        if self.failed.get(subnet) != message:
+            self.log.warn("{backend} backend: skipping the IPv6 part {subnet} of the lease "
+                          "{subnet4} (PublicIPv6 {ip6}): {error}; its IPv4 part is routed",
+                          backend=self.name, subnet=subnet, subnet4=lease.subnet,
+                          ip6=lease.attrs.public_ipv6, error=message)
         self.failed[subnet] = message
 
     def resync(self):
         """Retry every wanted peer that is not installed (one batch). Deferred firing when done."""
-        ds = [self._sync(s) for s in sorted(self.wanted) if s not in self.installed]
+        ds = [self._sync(s) for s in sorted(self.wanted, key=_order) if s not in self.installed]
         return defer.gatherResults(ds)
 
     # -- our own lease ----------------------------------------------------------
@@ -257,6 +308,33 @@ class PeerBackend:
         self.own_subnet = lease.subnet
         if self.wanted.pop(lease.subnet, None) is not None:
             self._sync(lease.subnet)
+        if getattr(config, "enable_ipv6", False) and config.ipv6_network is not None:
+            self.network6 = IPv6Network(config.ipv6_network)
+            self.own_subnet6 = getattr(lease, "ipv6_subnet", None)
+            if self.own_subnet6 is None:
+                self.log.warn("{backend} backend: EnableIPv6 is set but our lease {subnet} "
+                              "has no IPv6 subnet: no IPv6 address for this host",
+                              backend=self.name, subnet=lease.subnet)
+            elif self.wanted.pop(self.own_subnet6, None) is not None:
+                self._sync(self.own_subnet6)
+        else:
+            self.network6 = self.own_subnet6 = None
+
+    def v6_problem(self, lease):
+        """
+        Why the IPv6 part of C{lease} cannot be routed (the common checks: the subnet
+        inside IPv6Network, not overlapping ours), or None.
+        """
+        v6 = lease.ipv6_subnet
+        if v6 is None:
+            return "the lease has no IPv6 subnet"
+        if self.network6 is None:
+            return "IPv6 is not enabled in the network config"
+        if not v6.subnet_of(self.network6):
+            return "%s is not inside the IPv6Network %s" % (v6, self.network6)
+        if self.own_subnet6 is not None and v6.overlaps(self.own_subnet6):
+            return "%s overlaps our own IPv6 subnet %s" % (v6, self.own_subnet6)
+        return None
 
     # -- leftovers from an earlier run -------------------------------------------
 
@@ -289,3 +367,8 @@ class PeerBackend:
 
 def _message(e):
     return str(e) or type(e).__name__
+
+
+def _order(subnet):
+    """Sort key of a wanted subnet: the IPv4 ones, then the IPv6 ones."""
+    return subnet.version, subnet
