@@ -76,7 +76,7 @@ class FlannelDaemon(service.MultiService):
 
     def __init__(self, reactor, manager, ext_iface, settings, backend_factory=make_backend,
                  notify=sd_notify, exit=None, backoff=None, rules_factory=None,
-                 keeper_clock=None, status=None, etcd_client=None):
+                 keeper_clock=None, status=None, etcd_client=None, iface_v6=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
         # the lease keeper's timers: a MonotonicClock from flannel_tw.wiring (wall-clock steps)
@@ -117,6 +117,9 @@ class FlannelDaemon(service.MultiService):
         self._rules_factory = rules_factory
         self.rules = None
         self.etcd_probe = EtcdProbe(reactor, manager, settings.etcd_probe_interval)
+        # () -> ExtIface: the dual-stack interface choice (flannel_tw.kernel.iface, ipv6=True),
+        # made once the config says EnableIPv6 (the first choice, before the config, is v4)
+        self._iface_v6 = iface_v6
 
     @property
     def lease(self):
@@ -276,11 +279,13 @@ class FlannelDaemon(service.MultiService):
             self.config_attempts += 1
             try:
                 config = yield self.manager.get_network_config()
+                if config.enable_ipv6 and self._iface_v6 is not None:
+                    self.ext_iface = self._dual_stack_iface()
                 backend = self._backend_factory(config.backend_type, self._reactor,
                                                 self.ext_iface)
             except (ConfigError, UnknownBackend) as e:
                 problem = "invalid network config at %s/config: %s" % (self.manager.prefix, e)
-            except defer.CancelledError:
+            except (defer.CancelledError, FatalError):
                 raise
             except Exception as e:
                 problem = str(e) or e.__class__.__name__
@@ -297,6 +302,23 @@ class FlannelDaemon(service.MultiService):
             attempt += 1
             self._log_config_problem(problem, delay)
             yield self._sleep(delay)
+
+    def _dual_stack_iface(self):
+        """The config enables IPv6: the interface and both addresses chosen again, as
+        flanneld v0.20 does. @raise FatalError: no interface fits (flanneld exits 1)."""
+        try:
+            iface = self._iface_v6()
+        except Exception as e:
+            raise FatalError("Failed to find interface to use (IPv6 enabled): %s" % (e,))
+        self.log.info("IPv6 enabled: using interface {iface} with addresses {iface_ip} and "
+                      "{iface_ip6}, public IPs {public_ip} and {public_ipv6}",
+                      iface=iface.name, iface_ip=iface.addr, iface_ip6=iface.addr6,
+                      public_ip=iface.public_ip, public_ipv6=iface.public_ipv6)
+        if iface.public_ipv6 is None:
+            self.log.warn("IPv6 enabled but no public IPv6 address: --iface {iface} is an IPv4 "
+                          "address, which takes its IPv6 address only from --public-ipv6; "
+                          "the lease will have no PublicIPv6", iface=iface.addr)
+        return iface
 
     @defer.inlineCallbacks
     def _acquire(self, config, attrs, previous):

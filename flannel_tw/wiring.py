@@ -29,6 +29,7 @@ def build_daemon(options, reactor):
                               healthz_port=options["healthz-port"])
     daemon = FlannelDaemon(reactor, manager, ext_iface, settings, rules_factory=_rules_factory(),
                            keeper_clock=MonotonicClock(reactor), etcd_client=client,
+                           iface_v6=lambda: _ext_iface(options, ipv6=True),
                            backend_factory=_backend_factory(settings.subnet_file))
     for warning in options.warnings:    # insecure or unused etcd flags
         daemon.log.warn("{problem}", problem=warning)
@@ -57,9 +58,15 @@ def _backend_factory(subnet_file):
     return factory
 
 
-def _ext_iface(options):
-    """The interface to use (--iface, --iface-regex, --public-ip)."""
+def _ext_iface(options, ipv6=False):
+    """The interface to use (--iface, --iface-regex, --public-ip); with C{ipv6} (the
+    daemon asks once the config enables IPv6) flanneld v0.20's dual-stack choice, with
+    --public-ipv6 (raises IfaceError/ValueError then: the daemon exits 1)."""
     from flannel_tw.kernel.iface import IfaceError, lookup_ext_iface
+    if ipv6:
+        return lookup_ext_iface(options["iface"], options["iface-regex"],
+                                options["public-ip"] or None,
+                                public_ipv6=options["public-ipv6"] or None, ipv6=True)
     try:
         return lookup_ext_iface(options["iface"], options["iface-regex"],
                                 options["public-ip"] or None)

@@ -196,6 +196,13 @@ def _by_iface(links: Sequence[_Link], spec: str, public) -> ExtIface:
             for l in links:
                 if wanted in l.addrs:
                     return _finish(l, wanted, public)
+        else:
+            # not in v0.10 (which fails): the interface holding that IPv6 address and its
+            # first usable IPv4 one, so that a dual-stack --iface <IPv6> passes the first,
+            # IPv4 choice made before the config is read
+            for l in links:
+                if wanted in l.addrs6:
+                    return _finish(l, None, public)
         raise LookupError("error looking up interface %s: No interface with given IP found" % spec)
     for l in links:
         if l.name == spec:
@@ -359,7 +366,7 @@ def lookup_ext_iface(ifaces: Sequence[str] = (), regexes: Sequence[str] = (),
         from pyroute2 import IPRoute
         ipr = IPRoute()
     try:
-        links = _read_links(ipr, v6=ipv6)
+        links = _read_links(ipr, v6=True)
         errors = []
         if not ifaces and not regexes:
             try:

@@ -157,6 +157,14 @@ class DualStackKernelTests(unittest.TestCase):
         e = self.assertRaises(IfaceError, self.lookup, ["2001:db8::5"])
         self.assertIn("No interface with given IPv6 found", str(e))
 
+    def test_iface_ipv6_address_passes_the_first_v4_choice(self):
+        """The daemon chooses with ipv6=False before it reads the config: an IPv6
+        --iface finds its interface there too (v4 = its first usable address)."""
+        got = self.lookup(["2001:db8:77::9"], ipv6=False)
+        self.assertEqual(self.pick(got), ("br77", "192.168.77.9", "192.168.77.9", "None",
+                                          "None"))
+        self.assertRaises(IfaceError, self.lookup, ["2001:db8::5"], ipv6=False)
+
     def test_iface_name_first_of_each_family(self):
         got = self.lookup(["ext0"])
         self.assertEqual(self.pick(got), ("ext0", "10.9.1.5", "10.9.1.5", "fd00:9:1::5",
