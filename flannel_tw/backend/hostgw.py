@@ -92,7 +92,7 @@ class HostGwBackend(PeerBackend):
     def prepare(self, config):
         """
         @return: Deferred firing with the L{LeaseAttrs}; fails with L{HostGwError} behind
-            NAT, or with EnableIPv6 and no IPv6 address on the ext iface.
+            NAT. EnableIPv6 without an IPv6 address chosen: a warning, no PublicIPv6.
         """
         if self.ext_iface.public_ip != self.ext_iface.addr:
             return defer.fail(HostGwError("%s (PublicIP %s, %s has %s)" % (
@@ -102,9 +102,9 @@ class HostGwBackend(PeerBackend):
         if getattr(config, "enable_ipv6", False):
             public_ipv6 = self.ext_iface.public_ipv6 or self.ext_iface.addr6
             if public_ipv6 is None:
-                return defer.fail(HostGwError(
-                    "EnableIPv6 is set but %s has no IPv6 address to publish as PublicIPv6"
-                    % (self.ext_iface.name,)))
+                self.log.warn("host-gw backend: EnableIPv6 is set but {iface} has no IPv6 "
+                              "address chosen: no PublicIPv6, peers route IPv4 only to us",
+                              iface=self.ext_iface.name)
         self.mtu = self.ext_iface.mtu
         return defer.succeed(LeaseAttrs(public_ip=self.ext_iface.public_ip,
                                         backend_type="host-gw", public_ipv6=public_ipv6))

@@ -120,11 +120,19 @@ class VxlanDualStackTests(unittest.TestCase):
         self.assertEqual(attrs, lease_attrs("192.168.250.11", "0a:0b:0c:0d:0e:0f"))
         self.assertIsNone(self.backend.index6)
 
-    def test_no_ipv6_address_fails_prepare(self):
+    def test_no_ipv6_address_routes_ipv4_only(self):
+        """EnableIPv6 but no v6 address chosen (an IPv4 --iface without --public-ipv6)."""
         backend = VxlanBackend(None, IFACE, kernel=self.kernel, to_thread=sync)
-        f = self.failureResultOf(backend.prepare(config()), ValueError)
-        self.assertIn("no IPv6 address", str(f.value))
-        self.assertEqual(self.kernel.events, [])
+        log = logged(backend)
+        attrs = self.successResultOf(backend.prepare(config()))
+        self.assertEqual(attrs, lease_attrs("192.168.250.11", "0a:0b:0c:0d:0e:0f"))
+        self.assertEqual(len([e for e in self.kernel.events if e[0] == "ensure_vxlan"]), 1)
+        self.assertEqual(len(warnings(log)), 1, log)
+        self.assertIn("no IPv6 address", warnings(log)[0])
+        self.successResultOf(backend.start(config(), dual(1)))
+        backend.handle_events(added(dual(2)))
+        self.assertEqual(self.installed(), [v4peer(2)])           # the v6 part: no device
+        self.assertEqual((len(warnings(log)), errors(log)), (1, []))   # said once
 
     def test_dual_stack_peer_both_families(self):
         self.start()
@@ -237,9 +245,12 @@ class HostGwDualStackTests(unittest.TestCase):
     def test_ipv4_only_config_publishes_no_v6(self):
         self.assertIsNone(self.start(v6=False).public_ipv6)
 
-    def test_no_ipv6_address_fails_prepare(self):
+    def test_no_ipv6_address_publishes_no_v6(self):
         backend = HostGwBackend(self.clock, IFACE, kernel=self.kernel, to_thread=sync)
-        self.failureResultOf(backend.prepare(config("host-gw")), HostGwError)
+        log = logged(backend)
+        attrs = self.successResultOf(backend.prepare(config("host-gw")))
+        self.assertIsNone(attrs.public_ipv6)
+        self.assertEqual(len(warnings(log)), 1, log)
 
     def test_routes_both_families_and_recovers_v6(self):
         self.start()

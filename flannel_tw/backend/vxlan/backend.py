@@ -148,8 +148,8 @@ class VxlanBackend(PeerBackend):
     def prepare(self, config):
         """
         @return: Deferred firing with our L{LeaseAttrs}; fails with ValueError (bad
-            options, or EnableIPv6 and no IPv6 address on the ext iface) or
-            L{flannel_tw.kernel.batch.KernelError} (no device).
+            options) or L{flannel_tw.kernel.batch.KernelError} (no device). EnableIPv6
+            without an IPv6 address chosen: a warning, IPv4 only.
         """
         try:
             self.options = parse_options(config.backend)
@@ -158,11 +158,13 @@ class VxlanBackend(PeerBackend):
         specs = [VxlanSpec(vni=self.options.vni, link_index=self.ext_iface.index,
                            local=self.ext_iface.addr, port=self.options.port,
                            gbp=self.options.gbp)]
-        if getattr(config, "enable_ipv6", False):
-            if self.ext_iface.addr6 is None:
-                return defer.fail(ValueError(
-                    "EnableIPv6 is set but %s has no IPv6 address for flannel-v6.%d's "
-                    "vtep" % (self.ext_iface.name, self.options.vni)))
+        if getattr(config, "enable_ipv6", False) and self.ext_iface.addr6 is None:
+            # e.g. an IPv4 --iface without --public-ipv6 (flanneld v0.20 then publishes no
+            # PublicIPv6 either): IPv4 only here, peers skip our IPv6 part with a warning
+            self.log.warn("vxlan backend: EnableIPv6 is set but {iface} has no IPv6 address "
+                          "chosen: no flannel-v6.{vni}, this host routes IPv4 only",
+                          iface=self.ext_iface.name, vni=self.options.vni)
+        elif getattr(config, "enable_ipv6", False):
             specs.append(VxlanSpec(vni=self.options.vni, link_index=self.ext_iface.index,
                                    local=self.ext_iface.addr6, port=self.options.port,
                                    gbp=self.options.gbp, mac=random_mac()))
@@ -196,6 +198,8 @@ class VxlanBackend(PeerBackend):
         if self.index is None:
             return defer.fail(RuntimeError("vxlan backend: start() before prepare()"))
         self._own(config, lease)
+        if self.index6 is None:
+            self.network6 = self.own_subnet6 = None     # IPv4 only here (said at prepare)
         address = lease.subnet.network_address
         d = self._serial(self._kernel, self.kernel.configure_vxlan, self.index, address)
         d.addCallback(lambda _: self.log.info("vxlan backend: {dev} has {address}/32, up",
