@@ -18,7 +18,9 @@ Scenarios: ``underlay`` (host to host over the lab bridge), ``kernel-vxlan`` and
 ``kernel-hostgw`` (the kernel paths set up statically: vxlan device, neighbour, FDB and
 routes, or plain routes; no daemon), ``udp`` (flanneld's wire format; offload off in
 the Backend config), ``udp-offload`` (TUN offloads, 64 KB datagrams between flannel-tw
-hosts), ``vxlan`` and ``host-gw`` (the daemon's backends, when this build has them).
+hosts), ``vxlan`` and ``host-gw`` (the daemon's backends, when this build has them),
+``wireguard`` (encrypted: the kernel module's device, else wireguard-go; its CPU is
+counted with the daemon's).
 
 The scenarios run in rounds (all of them, then all again; --rounds, default 3), each
 static kernel path next to the daemon's and every other round backwards; each figure
@@ -68,11 +70,12 @@ from flannel_tw.tools.lab.topology import Lab, LabError                      # n
 NETWORK = "10.5.0.0/16"
 HEALTH_PORT = 8471
 SCENARIOS = ("underlay", "kernel-vxlan", "kernel-hostgw", "udp", "udp-offload",
-             "vxlan", "host-gw")
+             "vxlan", "host-gw", "wireguard")
 DAEMON_BACKENDS = {"udp": {"Type": "udp", "Offload": False},
                    "udp-offload": {"Type": "udp", "Offload": True},
                    "vxlan": {"Type": "vxlan"},
-                   "host-gw": {"Type": "host-gw"}}
+                   "host-gw": {"Type": "host-gw"},
+                   "wireguard": {"Type": "wireguard"}}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -90,6 +93,26 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / clock_ticks()   # utime, stime
+
+
+def descendants(pids):
+    """C{pids} and every process below them (wireguard-go, started by the wireguard
+    backend, does the encryption: its CPU is the data plane's)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
 
 
 def vm_hwm_kb(pid):
@@ -252,7 +275,7 @@ def setup_daemons(lab, workdir, backend):
         with open("/proc/%d/comm" % p.pid) as f:
             if "python" not in f.read():   # `ip netns exec` execs in place: same pid
                 raise LabError("cannot find the daemon's pid")
-    return [p.pid for p in procs]
+    return descendants([p.pid for p in procs])
 
 
 def run_scenario(name, seconds, keep_logs):
@@ -334,7 +357,7 @@ def run_scale(backend, leases, keep_logs, samples=20, api="v2"):
 # backwards, so neither side of a comparison always comes first or always follows the
 # CPU-heavy udp runs (on a shared VM that position alone moved figures by ~10%).
 RUN_ORDER = ("underlay", "kernel-vxlan", "vxlan", "kernel-hostgw", "host-gw", "udp",
-             "udp-offload")
+             "udp-offload", "wireguard")
 
 
 def run_order(names, rnd):

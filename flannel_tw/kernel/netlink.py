@@ -7,7 +7,7 @@ C{twisted.internet.threads.deferToThread}.
 """
 import errno
 import socket
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, ip_address, ip_interface, ip_network
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -94,25 +94,29 @@ def configure_tun(ifname, address, mtu, route, gso_max_size=None):
 def configure_link(ifname, address, mtu, route):
     """
     Configure a point-to-point device the kernel encrypts or encapsulates on (the
-    wireguard backend's C{flannel-wg}), as flanneld does: C{address} as the only IPv4
-    address, the MTU, up, and one C{route dev ifname scope link} for the whole flannel
-    network (replacing a route to it via another device).
+    wireguard backend's C{flannel-wg} / C{flannel-wg-v6}), as flanneld does: C{address}
+    as the only address of its family (IPv6 link-local ones stay), the MTU, up, and one
+    C{route dev ifname scope link} for the whole flannel network (replacing a route to
+    it via another device).
 
-    @param address: L{IPv4Interface}, C{<lease .0>/32}.
-    @param route: L{IPv4Network}, the flannel Network.
+    @param address: L{IPv4Interface} C{<lease .0>/32} or L{IPv6Interface} C{/128}.
+    @param route: the flannel network of the same family.
     @raise LinkNotFound: no such device.
     @raise NetlinkError: the kernel refused a step.
     """
-    address = IPv4Interface(address)
-    route = IPv4Network(route)
+    address = ip_interface(address)
+    route = ip_network(route)
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     want = (str(address.ip), address.network.prefixlen)
     with IPRoute() as ipr:
         idx = _index(ipr, ifname)
         have = False
-        for msg in ipr.get_addr(index=idx, family=socket.AF_INET):
+        for msg in ipr.get_addr(index=idx, family=family):
             ip = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
             if (ip, msg["prefixlen"]) == want:
                 have = True
+                continue
+            if family == socket.AF_INET6 and ip_address(ip).is_link_local:
                 continue
             try:
                 ipr.addr("del", index=idx, address=ip, prefixlen=msg["prefixlen"])
@@ -126,8 +130,8 @@ def configure_link(ifname, address, mtu, route):
                 if e.code != errno.EEXIST:
                     raise
         ipr.link("set", index=idx, mtu=int(mtu), state="up")
-        ipr.route("replace", dst=str(route.network_address), dst_len=route.prefixlen,
-                  oif=idx, scope=253)    # RT_SCOPE_LINK
+        ipr.route("replace", family=family, dst=str(route.network_address),
+                  dst_len=route.prefixlen, oif=idx, scope=253)    # RT_SCOPE_LINK
 
 
 def _route_via(ipr, dst, dst_len, idx):

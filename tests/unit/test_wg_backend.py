@@ -424,3 +424,108 @@ class WiringTests(unittest.TestCase):
         factory = _backend_factory("/srv/h1/subnet.env")
         self.assertEqual(factory("wireguard", None, IFACE).subnet_file, "/srv/h1/subnet.env")
         self.assertEqual(factory("host-gw", None, IFACE).name, "host-gw")
+
+
+IFACE6 = ExtIface(name="eth0", index=7, addr=IPv4Address("192.168.250.11"),
+                  public_ip=IPv4Address("192.168.250.11"), mtu=1500,
+                  addr6=IPv6Address("fd00:250::11"), public_ipv6=IPv6Address("fd00:250::11"))
+
+
+def config6(backend='{"Type":"wireguard"}'):
+    return parse_config('{"Network":"10.5.0.0/16","EnableIPv6":true,'
+                        '"IPv6Network":"fc00::/48","Backend":%s}' % backend)
+
+
+def dual_lease(n, key, ip6="fd00:250::%d"):
+    k = {"PublicKey": key.public_b64}
+    return Lease(subnet=IPv4Network("10.5.%d.0/24" % n),
+                 attrs=LeaseAttrs(public_ip=IPv4Address("192.168.250.%d" % (10 + n)),
+                                  backend_type="wireguard", backend_data=k,
+                                  public_ipv6=IPv6Address(ip6 % (10 + n)),
+                                  backend_v6_data=dict(k)),
+                 ttl=86400, ipv6_subnet=IPv6Network("fc00:0:0:%d::/64" % n))
+
+
+class DualStackTests(unittest.TestCase):
+    def make(self, backend='{"Type":"wireguard"}', iface=IFACE6):
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        self.opener, self.link = FakeDeviceOpener(), RecordingLink()
+        b = WireguardBackend(task.Clock(), iface, subnet_file=os.path.join(d, "subnet.env"),
+                             environ={}, open_device=self.opener, configure_link=self.link,
+                             to_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+        logged(b)
+        cfg = config6(backend)
+        attrs = self.successResultOf(b.prepare(cfg))
+        self.successResultOf(b.start(cfg, dual_lease(1, b.key)))
+        return b, attrs
+
+    def test_separate_mode_two_devices_and_the_lease(self):
+        b, attrs = self.make()
+        self.assertEqual(sorted(self.opener.devices), ["flannel-wg", "flannel-wg-v6"])
+        self.assertEqual(self.opener.devices["flannel-wg"].listen_port, 51820)
+        self.assertEqual(self.opener.devices["flannel-wg-v6"].listen_port, 51821)
+        self.assertEqual(self.opener.devices["flannel-wg-v6"].private_key, b.key.raw)
+        k = b.key.public_b64
+        self.assertEqual(attrs.to_json(),
+                         '{"PublicIP":"192.168.250.11","PublicIPv6":"fd00:250::11",'
+                         '"BackendType":"wireguard","BackendData":{"PublicKey":"%s"},'
+                         '"BackendV6Data":{"PublicKey":"%s"}}' % (k, k))
+        self.assertEqual(self.link.calls, [
+            ("flannel-wg", IPv4Interface("10.5.1.0/32"), 1420, IPv4Network("10.5.0.0/16")),
+            ("flannel-wg-v6", ip_iface6("fc00:0:0:1::/128"), 1420, IPv6Network("fc00::/48"))])
+
+    def test_separate_mode_peers(self):
+        b, _ = self.make()
+        b.handle_events(added(dual_lease(2, KEYS[1])))
+        v4 = self.opener.devices["flannel-wg"].set_peer_calls()
+        v6 = self.opener.devices["flannel-wg-v6"].set_peer_calls()
+        self.assertEqual(v4, [([WgPeer(KEYS[1].public, ("192.168.250.12", 51820),
+                                       (IPv4Network("10.5.2.0/24"),))], [])])
+        self.assertEqual(v6, [([WgPeer(KEYS[1].public, ("fd00:250::12", 51821),
+                                       (IPv6Network("fc00:0:0:2::/64"),))], [])])
+        b.handle_events(removed(dual_lease(2, KEYS[1])))
+        self.assertEqual(self.opener.devices["flannel-wg-v6"].device_peers, {})
+
+    def test_single_device_modes(self):
+        both = (IPv4Network("10.5.2.0/24"), IPv6Network("fc00:0:0:2::/64"))
+        for mode, ip6, endpoint in [
+                ("auto", "fd00:250::%d", ("192.168.250.12", 51820)),       # ULA: v4
+                ("auto", "2001:db8::%d", ("192.168.250.12", 51820)),       # ours is ULA
+                ("ipv4", "2001:db8::%d", ("192.168.250.12", 51820)),
+                ("ipv6", "fd00:250::%d", ("fd00:250::12", 51820))]:
+            b, _ = self.make('{"Type":"wireguard","Mode":"%s"}' % mode)
+            self.assertEqual(list(self.opener.devices), ["flannel-wg"])
+            b.handle_events(added(dual_lease(2, KEYS[1], ip6)))
+            self.assertEqual(self.opener.devices["flannel-wg"].set_peer_calls(),
+                             [([WgPeer(KEYS[1].public, endpoint, both)], [])], mode)
+
+    def test_auto_prefers_v6_between_global_addresses(self):
+        iface = ExtIface(name="eth0", index=7, addr=IPv4Address("192.168.250.11"),
+                         public_ip=IPv4Address("192.168.250.11"), mtu=1500,
+                         addr6=IPv6Address("2001:db8::11"), public_ipv6=IPv6Address("2001:db8::11"))
+        b, _ = self.make('{"Type":"wireguard","Mode":"auto"}', iface=iface)
+        b.handle_events(added(dual_lease(2, KEYS[1], "2001:db8::%d")))
+        self.assertEqual(self.opener.devices["flannel-wg"].set_peer_calls()[0][0][0].endpoint,
+                         ("2001:db8::12", 51820))
+        # a public IPv4 on the peer: IPv4, whatever the IPv6 addresses
+        l3 = dual_lease(3, KEYS[2], "2001:db8::%d")
+        l3 = Lease(subnet=l3.subnet, ttl=l3.ttl, ipv6_subnet=l3.ipv6_subnet,
+                   attrs=LeaseAttrs(IPv4Address("203.0.113.13"), "wireguard",
+                                    l3.attrs.backend_data, l3.attrs.public_ipv6,
+                                    l3.attrs.backend_v6_data))
+        b.handle_events(added(l3))
+        self.assertEqual(self.opener.devices["flannel-wg"].set_peer_calls()[1][0][0].endpoint,
+                         ("203.0.113.13", 51820))
+
+    def test_mode_ipv6_needs_ipv6(self):
+        b = WireguardBackend(task.Clock(), IFACE, subnet_file="/nonexistent/subnet.env",
+                             open_device=FakeDeviceOpener())
+        f = self.failureResultOf(b.prepare(config('{"Type":"wireguard","Mode":"ipv6"}')),
+                                 OptionsError)
+        self.assertIn("EnableIPv6", f.getErrorMessage())
+
+
+def ip_iface6(text):
+    from ipaddress import IPv6Interface
+    return IPv6Interface(text)
