@@ -13,10 +13,14 @@ Requests, as flanneld v0.10 sends them:
 - create-only: C{PUT ...?prevExist=false} (form C{ttl=N&value=V});
 - conditional set: C{PUT ...?prevIndex=N} (or C{?prevValue=V});
 - delete: C{DELETE <key>};
+- values: each write is in the v2 writer's form (L{v2_value}): the vxlan backend's
+  BackendData is flanneld v0.20's C{{"VNI":n,"VtepMAC":...}} (what the v3 keyspace gets),
+  and an IPv4-only vxlan value loses the VNI here, as flanneld v0.10 writes it;
 - watch: C{GET <prefix>/subnets?recursive=true&wait=true&waitIndex=N}, detecting a
   wiped or restored cluster; nodes deeper than one level, and directories, are stepped
   past here (they are no lease change).
 """
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -28,6 +32,19 @@ from flannel_tw.interfaces import IRegistry
 from flannel_tw.model.config import DEFAULT_PREFIX
 
 REMOVAL_ACTIONS = frozenset(["delete", "expire", "compareAndDelete"])
+
+_V020_VXLAN = re.compile(r'(\{"PublicIP":"[0-9.]*","BackendType":"vxlan","BackendData":\{)'
+                         r'"VNI":[0-9]+,("VtepMAC":"[0-9a-f:]*"\}\})\Z')
+
+
+def v2_value(text):
+    """
+    flanneld v0.10's form of one of our values: an IPv4-only vxlan value written with
+    v0.20's BackendData C{{"VNI":n,"VtepMAC":"..."}} loses C{"VNI":n} (v0.10 writes
+    C{{"VtepMAC":"..."}}; both versions read both forms). Anything else is unchanged.
+    """
+    m = _V020_VXLAN.match(text)
+    return text if m is None else m.group(1) + m.group(2)
 
 
 @dataclass(frozen=True)
@@ -102,14 +119,16 @@ class EtcdV2Registry:
         return self._client.get(self.key(name), quorum=True).addCallback(_answer)
 
     def create(self, name, value, ttl):
-        return self._client.create(self.key(name), value, ttl=ttl).addCallback(_answer)
+        return self._client.create(self.key(name), v2_value(value),
+                                   ttl=ttl).addCallback(_answer)
 
     def compare_and_set(self, name, value, ttl, prev_index=None, prev_value=None):
-        return self._client.set(self.key(name), value, ttl=ttl, prev_index=prev_index,
+        return self._client.set(self.key(name), v2_value(value), ttl=ttl,
+                                prev_index=prev_index,
                                 prev_value=prev_value).addCallback(_answer)
 
     def set(self, name, value, ttl):
-        return self._client.set(self.key(name), value, ttl=ttl).addCallback(_answer)
+        return self._client.set(self.key(name), v2_value(value), ttl=ttl).addCallback(_answer)
 
     def delete(self, name, prev_index=None):
         d = self._client.delete(self.key(name), prev_index=prev_index)

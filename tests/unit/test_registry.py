@@ -5,6 +5,7 @@ the fake without etcd.
 """
 import json
 import random
+from urllib.parse import quote
 from ipaddress import IPv4Address, IPv4Network
 
 from treq.testing import StubTreq
@@ -16,7 +17,7 @@ from zope.interface.verify import verifyObject
 from flannel_tw.etcd.client import EtcdV2Client
 from flannel_tw.etcd.errors import (EtcdIndexWentBack, EventIndexCleared, KeyNotFound,
                                     NodeExist, TestFailed)
-from flannel_tw.etcd.registry import Change, EtcdV2Registry, Record
+from flannel_tw.etcd.registry import Change, EtcdV2Registry, Record, v2_value
 from flannel_tw.interfaces import IRegistry, ISubnetManager
 from flannel_tw.lease.manager import SUBNET_TTL, SubnetManager
 from flannel_tw.model.config import parse_config
@@ -121,6 +122,25 @@ class EtcdV2RequestTests(unittest.TestCase):
             ("DELETE", key, ""),
             ("GET", key + "?quorum=true&recursive=false&sorted=false", ""),
         ])
+
+    def test_vxlan_value_takes_v0_10_form(self):
+        """The vxlan backend's v0.20 BackendData loses its VNI in v2 (v0.10's form)."""
+        r = self.registry(self.lease_node(), action="set")
+        v020 = ('{"PublicIP":"192.0.2.1","BackendType":"vxlan",'
+                '"BackendData":{"VNI":1,"VtepMAC":"82:4b:b6:2f:54:4e"}}')
+        self.successResultOf(r.create("10.5.7.0-24", v020, 86400))
+        self.successResultOf(r.compare_and_set("10.5.7.0-24", v020, 86400, prev_index=3))
+        self.successResultOf(r.set("10.5.7.0-24", v020, 86400))
+        value = ("value=" + quote('{"PublicIP":"192.0.2.1","BackendType":"vxlan",'
+                                  '"BackendData":{"VtepMAC":"82:4b:b6:2f:54:4e"}}', safe=""))
+        self.assertEqual([body for _, _, body in self.etcd.requests], ["ttl=86400&" + value] * 3)
+
+    def test_other_values_are_written_as_given(self):
+        for text in ('{"PublicIP":"192.0.2.1","BackendType":"vxlan","BackendData":{"VNI":1}}',
+                     '{"PublicIP":"192.0.2.1","PublicIPv6":"fd00::1","BackendType":"vxlan",'
+                     '"BackendData":{"VNI":1,"VtepMAC":"82:4b:b6:2f:54:4e"}}',
+                     '{"PublicIP":"192.0.2.1","BackendType":"host-gw"}'):
+            self.assertEqual(v2_value(text), text)
 
     def test_watch_removal_carries_the_previous_value(self):
         r = self.registry(self.lease_node(value=None, ttl=None), action="expire",
