@@ -529,3 +529,32 @@ class DualStackTests(unittest.TestCase):
 def ip_iface6(text):
     from ipaddress import IPv6Interface
     return IPv6Interface(text)
+
+
+class DualStackWithoutV6AddressTests(unittest.TestCase):
+    def test_warning_and_ipv4_only(self):
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        opener = FakeDeviceOpener()
+        link = RecordingLink()
+        b = WireguardBackend(task.Clock(), IFACE, subnet_file=os.path.join(d, "subnet.env"),
+                             environ={}, open_device=opener, configure_link=link,
+                             to_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+        lines = logged(b)
+        cfg = config6()
+        attrs = self.successResultOf(b.prepare(cfg))
+        self.assertEqual(list(opener.devices), ["flannel-wg"])
+        self.assertIsNone(attrs.public_ipv6)
+        self.assertEqual(attrs.backend_v6_data, {"PublicKey": b.key.public_b64})
+        self.assertEqual(len([t for lvl, t in lines if lvl == "warn"]), 1)
+        self.successResultOf(b.start(cfg, dual_lease(1, b.key)))
+        self.assertEqual([c[0] for c in link.calls], ["flannel-wg"])
+        b.handle_events(added(dual_lease(2, KEYS[1])))
+        self.assertEqual(opener.devices["flannel-wg"].set_peer_calls(),
+                         [([WgPeer(KEYS[1].public, ("192.168.250.12", 51820),
+                                   (IPv4Network("10.5.2.0/24"),))], [])])
+        # Mode ipv6 cannot work without one
+        b6 = WireguardBackend(task.Clock(), IFACE, subnet_file=os.path.join(d, "subnet.env"),
+                              environ={}, open_device=FakeDeviceOpener())
+        f = self.failureResultOf(b6.prepare(config6('{"Type":"wireguard","Mode":"ipv6"}')))
+        self.assertIn("no IPv6 address", f.getErrorMessage())

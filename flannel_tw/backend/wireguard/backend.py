@@ -155,15 +155,22 @@ class WireguardBackend:
         mode = self.options.mode
         if mode == IPV6 and not self.enable_ipv6:
             raise OptionsError("Backend.Mode ipv6 needs an IPv6 network (EnableIPv6)")
-        if self.enable_ipv6 and self.ext_iface.public_ipv6 is None and mode != IPV4:
-            raise WireguardError("IPv6 is enabled but %s has no IPv6 address (use "
-                                 "--public-ipv6)" % (self.ext_iface.name,))
+        has_v6 = self.ext_iface.public_ipv6 is not None
+        if self.enable_ipv6 and not has_v6:
+            if mode == IPV6:
+                raise WireguardError("Backend.Mode ipv6: %s has no IPv6 address chosen (use "
+                                     "--public-ipv6)" % (self.ext_iface.name,))
+            # e.g. an IPv4 --iface without --public-ipv6: flanneld v0.20 then publishes no
+            # PublicIPv6 either; peers cannot reach our IPv6 side
+            self.log.warn("wireguard backend: EnableIPv6 is set but {iface} has no IPv6 "
+                          "address chosen: no PublicIPv6{more}", iface=self.ext_iface.name,
+                          more=", no flannel-wg-v6" if mode == SEPARATE else "")
         self.key_file = wgkey.key_path(self.subnet_file, self._environ)
         self.key = wgkey.load_or_create(self.key_file)
         state_dir = os.path.dirname(os.path.abspath(self.subnet_file))
         self.mtu = self.ext_iface.mtu - OVERHEAD
         wanted = [(V4, DEVICE, self.options.listen_port)]
-        if self.enable_ipv6 and mode == SEPARATE:
+        if self.enable_ipv6 and mode == SEPARATE and has_v6:
             wanted.append((V6, DEVICE_V6, self.options.listen_port_v6))
         for family, name, port in wanted:
             device = yield self._open(self._reactor, name, state_dir,
@@ -175,7 +182,7 @@ class WireguardBackend:
                           "public key {key}, key file {path}, MTU {mtu}",
                           dev=device.name, kind=device.kind, port=port,
                           key=self.key.public_b64, path=self.key_file, mtu=self.mtu)
-        if self.enable_ipv6 and mode != SEPARATE:
+        if self.enable_ipv6 and mode != SEPARATE and has_v6:
             self.devices[V6] = self.devices[V4]
         return lease_attrs(self.ext_iface.public_ip, self.key.public,
                            self.ext_iface.public_ipv6, self.enable_ipv6)
