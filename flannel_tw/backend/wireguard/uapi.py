@@ -309,6 +309,7 @@ class _Exchange(protocol.Protocol):
 
 
 class _ExchangeFactory(protocol.Factory):
+    noisy = False
     def __init__(self, request, done):
         self._request = request
         self._done = done
