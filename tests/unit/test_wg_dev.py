@@ -128,7 +128,7 @@ from twisted.logger import Logger  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 from zope.interface.verify import verifyObject  # noqa: E402
 
-from flannel_tw.backend.wireguard import device as wgdevice, userspace  # noqa: E402
+from flannel_tw.backend.wireguard import device as wgdevice  # noqa: E402
 from flannel_tw.backend.wireguard.device import (  # noqa: E402
     WireguardUnavailable, open_device)
 from flannel_tw.backend.wireguard.kernel import KernelDevice, peers_from_info  # noqa: E402
@@ -589,8 +589,9 @@ class OpenDeviceTests(unittest.TestCase):
 
     def test_userspace_forced_skips_the_kernel(self):
         self.patch(wgdevice.shutil, "which", lambda name: "/usr/bin/" + name)
-        open_device(task.Clock(), "flannel-wg", self.dir, kernel=FakeLinks(self.events),
-                    to_thread=sync, spawn=Spawner(), probe=lambda p: True, mode="userspace")
+        d = open_device(task.Clock(), "flannel-wg", self.dir, kernel=FakeLinks(self.events),
+                        to_thread=sync, spawn=Spawner(), probe=lambda p: True, mode="userspace")
+        self.assertIsInstance(self.successResultOf(d), UserspaceDevice)
         self.assertEqual(self.events, [("delete", "flannel-wg")])
 
     def test_netlink_failure_is_not_unavailability(self):

@@ -5,7 +5,7 @@ loopback UNIX-socket server that replays the recording.
 """
 import os
 import tempfile
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network
 
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, protocol, reactor, task

@@ -157,7 +157,7 @@ class WireguardGo:
             pass
         self.state = "starting"
         self._tail.clear()
-        self._starting = defer.Deferred()
+        self._starting = started = defer.Deferred()
         self._proto = _GoProtocol(self)
         env = dict(os.environ)
         env["WG_PROCESS_FOREGROUND"] = "1"
@@ -165,7 +165,7 @@ class WireguardGo:
         self._transport = self._spawn(self._proto, self.argv, env)
         self._deadline = self._started_at + self._socket_timeout
         self._poll()
-        return self._starting
+        return started
 
     def _poll(self):
         self._timer = None
