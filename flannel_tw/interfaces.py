@@ -18,10 +18,12 @@ class ISubnetManager(Interface):
             (no config yet) or an etcd transport error.
         """
 
-    def acquire_lease(config, attrs, previous_subnet=None):
+    def acquire_lease(config, attrs, previous_subnet=None, previous_ipv6_subnet=None):
         """
         Reuse our lease (same PublicIP), else C{previous_subnet} if nobody holds it,
-        else allocate a free subnet and create it with prevExist=false.
+        else allocate a free subnet and create it with prevExist=false. With
+        C{config.enable_ipv6} the lease has a v6 part too (C{previous_ipv6_subnet} if it
+        fits and nobody holds it, else a free one).
 
         @return: Deferred firing with L{flannel_tw.model.lease.Lease};
             fails with L{flannel_tw.lease.allocate.OutOfSubnets} or an etcd error.
@@ -57,8 +59,9 @@ class ISubnetManager(Interface):
             below C{wait_index - 1} (wiped or restored); both mean: list again.
         """
 
-    def get_lease(subnet):
-        """@return: Deferred firing with the L{Lease} or failing with KeyNotFound."""
+    def get_lease(subnet, ipv6_subnet=None):
+        """@return: Deferred firing with the L{Lease} under the key of C{subnet} (and
+            C{ipv6_subnet}) or failing with KeyNotFound."""
 
     def skipped_counts():
         """

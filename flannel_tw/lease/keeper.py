@@ -114,6 +114,7 @@ class LeaseKeeper:
         self._valid_until = None     # clock time by which the lease expires at the latest
         self._sent_at = None
         self._prefer = None          # the subnet a re-acquisition asks for first
+        self._prefer_v6 = None       # and the v6 part it asks for (dual-stack)
         self._probation = probation
         self._probation_until = None  # a reused lease: stand down to a live holder until then
         self._defended = False        # wrote our lease back over a same-PublicIP writer
@@ -270,7 +271,8 @@ class LeaseKeeper:
     def _inspect(self, failure):
         """Our compare-and-swap failed: read the key and see who wrote it."""
         self.renewal_failures += 1
-        self._track(defer.maybeDeferred(self._manager.get_lease, self.lease.subnet),
+        self._track(defer.maybeDeferred(self._manager.get_lease, self.lease.subnet,
+                                        self.lease.ipv6_subnet),
                     lambda lease: (self._classify_read(lease), lease),
                     lambda f: ("read_gone" if f.check(KeyNotFound) else "read_error", f))
 
@@ -351,6 +353,8 @@ class LeaseKeeper:
 
     def _reacquire(self, prefer):
         self._prefer = prefer
+        # our v6 part goes with our v4 subnet (None when starting afresh)
+        self._prefer_v6 = self.lease.ipv6_subnet if prefer is not None else None
         self._end_round()
         self._send_acquisition()
 
@@ -358,7 +362,7 @@ class LeaseKeeper:
         self._cancel_timer()
         self._sent_at = self._clock.seconds()
         self._track(defer.maybeDeferred(self._manager.acquire_lease, self._config, self._attrs,
-                                        self._prefer),
+                                        self._prefer, previous_ipv6_subnet=self._prefer_v6),
                     lambda lease: ("acquired", lease), lambda f: ("acquire_error", f))
 
     def _acquired(self, lease):
@@ -367,7 +371,12 @@ class LeaseKeeper:
         self._start_probation(lease)
         self._defended = False
         self.failures = 0
-        if lease.subnet != old.subnet:
+        if lease.subnet == old.subnet and lease.ipv6_subnet != old.ipv6_subnet:
+            self.log.critical("Lease {subnet}: its IPv6 part changed from {old} to {new}: "
+                              "subnet.env is rewritten; containers on the old IPv6 subnet "
+                              "must be restarted", subnet=lease.subnet, old=old.ipv6_subnet,
+                              new=lease.ipv6_subnet)
+        elif lease.subnet != old.subnet:
             self.log.critical("Lease changed from {old} to {new}: subnet.env is rewritten; "
                               "containers on the old subnet must be restarted",
                               old=old.subnet, new=lease.subnet)

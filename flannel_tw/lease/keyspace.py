@@ -114,8 +114,9 @@ class KeyspaceManager:
     def skipped_counts(self):
         return self.manager.skipped_counts() if self.manager is not None else {}
 
-    def acquire_lease(self, config, attrs, previous_subnet=None):
-        return self._chosen().acquire_lease(config, attrs, previous_subnet)
+    def acquire_lease(self, config, attrs, previous_subnet=None, previous_ipv6_subnet=None):
+        return self._chosen().acquire_lease(config, attrs, previous_subnet,
+                                            previous_ipv6_subnet=previous_ipv6_subnet)
 
     def renew_lease(self, lease):
         return self._chosen().renew_lease(lease)
@@ -126,8 +127,8 @@ class KeyspaceManager:
     def watch_leases(self, wait_index):
         return self._chosen().watch_leases(wait_index)
 
-    def get_lease(self, subnet):
-        return self._chosen().get_lease(subnet)
+    def get_lease(self, subnet, ipv6_subnet=None):
+        return self._chosen().get_lease(subnet, ipv6_subnet)
 
 
 class KeyspaceClient:

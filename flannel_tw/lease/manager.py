@@ -21,7 +21,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from flannel_tw.lease.allocate import choose_subnet, fits, holds_allocation
+from flannel_tw.lease.allocate import (choose_ipv6_subnet, choose_subnet, fits, fits_ipv6,
+                                      holds_allocation, holds_ipv6_allocation)
 from flannel_tw.model.config import parse_config
 from flannel_tw.etcd.errors import KeyNotFound, NodeExist, TestFailed
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
@@ -114,19 +115,28 @@ class SubnetManager:
         return leases, index
 
     @defer.inlineCallbacks
-    def get_lease(self, subnet):
-        record = yield self._registry.get(subnet_to_key(subnet))
+    def get_lease(self, subnet, ipv6_subnet=None):
+        """Deferred L{Lease} under the key of C{subnet} (and C{ipv6_subnet}, dual-stack)."""
+        record = yield self._registry.get(subnet_to_key(subnet, ipv6_subnet))
         return node_to_lease(record)
 
-    def _written_lease(self, record, subnet, attrs):
+    def _written_lease(self, record, subnet, attrs, ipv6_subnet=None):
         return Lease(subnet=subnet, attrs=attrs, ttl=record.ttl,
-                     modified_index=record.modified_index)
+                     modified_index=record.modified_index, ipv6_subnet=ipv6_subnet)
 
     @defer.inlineCallbacks
-    def acquire_lease(self, config, attrs, previous_subnet=None):
+    def acquire_lease(self, config, attrs, previous_subnet=None, previous_ipv6_subnet=None):
         """
         Deferred L{Lease}. Fails with L{OutOfSubnets}, L{AcquireError} after
         C{RACE_RETRIES} lost races, or any other etcd error at once.
+
+        With IPv6 on (C{config.enable_ipv6}) the lease is dual-stack: key
+        C{A.B.C.D-N&<ipv6>-M}. A lease is reused only if both parts fit the config
+        (flanneld v0.20's rules, a v6 part present with IPv6 on and absent with it off);
+        when only the v6 part does not fit (the config turned IPv6 on or off, or changed
+        the IPv6 range), the old key is deleted and its v4 subnet is leased again with a
+        fitting v6 part (flanneld would pick a new v4 subnet too: flannel-tw keeps the v4
+        traffic where it is). The previous subnets from subnet.env are used likewise.
         """
         value = attrs.to_json()
         for attempt in range(RACE_RETRIES):
@@ -137,13 +147,14 @@ class SubnetManager:
             # hands out keep a subnet from being allocated (allocate.holds_allocation).
             canonical = [l for l in leases if l.is_canonical]
             mine = next((l for l in canonical if l.attrs.public_ip == attrs.public_ip), None)
+            kept_v4 = None
             if mine is not None:
-                if fits(config, mine.subnet):
+                v4_fits = fits(config, mine.subnet)
+                if v4_fits and fits_ipv6(config, mine.ipv6_subnet):
                     ttl = None if mine.is_reservation else SUBNET_TTL
                     try:
                         record = yield self._registry.compare_and_set(
-                            subnet_to_key(mine.subnet), value, ttl,
-                            prev_index=mine.modified_index)
+                            mine.key_name, value, ttl, prev_index=mine.modified_index)
                     except (TestFailed, KeyNotFound) as e:
                         self.log.warn("Lease {subnet} with our PublicIP changed in etcd between "
                                       "our list and our write ({error}); not overwritten, "
@@ -151,14 +162,26 @@ class SubnetManager:
                                       error=e, attempt=attempt + 1)
                         continue
                     self.log.info("Reusing our lease {subnet} (reservation: {res})",
-                                  subnet=mine.subnet, res=mine.is_reservation)
-                    lease = self._written_lease(record, mine.subnet, attrs)
+                                  subnet=mine.key_name, res=mine.is_reservation)
+                    lease = self._written_lease(record, mine.subnet, attrs, mine.ipv6_subnet)
                     self.reused_leases = {lease.subnet: lease.modified_index}  # the last only
                     return lease
-                self.log.warn("Our lease {subnet} does not fit the config any more; deleting it",
-                              subnet=mine.subnet)
-                yield self._delete_quietly(mine.subnet)
+                if v4_fits:
+                    self.log.warn("Our lease {key}: its IPv6 part does not fit the config ("
+                                  "{ipv6}); deleting it and leasing {subnet} again with "
+                                  "an IPv6 part that fits", key=mine.key_name,
+                                  subnet=mine.subnet,
+                                  ipv6="IPv6 is off" if not config.enable_ipv6 else
+                                  "IPv6 network %s, IPv6SubnetLen %d" % (
+                                      config.ipv6_network, config.ipv6_subnet_len))
+                    kept_v4, kept_v6 = mine.subnet, mine.ipv6_subnet
+                else:
+                    self.log.warn("Our lease {subnet} does not fit the config any more; "
+                                  "deleting it", subnet=mine.key_name)
+                yield self._delete_quietly(mine.key_name)
                 leases = [l for l in leases if l is not mine]
+                if kept_v4 is not None:
+                    previous_subnet, previous_ipv6_subnet = kept_v4, kept_v6
 
             candidate = None
             if previous_subnet is not None:
@@ -178,23 +201,50 @@ class SubnetManager:
                     config, [l.subnet for l in leases
                              if l.is_canonical and holds_allocation(config, l.subnet)],
                     self._rand)
+            candidate6 = self._choose_ipv6(config, leases, previous_ipv6_subnet)
 
             try:
-                record = yield self._registry.create(subnet_to_key(candidate), value, SUBNET_TTL)
+                record = yield self._registry.create(subnet_to_key(candidate, candidate6),
+                                                     value, SUBNET_TTL)
             except NodeExist:
                 self.log.info("Subnet {subnet} was taken by another host meanwhile; retrying "
-                              "(attempt {attempt})", subnet=candidate, attempt=attempt + 1)
-                previous_subnet = None
+                              "(attempt {attempt})", subnet=subnet_to_key(candidate, candidate6),
+                              attempt=attempt + 1)
+                previous_subnet = previous_ipv6_subnet = None
                 continue
-            self.log.info("Acquired lease {subnet}", subnet=candidate)
-            return self._written_lease(record, candidate, attrs)
+            self.log.info("Acquired lease {subnet}", subnet=subnet_to_key(candidate, candidate6))
+            return self._written_lease(record, candidate, attrs, candidate6)
         raise AcquireError("Max retries reached trying to acquire a subnet (%d attempts)"
                            % RACE_RETRIES)
 
+    def _choose_ipv6(self, config, leases, previous):
+        """
+        The v6 part of a new lease: None with IPv6 off; else C{previous} when it fits the
+        config and no listed lease's v6 part overlaps it; else a free one chosen as
+        flanneld does, independently of the v4 choice (leases without a v6 part take no
+        v6 subnet).
+        """
+        if not config.enable_ipv6:
+            return None
+        taken = [l.ipv6_subnet for l in leases
+                 if l.is_canonical and holds_ipv6_allocation(config, l.ipv6_subnet)]
+        if previous is not None:
+            holder = next((l for l in leases if l.ipv6_subnet is not None
+                           and l.ipv6_subnet.overlaps(previous)), None)
+            if not fits_ipv6(config, previous):
+                self.log.warn("Previous IPv6 subnet {subnet} does not fit the config; "
+                              "ignoring it", subnet=previous)
+            elif holder is not None:
+                self.log.warn("Previous IPv6 subnet {subnet} is held by {holder}; not taking "
+                              "it over", subnet=previous, holder=holder.attrs.public_ip)
+            else:
+                return previous
+        return choose_ipv6_subnet(config, taken, self._rand)
+
     @defer.inlineCallbacks
-    def _delete_quietly(self, subnet):
+    def _delete_quietly(self, name):
         try:
-            yield self._registry.delete(subnet_to_key(subnet))
+            yield self._registry.delete(name)
         except KeyNotFound:
             pass
 
@@ -215,9 +265,8 @@ class SubnetManager:
             cas = {"prev_index": lease.modified_index}
         else:
             cas = {"prev_value": value}
-        record = yield self._registry.compare_and_set(subnet_to_key(lease.subnet), value, ttl,
-                                                      **cas)
-        return self._written_lease(record, lease.subnet, lease.attrs)
+        record = yield self._registry.compare_and_set(lease.key_name, value, ttl, **cas)
+        return self._written_lease(record, lease.subnet, lease.attrs, lease.ipv6_subnet)
 
     @defer.inlineCallbacks
     def watch_leases(self, wait_index):

@@ -43,6 +43,8 @@ peer that re-appears stays routed without a gap. When the earliest deadline come
 watcher re-lists (interrupting an idle watch) and removes the peers still absent; a
 removal or expiry event from etcd is believed at once.
 """
+from dataclasses import replace
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -88,7 +90,21 @@ RETAIN_NO_TTL = 86400.0   # a wiped reservation (no TTL) is kept one lease TTL (
 
 
 def _memory_key(lease):
-    return lease.key if lease.key is not None else subnet_to_key(lease.subnet)
+    return lease.key if lease.key is not None else lease.key_name
+
+
+def ipv4_part(lease):
+    """
+    The lease as an IPv4-only host sees it: without its v6 part (C{ipv6_subnet},
+    C{public_ipv6}, C{backend_v6_data}) and under its v4 key, so backends of an IPv4-only
+    config never meet a v6 field (flanneld v0.20 crashes there).
+    """
+    if lease.ipv6_subnet is None and lease.attrs is not None and not lease.attrs.dual_stack:
+        return lease
+    attrs = lease.attrs
+    if attrs is not None:
+        attrs = replace(attrs, public_ipv6=None, backend_v6_data=None)
+    return replace(lease, attrs=attrs, ipv6_subnet=None, key=subnet_to_key(lease.subnet))
 
 
 class LeaseWatcher:
@@ -101,12 +117,21 @@ class LeaseWatcher:
     @param network: the config's Network (None: not checked).
     @param subnet_len: the config's SubnetLen (None: not checked).
     @param own_public_ip: our PublicIP; a lease with it is not routed (None: not checked).
+    @param ipv6_network: the config's IPv6Network when IPv6 is on: the v6 parts of the
+        leases are checked (L{lease_problem}) and handed to the sink. None (IPv4 only):
+        the sink gets the v4 part of every lease alone (no C{ipv6_subnet}, no
+        C{public_ipv6}, no C{backend_v6_data}), so a dual-stack lease is an IPv4 peer.
+    @param ipv6_subnet_len: the config's IPv6SubnetLen.
+    @param own_ipv6_subnet: a callable returning our current v6 subnet (or None).
+    @param own_public_ipv6: our PublicIPv6 (None: not checked).
     """
 
     log = Logger()
 
     def __init__(self, reactor, manager, sink, own_subnet=lambda: None, own_sink=None,
-                 backoff=None, network=None, subnet_len=None, own_public_ip=None):
+                 backoff=None, network=None, subnet_len=None, own_public_ip=None,
+                 ipv6_network=None, ipv6_subnet_len=None, own_ipv6_subnet=lambda: None,
+                 own_public_ipv6=None):
         self._reactor = reactor
         self._manager = manager
         self._sink = sink
@@ -116,6 +141,10 @@ class LeaseWatcher:
         self._network = network
         self._subnet_len = subnet_len
         self._own_public_ip = own_public_ip
+        self._ipv6_network = ipv6_network
+        self._ipv6_subnet_len = ipv6_subnet_len
+        self._own_ipv6_subnet = own_ipv6_subnet
+        self._own_public_ipv6 = own_public_ipv6
         self._machine = Machine(self, TRANSITIONS, IDLE)
         self.leases = {}          # subnet -> latest Lease under an exact key (ours included)
         self.known = {}           # subnet -> Lease routed by the sink (other hosts only)
@@ -325,6 +354,12 @@ class LeaseWatcher:
                 self._exact(lease)
             return  # an alias never touches the lease it names
         subnet = lease.subnet
+        stored = self.leases.get(subnet)
+        if (event.kind == REMOVED and stored is not None
+                and stored.key_name != lease.key_name):
+            # another key of the same v4 subnet went (e.g. a host's IPv4-only key replaced
+            # by its dual-stack one): what we hold for the subnet is unchanged
+            return
         if event.kind == REMOVED:
             self.leases.pop(subnet, None)
             self._expires.pop(subnet, None)
@@ -350,10 +385,13 @@ class LeaseWatcher:
         if lease is None:
             return self.known.get(subnet) if subnet in self.retained else None
         problem = lease_problem(lease, self._network, self._subnet_len, own,
-                                self._own_public_ip)
+                                self._own_public_ip, ipv6_network=self._ipv6_network,
+                                ipv6_subnet_len=self._ipv6_subnet_len,
+                                own_ipv6_subnet=self._own_ipv6_subnet(),
+                                own_public_ipv6=self._own_public_ipv6)
         if problem is None:
             self.skipped.forget(_memory_key(lease))
-            return lease
+            return lease if self._ipv6_network is not None else ipv4_part(lease)
         reason, message = problem
         if self.skipped.note(_memory_key(lease), reason):
             if reason == "own-public-ip":   # our own new lease, seen before the keeper has it
@@ -375,7 +413,8 @@ class LeaseWatcher:
                     # dropped the entry when they took the subnet; the sink stays in step)
                     del self.known[subnet]
                     events.append(LeaseEvent(REMOVED, have))
-            elif have is None or have.attrs != want.attrs:
+            elif (have is None or have.attrs != want.attrs
+                  or have.ipv6_subnet != want.ipv6_subnet):
                 self.known[subnet] = want
                 events.append(LeaseEvent(ADDED, want))
             else:

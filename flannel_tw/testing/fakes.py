@@ -36,8 +36,10 @@ class FakeSubnetManager:
     def get_network_config(self):
         return self._call("get_network_config")
 
-    def acquire_lease(self, config, attrs, previous_subnet=None):
-        return self._call("acquire_lease", config, attrs, previous_subnet)
+    def acquire_lease(self, config, attrs, previous_subnet=None, previous_ipv6_subnet=None):
+        # the v6 argument is recorded only when given (IPv4-only calls look as before)
+        v6 = () if previous_ipv6_subnet is None else (previous_ipv6_subnet,)
+        return self._call("acquire_lease", config, attrs, previous_subnet, *v6)
 
     def renew_lease(self, lease):
         return self._call("renew_lease", lease)
@@ -48,8 +50,8 @@ class FakeSubnetManager:
     def watch_leases(self, wait_index):
         return self._call("watch_leases", wait_index)
 
-    def get_lease(self, subnet):
-        return self._call("get_lease", subnet)
+    def get_lease(self, subnet, ipv6_subnet=None):
+        return self._call("get_lease", subnet, *(() if ipv6_subnet is None else (ipv6_subnet,)))
 
     def skipped_counts(self):
         return dict.fromkeys(REASONS, 0)
