@@ -6,7 +6,8 @@ the Docker options that mk-docker-opts.sh derives from it. Pure apart from file 
 import os
 import re
 import tempfile
-from ipaddress import IPv4Interface, IPv4Network
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import Dict, Optional
 
 
@@ -19,11 +20,21 @@ _CIDR_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}/\d{1,2}", re.ASCII)
 _DOUBLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
 
 
-def render_subnet_env(network: IPv4Network, subnet: IPv4Network, mtu: int, ipmasq: bool) -> str:
-    """FLANNEL_NETWORK, FLANNEL_SUBNET (lease address + 1 / prefix), FLANNEL_MTU, FLANNEL_IPMASQ."""
-    return ("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s/%d\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=%s\n"
-            % (network, subnet.network_address + 1, subnet.prefixlen, mtu,
-               "true" if ipmasq else "false"))
+def render_subnet_env(network: IPv4Network, subnet: IPv4Network, mtu: int, ipmasq: bool,
+                      ipv6_network: Optional[IPv6Network] = None,
+                      ipv6_subnet: Optional[IPv6Network] = None) -> str:
+    """
+    FLANNEL_NETWORK, FLANNEL_SUBNET (lease address + 1 / prefix), then with IPv6
+    (C{ipv6_network} and C{ipv6_subnet} given) FLANNEL_IPV6_NETWORK and
+    FLANNEL_IPV6_SUBNET (the v6 subnet's first host address / prefix, e.g.
+    C{2001:cafe:42::1/64}), then FLANNEL_MTU, FLANNEL_IPMASQ: flanneld v0.20's order.
+    """
+    text = ("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s/%d\n"
+            % (network, subnet.network_address + 1, subnet.prefixlen))
+    if ipv6_network is not None and ipv6_subnet is not None:
+        text += ("FLANNEL_IPV6_NETWORK=%s\nFLANNEL_IPV6_SUBNET=%s/%d\n"
+                 % (ipv6_network, ipv6_subnet.network_address + 1, ipv6_subnet.prefixlen))
+    return text + ("FLANNEL_MTU=%d\nFLANNEL_IPMASQ=%s\n" % (mtu, "true" if ipmasq else "false"))
 
 
 def _parse_value(raw: str, lineno: int) -> str:
@@ -142,6 +153,60 @@ def parse_interface(value: str) -> IPv4Interface:
     if not _CIDR_RE.fullmatch(value) or int(value.rsplit("/", 1)[1]) > 32:
         raise ValueError("not an IPv4 address with a /prefix: %r" % (value,))
     return IPv4Interface(value)
+
+
+_CIDR6_RE = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*/\d{1,3}", re.ASCII)
+
+
+def parse_interface6(value: str) -> IPv6Interface:
+    """``2001:cafe:42::1/64`` -> IPv6Interface; ValueError unless an IPv6 address (no
+    zone) with a /prefix of at most 128."""
+    if not _CIDR6_RE.fullmatch(value) or int(value.rsplit("/", 1)[1]) > 128:
+        raise ValueError("not an IPv6 address with a /prefix: %r" % (value,))
+    return IPv6Interface(value)
+
+
+@dataclass(frozen=True)
+class PreviousSubnets:
+    """
+    The subnets of an earlier run, from subnet.env: C{subnet} (FLANNEL_SUBNET, masked),
+    C{ipv6_subnet} (FLANNEL_IPV6_SUBNET, masked; None when absent), and C{problem}: why
+    the file was not used (a hostile or broken file counts as absent: both None), or None.
+    """
+    subnet: Optional[IPv4Network] = None
+    ipv6_subnet: Optional[IPv6Network] = None
+    problem: Optional[str] = None
+
+
+def read_previous_subnets(path: str) -> PreviousSubnets:
+    """
+    FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET from an earlier run, masked (10.5.72.1/24 ->
+    10.5.72.0/24, 2001:cafe:42::1/64 -> 2001:cafe:42::/64). A missing file is no
+    problem (a first start); a file that cannot be read or parsed, or whose
+    FLANNEL_SUBNET is absent or not an IPv4 CIDR, or whose FLANNEL_IPV6_SUBNET (when
+    present) is not an IPv6 CIDR, is used as if absent, with C{problem} saying why (for
+    one warning).
+    """
+    try:
+        env = read_env(path)
+    except SubnetFileError as e:
+        if not os.path.lexists(path):
+            return PreviousSubnets()
+        return PreviousSubnets(problem=str(e))
+    try:
+        subnet = parse_interface(env.get("FLANNEL_SUBNET", "")).network
+    except ValueError:
+        return PreviousSubnets(problem="%s: FLANNEL_SUBNET=%.60r is not an IPv4 address with "
+                                       "a /prefix" % (path, env.get("FLANNEL_SUBNET", "")))
+    ipv6_subnet = None
+    if "FLANNEL_IPV6_SUBNET" in env:
+        try:
+            ipv6_subnet = parse_interface6(env["FLANNEL_IPV6_SUBNET"]).network
+        except ValueError:
+            return PreviousSubnets(problem="%s: FLANNEL_IPV6_SUBNET=%.60r is not an IPv6 "
+                                           "address with a /prefix"
+                                           % (path, env["FLANNEL_IPV6_SUBNET"]))
+    return PreviousSubnets(subnet, ipv6_subnet)
 
 
 def read_previous_subnet(path: str) -> Optional[IPv4Network]:
