@@ -215,9 +215,12 @@ class FlannelDaemon(service.MultiService):
                                   clock=self._keeper_clock, grace=self.settings.renew_grace)
         if self._rules_factory is not None and (self.settings.ip_masq
                                                 or self.settings.forward_rules):
+            v6 = {}     # dual-stack: the ip6tables rules too (--ip-masq covers both)
+            if config.enable_ipv6 and lease.ipv6_subnet is not None:
+                v6 = dict(network6=config.ipv6_network, subnet6=lease.ipv6_subnet)
             self.rules = self._rules_factory(self._reactor, config.network, lease.subnet,
                                              self.settings.ip_masq,
-                                             forward=self.settings.forward_rules)
+                                             forward=self.settings.forward_rules, **v6)
             yield self.rules.start()
         yield self._write_subnet_env(lease)     # in a thread; READY=1 only once written
         self.phase = RUNNING
@@ -374,7 +377,10 @@ class FlannelDaemon(service.MultiService):
         if lease.subnet == old.subnet:
             return
         if self.rules is not None:
-            self.rules.update(lease.subnet)
+            if self.config.enable_ipv6 and lease.ipv6_subnet is not None:
+                self.rules.update(lease.subnet, lease.ipv6_subnet)
+            else:
+                self.rules.update(lease.subnet)
         if IReconfiguringBackend.providedBy(self.backend):
             d = defer.maybeDeferred(self.backend.reconfigure, self.config, lease)
             d.addErrback(lambda f: self.log.failure("Reconfiguring the backend for {subnet} "

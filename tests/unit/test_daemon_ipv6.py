@@ -5,7 +5,7 @@ as flanneld). Fakes: FakeSubnetManager, RecordingBackend, task.Clock."""
 import os
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from flannel_tw.daemon import FAILED, DaemonSettings, FlannelDaemon
@@ -117,3 +117,48 @@ class WiringTests(unittest.TestCase):
         e = self.assertRaises(IfaceError, d._iface_v6)
         self.assertIn("2001:db8::77", str(e))
         self.assertIn("No interface with given IPv6 found", str(e))
+
+
+class RulesTests(unittest.TestCase):
+    """The daemon gives the iptables rules the v6 network and subnet when dual-stack."""
+
+    def run_to_rules(self, ipv6, lease6):
+        from flannel_tw.model.lease import Lease, LeaseAttrs
+        clock, manager, made = task.Clock(), FakeSubnetManager(), []
+
+        class Rules:
+            def __init__(self, *args, **kw):
+                made.append((args[1:], kw))
+
+            def start(self):
+                return defer.Deferred()     # stop here: subnet.env is not the point
+
+            def update(self, *args):
+                made.append(("update", args))
+
+            def stop(self):
+                pass
+        d = FlannelDaemon(clock, manager, DUAL if ipv6 else V4,
+                          DaemonSettings(subnet_file=os.path.abspath(self.mktemp()),
+                                         ip_masq=True),
+                          backend_factory=lambda n, r, i: RecordingBackend(i.public_ip),
+                          notify=lambda m: None, exit=lambda c: None, rules_factory=Rules)
+        d.startService()
+        self.addCleanup(d.stopService)
+        manager.next("get_network_config")[2].callback(config(ipv6))
+        lease = Lease(subnet=IPv4Network("10.5.34.0/24"),
+                      attrs=LeaseAttrs(public_ip=IPv4Address("192.0.2.1")), ttl=86400,
+                      ipv6_subnet=IPv6Network(lease6) if lease6 else None)
+        manager.next("acquire_lease")[2].callback(lease)
+        return d, made
+
+    def test_dual_stack_lease_gives_v6_rules(self):
+        d, made = self.run_to_rules(True, "fd00:10:5:22::/64")
+        self.assertEqual(made, [((IPv4Network("10.5.0.0/16"), IPv4Network("10.5.34.0/24"), True),
+                                 dict(forward=True, network6=IPv6Network("fd00:10:5::/48"),
+                                      subnet6=IPv6Network("fd00:10:5:22::/64")))])
+
+    def test_ipv4_only_gives_v4_rules(self):
+        d, made = self.run_to_rules(False, None)
+        self.assertEqual(made, [((IPv4Network("10.5.0.0/16"), IPv4Network("10.5.34.0/24"), True),
+                                 dict(forward=True))])
