@@ -230,6 +230,37 @@ class SupervisorTests(unittest.TestCase):
         self.go.start()
         self.assertFalse(os.path.exists(self.go.socket_path))
 
+    def test_waits_for_an_old_wireguard_go_to_leave_the_socket(self):
+        # a wireguard-go left by an earlier run still serves the socket (its link was just
+        # deleted, it is exiting): starting now would let its exit unlink our new socket
+        self.answer()
+        d = self.go.start()
+        self.clock.advance(1)
+        self.assertEqual(self.spawn.processes, [])
+        self.up.clear()
+        self.clock.advance(0.05)
+        self.assertEqual(len(self.spawn.processes), 1)
+        self.answer()
+        self.clock.advance(0.05)
+        self.successResultOf(d)
+
+    def test_an_old_wireguard_go_that_stays_fails_the_start(self):
+        self.answer()
+        d = self.go.start()
+        self.clock.advance(10.1)
+        e = self.failureResultOf(d, WireguardGoError).value
+        self.assertIn("still served", str(e))
+        self.assertEqual(self.spawn.processes, [])
+        self.assertEqual(self.go.state, "stopped")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_while_waiting_for_the_old_one(self):
+        self.answer()
+        d = self.go.start()
+        self.successResultOf(self.go.stop())
+        self.failureResultOf(d, WireguardGoError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_no_socket_in_time_kills_and_fails(self):
         d = self.go.start()
         self.clock.advance(10.1)
@@ -589,8 +620,10 @@ class OpenDeviceTests(unittest.TestCase):
 
     def test_userspace_forced_skips_the_kernel(self):
         self.patch(wgdevice.shutil, "which", lambda name: "/usr/bin/" + name)
+        spawn = Spawner()
         d = open_device(task.Clock(), "flannel-wg", self.dir, kernel=FakeLinks(self.events),
-                        to_thread=sync, spawn=Spawner(), probe=lambda p: True, mode="userspace")
+                        to_thread=sync, spawn=spawn, probe=lambda p: bool(spawn.processes),
+                        mode="userspace")
         self.assertIsInstance(self.successResultOf(d), UserspaceDevice)
         self.assertEqual(self.events, [("delete", "flannel-wg")])
 

@@ -142,22 +142,55 @@ class WireguardGo:
         """
         Start wireguard-go. Fires with None once its socket answers; fails with
         L{WireguardGoError} if it exits first or no socket comes within the timeout (the
-        process is then killed).
+        process is then killed). A socket still served by an older wireguard-go (one whose
+        link was just deleted, on its way out) is waited for first: its exit would
+        otherwise unlink the new process's socket.
         """
         if self.state != "stopped":
             raise RuntimeError("wireguard-go %s already started" % (self.name,))
         self._first = True
-        return self._launch()
+        started = self._begin()
+        self._said_old = False
+        self._clear_old()
+        return started
+
+    def _begin(self):
+        self.state = "starting"
+        self._tail.clear()
+        self._deadline = self._reactor.seconds() + self._socket_timeout
+        self._starting = started = defer.Deferred()
+        return started
+
+    def _clear_old(self):
+        self._timer = None
+        if self.state != "starting" or self._proto is not None:
+            return
+        if not self._probe(self.socket_path):
+            self._spawn_now()
+            return
+        if self._reactor.seconds() >= self._deadline:
+            self._fail_start(WireguardGoError(
+                "the UAPI socket %s is still served by another wireguard-go after %ss; "
+                "stop it" % (self.socket_path, self._socket_timeout)))
+            self.state = "stopped"
+            return
+        if not self._said_old:
+            self._said_old = True
+            self.log.warn("wireguard-go {name}: an older wireguard-go still serves {sock}; "
+                          "waiting for it to go", name=self.name, sock=self.socket_path)
+        self._timer = self._reactor.callLater(self._poll_interval, self._clear_old)
 
     def _launch(self):
+        started = self._begin()
+        self._spawn_now()
+        return started
+
+    def _spawn_now(self):
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         try:
             os.unlink(self.socket_path)         # a socket left by a killed wireguard-go
         except FileNotFoundError:
             pass
-        self.state = "starting"
-        self._tail.clear()
-        self._starting = started = defer.Deferred()
         self._proto = _GoProtocol(self)
         env = dict(os.environ)
         env["WG_PROCESS_FOREGROUND"] = "1"
@@ -165,7 +198,6 @@ class WireguardGo:
         self._transport = self._spawn(self._proto, self.argv, env)
         self._deadline = self._started_at + self._socket_timeout
         self._poll()
-        return started
 
     def _poll(self):
         self._timer = None
