@@ -31,6 +31,14 @@ try:
 except urllib.error.HTTPError as e:
     print(e.code)
 """
+# a POST to the v3 JSON gateway (argv: URL PATH BODY); prints the answer
+ETCD3 = r"""
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+req = urllib.request.Request(sys.argv[1] + sys.argv[2], data=sys.argv[3].encode(), method="POST")
+with opener.open(req, timeout=5) as r:
+    print(r.read().decode())
+"""
 
 
 def _rule_lines(rules):
@@ -38,11 +46,13 @@ def _rule_lines(rules):
 
 
 class KernelOverlay:
-    """A lab with etcd (config for ``backend``), daemons with --ip-masq, containers."""
+    """A lab with etcd (config for ``backend`` in the ``keyspace`` "v2" or "v3"),
+    daemons with --ip-masq (and --etcd-api=v3 with the v3 keyspace), containers."""
 
-    def __init__(self, testcase, backend):
+    def __init__(self, testcase, backend, keyspace="v2"):
         self.t = testcase
         self.backend = backend
+        self.keyspace = keyspace
         self.lab = lab = Lab()
         testcase.addCleanup(lambda: testcase.assertEqual(
             [n for n in list_netns() if n.startswith(lab.prefix)], []))
@@ -55,7 +65,7 @@ class KernelOverlay:
         for i in (1, 2, 3, RECEIVER):
             lab.add_host(i)
         config = json.dumps({"Network": NETWORK, "Backend": {"Type": backend}})
-        self.etcd_url = start_etcd(lab, self.workdir, config)
+        self.etcd_url = start_etcd(lab, self.workdir, config, keyspace=keyspace)
 
     # -- daemons ------------------------------------------------------------------
 
@@ -71,7 +81,9 @@ class KernelOverlay:
     def start(self, *hosts):
         fresh = [i for i in hosts if i not in self.envs]
         before = {i: self.runs(i) for i in hosts}
-        procs = start_daemons(self.lab, self.workdir, self.etcd_url, hosts, ip_masq=True)
+        extra = ["--etcd-api=v3"] if self.keyspace == "v3" else []
+        procs = start_daemons(self.lab, self.workdir, self.etcd_url, hosts, ip_masq=True,
+                              extra=extra)
         self.procs.update(procs)
         envs = wait_subnet_files(self.workdir, procs, 30)
         for i in hosts:
@@ -114,6 +126,12 @@ class KernelOverlay:
         url = "http://%s:2379/v2/keys%s/subnets/%s" % (self.lab.gateway, DEFAULT_PREFIX, key)
         args = [method, url] + ([value] if value is not None else [])
         return int(self.py(self.lab.switch_ns, ETCD, *args).stdout.strip())
+
+    def v3(self, path, body):
+        """A request to etcd's v3 JSON gateway, made from the switch namespace."""
+        out = self.py(self.lab.switch_ns, ETCD3, "http://%s:2379" % self.lab.gateway, path,
+                      json.dumps(body)).stdout
+        return json.loads(out)
 
     def assert_reaches(self, ns, addr, settle=SETTLE):
         ok = wait_for(lambda: self.lab.ping(ns, addr, count=1, timeout=1), settle, interval=0.2)

@@ -54,20 +54,28 @@ class CommandError(Exception):
 
 # -- pure: what to do with one v2 lease ------------------------------------------------
 
-def v3_lease_value(text, attrs):
+_V010_VXLAN = re.compile(r'(\{"PublicIP":"[0-9.]*","PublicIPv6":null,"BackendType":"vxlan",'
+                         r'"BackendData":\{)("VtepMAC":"[^"]*"\}\})\Z')
+
+
+def v3_lease_value(text, attrs, vni=None):
     """
     The v3 value for a v2 lease value C{text} (already parsed into C{attrs}): flanneld
     v0.20's form, C{PublicIP}, C{"PublicIPv6":null}, C{BackendType}, C{BackendData}.
     A value in the v2 writer's form keeps its text with C{PublicIPv6} inserted
-    (L{v3_value}); a value already carrying C{PublicIPv6} is kept as it is; any other
-    (spacing, field order, case) is written anew from C{attrs}.
+    (L{v3_value}), and a vxlan one gets v0.20's C{"VNI":vni} in front of its VtepMAC
+    when C{vni} (the config's) is given; a value already carrying C{PublicIPv6} is kept
+    as it is; any other (spacing, field order, case) is written anew from C{attrs}.
     """
     if '"PublicIPv6"' in text:
         return text
     converted = v3_value(text)
-    if converted != text:
-        return converted
-    return v3_value(attrs.to_json())
+    if converted == text:
+        converted = v3_value(attrs.to_json())
+    m = _V010_VXLAN.match(converted)
+    if m is not None and vni is not None:
+        converted = '%s"VNI":%d,%s' % (m.group(1), vni, m.group(2))
+    return converted
 
 
 def plan_lease(key, value, ttl, config=None):
@@ -97,7 +105,18 @@ def plan_lease(key, value, ttl, config=None):
         return ("skip",) + tuple(problem)
     if ttl is not None:
         ttl = max(int(ttl), 1)
-    return ("copy", name, v3_lease_value(value, attrs), ttl)
+    return ("copy", name, v3_lease_value(value, attrs, _vxlan_vni(config)), ttl)
+
+
+def _vxlan_vni(config):
+    """The VNI of a vxlan config (None: not vxlan, or no config)."""
+    if config is None or config.backend_type != "vxlan":
+        return None
+    from flannel_tw.backend.vxlan.backend import parse_options
+    try:
+        return parse_options(config.backend).vni
+    except ValueError:
+        return None
 
 
 def v2_lease_value(text):

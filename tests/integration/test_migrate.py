@@ -26,7 +26,7 @@ CONFIG = '{"Network": "10.7.0.0/16", "Backend": {"Type": "vxlan"}}'
 VXLAN = ('{"PublicIP":"192.0.2.7","BackendType":"vxlan",'
          '"BackendData":{"VtepMAC":"aa:bb:cc:dd:ee:ff"}}')
 VXLAN_V3 = ('{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"vxlan",'
-            '"BackendData":{"VtepMAC":"aa:bb:cc:dd:ee:ff"}}')
+            '"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}')
 
 
 class MigrateTests(unittest.TestCase):

@@ -21,7 +21,19 @@ class ConvertTests(unittest.TestCase):
             migrate.plan_lease(KEY, value, 86000, CONFIG),
             ("copy", "10.7.3.0-24",
              '{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"vxlan",'
-             '"BackendData":{"VtepMAC":"aa:bb"}}', 86000))
+             '"BackendData":{"VNI":1,"VtepMAC":"aa:bb"}}', 86000))
+
+    def test_vxlan_value_gets_the_configs_vni(self):
+        """v0.10's vxlan BackendData {"VtepMAC"} becomes v0.20's {"VNI":n,"VtepMAC"}."""
+        config = parse_config('{"Network": "10.7.0.0/16", "Backend": {"Type": "vxlan", '
+                              '"VNI": 4096}}')
+        value = '{"PublicIP":"192.0.2.7","BackendType":"vxlan","BackendData":{"VtepMAC":"aa:bb"}}'
+        self.assertEqual(migrate.plan_lease(KEY, value, 50, config)[2],
+                         '{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"vxlan",'
+                         '"BackendData":{"VNI":4096,"VtepMAC":"aa:bb"}}')
+        self.assertEqual(migrate.plan_lease(KEY, value, 50, None)[2],
+                         '{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"vxlan",'
+                         '"BackendData":{"VtepMAC":"aa:bb"}}')
 
     def test_udp_value_and_reservation(self):
         self.assertEqual(migrate.plan_lease(KEY, '{"PublicIP":"192.0.2.7"}', None, CONFIG),

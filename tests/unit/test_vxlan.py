@@ -11,6 +11,8 @@ from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
+from flannel_tw.etcd.registry import v2_value
+from flannel_tw.etcd.registry_v3 import v3_value
 from flannel_tw.backend.registry import make_backend
 from flannel_tw.backend.vxlan.backend import (
     VxlanBackend, VxlanOptions, lease_attrs, parse_options, peer_from_lease)
@@ -68,10 +70,18 @@ class OptionsTests(unittest.TestCase):
 
 class LeaseAttrsTests(unittest.TestCase):
     def test_exactly_as_flanneld(self):
-        attrs = lease_attrs("10.0.0.1", "82:4B:B6:2F:54:4E")
+        """v0.20's BackendData (VNI, VtepMAC); the v2 registry writes v0.10's, the v3
+        registry v0.20's value byte for byte."""
+        attrs = lease_attrs("10.0.0.1", "82:4B:B6:2F:54:4E", vni=7)
         self.assertEqual(attrs.to_json(), '{"PublicIP":"10.0.0.1","BackendType":"vxlan",'
-                                          '"BackendData":{"VtepMAC":"82:4b:b6:2f:54:4e"}}')
+                                          '"BackendData":{"VNI":7,"VtepMAC":"82:4b:b6:2f:54:4e"}}')
         self.assertEqual(LeaseAttrs.from_json(attrs.to_json()), attrs)
+        self.assertEqual(v2_value(lease_attrs("10.0.0.1", "82:4b:b6:2f:54:4e").to_json()),
+                         '{"PublicIP":"10.0.0.1","BackendType":"vxlan",'
+                         '"BackendData":{"VtepMAC":"82:4b:b6:2f:54:4e"}}')
+        self.assertEqual(v3_value(attrs.to_json()),
+                         '{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendType":"vxlan",'
+                         '"BackendData":{"VNI":7,"VtepMAC":"82:4b:b6:2f:54:4e"}}')
 
     def test_peer_from_flanneld_lease(self):
         text = ('{"PublicIP":"192.168.250.12","BackendType":"vxlan",'
@@ -121,7 +131,7 @@ class BackendTests(unittest.TestCase):
     def test_prepare_and_start(self):
         attrs = yield self.backend.prepare(config('{"Type":"vxlan","VNI":3,"Port":4789,'
                                                   '"GBP":true}'))
-        self.assertEqual(attrs, lease_attrs("192.168.250.11", "0a:0b:0c:0d:0e:0f"))
+        self.assertEqual(attrs, lease_attrs("192.168.250.11", "0a:0b:0c:0d:0e:0f", vni=3))
         self.assertEqual(self.backend.mtu, 1450)
         self.assertEqual(self.kernel.events, [("ensure_vxlan", VxlanSpec(
             vni=3, link_index=7, local=IPv4Address("192.168.250.11"), port=4789, gbp=True))])

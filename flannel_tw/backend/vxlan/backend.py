@@ -82,13 +82,15 @@ def parse_options(backend) -> VxlanOptions:
 
 def lease_attrs(public_ip, mac, public_ipv6=None, mac6=None, vni=DEFAULT_VNI) -> LeaseAttrs:
     """
-    Our lease as flanneld v0.10 writes it: BackendData {"VtepMAC": "<lower-case mac>"};
-    dual-stack (C{public_ipv6} and C{mac6} given) as flanneld v0.20 adds it: PublicIPv6
-    and BackendV6Data {"VNI": n, "VtepMAC": "<flannel-v6.N's mac>"}.
+    Our lease with flanneld v0.20's BackendData {"VNI": n, "VtepMAC": "<lower-case mac>"}
+    (the v3 keyspace stores it so; the v2 registry writes v0.10's {"VtepMAC": ...} for an
+    IPv4-only lease, L{flannel_tw.etcd.registry.v2_value}); dual-stack (C{public_ipv6}
+    and C{mac6} given) as flanneld v0.20 adds it: PublicIPv6 and BackendV6Data
+    {"VNI": n, "VtepMAC": "<flannel-v6.N's mac>"}.
     """
     v6 = public_ipv6 is not None and mac6 is not None
     return LeaseAttrs(public_ip=IPv4Address(public_ip), backend_type="vxlan",
-                      backend_data={"VtepMAC": mac.lower()},
+                      backend_data={"VNI": vni, "VtepMAC": mac.lower()},
                       public_ipv6=IPv6Address(public_ipv6) if v6 else None,
                       backend_v6_data={"VNI": vni, "VtepMAC": mac6.lower()} if v6 else None)
 
@@ -183,7 +185,7 @@ class VxlanBackend(PeerBackend):
                               iface=self.ext_iface.name, local=spec.local,
                               port=spec.port or 8472, mac=mac, mtu=self.mtu)
             if self.index6 is None:
-                return lease_attrs(self.ext_iface.public_ip, self.mac)
+                return lease_attrs(self.ext_iface.public_ip, self.mac, vni=self.options.vni)
             return lease_attrs(self.ext_iface.public_ip, self.mac,
                                self.ext_iface.public_ipv6 or self.ext_iface.addr6, self.mac6,
                                self.options.vni)

@@ -28,6 +28,7 @@ import time
 from ipaddress import IPv4Network
 
 import flannel_tw
+from flannel_tw.model.config import DEFAULT_PREFIX
 from flannel_tw.tools.lab.topology import (
     Lab, LabError, stop_pids, cleanup_stale, parse_subnet_env)
 
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--underlay", default="192.168.250.0/24",
                    help="underlay subnet of the lab switch (default 192.168.250.0/24)")
     p.add_argument("--ip-masq", action="store_true", help="pass --ip-masq to every daemon")
+    p.add_argument("--etcd-api", choices=("v2", "v3"), default="v2",
+                   help="the etcd keyspace of the config and the leases; each daemon runs "
+                        "with --etcd-api=that (default v2)")
     p.add_argument("--keep", action="store_true",
                    help="leave the lab running and print how to use and tear it down")
     p.add_argument("--timeout", type=float, default=60,
@@ -110,10 +114,13 @@ def etcd_helper(argv) -> int:
     flannel_tw.testing.etcd.EtcdServer, publish the network config, write the
     ready file, then keep etcd up until SIGTERM.  Living in its own process
     lets the lab outlive ``up`` with --keep (EtcdServer ties etcd's life to
-    its parent's).  argv: HOST NETNS CONFIG_JSON READY_FILE
+    its parent's).  argv: HOST NETNS CONFIG_JSON READY_FILE [KEYSPACE]: the config
+    goes to the v2 keyspace (default) or the v3 one.
     """
     from flannel_tw.testing.etcd import EtcdServer
-    host, netns, config, ready = argv
+    from flannel_tw.testing.v3raw import raw_put
+    host, netns, config, ready = argv[:4]
+    keyspace = argv[4] if len(argv) > 4 else "v2"
     server = EtcdServer(host=host, client_port=2379, netns=netns)
 
     def stop(signum, frame):
@@ -124,7 +131,10 @@ def etcd_helper(argv) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         server.start(timeout=20)
-        server.put_config(config)
+        if keyspace == "v3":
+            raw_put(server, DEFAULT_PREFIX + "/config", config)
+        else:
+            server.put_config(config)
         with open(ready + ".tmp", "w") as f:
             json.dump({"url": server.url, "pid": server.process.pid,
                        "log": server.log_path}, f)
@@ -139,14 +149,15 @@ def etcd_helper(argv) -> int:
         server.stop()
 
 
-def start_etcd(lab, workdir, config, timeout=40):
-    """Start the etcd helper in the switch namespace; returns the client URL."""
+def start_etcd(lab, workdir, config, timeout=40, keyspace="v2"):
+    """Start the etcd helper in the switch namespace with the config in C{keyspace}
+    ("v2" or "v3"); returns the client URL."""
     ready = os.path.join(workdir, "etcd.ready")
     log = os.path.join(workdir, "etcd-helper.log")
     env = _child_env()
     proc = lab.spawn(lab.switch_ns,
                      [sys.executable, "-m", "flannel_tw.tools.lab.run", "_etcd",
-                      str(lab.gateway), lab.switch_ns, config, ready],
+                      str(lab.gateway), lab.switch_ns, config, ready, keyspace],
                      log, env=env, cwd=repo_root())
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):
@@ -190,13 +201,14 @@ def subnet_file(workdir, i):
     return os.path.join(workdir, "h%d" % i, "subnet.env")
 
 
-def start_daemons(lab, workdir, etcd_url, hosts, ip_masq=False):
+def start_daemons(lab, workdir, etcd_url, hosts, ip_masq=False, extra=()):
     procs = {}
     env = _child_env()
     for i in hosts:
         os.makedirs(os.path.join(workdir, "h%d" % i), exist_ok=True)
         procs[i] = lab.spawn(lab.host_ns(i),
-                             daemon_argv(workdir, i, etcd_url, lab.host_ip(i), ip_masq),
+                             daemon_argv(workdir, i, etcd_url, lab.host_ip(i), ip_masq,
+                                         extra=extra),
                              os.path.join(workdir, "h%d.out" % i), env=env, cwd=workdir)
     return procs
 
@@ -368,9 +380,11 @@ def up(args) -> int:
         for i in hosts:
             lab.add_host(i)
         config = json.dumps({"Network": str(network), "Backend": {"Type": args.backend}})
-        etcd_url = start_etcd(lab, workdir, config)
-        _say("etcd at %s (in %s), config %s" % (etcd_url, lab.switch_ns, config))
-        procs = start_daemons(lab, workdir, etcd_url, hosts, args.ip_masq)
+        etcd_url = start_etcd(lab, workdir, config, keyspace=args.etcd_api)
+        _say("etcd at %s (in %s), config %s in the %s keyspace"
+             % (etcd_url, lab.switch_ns, config, args.etcd_api))
+        procs = start_daemons(lab, workdir, etcd_url, hosts, args.ip_masq,
+                              extra=["--etcd-api=%s" % args.etcd_api])
         envs = wait_subnet_files(workdir, procs, args.timeout)
         for i in hosts:
             lab.add_container(i, subnet_file(workdir, i))
