@@ -234,6 +234,9 @@ def render_docker_opts(env: Dict[str, str], individual: bool = True, combined: b
     FLANNEL_SUBNET and FLANNEL_MTU are required. An empty or absent FLANNEL_IPMASQ
     leaves --ip-masq out, as the script does. With both ``individual`` and
     ``combined`` false the result is empty (the caller applies "neither means both").
+    A dual-stack file (FLANNEL_IPV6_SUBNET; mk-docker-opts.sh has no IPv6) adds
+    Docker's own ``DOCKER_OPT_IPV6="--ipv6"`` and ``DOCKER_OPT_FIXED_CIDR_V6=
+    "--fixed-cidr-v6=<the v6 subnet's network>"`` (docker0 then takes its ::1).
     """
     subnet = _require(env, "FLANNEL_SUBNET")
     try:
@@ -244,6 +247,15 @@ def render_docker_opts(env: Dict[str, str], individual: bool = True, combined: b
     if not (mtu.isascii() and mtu.isdigit() and int(mtu) > 0):
         raise SubnetFileError("FLANNEL_MTU=%s is not a positive integer" % (mtu,))
     opts = {"DOCKER_OPT_BIP": "--bip=" + subnet, "DOCKER_OPT_MTU": "--mtu=" + mtu}
+    subnet6 = env.get("FLANNEL_IPV6_SUBNET", "")
+    if subnet6:
+        try:
+            network6 = parse_interface6(subnet6).network
+        except ValueError:
+            raise SubnetFileError("FLANNEL_IPV6_SUBNET=%s is not an IPv6 address with a "
+                                  "/prefix" % (subnet6,))
+        opts["DOCKER_OPT_IPV6"] = "--ipv6"
+        opts["DOCKER_OPT_FIXED_CIDR_V6"] = "--fixed-cidr-v6=%s" % (network6,)
     masq = env.get("FLANNEL_IPMASQ", "")
     if masq and ipmasq:
         if masq not in ("true", "false"):

@@ -3,6 +3,13 @@
 ``flannel-tw docker-opts``: mk-docker-opts.sh (flannel-compat.md section 5) in Python.
 Reads subnet.env and writes the Docker daemon options, atomically. Pure apart from
 file I/O and os.environ; no reactor.
+
+Dual-stack (issue 15): mk-docker-opts.sh knows no IPv6, so with FLANNEL_IPV6_SUBNET in
+subnet.env flannel-tw adds Docker's own options, ``DOCKER_OPT_IPV6="--ipv6"`` and
+``DOCKER_OPT_FIXED_CIDR_V6="--fixed-cidr-v6=<network of FLANNEL_IPV6_SUBNET>"`` (in the
+alphabetical order of the other variables, and in the combined one); a
+FLANNEL_IPV6_SUBNET that is not an IPv6 address with a /prefix is an error (exit 1,
+the output file left as it was).
 """
 import getopt
 import os
@@ -25,6 +32,7 @@ OPTIONS:
 \t-c\tOutput combined Docker options into DOCKER_OPTS var
 \t-k\tSet the combined options key to this value (default DOCKER_OPTS=)
 \t-m\tDo not output --ip-masq (useful for older Docker version)
+\t\t(with FLANNEL_IPV6_SUBNET: --ipv6 --fixed-cidr-v6=<its network> too)
 \t-h, --help\tShow this help and exit
 """ % (DEFAULT_SUBNET_FILE, DEFAULT_DOCKER_ENV)
 
