@@ -39,7 +39,7 @@ from twisted.python import usage
 
 from flannel_tw.etcd.registry_v3 import v3_value
 from flannel_tw.model.config import ConfigError, parse_config
-from flannel_tw.model.lease import Lease, LeaseAttrs, LeaseParseError, parse_canonical_key
+from flannel_tw.model.lease import Lease, LeaseAttrs, LeaseParseError, parse_canonical_keys
 from flannel_tw.model.leasecheck import lease_problem
 
 PROG = "flannel-tw etcd migrate"
@@ -89,7 +89,7 @@ def plan_lease(key, value, ttl, config=None):
     """
     name = key.rstrip("/").rsplit("/", 1)[-1]
     try:
-        subnet = parse_canonical_key(key)
+        subnet, ipv6_subnet = parse_canonical_keys(key)      # dual-stack keys too
     except LeaseParseError as e:
         return ("skip", "bad-key", str(e))
     if value is None:
@@ -98,9 +98,12 @@ def plan_lease(key, value, ttl, config=None):
         attrs = LeaseAttrs.from_json(value)
     except LeaseParseError as e:
         return ("skip", "bad-value", str(e))
-    problem = lease_problem(Lease(subnet=subnet, attrs=attrs, key=name),
+    ipv6 = config is not None and config.enable_ipv6   # the v6 part checked then only
+    problem = lease_problem(Lease(subnet=subnet, attrs=attrs, key=name, ipv6_subnet=ipv6_subnet),
                             network=config.network if config else None,
-                            subnet_len=config.subnet_len if config else None)
+                            subnet_len=config.subnet_len if config else None,
+                            ipv6_network=config.ipv6_network if ipv6 else None,
+                            ipv6_subnet_len=config.ipv6_subnet_len if ipv6 else None)
     if problem is not None:
         return ("skip",) + tuple(problem)
     if ttl is not None:
@@ -123,7 +126,7 @@ def v2_lease_value(text):
     """The v2 value for a v3 lease value: flanneld v0.20's C{"PublicIPv6":null} right
     after C{PublicIP} taken out again (the v2 writer's form); anything else unchanged."""
     m = _V3_HEAD.match(text)
-    if m is None:
+    if m is None or '"BackendV6Data"' in text:   # a dual-stack value keeps its PublicIPv6
         return text
     return text[:m.end(1)] + text[m.end():]
 
