@@ -10,7 +10,8 @@ codec's own requests can be compared with the recorded ones.
 Things the recording shows: wireguard-go stores the private key clamped (the C{get}
 reply's C{private_key} differs from the one set); an all-zero C{preshared_key} means
 none; errors are negative errnos (C{errno=-22}); a peer's C{endpoint} is
-C{[v6]:port} for IPv6.
+C{[v6]:port} for IPv6; a C{get} lists the peers in Go map order (not stable from run to
+run: compare them as a set).
 
 L{record} replays L{EXCHANGES}' requests against a live socket (the lab test checks the
 recording still matches).

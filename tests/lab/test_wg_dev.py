@@ -20,10 +20,13 @@ from ipaddress import IPv4Network
 
 from pyroute2 import NetNS
 from twisted.internet import defer, reactor, task, threads
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from flannel_tw.backend.wireguard.device import open_device
 from flannel_tw.backend.wireguard.key import PrivateKey
+from flannel_tw.backend.wireguard.kernel import Links
+from flannel_tw.backend.wireguard.uapi import parse_get_reply
 from flannel_tw.backend.wireguard.userspace import (
     UserspaceDevice, probe_socket, wireguard_go_argv)
 from flannel_tw.model.wgpeer import WgPeer
@@ -126,7 +129,7 @@ class WireguardGoLabTests(unittest.TestCase):
         a, b = self.hosts
         for h in self.hosts:
             h.device = yield open_device(reactor, NAME, h.state_dir, netns=h.ns,
-                                         on_recreated=h.recreated_cb)
+                                         on_recreated=h.recreated_cb, mode="userspace")
         for h in self.hosts:
             self.assertIsInstance(h.device, UserspaceDevice)
             self.assertEqual(h.device.kind, "userspace")
@@ -205,7 +208,7 @@ class WireguardGoLabTests(unittest.TestCase):
         self.assertTrue(probe_socket(sock))
         self.assertIn(NAME, _links(a.ns))
 
-        a.device = yield open_device(reactor, NAME, a.state_dir, netns=a.ns)
+        a.device = yield open_device(reactor, NAME, a.state_dir, netns=a.ns, mode="userspace")
         self.assertIsNotNone(orphan.poll())                 # gone before ours started
         self.assertNotEqual(a.device.process.pid, orphan.pid)
         yield task.deferLater(reactor, 0.5, lambda: None)
@@ -216,7 +219,32 @@ class WireguardGoLabTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_recorded_exchange_matches_live_wireguard_go(self):
         a = self.hosts[0]
-        a.device = yield open_device(reactor, NAME, a.state_dir, netns=a.ns)
+        a.device = yield open_device(reactor, NAME, a.state_dir, netns=a.ns, mode="userspace")
         replies = yield threads.deferToThread(
             fx.record, a.device.client.path, [q for q, _ in fx.EXCHANGES])
-        self.assertEqual(replies, [r for _, r in fx.EXCHANGES])
+        for (request, recorded), live in zip(fx.EXCHANGES, replies):
+            if request.startswith(b"get=1"):
+                # wireguard-go lists its peers in Go map order: compare them as a set
+                self.assertEqual(parse_get_reply(live), parse_get_reply(recorded))
+                def peers(reply):
+                    return sorted(reply.split(b"errno=")[0].split(b"public_key=")[1:])
+                self.assertEqual(peers(live), peers(recorded))
+            else:
+                self.assertEqual(live, recorded)
+
+    @defer.inlineCallbacks
+    def test_kernel_module_detected_and_choice_logged(self):
+        """Without the module link add says EOPNOTSUPP: not available, wireguard-go is used."""
+        a = self.hosts[0]
+        has_module = os.path.exists("/sys/module/wireguard")
+        made = yield threads.deferToThread(Links(a.ns).add_wireguard, "wgprobe0")
+        self.assertEqual(made, has_module)
+        self.assertEqual("wgprobe0" in _links(a.ns), has_module)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        a.device = yield open_device(reactor, NAME, a.state_dir, netns=a.ns)
+        self.assertEqual(a.device.kind, "kernel" if has_module else "userspace")
+        said = [formatEvent(e) for e in events
+                if e.get("log_namespace") == "flannel_tw.backend.wireguard.device"]
+        self.assertTrue(any(("wireguard-go" in t) != has_module for t in said), said)

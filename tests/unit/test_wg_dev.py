@@ -330,6 +330,18 @@ class SupervisorTests(unittest.TestCase):
         self.clock.advance(0.05)
         self.assertEqual(len(self.restarted), 1)
 
+    def test_a_restart_without_socket_is_killed_said_and_retried(self):
+        self.started()
+        self.die(signal=9)
+        self.clock.advance(0.5)
+        self.clock.advance(10.1)
+        self.assertEqual(self.spawn.last.signals, ["KILL"])
+        self.assertIn("no UAPI socket", self.warnings()[-1]["err"])
+        self.spawn.last.end(signal=9)
+        self.assertEqual(self.go.state, "waiting")
+        self.clock.advance(1)
+        self.assertEqual(len(self.spawn.processes), 3)
+
     def test_stop_sends_term_then_kill_after_grace(self):
         self.started()
         d = self.go.stop()

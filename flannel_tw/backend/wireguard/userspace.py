@@ -116,7 +116,10 @@ class WireguardGo:
         self._poll_interval = poll_interval
         self._spawn = spawn or self._spawn_process
         self._probe = probe or probe_socket
-        self.state = "stopped"  # stopped, starting, running, waiting, stopping
+        # stopped -> starting -> running -> (died) waiting -> starting ...; starting ->
+        # dying (no socket in time: killed) -> stopped (first start) or waiting; any ->
+        # stopping -> stopped.
+        self.state = "stopped"
         self._proto = None
         self._transport = None
         self._started_at = None
@@ -210,9 +213,11 @@ class WireguardGo:
             d.callback(None)
             return
         if self._reactor.seconds() >= self._deadline:
-            self._fail_start(WireguardGoError(
-                "wireguard-go %s made no UAPI socket %s within %ss%s" % (
-                    self.name, self.socket_path, self._socket_timeout, self._said())))
+            err = WireguardGoError("wireguard-go %s made no UAPI socket %s within %ss%s" % (
+                self.name, self.socket_path, self._socket_timeout, self._said()))
+            if not self._first:
+                self.log.warn("{err}; killing it", err=str(err))
+            self._fail_start(err)
             self._signal("KILL")
             return
         self._timer = self._reactor.callLater(self._poll_interval, self._poll)
