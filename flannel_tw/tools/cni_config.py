@@ -9,9 +9,9 @@ commands on top of it.
 import json
 import os
 import re
-from ipaddress import IPv4Interface, IPv6Interface
+from ipaddress import IPv4Interface, ip_network
 
-from flannel_tw.host.subnetfile import SubnetFileError, read_env
+from flannel_tw.host.subnetfile import SubnetFileError, parse_interface6, read_env
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
@@ -156,7 +156,9 @@ def load_subnet_env(path):
     """
     subnet.env as the plugin needs it: C{network}, C{subnet} (the network of
     FLANNEL_SUBNET, e.g. 10.1.74.0/24), C{mtu} (int), C{ipmasq} (bool), and the
-    IPv6 pair when present (C{ipv6_network}, C{ipv6_subnet}; else None).
+    IPv6 pair when present (C{ipv6_network}, C{ipv6_subnet}; else None; an empty value
+    is absent). A dual-stack file must have both IPv6 variables, each an IPv6 address
+    with a /prefix (no zone), and each subnet must lie in its network.
 
     @raise CNIError: 11 when the file is missing (flannel not running yet), 5 when
         unreadable, 7 when a variable is missing or malformed.
@@ -179,18 +181,36 @@ def load_subnet_env(path):
         out["network"] = str(IPv4Interface(need("FLANNEL_NETWORK")).network)
         out["subnet"] = str(IPv4Interface(need("FLANNEL_SUBNET")).network)
         out["mtu"] = int(need("FLANNEL_MTU"), 10)
-        if "FLANNEL_IPV6_NETWORK" in env:
-            out["ipv6_network"] = str(IPv6Interface(env["FLANNEL_IPV6_NETWORK"]).network)
-        if "FLANNEL_IPV6_SUBNET" in env:
-            out["ipv6_subnet"] = str(IPv6Interface(env["FLANNEL_IPV6_SUBNET"]).network)
+        network6, subnet6 = env.get("FLANNEL_IPV6_NETWORK"), env.get("FLANNEL_IPV6_SUBNET")
+        if network6 or subnet6:
+            if not (network6 and subnet6):
+                raise CNIError(INVALID_CONFIG, "%s has %s without %s" % (
+                    (path, "FLANNEL_IPV6_SUBNET", "FLANNEL_IPV6_NETWORK") if subnet6 else
+                    (path, "FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET")))
+            out["ipv6_network"] = str(_interface6("FLANNEL_IPV6_NETWORK", network6).network)
+            out["ipv6_subnet"] = str(_interface6("FLANNEL_IPV6_SUBNET", subnet6).network)
     except ValueError as e:
         raise CNIError(INVALID_CONFIG, "%s: malformed value" % (path,), str(e))
+    for net, sub, names in ((out["network"], out["subnet"], "FLANNEL_SUBNET/FLANNEL_NETWORK"),
+                            (out["ipv6_network"], out["ipv6_subnet"],
+                             "FLANNEL_IPV6_SUBNET/FLANNEL_IPV6_NETWORK")):
+        if net is not None and not ip_network(sub).subnet_of(ip_network(net)):
+            raise CNIError(INVALID_CONFIG, "%s: %s: subnet %s is not inside network %s"
+                           % (path, names, sub, net))
     masq = need("FLANNEL_IPMASQ")
     if masq not in ("true", "false"):
         raise CNIError(INVALID_CONFIG, "%s: FLANNEL_IPMASQ must be true or false, not %r"
                        % (path, masq))
     out["ipmasq"] = masq == "true"
     return out
+
+
+def _interface6(name, value):
+    """An IPv6 address with a /prefix (no zone, no spaces); ValueError naming C{name}."""
+    try:
+        return parse_interface6(value)
+    except ValueError:
+        raise ValueError("%s=%r is not an IPv6 address with a /prefix" % (name, value))
 
 
 def delegate_ipam(conf, fenv):
