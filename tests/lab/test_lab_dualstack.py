@@ -128,3 +128,29 @@ class DualStackLabTests(unittest.TestCase):
         self.assertTrue(ds.lab.ping(ds.lab.host_ns(1), ds.lab.host_ip6(2)))
         results = ds.assert_matrix(families=(4,))
         self.assertEqual(sorted(results), [(1, 2, 4), (2, 1, 4)])
+
+    def test_daemons_choose_v6_and_add_ip6tables_rules(self):
+        """A real daemon with --ip-masq in a dual-stack lab: its v6 address from
+        --public-ipv6 on its --iface, the dual-stack lease it publishes, and flanneld
+        v0.20's ip6tables rules for its v6 subnet."""
+        from flannel_tw.testing.dualstack import make_dualstack
+        from flannel_tw.testing.overlay import ETCD_REQUEST
+        ds = make_dualstack(self, [1], backend="udp", ip_masq=True)
+        url = "http://%s:2379/v2/keys/coreos.com/network/subnets" % ds.lab.gateway
+        out = ds.py(ds.lab.switch_ns, ETCD_REQUEST, "GET", url).stdout
+        status, _, body = out.partition("\n")
+        self.assertEqual(status, "200", out)
+        (node,) = json.loads(body)["node"]["nodes"]
+        key = node["key"].rsplit("/", 1)[1]
+        self.assertIn("&", key, key)                     # 10.5.x.0-24&fd00:10:5:y::-64
+        v6 = key.split("&")[1].replace("-", "/")
+        self.assertEqual(json.loads(node["value"])["PublicIPv6"], str(ds.lab.host_ip6(1)))
+        self.assertIn("IPv6 enabled: using interface eth0 with addresses 192.168.250.11 and "
+                      "fd00:250::b", ds.log(1))
+        nat = ds.sh(ds.lab.host_ns(1), "ip6tables", "-t", "nat", "-S")
+        self.assertIn('-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
+                      nat)
+        self.assertIn('-A FLANNEL-POSTRTG ! -s fd00:10:5::/48 -d %s -m comment --comment '
+                      '"flanneld masq" -j RETURN' % v6, nat)
+        fwd = ds.sh(ds.lab.host_ns(1), "ip6tables", "-S", "FLANNEL-FWD")
+        self.assertIn("-A FLANNEL-FWD -s fd00:10:5::/48", fwd)
