@@ -112,6 +112,28 @@ def make_wg_overlay(testcase, hosts):
     return ov
 
 
+def wireguard_go_pids(root):
+    """The wireguard-go processes below the daemon C{root} (it starts them)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append((int(entry), comm))
+    out, todo = [], [root]
+    while todo:
+        for pid, comm in children.get(todo.pop(), ()):
+            todo.append(pid)
+            if comm.startswith("wireguard-go"):
+                out.append(pid)
+    return out
+
+
 def lease_key_of(ov, i):
     status, body = ov.etcd("GET", ov.lease_key(i))
     assert status == 200, body
@@ -254,3 +276,27 @@ class ConfigureLinkTests(unittest.TestCase):
         # IPv6 routes have no scope (the kernel keeps none): a route with no gateway
         self.assertIn(("fc00::/48", None), [(r["dst"], r.get("gateway"))
                                            for r in out["route-6"]])
+
+
+class WireguardGoRestartTests(unittest.TestCase):
+    skip = SKIP
+
+    def test_killed_wireguard_go_is_restarted_and_the_overlay_heals(self):
+        ov = make_wg_overlay(self, [1, 2])
+        ov.assert_reaches(ov.c(1).ns, ov.c(2).addr)
+        pids = wireguard_go_pids(ov.procs[1].pid)
+        if not pids:
+            raise unittest.SkipTest("h1 uses the kernel's wireguard module, not wireguard-go")
+        self.assertEqual(len(pids), 1)
+        os.kill(pids[0], signal.SIGKILL)
+        log = os.path.join(ov.workdir, "h1.log")
+        self.assertTrue(wait_for(lambda: "was recreated" in read_text(log), 20),
+                        read_text(log)[-3000:])
+        for i, j in [(1, 2), (2, 1)]:
+            ov.assert_reaches(ov.c(i).ns, ov.c(j).addr)
+        self.assertIsNone(ov.procs[1].poll())
+        new = wireguard_go_pids(ov.procs[1].pid)
+        self.assertEqual(len(new), 1)
+        self.assertNotEqual(new, pids)
+        route = ov.lab.exec(ov.lab.host_ns(1), ["ip", "route", "get", str(ov.c(2).addr)])
+        self.assertIn("dev flannel-wg", route.stdout)
