@@ -13,7 +13,7 @@ and no lease is taken when they happen before acquisition.
 import os
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
@@ -29,7 +29,7 @@ from flannel_tw.model.config import ConfigError
 from flannel_tw.model.backoff import make_backoff
 from flannel_tw.lease.keeper import LeaseKeeper
 from flannel_tw.lease.watch import LeaseWatcher
-from flannel_tw.host.subnetfile import read_previous_subnet, render_subnet_env, write_atomic
+from flannel_tw.host.subnetfile import read_previous_subnets, render_subnet_env, write_atomic
 from flannel_tw.observe.logs import redact_url
 from flannel_tw.host.sdnotify import sd_notify, sd_status
 from flannel_tw.observe.etcdprobe import EtcdProbe
@@ -199,10 +199,14 @@ class FlannelDaemon(service.MultiService):
             attrs = yield backend.prepare(config)
         except Exception as e:
             raise FatalError("Error registering network: %s backend: %s" % (backend.name, e))
+        attrs = self._dual_stack_attrs(config, attrs)
 
         self.phase = ACQUIRING
-        previous = read_previous_subnet(self.settings.subnet_file)
-        lease = yield self._acquire(config, attrs, previous)
+        previous = read_previous_subnets(self.settings.subnet_file)
+        if previous.problem is not None:
+            self.log.warn("Ignoring the previous subnets in {path}: {error}",
+                          path=self.settings.subnet_file, error=previous.problem)
+        lease = yield self._acquire(config, attrs, previous.subnet, previous.ipv6_subnet)
 
         self.phase = STARTING
         try:
@@ -236,7 +240,14 @@ class FlannelDaemon(service.MultiService):
                                     own_subnet=lambda: self.keeper.lease.subnet,
                                     own_sink=self.keeper.own_event,
                                     network=config.network, subnet_len=config.subnet_len,
-                                    own_public_ip=attrs.public_ip)
+                                    own_public_ip=attrs.public_ip,
+                                    # IPv6 on: the leases' v6 parts checked and handed on
+                                    ipv6_network=(config.ipv6_network if config.enable_ipv6
+                                                  else None),
+                                    ipv6_subnet_len=(config.ipv6_subnet_len
+                                                     if config.enable_ipv6 else None),
+                                    own_ipv6_subnet=lambda: self.keeper.lease.ipv6_subnet,
+                                    own_public_ipv6=attrs.public_ipv6)
         self.keeper.start()
         self.watcher.start()
         self.etcd_probe.start()
@@ -298,6 +309,12 @@ class FlannelDaemon(service.MultiService):
                               network=config.network, len=config.subnet_len,
                               min=config.subnet_min, max=config.subnet_max,
                               backend=config.backend_type)
+                if config.enable_ipv6:
+                    self.log.info("Network config: EnableIPv6 IPv6Network={network} "
+                                  "IPv6SubnetLen={len} IPv6SubnetMin={min} "
+                                  "IPv6SubnetMax={max}", network=config.ipv6_network,
+                                  len=config.ipv6_subnet_len, min=config.ipv6_subnet_min,
+                                  max=config.ipv6_subnet_max)
                 return config, backend
             if problem != self._last_config_error:
                 attempt = 0
@@ -323,12 +340,22 @@ class FlannelDaemon(service.MultiService):
                           "the lease will have no PublicIPv6", iface=iface.addr)
         return iface
 
+    def _dual_stack_attrs(self, config, attrs):
+        """Our lease attrs with the PublicIPv6 of the interface choice (--public-ipv6 or
+        the interface's v6 address) when the config enables IPv6 and the backend left it
+        unset; IPv4 only: as the backend made them."""
+        if (config.enable_ipv6 and attrs.public_ipv6 is None
+                and self.ext_iface.public_ipv6 is not None):
+            attrs = replace(attrs, public_ipv6=self.ext_iface.public_ipv6)
+        return attrs
+
     @defer.inlineCallbacks
-    def _acquire(self, config, attrs, previous):
+    def _acquire(self, config, attrs, previous, previous6=None):
         attempt = 0
         while True:
             try:
-                lease = yield self.manager.acquire_lease(config, attrs, previous)
+                v6 = {} if previous6 is None else {"previous_ipv6_subnet": previous6}
+                lease = yield self.manager.acquire_lease(config, attrs, previous, **v6)
             except defer.CancelledError:
                 raise
             except Exception as e:
@@ -350,8 +377,11 @@ class FlannelDaemon(service.MultiService):
         @return: Deferred firing with None once written; a failure to write is logged
             (as flanneld, only an error), not raised.
         """
+        v6 = {}       # FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET when dual-stack
+        if self.config.enable_ipv6 and lease.ipv6_subnet is not None:
+            v6 = dict(ipv6_network=self.config.ipv6_network, ipv6_subnet=lease.ipv6_subnet)
         text = render_subnet_env(self.config.network, lease.subnet, self.backend.mtu,
-                                 self.settings.ip_masq)
+                                 self.settings.ip_masq, **v6)
         path = self.settings.subnet_file
         d = self._subnet_env_lock.run(self._in_thread, write_atomic, path, text)
 
@@ -374,7 +404,7 @@ class FlannelDaemon(service.MultiService):
         return defer.maybeDeferred(f, *args)
 
     def _new_lease(self, lease, old):
-        if lease.subnet == old.subnet:
+        if lease.subnet == old.subnet and lease.ipv6_subnet == old.ipv6_subnet:
             return
         if self.rules is not None:
             if self.config.enable_ipv6 and lease.ipv6_subnet is not None:

@@ -52,6 +52,11 @@ def node_to_lease(node):
                  key=key_name(node.key), ipv6_subnet=ipv6_subnet)
 
 
+def _describe(subnet, ipv6_subnet):
+    """A lease's subnets for a log line: C{10.5.1.0/24}, or C{10.5.1.0/24 and fc00::/64}."""
+    return str(subnet) if ipv6_subnet is None else "%s and %s" % (subnet, ipv6_subnet)
+
+
 @implementer(ISubnetManager)
 class SubnetManager:
     """
@@ -162,7 +167,8 @@ class SubnetManager:
                                       error=e, attempt=attempt + 1)
                         continue
                     self.log.info("Reusing our lease {subnet} (reservation: {res})",
-                                  subnet=mine.key_name, res=mine.is_reservation)
+                                  subnet=_describe(mine.subnet, mine.ipv6_subnet),
+                                  res=mine.is_reservation)
                     lease = self._written_lease(record, mine.subnet, attrs, mine.ipv6_subnet)
                     self.reused_leases = {lease.subnet: lease.modified_index}  # the last only
                     return lease
@@ -177,7 +183,7 @@ class SubnetManager:
                     kept_v4, kept_v6 = mine.subnet, mine.ipv6_subnet
                 else:
                     self.log.warn("Our lease {subnet} does not fit the config any more; "
-                                  "deleting it", subnet=mine.key_name)
+                                  "deleting it", subnet=_describe(mine.subnet, mine.ipv6_subnet))
                 yield self._delete_quietly(mine.key_name)
                 leases = [l for l in leases if l is not mine]
                 if kept_v4 is not None:
@@ -208,11 +214,11 @@ class SubnetManager:
                                                      value, SUBNET_TTL)
             except NodeExist:
                 self.log.info("Subnet {subnet} was taken by another host meanwhile; retrying "
-                              "(attempt {attempt})", subnet=subnet_to_key(candidate, candidate6),
+                              "(attempt {attempt})", subnet=_describe(candidate, candidate6),
                               attempt=attempt + 1)
                 previous_subnet = previous_ipv6_subnet = None
                 continue
-            self.log.info("Acquired lease {subnet}", subnet=subnet_to_key(candidate, candidate6))
+            self.log.info("Acquired lease {subnet}", subnet=_describe(candidate, candidate6))
             return self._written_lease(record, candidate, attrs, candidate6)
         raise AcquireError("Max retries reached trying to acquire a subnet (%d attempts)"
                            % RACE_RETRIES)
