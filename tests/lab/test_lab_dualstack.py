@@ -154,3 +154,52 @@ class DualStackLabTests(unittest.TestCase):
                       '"flanneld masq" -j RETURN' % v6, nat)
         fwd = ds.sh(ds.lab.host_ns(1), "ip6tables", "-S", "FLANNEL-FWD")
         self.assertIn("-A FLANNEL-FWD -s fd00:10:5::/48", fwd)
+
+
+class LabIPv6RunTests(unittest.TestCase):
+    """``flannel-tw lab --ipv6`` end to end: real etcd, real daemons, both families."""
+    skip = skips.missing(root=True, tools=("ip", "ping", "sysctl"), etcd=True)
+
+    def test_up_ipv6_host_gw_two_hosts(self):
+        import contextlib
+        import io
+        import os
+        import re
+        from ipaddress import IPv6Interface
+        from flannel_tw.tools.lab import run
+        from flannel_tw.tools.lab.topology import cleanup_stale, parse_subnet_env
+        out = io.StringIO()
+        workdir = self.mktemp()
+        with contextlib.redirect_stdout(out):
+            rc = run.main(["--ipv6", "--hosts", "2", "--backend", "host-gw", "--timeout",
+                           "30", "--workdir", workdir])
+        text = out.getvalue()
+        prefix = re.search(r"^lab (fl[0-9a-f]{4}):", text, re.M).group(1)
+        self.addCleanup(cleanup_stale, prefix)
+        self.assertEqual([n for n in list_netns() if n.startswith(prefix)], [])
+        self.assertEqual(rc, 0, text + "\n" + "\n".join(
+            open(os.path.join(workdir, f)).read()[-2000:]
+            for f in sorted(os.listdir(workdir)) if f.endswith(".log")))
+        self.assertIn('"EnableIPv6": true, "IPv6Network": "fd00:10:5::/48"', text)
+        self.assertIn("IPv4:\n", text)
+        self.assertIn("IPv6:\n", text)
+        self.assertIn("all 8 pings succeeded", text)
+        self.assertNotIn("\u2717", text)
+        for i in (1, 2):
+            env = parse_subnet_env(os.path.join(workdir, "h%d" % i, "subnet.env"))
+            net6 = IPv6Interface(env["FLANNEL_IPV6_SUBNET"]).network
+            self.assertTrue(net6.subnet_of(IPv6Network("fd00:10:5::/48")), net6)
+            self.assertEqual(net6.prefixlen, 64)
+            self.assertIn("fd00:250::%x" % (10 + i), text)       # the host table
+
+    def test_bad_ipv6_flags(self):
+        import contextlib
+        import io
+        from flannel_tw.tools.lab import run
+        for argv in (["--network6", "10.0.0.0/8"], ["--network6", "fd00::1/48"],
+                     ["--underlay6", "fd00::/125"], ["--underlay6", "nope"]):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                rc = run.main(["--ipv6"] + argv)
+            self.assertEqual(rc, 2, argv)
+            self.assertIn("bad --network6/--underlay6", err.getvalue(), argv)

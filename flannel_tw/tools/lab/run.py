@@ -6,6 +6,7 @@ container from every other container and host.
 
     python3 -m flannel_tw.tools.lab.run --hosts 2 --backend udp
     python3 -m flannel_tw.tools.lab.run --backend vxlan --ip-masq   # or host-gw
+    python3 -m flannel_tw.tools.lab.run --ipv6 --backend vxlan   # dual-stack
     python3 -m flannel_tw.tools.lab.run --keep          # leave it running
     python3 -m flannel_tw.tools.lab.run down [PREFIX]   # tear down kept labs
 
@@ -25,7 +26,7 @@ import signal
 import sys
 import tempfile
 import time
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 import flannel_tw
 from flannel_tw.model.config import DEFAULT_PREFIX
@@ -67,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--underlay", default="192.168.250.0/24",
                    help="underlay subnet of the lab switch (default 192.168.250.0/24)")
     p.add_argument("--ip-masq", action="store_true", help="pass --ip-masq to every daemon")
+    p.add_argument("--ipv6", action="store_true",
+                   help="dual-stack: a ULA underlay (--underlay6), EnableIPv6 with "
+                        "IPv6Network --network6, --public-ipv6 per host, pings over both "
+                        "families")
+    p.add_argument("--network6", default="fd00:10:5::/48",
+                   help="with --ipv6: the overlay IPv6Network (default fd00:10:5::/48)")
+    p.add_argument("--underlay6", default="fd00:250::/64",
+                   help="with --ipv6: the lab switch's IPv6 subnet (default fd00:250::/64)")
     p.add_argument("--etcd-api", choices=("v2", "v3"), default="v2",
                    help="the etcd keyspace of the config and the leases; each daemon runs "
                         "with --etcd-api=that (default v2)")
@@ -206,9 +215,12 @@ def start_daemons(lab, workdir, etcd_url, hosts, ip_masq=False, extra=()):
     env = _child_env()
     for i in hosts:
         os.makedirs(os.path.join(workdir, "h%d" % i), exist_ok=True)
+        # a dual-stack lab: flanneld v0.20 takes the v6 address of an IPv4 --iface
+        # only from --public-ipv6
+        v6 = ["--public-ipv6=%s" % lab.host_ip6(i)] if lab.subnet6 is not None else []
         procs[i] = lab.spawn(lab.host_ns(i),
                              daemon_argv(workdir, i, etcd_url, lab.host_ip(i), ip_masq,
-                                         extra=extra),
+                                         extra=v6 + list(extra)),
                              os.path.join(workdir, "h%d.out" % i), env=env, cwd=workdir)
     return procs
 
@@ -249,19 +261,24 @@ def _daemon_logs(workdir, i):
 
 def host_table(lab, envs):
     rows = [("host", "namespace", "underlay IP", "subnet", "MTU", "container")]
+    v6 = lab.subnet6 is not None
     for i in sorted(envs):
         c = lab.containers.get(i)
-        rows.append(("h%d" % i, lab.host_ns(i), str(lab.host_ip(i)),
-                     envs[i].get("FLANNEL_SUBNET", "?"), envs[i].get("FLANNEL_MTU", "?"),
-                     str(c.addr) if c else "-"))
+        rows.append(("h%d" % i, lab.host_ns(i),
+                     str(lab.host_ip(i)) + (" " + str(lab.host_ip6(i)) if v6 else ""),
+                     envs[i].get("FLANNEL_SUBNET", "?")
+                     + (" " + envs[i].get("FLANNEL_IPV6_SUBNET", "(no v6)") if v6 else ""),
+                     envs[i].get("FLANNEL_MTU", "?"),
+                     " ".join(str(a) for a in c.addrs()) if c else "-"))
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def ping_matrix(lab, hosts, settle):
+def ping_matrix(lab, hosts, settle, family=4):
     """
     Every container pings every other container, and every host pings every
-    remote container.  Failures are retried until ``settle`` seconds have
+    remote container, at its address of C{family} (4 or 6; a container without a v6
+    address fails).  Failures are retried until ``settle`` seconds have
     passed (remote routes may still be arriving).  Returns {(src, dst): bool}
     where src is "c<i>" or "h<i>" and dst is "c<j>".
     """
@@ -280,7 +297,9 @@ def ping_matrix(lab, hosts, settle):
     while True:
         left = []
         for src, ns, j in todo:
-            ok = lab.ping(ns, lab.containers[j].addr, count=1, timeout=1)
+            c = lab.containers[j]
+            addr = c.addr if family == 4 else c.addr6
+            ok = addr is not None and lab.ping(ns, addr, count=1, timeout=1)
             results[(src, "c%d" % j)] = ok
             if not ok:
                 left.append((src, ns, j))
@@ -314,7 +333,8 @@ def _state_path(prefix):
 def save_state(lab, workdir, args):
     os.makedirs(STATE_DIR, exist_ok=True)
     state = lab.state()
-    state.update(workdir=workdir, backend=args.backend, network=args.network)
+    state.update(workdir=workdir, backend=args.backend, network=args.network,
+                 network6=args.network6 if args.ipv6 else None)
     with open(_state_path(lab.prefix), "w") as f:
         json.dump(state, f, indent=2, sort_keys=True)
     return _state_path(lab.prefix)
@@ -356,11 +376,19 @@ def up(args) -> int:
     except ValueError as e:
         print("flannel-tw lab: bad --network: %s" % e, file=sys.stderr)
         return 2
+    network6 = None
+    if args.ipv6:
+        try:
+            network6 = IPv6Network(args.network6)
+            Lab.check_subnet6(args.underlay6)
+        except ValueError as e:
+            print("flannel-tw lab: bad --network6/--underlay6: %s" % e, file=sys.stderr)
+            return 2
     if not os.path.isdir(os.path.join(repo_root(), "twisted", "plugins")):
         print("flannel-tw lab: warning: no twisted/plugins under %s" % repo_root(),
               file=sys.stderr)
 
-    lab = Lab(subnet=args.underlay)
+    lab = Lab(subnet=args.underlay, subnet6=args.underlay6 if args.ipv6 else None)
     workdir = os.path.abspath(
         args.workdir or tempfile.mkdtemp(prefix="flannel-tw-lab-%s-" % lab.prefix))
     os.makedirs(workdir, exist_ok=True)
@@ -375,11 +403,15 @@ def up(args) -> int:
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _say("lab %s: %d hosts, backend %s, network %s, logs in %s"
-             % (lab.prefix, args.hosts, args.backend, network, workdir))
+             % (lab.prefix, args.hosts, args.backend,
+                "%s and %s" % (network, network6) if network6 else network, workdir))
         lab.add_switch()
         for i in hosts:
             lab.add_host(i)
-        config = json.dumps({"Network": str(network), "Backend": {"Type": args.backend}})
+        config = {"Network": str(network), "Backend": {"Type": args.backend}}
+        if network6 is not None:
+            config.update(EnableIPv6=True, IPv6Network=str(network6))
+        config = json.dumps(config)
         etcd_url = start_etcd(lab, workdir, config, keyspace=args.etcd_api)
         _say("etcd at %s (in %s), config %s in the %s keyspace"
              % (etcd_url, lab.switch_ns, config, args.etcd_api))
@@ -391,8 +423,14 @@ def up(args) -> int:
         _say("")
         _say(host_table(lab, envs))
         _say("")
-        results = ping_matrix(lab, hosts, args.settle)
-        _say(render_matrix(hosts, results))
+        results = {}
+        for family in ((4, 6) if network6 else (4,)):
+            got = ping_matrix(lab, hosts, args.settle, family)
+            if network6:
+                _say("IPv%d:" % family)
+            _say(render_matrix(hosts, got))
+            results.update(((src, dst + ("/v6" if family == 6 else "")), ok)
+                           for (src, dst), ok in got.items())
         failed = sorted(k for k, v in results.items() if not v)
         _say("")
         if failed:

@@ -175,15 +175,22 @@ class Lab:
         if self.subnet.prefixlen > 26:
             raise ValueError("lab subnet too small: %s" % subnet)
         #: the underlay's IPv6 subnet (dual-stack lab), or None
-        self.subnet6 = IPv6Network(subnet6) if subnet6 is not None else None
-        if self.subnet6 is not None and self.subnet6.prefixlen > 120:
-            raise ValueError("lab IPv6 subnet too small: %s" % subnet6)
+        self.subnet6 = self.check_subnet6(subnet6) if subnet6 is not None else None
         self.namespaces: List[str] = []
         self.procs: List[subprocess.Popen] = []
         self._logs = []
         self.hosts: Dict[int, str] = {}
         self.containers: Dict[int, Container] = {}
         self.switch: Optional[str] = None
+
+    @staticmethod
+    def check_subnet6(subnet6: str) -> IPv6Network:
+        """The underlay IPv6 subnet C{subnet6}; ValueError unless a network of /120 or
+        wider."""
+        net = IPv6Network(subnet6)
+        if net.prefixlen > 120:
+            raise ValueError("lab IPv6 subnet too small: %s" % subnet6)
+        return net
 
     # -- names and addresses -------------------------------------------------
 
