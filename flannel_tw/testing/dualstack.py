@@ -8,8 +8,8 @@ L{flannel_tw.tools.lab.topology} with an IPv6 underlay: the lab tests of each ba
     ds.c(1).addr6, ds.subnet6(2), ds.lab.host_ip6(1), ds.logs()
 
 Underlay: ``192.168.250.0/24`` and ``fd00:250::/64`` (host i: .<10+i> and ::<10+i>).
-The network config (v2 keyspace, as the lab's etcd helper writes it) is
-L{dualstack_config}: ``10.5.0.0/16`` and ``fd00:10:5::/48`` (IPv6SubnetLen 64), so
+The network config (in the v2 keyspace, or the v3 one with C{keyspace="v3"}: the
+daemons then run with ``--etcd-api=v3``) is L{dualstack_config}: ``10.5.0.0/16`` and ``fd00:10:5::/48`` (IPv6SubnetLen 64), so
 subnet.env gets ``FLANNEL_IPV6_SUBNET=fd00:10:5:<n>::1/64`` and each container ::2 of it.
 Each daemon runs with ``--iface=<host v4>`` and ``--public-ipv6=<host v6>`` (flanneld
 v0.20: with an IPv4 --iface the v6 address comes only from --public-ipv6); pass
@@ -50,7 +50,8 @@ def dualstack_config(backend="vxlan", network=NETWORK, network6=NETWORK6, backen
 class DualStackLab:
     """A dual-stack lab with etcd, daemons and containers; see L{make_dualstack}."""
 
-    def __init__(self, testcase, hosts, config, underlay=UNDERLAY, underlay6=UNDERLAY6):
+    def __init__(self, testcase, hosts, config, underlay=UNDERLAY, underlay6=UNDERLAY6,
+                 keyspace="v2"):
         self.testcase = testcase
         self.lab = lab = Lab(subnet=underlay, subnet6=underlay6)
         testcase.addCleanup(lambda: testcase.assertEqual(
@@ -59,19 +60,21 @@ class DualStackLab:
         self.workdir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.workdir)
         self.config = config
+        self.keyspace = keyspace
         self.procs = {}
         self.envs = {}
         lab.add_switch()
         for i in hosts:
             lab.add_host(i)
-        self.etcd_url = start_etcd(lab, self.workdir, config)
+        self.etcd_url = start_etcd(lab, self.workdir, config, keyspace=keyspace)
 
     # -- daemons --------------------------------------------------------------------
 
     def argv(self, i, ip_masq=False, extra=()):
         """Host i's twistd command line: the lab's, plus --public-ipv6 and C{extra}."""
         return daemon_argv(self.workdir, i, self.etcd_url, self.lab.host_ip(i), ip_masq,
-                           extra=["--public-ipv6=%s" % self.lab.host_ip6(i)] + list(extra))
+                           extra=["--public-ipv6=%s" % self.lab.host_ip6(i),
+                                  "--etcd-api=%s" % self.keyspace] + list(extra))
 
     def start(self, hosts, ip_masq=False, extra=(), timeout=30):
         """Start the daemons of C{hosts}, wait for their subnet.env, add their containers
@@ -177,13 +180,14 @@ class DualStackLab:
 
 
 def make_dualstack(testcase, hosts, backend="vxlan", start=None, config=None, ip_masq=False,
-                   extra=()):
+                   extra=(), keyspace="v2"):
     """
     Build a dual-stack lab with C{hosts} (host numbers), a real etcd holding C{config}
     (default L{dualstack_config}(C{backend})), and start the daemons (plus containers) of
     C{start} (default: all) with C{ip_masq} and C{extra} flags.  Returns the
-    L{DualStackLab}; everything is torn down in the test's cleanups.
+    L{DualStackLab}; everything is torn down in the test's cleanups. C{keyspace}: the
+    etcd keyspace ("v2" or "v3") of the config, the leases and the daemons' --etcd-api.
     """
-    ds = DualStackLab(testcase, hosts, config or dualstack_config(backend))
+    ds = DualStackLab(testcase, hosts, config or dualstack_config(backend), keyspace=keyspace)
     ds.start(list(hosts if start is None else start), ip_masq=ip_masq, extra=extra)
     return ds

@@ -129,6 +129,17 @@ class DualStackLabTests(unittest.TestCase):
         results = ds.assert_matrix(families=(4,))
         self.assertEqual(sorted(results), [(1, 2, 4), (2, 1, 4)])
 
+    def test_two_hosts_host_gw_v3_both_families(self):
+        from flannel_tw.testing.dualstack import make_dualstack
+        ds = make_dualstack(self, [1, 2], backend="host-gw", keyspace="v3")
+        self.assertIn("--etcd-api=v3", ds.argv(1))
+        for i in (1, 2):
+            self.assertIsNotNone(ds.subnet6(i))
+            self.assertEqual(ds.c(i).subnet6, ds.subnet6(i))
+        results = ds.assert_matrix()
+        self.assertEqual(sorted(results), [(1, 2, 4), (1, 2, 6), (2, 1, 4), (2, 1, 6)])
+        self.assertIn("Using etcd's v3 keyspace", ds.log(1))
+
     def test_daemons_choose_v6_and_add_ip6tables_rules(self):
         """A real daemon with --ip-masq in a dual-stack lab: its v6 address from
         --public-ipv6 on its --iface, the dual-stack lease it publishes, and flanneld
