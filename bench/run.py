@@ -227,9 +227,17 @@ def setup_kernel_hostgw(lab, workdir):
         lab.add_container(i, write_env(workdir, i, 1500))
 
 
+def env_path(workdir, i):
+    """Host i's subnet file, in a directory of its own: the wireguard backend keeps its
+    key (wgkey) and wireguard-go's UAPI socket beside it, one per host."""
+    d = os.path.join(workdir, "h%d" % i)
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, "h%d.env" % i)
+
+
 def daemon_argv(workdir, i, etcd_url, host_ip, forward_rules=True, extra=()):
     return lab_daemon_argv(
-        workdir, i, etcd_url, host_ip, subnet_path=os.path.join(workdir, "h%d.env" % i),
+        workdir, i, etcd_url, host_ip, subnet_path=env_path(workdir, i),
         extra=["--healthz-ip=127.0.0.1", "--healthz-port=%d" % HEALTH_PORT,
                "--iptables-forward-rules=%s" % ("true" if forward_rules else "false")]
         + list(extra))
@@ -263,9 +271,9 @@ def setup_daemons(lab, workdir, backend):
     # packet rate here: nf_tables then hooks every forwarded and encapsulated packet.)
     procs = [start_daemon(lab, workdir, i, url, forward_rules=False) for i in (1, 2)]
     for i, p in zip((1, 2), procs):
-        wait_file(os.path.join(workdir, "h%d.env" % i), p)
+        wait_file(env_path(workdir, i), p)
     for i in (1, 2):
-        lab.add_container(i, os.path.join(workdir, "h%d.env" % i))
+        lab.add_container(i, env_path(workdir, i))
     # routes arrive through the watch: wait until the containers reach each other
     deadline = time.monotonic() + 30
     while not lab.ping(lab.containers[1].ns, lab.containers[2].addr, count=1, timeout=1):
