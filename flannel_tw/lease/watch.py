@@ -26,6 +26,11 @@ unicast PublicIP that is not ours. Anything else is skipped with one warning per
 (C{skipped} counts them by reason, bounded) and, if it replaced a routed lease, that
 route is removed; the rest of the cluster keeps working.
 
+Dual-stack (C{ipv6_network} given: the config enables IPv6): a lease's v6 part is
+checked too (L{flannel_tw.model.leasecheck.ipv6_part_problem}); a bad one is not routed
+(one warning) and the lease reaches the sink as its v4 part alone (L{ipv4_part}), as
+does every lease when the config is IPv4-only.
+
 Our own subnet is never reported to the sink; its events (exact key only: an alias
 such as C{x10.5.1.0-24} cannot fake them) go to C{own_sink} (the lease keeper), so
 "our lease was deleted" triggers re-acquisition. The watcher keeps the latest value of
@@ -51,7 +56,7 @@ from twisted.logger import Logger
 from flannel_tw.etcd.errors import EtcdIndexWentBack, EventIndexCleared
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.model.lease import Lease, subnet_to_key
-from flannel_tw.model.leasecheck import SkipMemory, lease_problem
+from flannel_tw.model.leasecheck import SkipMemory, ipv6_part_problem, lease_problem
 from flannel_tw.model.backoff import make_backoff
 from flannel_tw.lease.machine import Machine, check_table
 from flannel_tw.lease.status import WatcherStatus
@@ -385,13 +390,23 @@ class LeaseWatcher:
         if lease is None:
             return self.known.get(subnet) if subnet in self.retained else None
         problem = lease_problem(lease, self._network, self._subnet_len, own,
-                                self._own_public_ip, ipv6_network=self._ipv6_network,
-                                ipv6_subnet_len=self._ipv6_subnet_len,
-                                own_ipv6_subnet=self._own_ipv6_subnet(),
-                                own_public_ipv6=self._own_public_ipv6)
-        if problem is None:
+                                self._own_public_ip)
+        if problem is None and self._ipv6_network is None:
             self.skipped.forget(_memory_key(lease))
-            return lease if self._ipv6_network is not None else ipv4_part(lease)
+            return ipv4_part(lease)
+        if problem is None:
+            problem6 = ipv6_part_problem(lease, self._ipv6_network, self._ipv6_subnet_len, own,
+                                         self._own_ipv6_subnet(), self._own_public_ipv6)
+            if problem6 is None:
+                self.skipped.forget(_memory_key(lease))
+                return lease
+            # each side routing what it can: the v4 part is routed, the v6 part is not
+            reason, message = problem6
+            if self.skipped.note(_memory_key(lease), reason):
+                self.log.warn("Not routing the IPv6 part of lease {subnet} from etcd: {error}; "
+                              "its IPv4 part is routed", subnet=lease.key_name, error=message,
+                              reason=reason)
+            return ipv4_part(lease)
         reason, message = problem
         if self.skipped.note(_memory_key(lease), reason):
             if reason == "own-public-ip":   # our own new lease, seen before the keeper has it

@@ -22,9 +22,11 @@ is believed only when all of these hold (L{lease_problem}):
 - C{own-public-ip}: its PublicIP is not our own (a route to ourselves is a loop; each
   host has one lease, flannel-compat.md section 12).
 
-With IPv6 on (C{ipv6_network} given), the v6 part of a dual-stack lease is checked as
-hostile as the v4 part, and a bad one skips the whole lease (as flanneld's vxlan skips
-the whole event; the rest of the cluster keeps working):
+With IPv6 on, the v6 part of a dual-stack lease is checked as hostile as the v4 part
+(L{ipv6_part_problem}); the lease watcher then routes the v4 part of a lease whose v6
+part is bad and skips the v6 part with one warning (each side routing what it can;
+flanneld's vxlan skips the whole event), while L{lease_problem} given C{ipv6_network}
+refuses the whole lease (for a copy such as C{etcd migrate}). The v6 reasons:
 
 - C{outside-network}: its v6 subnet lies inside the config's IPv6Network;
 - C{subnet-length}: its v6 prefix length is the config's IPv6SubnetLen;
@@ -107,13 +109,24 @@ def lease_problem(lease, network: Optional[IPv4Network] = None,
     """
     problem = _v4_problem(lease, network, subnet_len, own_subnet, own_public_ip)
     if problem is None and ipv6_network is not None:
-        ours = own_subnet is not None and lease.subnet == own_subnet
-        problem = _v6_problem(lease, ipv6_network, ipv6_subnet_len,
-                              None if ours else own_ipv6_subnet, own_public_ipv6)
+        problem = ipv6_part_problem(lease, ipv6_network, ipv6_subnet_len, own_subnet,
+                                    own_ipv6_subnet, own_public_ipv6)
     return problem
 
 
-def _v6_problem(lease, network, subnet_len, own_subnet, own_public_ipv6):
+def ipv6_part_problem(lease, network: IPv6Network, subnet_len: Optional[int] = None,
+                      own_v4_subnet: Optional[IPv4Network] = None,
+                      own_subnet: Optional[IPv6Network] = None,
+                      own_public_ipv6: Optional[IPv6Address] = None
+                      ) -> Optional[Tuple[str, str]]:
+    """
+    C{(reason, message)} when the v6 part of a lease (whose v4 part passed
+    L{lease_problem}) must not be routed; None when it may, or when the lease has none.
+    A check whose context is None is not made; C{own_v4_subnet} tells our own lease
+    apart (its v6 subnet is ours, not an overlap).
+    """
+    if own_v4_subnet is not None and lease.subnet == own_v4_subnet:
+        own_subnet = None
     subnet = lease.ipv6_subnet
     if subnet is None:
         return None             # an IPv4-only lease: routed over IPv4 only

@@ -1,8 +1,8 @@
 """
 The lease watcher with dual-stack leases (issue 15): events carry the v6 part when IPv6
-is on; an IPv4-only config hands the backend the v4 part alone; hostile v6 parts are
-skipped with one warning each while the rest keeps working; the removal of another key
-of the same v4 subnet leaves the subnet's lease alone.
+is on; an IPv4-only config hands the backend the v4 part alone; a hostile v6 part is
+skipped with one warning and its lease routed as its v4 part, the rest keeps working;
+the removal of another key of the same v4 subnet leaves the subnet's lease alone.
 """
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
@@ -94,8 +94,14 @@ class DualStackConfigTests(Base):
                         ttl=86400, key=bad_ip6.key, ipv6_subnet=bad_ip6.ipv6_subnet)
         good = klease("10.5.2.0-24&fc00:0:0:2::-64", 2)
         self.answer("list_leases", (hostile + [bad_ip6, good], 10))
-        self.assertEqual(self.routed(), [(ADDED, good.key_name)])
+        v4_parts = [(ADDED, l.key_name.split("&")[0]) for l in hostile + [bad_ip6]]
+        self.assertEqual(self.routed(), v4_parts + [(ADDED, good.key_name)])
+        for e in self.batches[0][:5]:
+            self.assertEqual((e.lease.ipv6_subnet, e.lease.attrs.public_ipv6,
+                              e.lease.attrs.backend_v6_data), (None, None, None))
         self.assertEqual(len(self.warnings), 5)
+        self.assertTrue(all("Not routing the IPv6 part of lease" in w["log_format"]
+                            for w in self.warnings))
         counts = self.watcher.skipped_counts()
         self.assertEqual((counts["outside-network"], counts["subnet-length"],
                           counts["bad-v6-data"], counts["overlaps-own"], counts["public-ipv6"]),
@@ -103,9 +109,19 @@ class DualStackConfigTests(Base):
         # listed again (the watch index was cleared): no new warning, the same route
         self.manager.next("watch_leases")[2].errback(EventIndexCleared(401, "", "", 20))
         self.answer("list_leases", (hostile + [bad_ip6, good], 30))
-        self.assertEqual(len([w for w in self.warnings if "Ignoring lease" in w["log_format"]]),
-                         5)
-        self.assertEqual(self.routed(), [(ADDED, good.key_name)])
+        self.assertEqual(len([w for w in self.warnings
+                              if "Not routing the IPv6 part" in w["log_format"]]), 5)
+        self.assertEqual(self.routed(), v4_parts + [(ADDED, good.key_name)])
+
+    def test_v6_part_fixed_later_is_an_update(self):
+        """A lease routed as its v4 part gets its v6 part routed once it is fixed."""
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.2.0-24&fc00:0:0:2::-64", 2, data6=[1])], 10))
+        self.answer("watch_leases",
+                    (LeaseEvent(ADDED, klease("10.5.2.0-24&fc00:0:0:2::-64", 2,
+                                              data6={"VtepMAC": "06:00:00:00:00:02"})), 11))
+        self.assertEqual(self.routed(), [(ADDED, "10.5.2.0-24"),
+                                         (ADDED, "10.5.2.0-24&fc00:0:0:2::-64")])
 
     def test_a_v6_part_added_to_a_routed_peer_is_an_update(self):
         """A peer re-leased from its IPv4-only key to a dual-stack one: the old key's
