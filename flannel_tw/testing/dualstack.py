@@ -51,14 +51,15 @@ class DualStackLab:
     """A dual-stack lab with etcd, daemons and containers; see L{make_dualstack}."""
 
     def __init__(self, testcase, hosts, config, underlay=UNDERLAY, underlay6=UNDERLAY6,
-                 keyspace="v2"):
+                 keyspace="v2", workdir=None):
         self.testcase = testcase
         self.lab = lab = Lab(subnet=underlay, subnet6=underlay6)
         testcase.addCleanup(lambda: testcase.assertEqual(
             [n for n in list_netns() if n.startswith(lab.prefix)], []))
         testcase.addCleanup(lab.teardown)
-        self.workdir = os.path.abspath(testcase.mktemp())
-        os.makedirs(self.workdir)
+        # workdir: e.g. a short one for wireguard-go's UAPI socket (at most 107 bytes)
+        self.workdir = workdir or os.path.abspath(testcase.mktemp())
+        os.makedirs(self.workdir, exist_ok=True)
         self.config = config
         self.keyspace = keyspace
         self.procs = {}

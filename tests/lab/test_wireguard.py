@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 
 from twisted.trial import unittest
@@ -300,3 +301,51 @@ class WireguardGoRestartTests(unittest.TestCase):
         self.assertNotEqual(new, pids)
         route = ov.lab.exec(ov.lab.host_ns(1), ["ip", "route", "get", str(ov.c(2).addr)])
         self.assertIn("dev flannel-wg", route.stdout)
+
+
+class DualStackTests(unittest.TestCase):
+    """EnableIPv6 with the default Mode (separate): flannel-wg and flannel-wg-v6."""
+
+    skip = SKIP
+
+    def test_separate_mode_pings_v4_and_v6(self):
+        from flannel_tw.testing.dualstack import DualStackLab, dualstack_config
+        workdir = tempfile.mkdtemp(prefix="fwg-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        ds = DualStackLab(self, [1, 2], dualstack_config("wireguard"), workdir=workdir)
+        ds.start([1, 2])
+        ds.assert_matrix()
+        for dev, dst in (("flannel-wg", ds.c(2).addr), ("flannel-wg-v6", ds.c(2).addr6)):
+            route = ds.lab.exec(ds.lab.host_ns(1), ["ip", "route", "get", str(dst)])
+            self.assertIn("dev %s" % dev, route.stdout)
+        # the lease: PublicIPv6 and the same key in BackendV6Data
+        status, body = ds.lab.exec(ds.lab.switch_ns, [
+            sys.executable, "-c", ETCD_GET, "http://%s:2379/v2/keys/coreos.com/network/subnets"
+            % ds.lab.gateway]).stdout.split("\n", 1)
+        values = [json.loads(n["value"]) for n in json.loads(body)["node"]["nodes"]]
+        self.assertEqual(len(values), 2)
+        for v in values:
+            self.assertEqual(v["BackendData"], v["BackendV6Data"])
+            self.assertIn(v["PublicIPv6"], (str(ds.lab.host_ip6(1)), str(ds.lab.host_ip6(2))))
+
+    def test_auto_mode_one_device_for_both(self):
+        from flannel_tw.testing.dualstack import DualStackLab, dualstack_config
+        workdir = tempfile.mkdtemp(prefix="fwg-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        ds = DualStackLab(self, [1, 2], dualstack_config("wireguard", backend_options={
+            "Mode": "auto"}), workdir=workdir)
+        ds.start([1, 2])
+        ds.assert_matrix()
+        for dst in (ds.c(2).addr, ds.c(2).addr6):
+            route = ds.lab.exec(ds.lab.host_ns(1), ["ip", "route", "get", str(dst)])
+            self.assertIn("dev flannel-wg ", route.stdout)
+        links = ds.lab.exec(ds.lab.host_ns(1), ["ip", "-o", "link"]).stdout
+        self.assertNotIn("flannel-wg-v6", links)
+
+
+ETCD_GET = r"""
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+with opener.open(sys.argv[1], timeout=5) as r:
+    print(r.status); print(r.read().decode())
+"""
