@@ -19,6 +19,8 @@ Scenarios: ``underlay`` (host to host over the lab bridge), ``kernel-vxlan`` and
 routes, or plain routes; no daemon), ``udp`` (flanneld's wire format; offload off in
 the Backend config), ``udp-offload`` (TUN offloads, 64 KB datagrams between flannel-tw
 hosts), ``vxlan`` and ``host-gw`` (the daemon's backends, when this build has them),
+``vxlan-v6`` (the vxlan backend on a dual-stack lab and config, measured container to
+container over IPv6: flannel-v6.1),
 ``wireguard`` (encrypted: the kernel module's device, else wireguard-go; its CPU is
 counted with the daemon's).
 
@@ -70,10 +72,14 @@ from flannel_tw.tools.lab.topology import Lab, LabError                      # n
 NETWORK = "10.5.0.0/16"
 HEALTH_PORT = 8471
 SCENARIOS = ("underlay", "kernel-vxlan", "kernel-hostgw", "udp", "udp-offload",
-             "vxlan", "host-gw", "wireguard")
+             "vxlan", "vxlan-v6", "host-gw", "wireguard")
+DUAL_STACK = ("vxlan-v6",)          # dual-stack lab and config, measured over IPv6
+UNDERLAY6 = "fd00:250::/64"
+NETWORK6 = "fd00:10:5::/48"
 DAEMON_BACKENDS = {"udp": {"Type": "udp", "Offload": False},
                    "udp-offload": {"Type": "udp", "Offload": True},
                    "vxlan": {"Type": "vxlan"},
+                   "vxlan-v6": {"Type": "vxlan"},
                    "host-gw": {"Type": "host-gw"},
                    "wireguard": {"Type": "wireguard"}}
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -177,8 +183,8 @@ def measure(lab, src_ns, dst_ns, dst_addr, seconds, pids=(), pings=200):
 
 # -- setting up the scenarios ------------------------------------------------------
 
-def new_lab(workdir):
-    lab = Lab()
+def new_lab(workdir, v6=False):
+    lab = Lab(subnet6=UNDERLAY6 if v6 else None)
     lab.workdir = workdir
     lab.add_switch()
     lab.add_host(1)
@@ -262,21 +268,26 @@ def wait_file(path, proc, timeout=60):
         time.sleep(0.1)
 
 
-def setup_daemons(lab, workdir, backend):
-    config = json.dumps({"Network": NETWORK, "Backend": backend})
-    url = start_etcd(lab, workdir, config)
+def setup_daemons(lab, workdir, backend, v6=False):
+    doc = {"Network": NETWORK, "Backend": backend}
+    if v6:
+        doc.update(EnableIPv6=True, IPv6Network=NETWORK6)
+    url = start_etcd(lab, workdir, json.dumps(doc))
     # The static kernel paths have an empty FORWARD chain with policy ACCEPT: the
     # daemons leave it alone too (--iptables-forward-rules=false), so that both sides
     # measure the same kernel path. (Those two accept rules cost ~15% of vxlan's 64-byte
     # packet rate here: nf_tables then hooks every forwarded and encapsulated packet.)
-    procs = [start_daemon(lab, workdir, i, url, forward_rules=False) for i in (1, 2)]
+    procs = [start_daemon(lab, workdir, i, url, forward_rules=False,
+                          extra=["--public-ipv6=%s" % lab.host_ip6(i)] if v6 else ())
+             for i in (1, 2)]
     for i, p in zip((1, 2), procs):
         wait_file(env_path(workdir, i), p)
     for i in (1, 2):
         lab.add_container(i, env_path(workdir, i))
     # routes arrive through the watch: wait until the containers reach each other
     deadline = time.monotonic() + 30
-    while not lab.ping(lab.containers[1].ns, lab.containers[2].addr, count=1, timeout=1):
+    dst = lab.containers[2].addr6 if v6 else lab.containers[2].addr
+    while not lab.ping(lab.containers[1].ns, dst, count=1, timeout=1):
         if time.monotonic() > deadline:
             raise LabError("containers cannot reach each other (%s)" % backend)
     for p in procs:
@@ -288,7 +299,8 @@ def setup_daemons(lab, workdir, backend):
 
 def run_scenario(name, seconds, keep_logs):
     workdir = tempfile.mkdtemp(prefix="flannel-tw-bench-%s-" % name)
-    lab = new_lab(workdir)
+    v6 = name in DUAL_STACK
+    lab = new_lab(workdir, v6)
     try:
         pids = ()
         if name == "underlay":
@@ -298,9 +310,9 @@ def run_scenario(name, seconds, keep_logs):
         elif name == "kernel-hostgw":
             setup_kernel_hostgw(lab, workdir)
         else:
-            pids = setup_daemons(lab, workdir, DAEMON_BACKENDS[name])
-        res = measure(lab, lab.containers[1].ns, lab.containers[2].ns, lab.containers[2].addr,
-                      seconds, pids)
+            pids = setup_daemons(lab, workdir, DAEMON_BACKENDS[name], v6)
+        dst = lab.containers[2].addr6 if v6 else lab.containers[2].addr
+        res = measure(lab, lab.containers[1].ns, lab.containers[2].ns, dst, seconds, pids)
         if pids:
             res["peak_rss_mb"] = max(vm_hwm_kb(p) for p in pids) / 1024.0
         return res
@@ -364,8 +376,8 @@ def run_scale(backend, leases, keep_logs, samples=20, api="v2"):
 # Each static kernel path runs next to the daemon's, and every other round runs
 # backwards, so neither side of a comparison always comes first or always follows the
 # CPU-heavy udp runs (on a shared VM that position alone moved figures by ~10%).
-RUN_ORDER = ("underlay", "kernel-vxlan", "vxlan", "kernel-hostgw", "host-gw", "udp",
-             "udp-offload", "wireguard")
+RUN_ORDER = ("underlay", "kernel-vxlan", "vxlan", "vxlan-v6", "kernel-hostgw", "host-gw",
+             "udp", "udp-offload", "wireguard")
 
 
 def run_order(names, rnd):
@@ -418,6 +430,10 @@ def targets(results, scale, ref_name):
     check("vxlan TCP / kernel-vxlan", ratio("vxlan", "kernel-vxlan"), lambda v: v >= 0.95, ">= 0.95")
     check("host-gw TCP / kernel-hostgw", ratio("host-gw", "kernel-hostgw"), lambda v: v >= 0.95,
           ">= 0.95")
+    # IPv6 adds 20 bytes of outer header per packet (and PMTU discovery: flannel-v6's MTU
+    # is the kernel's lower - 70 while FLANNEL_MTU stays lower - 50, as in flanneld)
+    check("vxlan IPv6 TCP / vxlan IPv4 TCP", ratio("vxlan-v6", "vxlan"), lambda v: v >= 0.8,
+          ">= 0.8")
     for s in scale:
         b = s.get("backend")
         check("%s: %d leases, own lease -> all routes (s)" % (b, s.get("leases", 0)),
