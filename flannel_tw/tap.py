@@ -272,10 +272,16 @@ class Options(usage.Options):
             try:
                 if "%" in self["public-ipv6"]:      # a scope (zone): Go's ParseIP has none
                     raise ValueError(self["public-ipv6"])
-                IPv6Address(self["public-ipv6"])
+                public6 = IPv6Address(self["public-ipv6"])
             except (AddressValueError, ValueError):
                 raise usage.UsageError("%s: %r is not an IPv6 address"
                                        % (self._where("public-ipv6"), self["public-ipv6"]))
+            from flannel_tw.model.leasecheck import public_ipv6_problem
+            why = public_ipv6_problem(public6)
+            if why is not None:     # every peer would skip the v6 part of our lease
+                raise usage.UsageError("%s: %s is %s, not an address other hosts can send "
+                                       "to" % (self._where("public-ipv6"),
+                                               self["public-ipv6"], why))
         endpoints = [e.strip() for e in self["etcd-endpoints"].split(",") if e.strip()]
         if not endpoints:
             raise usage.UsageError("%s: no etcd endpoint given" % self._where("etcd-endpoints"))

@@ -40,6 +40,17 @@ class PublicIPv6Tests(unittest.TestCase):
                 parse([], {"FLANNELD_PUBLIC_IPV6": bad})
             self.assertIn("FLANNELD_PUBLIC_IPV6", str(cm.exception))
 
+    def test_addresses_peers_cannot_use_refused(self):
+        for bad, why in (("::", "unspecified"), ("::1", "loopback"), ("ff02::1", "multicast"),
+                         ("fe80::1", "link-local"), ("::ffff:10.0.0.1", "IPv4-mapped")):
+            with self.assertRaises(usage.UsageError, msg=bad) as cm:
+                parse(["--public-ipv6=" + bad])
+            self.assertIn("--public-ipv6: %s is" % bad, str(cm.exception))
+            self.assertIn(why, str(cm.exception))
+            self.assertIn("not an address other hosts can send to", str(cm.exception))
+        for good in ("fd00::1", "2001:db8::1", "fc00:1::5"):
+            self.assertEqual(parse(["--public-ipv6=" + good])["public-ipv6"], good)
+
     def test_under_twistd_a_bad_value_exits_64(self):
         o = Options(environ={})
         o.parent = object()       # as under twistd's ServerOptions
