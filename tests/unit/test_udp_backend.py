@@ -818,3 +818,132 @@ class LonePacketTests(BackendTestBase):
         self.assertEqual(alone, run)
         self.assertEqual([d[12:] for d in run], [p[12:] for p in pkts])
         self.assertEqual([d[8] for d in run], [63] * 5)
+
+
+class _RecvProxy:
+    """A port's socket with recvmsg_into replaceable (socket objects take no attrs)."""
+
+    def __init__(self, sock, recvmsg_into):
+        self._sock = sock
+        self.recvmsg_into = recvmsg_into
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class ReplyFollowUpTests(BackendTestBase):
+    """
+    The receive path's follow-up (issue 16): a lone datagram written into the TUN is
+    often answered while the write is still in progress (the kernel's own echo reply, a
+    local pod's reply in the same softirq), so after the first datagram of a wake-up
+    that follows a lone one the TUN is drained at once, before the socket read that
+    finds nothing and before going back to the reactor: the reply leaves in the same
+    wake-up (recv, write, read, sendto), instead of after an EAGAIN recv, an epoll_wait
+    and a dispatch.
+    """
+
+    def record(self, answer):
+        """Record the socket's recvmsgs ("recv"/"recv-eagain"), the TUN's writes, reads
+        ("read"/"eagain") and the sends; the TUN's writes are answered at once by
+        C{answer(packet)} (None: no answer) as the kernel would."""
+        calls = []
+        b = self.backend
+        port = b._udp_port
+        real_recv = port.socket.recvmsg_into
+        real_write, real_read = self.tun.write, self.tun.readinto
+        real_sendto, real_sendmsg = b.sender._sendto, b.sender._sendmsg
+
+        def recvmsg_into(*a):
+            try:
+                r = real_recv(*a)
+            except BlockingIOError:
+                calls.append("recv-eagain")
+                raise
+            calls.append("recv")
+            return r
+
+        def write(data):
+            calls.append("write")
+            r = real_write(data)
+            reply = answer(bytes(data))
+            if reply is not None:
+                self.tun.peer.inject(reply)
+            return r
+
+        def readinto(buf):
+            try:
+                n = real_read(buf)
+            except BlockingIOError:
+                calls.append("eagain")
+                raise
+            calls.append("read")
+            return n
+
+        def sendto(data, addr):
+            calls.append("sendto")
+            return real_sendto(data, addr)
+
+        def sendmsg(*a):
+            calls.append("sendmsg")
+            return real_sendmsg(*a)
+        port.socket = _RecvProxy(port.socket, recvmsg_into)
+        self.tun.write, self.tun.readinto = write, readinto
+        b.sender._sendto, b.sender._sendmsg = sendto, sendmsg
+        return calls
+
+    @staticmethod
+    def echo(pkt):
+        """The reply a pod would give: the addresses swapped."""
+        return make_ipv4(src=socket.inet_ntoa(pkt[16:20]), dst=socket.inet_ntoa(pkt[12:16]),
+                         payload=b"reply:" + pkt[20:])
+
+    @defer.inlineCallbacks
+    def test_reply_leaves_in_the_same_wakeup(self):
+        peer = self.listen_peer()
+        yield self.started()
+        sock = self.peer_socket(port=self.port + 1 if self.port < 65535 else 0)
+        calls = self.record(self.echo)
+        for i in range(3):
+            sock.sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=b"q%d" % i),
+                        (OURS, self.port))
+            yield wait_for(lambda: len(peer.received) == i + 1, what="reply %d" % i)
+            yield wait_for(lambda: calls.count("recv-eagain") >= i + 1 and calls[-1] != "read",
+                           what="the socket drained")
+        # the first wake-up (no lone one before it) goes round the reactor
+        wakeups = calls[calls.index("recv-eagain") + 1:]
+        self.assertEqual(wakeups[-6:], ["recv", "write", "read", "sendto", "eagain",
+                                        "recv-eagain"])
+        data = peer.received[-1][0]
+        self.assertEqual(data[20:], b"reply:q2")
+        self.assertEqual(data[8], 63)
+        self.assertTrue(header_ok(data))
+
+    @defer.inlineCallbacks
+    def test_no_reply_costs_one_read(self):
+        """Nothing queued behind the write: one read that finds the TUN empty."""
+        yield self.started()
+        sock = self.peer_socket(port=self.port + 1 if self.port < 65535 else 0)
+        calls = self.record(lambda pkt: None)
+        for i in range(2):
+            sock.sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=b"n%d" % i),
+                        (OURS, self.port))
+            yield wait_for(lambda: calls.count("recv-eagain") == i + 1, what="drained")
+        self.assertEqual(calls[-4:], ["recv", "write", "eagain", "recv-eagain"])
+        self.assertEqual(self.tun.peer.written()[-1][20:], b"n1")
+
+    @defer.inlineCallbacks
+    def test_runs_are_not_followed_per_datagram(self):
+        """A busy wake-up (many datagrams) writes them all, then the TUN reader drains
+        the replies as one run (GSO), not one by one."""
+        peer = self.listen_peer()
+        yield self.started()
+        sock = self.peer_socket(port=self.port + 1 if self.port < 65535 else 0)
+        calls = self.record(self.echo)
+        burst = [make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=b"%03d" % i + b"b" * 60)
+                 for i in range(8)]
+        for p in burst:
+            sock.sendto(p, (OURS, self.port))
+        yield wait_for(lambda: len(peer.received) == 8, what="8 replies")
+        self.assertIn("sendmsg", calls)
+        self.assertEqual(sorted(d[20:] for d, _ in peer.received),
+                         sorted(b"reply:" + p[20:] for p in burst))

@@ -59,7 +59,7 @@ from flannel_tw.kernel import netlink as _netlink
 from flannel_tw.kernel.tun import open_tun
 from flannel_tw.kernel.tun import TunError
 from flannel_tw.backend.udp import offload as _off
-from flannel_tw.backend.udp.counters import DROP_REASONS, new_counters
+from flannel_tw.backend.udp.counters import DROP_REASONS, count_error, new_counters
 from flannel_tw.backend.udp.port import DrainingPort
 from flannel_tw.backend.udp.receive import READ_BUFFER, UdpReceiver
 from flannel_tw.backend.udp.routes import DEFAULT_PORT, RouteTable
@@ -197,6 +197,7 @@ class UdpBackend:
         self._writer = writer
         self.receiver = receiver
         self._udp_port = udp_port
+        udp_port.follow = self._follow
         sock = udp_port.getHandle()
         self._tune_socket(sock, udp_port)
         self.sender = Sender(self.routes, self.counters, writer, sock, self.offload, self.mtu)
@@ -295,6 +296,18 @@ class UdpBackend:
             self.tun.close()
             self.tun = self._writer.tun = None
         return d
+
+    def _follow(self):
+        """The receive path wrote a lone packet into the TUN: drain the TUN now, in the
+        same wake-up (its reply is often queued already), rather than after an empty
+        socket read, epoll_wait and the reactor's dispatch (issue 16)."""
+        reader = self._reader
+        if reader is None or not reader.reading:
+            return
+        try:
+            reader.doRead()
+        except Exception:
+            count_error(self.counters, self.log, "udp backend: error draining the tun")
 
     def _tun_lost(self, reader, reason):
         """The TUN reader stopped for good (a failed read, or the reactor dropped it)."""
