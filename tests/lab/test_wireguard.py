@@ -13,6 +13,7 @@ daemon), and a docker-like container behind each host.
 Every test builds its own lab and tears it down in a cleanup, so namespaces, devices and
 processes go away even when a test fails. Traffic only to addresses inside namespaces the
 test created."""
+import base64
 import json
 import os
 import shutil
@@ -28,7 +29,9 @@ from flannel_tw.tools.lab.run import start_daemons, start_etcd, subnet_file, wai
 from flannel_tw.tools.lab.topology import Lab, list_netns
 
 NETWORK = "10.5.0.0/16"
-CONFIG = json.dumps({"Network": NETWORK, "Backend": {"Type": "wireguard"}})
+PSK = "c2VjcmV0LXByZS1zaGFyZWQta2V5LWZvci1sYWItMzI="     # 32 bytes, base64
+CONFIG = json.dumps({"Network": NETWORK, "Backend": {
+    "Type": "wireguard", "PSK": PSK, "PersistentKeepaliveInterval": 25}})
 PORT = 51820
 PATTERN = "666c616e6e656c2d7477"       # "flannel-tw" in every ping's payload
 
@@ -166,6 +169,16 @@ class WireguardOverlayTests(unittest.TestCase):
         cp = ov.lab.exec(ov.c(1).ns, ["ping", "-n", "-c", "2", "-W", "2", "-M", "do",
                                       "-s", str(size), str(ov.c(3).addr)], check=False)
         self.assertEqual(cp.returncode, 0, cp.stdout + cp.stderr)
+        # the PSK and the private keys appear in no log line of any daemon
+        logs = "".join(read_text(os.path.join(ov.workdir, "h%d.%s" % (i, ext)))
+                       for i in (1, 2, 3) for ext in ("log", "out"))
+        self.assertIn("wireguard backend", logs)
+        secrets = [PSK, base64.b64decode(PSK).hex()]
+        for i in (1, 2, 3):
+            private = read_text(os.path.join(ov.workdir, "h%d" % i, "wgkey"))
+            secrets += [private, base64.b64decode(private).hex()]
+        for secret in secrets:
+            self.assertNotIn(secret, logs)
 
     def test_no_plain_inner_packet_on_the_underlay(self):
         ov = self.ov
