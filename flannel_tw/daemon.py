@@ -26,6 +26,7 @@ from flannel_tw.backend.registry import UnknownBackend, make_backend
 from flannel_tw.interfaces import (ICountingBackend, IReconcilingBackend,
                                    IReconfiguringBackend, IRoutesBackend)
 from flannel_tw.model.config import ConfigError
+from flannel_tw.model.leasecheck import public_ipv6_problem
 from flannel_tw.model.backoff import make_backoff
 from flannel_tw.lease.keeper import LeaseKeeper
 from flannel_tw.lease.watch import LeaseWatcher
@@ -294,7 +295,7 @@ class FlannelDaemon(service.MultiService):
             try:
                 config = yield self.manager.get_network_config()
                 if config.enable_ipv6 and self._iface_v6 is not None:
-                    self.ext_iface = self._dual_stack_iface()
+                    self.ext_iface = self._dual_stack_iface(config)
                 backend = self._backend_factory(config.backend_type, self._reactor,
                                                 self.ext_iface)
             except (ConfigError, UnknownBackend) as e:
@@ -323,7 +324,7 @@ class FlannelDaemon(service.MultiService):
             self._log_config_problem(problem, delay)
             yield self._sleep(delay)
 
-    def _dual_stack_iface(self):
+    def _dual_stack_iface(self, config):
         """The config enables IPv6: the interface and both addresses chosen again, as
         flanneld v0.20 does. @raise FatalError: no interface fits (flanneld exits 1)."""
         try:
@@ -338,6 +339,13 @@ class FlannelDaemon(service.MultiService):
             self.log.warn("IPv6 enabled but no public IPv6 address: --iface {iface} is an IPv4 "
                           "address, which takes its IPv6 address only from --public-ipv6; "
                           "the lease will have no PublicIPv6", iface=iface.addr)
+            return iface
+        why = public_ipv6_problem(iface.public_ipv6, config.ipv6_network)
+        if why is not None:      # e.g. only a link-local address on the interface
+            self.log.warn("The public IPv6 address {public_ipv6} is {why}: other hosts will "
+                          "not route the IPv6 part of our lease (give --public-ipv6 or a "
+                          "global address on {iface})", public_ipv6=iface.public_ipv6,
+                          why=why, iface=iface.name)
         return iface
 
     def _dual_stack_attrs(self, config, attrs):

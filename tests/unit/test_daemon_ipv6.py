@@ -94,6 +94,34 @@ class DualStackIfaceTests(unittest.TestCase):
                                           "IPv4 address"))
 
 
+class UnusablePublicIPv6Tests(unittest.TestCase):
+    """A public IPv6 that peers would skip (leasecheck) is warned about, not fatal."""
+
+    setUp = DualStackIfaceTests.setUp
+    daemon = DualStackIfaceTests.daemon
+
+    def test_link_local_only_is_warned(self):
+        from dataclasses import replace
+        ll = replace(DUAL, addr6=IPv6Address("fe80::5"), public_ipv6=IPv6Address("fe80::5"))
+        self.daemon(lambda: ll)
+        self.manager.next("get_network_config")[2].callback(config(ipv6=True))
+        self.assertEqual(self.built, [ll])          # IPv4 still works: not fatal
+        self.assertTrue(logged(self.logs, "The public IPv6 address fe80::5 is link-local: "
+                                          "other hosts will not route the IPv6 part"))
+
+    def test_inside_the_overlay_is_warned(self):
+        from dataclasses import replace
+        inside = replace(DUAL, public_ipv6=IPv6Address("fd00:10:5:7::1"))
+        self.daemon(lambda: inside)
+        self.manager.next("get_network_config")[2].callback(config(ipv6=True))
+        self.assertTrue(logged(self.logs, "is inside the overlay IPv6 network fd00:10:5::/48"))
+
+    def test_usable_is_not_warned(self):
+        self.daemon(lambda: DUAL)
+        self.manager.next("get_network_config")[2].callback(config(ipv6=True))
+        self.assertEqual(logged(self.logs, "other hosts will not route"), [])
+
+
 class WiringTests(unittest.TestCase):
     """flannel_tw.wiring gives the daemon the dual-stack choice with --public-ipv6."""
 
