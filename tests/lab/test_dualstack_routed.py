@@ -235,3 +235,50 @@ class MixedStackTests(unittest.TestCase):
             self.assertIn(str(s3), ds.sh(h, "ip", "route"))            # IPv4 part kept
         ds.assert_matrix(families=(4, 6), hosts=[1, 2])
         no_crash(self, ds, [1, 2])
+
+
+V3_REQUEST = r"""
+import base64, json, sys, urllib.request
+o = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), method="POST")
+print(o.open(req, timeout=5).read().decode())
+"""
+
+
+def b64(text):
+    import base64
+    return base64.b64encode(text.encode()).decode()
+
+
+class V3DualStackTests(unittest.TestCase):
+    """The vxlan dual-stack overlay with the config and leases in etcd's v3 keyspace."""
+    skip = SKIP
+
+    def v3(self, ds, path, body):
+        url = "http://%s:2379%s" % (ds.lab.gateway, path)
+        return json.loads(ds.py(ds.lab.switch_ns, V3_REQUEST, url, json.dumps(body)).stdout)
+
+    def test_three_hosts_on_v3(self):
+        from flannel_tw.testing.dualstack import DualStackLab
+        import base64
+        config = dualstack_config("vxlan")
+        ds = DualStackLab(self, HOSTS, config)
+        self.v3(ds, "/v3/kv/put", {"key": b64(DEFAULT_PREFIX + "/config"), "value": b64(config)})
+        url = "http://%s:2379/v2/keys%s/config" % (ds.lab.gateway, DEFAULT_PREFIX)
+        self.assertEqual(ds.py(ds.lab.switch_ns, ETCD, "DELETE", url).stdout.strip(), "200")
+        ds.start(HOSTS, extra=["--etcd-api=v3"])
+        ds.assert_matrix(families=(4, 6))
+        prefix = DEFAULT_PREFIX + "/subnets/"
+        answer = self.v3(ds, "/v3/kv/range", {"key": b64(prefix),
+                                              "range_end": b64(prefix[:-1] + "0")})
+        kvs = {base64.b64decode(kv["key"]).decode()[len(prefix):]:
+               json.loads(base64.b64decode(kv["value"]).decode()) for kv in answer["kvs"]}
+        self.assertEqual(len(kvs), 3, kvs)
+        for i in HOSTS:
+            key = "%s-%d&%s-%d" % (ds.subnet(i).network_address, ds.subnet(i).prefixlen,
+                                   ds.subnet6(i).network_address, ds.subnet6(i).prefixlen)
+            value = kvs[key]
+            self.assertEqual(value["PublicIPv6"], str(ds.lab.host_ip6(i)))
+            self.assertEqual(set(value["BackendV6Data"]), {"VNI", "VtepMAC"})
+            self.assertIn("Using etcd's v3 keyspace", ds.log(i))
+        no_crash(self, ds, HOSTS)
