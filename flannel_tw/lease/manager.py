@@ -218,8 +218,20 @@ class SubnetManager:
                               attempt=attempt + 1)
                 previous_subnet = previous_ipv6_subnet = None
                 continue
+            lease = self._written_lease(record, candidate, attrs, candidate6)
+            if candidate6 is not None or any(l.ipv6_subnet is not None for l in leases):
+                # keys of several forms: create-only guards our key, not our subnets
+                earlier = yield self._created_before_us(config, lease)
+                if earlier is not None:
+                    self.log.info("Subnet {subnet} was taken by another host at the same "
+                                  "time ({other}, created first); giving way (attempt "
+                                  "{attempt})", subnet=_describe(candidate, candidate6),
+                                  other=earlier.key_name, attempt=attempt + 1)
+                    yield self._delete_ours(lease)
+                    previous_subnet = previous_ipv6_subnet = None
+                    continue
             self.log.info("Acquired lease {subnet}", subnet=_describe(candidate, candidate6))
-            return self._written_lease(record, candidate, attrs, candidate6)
+            return lease
         raise AcquireError("Max retries reached trying to acquire a subnet (%d attempts)"
                            % RACE_RETRIES)
 
@@ -246,6 +258,36 @@ class SubnetManager:
             else:
                 return previous
         return choose_ipv6_subnet(config, taken, self._rand)
+
+    @defer.inlineCallbacks
+    def _created_before_us(self, config, lease):
+        """
+        A lease under another key whose v4 or v6 subnet overlaps ours and was written
+        before our create (a smaller index), or None. Two hosts can create the same v4
+        subnet at once under different keys (their v6 parts differ, or one is IPv4-only),
+        which a create-only write cannot see; after both creates each host sees the
+        other, and the one created later gives way. Only subnets that hold an allocation
+        count (a hostile C{...&::-0} key makes no host give way).
+        """
+        leases, _ = yield self.list_leases()
+        for other in leases:
+            if (not other.is_canonical or other.key_name == lease.key_name
+                    or other.modified_index >= lease.modified_index):
+                continue
+            if (holds_allocation(config, other.subnet) and other.subnet.overlaps(lease.subnet)
+                    or holds_ipv6_allocation(config, other.ipv6_subnet)
+                    and lease.ipv6_subnet is not None
+                    and other.ipv6_subnet.overlaps(lease.ipv6_subnet)):
+                return other
+        return None
+
+    @defer.inlineCallbacks
+    def _delete_ours(self, lease):
+        """Delete the lease we just created, only if it is still our write."""
+        try:
+            yield self._registry.delete(lease.key_name, prev_index=lease.modified_index)
+        except (KeyNotFound, TestFailed):
+            pass
 
     @defer.inlineCallbacks
     def _delete_quietly(self, name):

@@ -259,3 +259,63 @@ class AllocationPropertyTests(unittest.TestCase):
         self.assertFalse(fits_ipv6(V4, n))
         self.assertTrue(fits_ipv6(V4, None))
         self.assertFalse(fits_ipv6(DUAL, None))
+
+
+class RacingRegistry(FakeRegistry):
+    """Another host creates C{theirs} (a different key for an overlapping subnet) right
+    before (C{first=True}) or right after our create."""
+
+    def __init__(self, theirs, first, **kw):
+        FakeRegistry.__init__(self, **kw)
+        self.theirs, self.first = theirs, first
+
+    def create(self, name, value, ttl):
+        if self.theirs is not None and self.first:
+            self.put_raw(self.theirs(name), other(50), ttl=ttl)
+        d = FakeRegistry.create(self, name, value, ttl)
+        if self.theirs is not None and not self.first:
+            self.put_raw(self.theirs(name), other(50), ttl=ttl)
+        self.theirs = None      # once
+        return d
+
+
+def same_v4_other_v6(name):
+    v4 = name.split("&")[0]
+    return v4 + "&fc00:0:0:ffff::-64"
+
+
+def same_v6_other_v4(name):
+    return "10.5.254.0-24&" + name.split("&")[1]
+
+
+def same_v4_ipv4_only(name):
+    return name.split("&")[0]
+
+
+class CrossKeyRaceTests(unittest.TestCase):
+    """Two hosts taking the same subnet at once under different keys (the v6 part differs,
+    or one key is IPv4-only): create-only cannot see it; the later create gives way."""
+
+    def acquire(self, theirs, first):
+        registry = RacingRegistry(theirs, first, config=DUAL_JSON)
+        manager = SubnetManager(registry, rand=random.Random(3))
+        return registry, self.successResultOf(manager.acquire_lease(DUAL, ATTRS6))
+
+    def test_later_create_gives_way(self):
+        for theirs in (same_v4_other_v6, same_v6_other_v4, same_v4_ipv4_only):
+            registry, lease = self.acquire(theirs, first=True)
+            names = sorted(registry.records)
+            self.assertEqual(len(names), 2, theirs)
+            self.assertIn(lease.key_name, names)
+            other_lease = [n for n in names if n != lease.key_name][0]
+            o4, o6 = key_to_subnets(other_lease)
+            self.assertFalse(o4.overlaps(lease.subnet), theirs)
+            self.assertFalse(o6 is not None and o6.overlaps(lease.ipv6_subnet), theirs)
+            deletes = [w for w in registry.writes if w[0] == "delete"]
+            self.assertEqual(len(deletes), 1, theirs)
+            self.assertIsNotNone(deletes[0][4], "a compare-and-delete on our own index")
+
+    def test_earlier_create_keeps_its_lease(self):
+        registry, lease = self.acquire(same_v4_other_v6, first=False)
+        self.assertEqual([w[0] for w in registry.writes], ["create"])
+        self.assertIn(lease.key_name, registry.records)
