@@ -311,6 +311,24 @@ class LeaseWatcher:
                                 "would alias %s)" % (lease.key, lease.subnet))
         return False
 
+    def _other_key_of_ours(self, lease, own):
+        """
+        True for a lease on our v4 subnet under another key than ours (another v6 part,
+        or the other key form): another host that took our subnet at the same time under
+        a different key (it gives way: L{flannel_tw.lease.manager}), or our own old key;
+        warned about once, never routed, never handed to the keeper as ours.
+        """
+        if own is None or lease.subnet != own:
+            return False
+        ours = subnet_to_key(own, self._own_ipv6_subnet())
+        if lease.key_name == ours:
+            return False
+        if lease.attrs is not None and self.skipped.note(_memory_key(lease), "overlaps-own"):
+            self.log.warn("Ignoring lease {key} from etcd: it is on our subnet under "
+                          "another key than ours ({ours}); not routed", key=lease.key_name,
+                          ours=ours, reason="overlaps-own")
+        return True
+
     def _expiry(self, lease, now):
         return None if lease.ttl is None else now + lease.ttl
 
@@ -320,7 +338,7 @@ class LeaseWatcher:
         own = self._own_subnet()
         fresh = {}
         for lease in leases:
-            if self._exact(lease):
+            if self._exact(lease) and not self._other_key_of_ours(lease, own):
                 fresh[lease.subnet] = lease
         self.skipped.retain([_memory_key(l) for l in leases])
         if self._wiped:
@@ -358,6 +376,8 @@ class LeaseWatcher:
             if event.kind != REMOVED:
                 self._exact(lease)
             return  # an alias never touches the lease it names
+        if self._other_key_of_ours(lease, self._own_subnet()):
+            return  # neither ours nor a peer: it never reaches the keeper
         subnet = lease.subnet
         stored = self.leases.get(subnet)
         if (event.kind == REMOVED and stored is not None

@@ -166,3 +166,30 @@ class IPv4OnlyConfigTests(Base):
                                      11))
         self.assertEqual(self.routed()[-1], (REMOVED, "10.5.2.0-24"))
         self.assertEqual(self.warnings, [])
+
+
+class OtherKeyOfOurSubnetTests(Base):
+    """A lease on our v4 subnet under another key (a host that raced us and gives way, or
+    our own old key form) is neither ours nor a peer: the keeper never hears of it."""
+
+    def test_listed_and_watched(self):
+        self.watcher.start()
+        rival = klease("10.5.1.0-24&fc00:0:0:9::-64", 9)
+        self.answer("list_leases", ([rival, klease(OWN_KEY, 1)], 10))
+        self.assertEqual([(e.kind, e.lease.key_name) for e in self.own], [(ADDED, OWN_KEY)])
+        self.answer("watch_leases", (LeaseEvent(ADDED, rival), 11))
+        self.answer("watch_leases", (LeaseEvent(REMOVED, removed(rival.key)), 12))
+        self.answer("watch_leases", (LeaseEvent(REMOVED, removed("10.5.1.0-24")), 13))
+        self.assertEqual([(e.kind, e.lease.key_name) for e in self.own], [(ADDED, OWN_KEY)])
+        self.assertEqual(self.routed(), [])
+        self.assertEqual(len([w for w in self.warnings if "another key than ours"
+                              in w["log_format"]]), 1)
+        self.answer("watch_leases", (LeaseEvent(REMOVED, removed(OWN_KEY)), 14))
+        self.assertEqual([(e.kind, e.lease.key_name) for e in self.own],
+                         [(ADDED, OWN_KEY), (REMOVED, OWN_KEY)])
+
+    def test_only_the_other_key_listed_means_ours_is_gone(self):
+        self.watcher.start()
+        self.answer("list_leases", ([klease("10.5.1.0-24", 9)], 10))
+        self.assertEqual([e.kind for e in self.own], [REMOVED])
+        self.assertEqual(self.routed(), [])
