@@ -210,6 +210,42 @@ class MixedStackTests(unittest.TestCase):
         say("mixed stacks: c3 %s (IPv4-only lease) <-> c1/c2 over IPv4; c1 <-> c2 over v4+v6",
             c3.addr)
 
+    def test_host_without_ipv6_address(self):
+        """
+        Host 3 runs flannel-tw with the dual-stack config but no IPv6 address chosen (an
+        IPv4 --iface without --public-ipv6): it routes IPv4 only (one warning), its lease
+        has no PublicIPv6 nor BackendV6Data, and the dual-stack hosts route its IPv4 part
+        and skip its IPv6 part with one warning each.
+        """
+        from flannel_tw.tools.lab.run import _child_env, daemon_argv
+        ds = make_dualstack(self, HOSTS, backend="vxlan", start=[1, 2])
+        os.makedirs(os.path.join(ds.workdir, "h3"), exist_ok=True)
+        ds.procs[3] = ds.lab.spawn(ds.lab.host_ns(3), daemon_argv(ds.workdir, 3, ds.etcd_url,
+                                                                   ds.lab.host_ip(3)),
+                                   os.path.join(ds.workdir, "h3.out"), env=_child_env(),
+                                   cwd=ds.workdir)
+        ok = wait_for(lambda: "Running with lease" in ds.log(3) or ds.procs[3].poll(), 30)
+        self.assertTrue(ok, ds.logs(3))
+        from flannel_tw.tools.lab.run import wait_subnet_files
+        ds.envs.update(wait_subnet_files(ds.workdir, {3: ds.procs[3]}, 30))
+        c3 = ds.lab.add_container(3, os.path.join(ds.workdir, "h3", "subnet.env"))
+        self.assertIn("no IPv6 address chosen", ds.log(3))
+        self.assertNotIn("flannel-v6.1", ds.sh(ds.lab.host_ns(3), "ip", "link"))
+        for i in (1, 2):
+            ds.assert_reaches(ds.c(i).ns, c3.addr)
+            ds.assert_reaches(c3.ns, ds.c(i).addr)
+        ds.assert_matrix(families=(4, 6), hosts=[1, 2])
+        for i in (1, 2):
+            skipped = [l for l in ds.log(i).splitlines() if "skipping the IPv6 part" in l]
+            if ds.subnet6(3) is not None:        # the lease took a v6 subnet: said once
+                self.assertEqual(len(skipped), 1, ds.log(i))
+                self.assertIn("no PublicIPv6", skipped[0])
+            else:
+                self.assertEqual(skipped, [])
+        say("host without IPv6: lease v6 part %s; v4 everywhere, v6 between h1 and h2",
+            ds.subnet6(3))
+        no_crash(self, ds, HOSTS)
+
     def test_lease_with_bad_backend_v6_data(self):
         """
         A dual-stack lease whose BackendV6Data is bad: flanneld v0.20 skips the whole
