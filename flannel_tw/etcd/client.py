@@ -45,21 +45,19 @@ no call state already live apart (L{flannel_tw.etcd.wire}: answers; L{flannel_tw
 the HTTP transport; L{flannel_tw.etcd.errors}: the error types).
 """
 
-import collections
 from urllib.parse import quote, urlencode
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from flannel_tw.etcd.base import EtcdClientBase, TransportFailure
 from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdMemberError,
-                                    EtcdProtocolError, EtcdUnavailable,
-                                    describe_transport_error, failure_kind)
-from flannel_tw.etcd.transport import MAX_BODY, build_http, discard_body, quiet_pool, read_body
+                                    EtcdProtocolError, describe_transport_error)
+from flannel_tw.etcd.transport import MAX_BODY, discard_body, read_body
 from flannel_tw.etcd.wire import (SNIPPET as _SNIPPET, Node, Response,  # Node, Response:
                                   header_index as _header_index,        # re-exported
-                                  parse_response as _parse, says_unhealthy as _says_unhealthy,
-                                  validate_endpoint as _validate_endpoint)
+                                  parse_response as _parse, says_unhealthy as _says_unhealthy)
 from flannel_tw.model.backoff import make_backoff
 
 __all__ = ["Node", "Response", "EtcdV2Client"]
@@ -81,15 +79,7 @@ class _Call:
         self.alive_at = now
 
 
-class _Transport(Exception):
-    """Internal wrapper marking a transport-level failure of one attempt."""
-
-    def __init__(self, failure: Failure):
-        self.failure = failure
-        super().__init__(failure.value)
-
-
-class EtcdV2Client:
+class EtcdV2Client(EtcdClientBase):
     """etcd v2 keys API client with endpoint fail-over.
 
     @param reactor: the reactor (used for timeouts and, when C{http} is None, for the Agent).
@@ -124,58 +114,11 @@ class EtcdV2Client:
     def __init__(self, reactor, endpoints, http=None, username=None, password=None,
                  tls=None, request_timeout=10.0, connect_timeout=None, watch_timeout=60.0,
                  max_body=MAX_BODY):
-        if isinstance(endpoints, str):
-            endpoints = [e for e in endpoints.split(",") if e.strip()]
-        endpoints = [_validate_endpoint(e) for e in endpoints]
-        if not endpoints:
-            raise ValueError("no etcd endpoints given")
-        if tls is not None and not hasattr(tls, "creatorForNetloc"):
-            raise ValueError("tls must provide creatorForNetloc (IPolicyForHTTPS), got %r" % (tls,))
-        self._reactor = reactor
-        self.endpoints = endpoints
-        self.error_counts = collections.Counter()   # kind -> count, for metrics
-        self.last_answer_at = None                   # reactor time of the last answer
-        self._current = 0
-        self._failing = {}                           # endpoint -> last logged failure text
-        self.tls_files = getattr(tls, "files", None)  # {ca, cert, key} paths for messages
-        self._pool = None
+        super().__init__(reactor, endpoints, http=http, tls=tls,
+                         request_timeout=request_timeout, connect_timeout=connect_timeout,
+                         watch_timeout=watch_timeout, max_body=max_body)
         self._auth = None if username is None else (username, password or "")
-        self.request_timeout = request_timeout
-        self.watch_timeout = watch_timeout
-        self.max_body = max_body
-        self._watches = set()                        # the _Call of each watch in flight
         self._empty_backoff = make_backoff()
-        if http is None:
-            from twisted.web.client import BrowserLikePolicyForHTTPS
-
-            self._pool = quiet_pool(reactor, persistent=True)  # no factory lines per connection
-            http = build_http(
-                reactor, tls if tls is not None else BrowserLikePolicyForHTTPS(),
-                connect_timeout if connect_timeout is not None else request_timeout,
-                self._pool)
-        self._http = http
-
-    @property
-    def current_endpoint(self) -> str:
-        """The endpoint the next request starts with (the last one that answered)."""
-        return self.endpoints[self._current]
-
-    def watch_silence(self):
-        """
-        Seconds since the least recently heard-from watch in flight last showed life
-        (etcd sent its headers, which it does at once, or an answer, or its member passed
-        the check after C{watch_timeout}); None when no watch is in flight. A live watch
-        shows life at least every C{watch_timeout} seconds.
-        """
-        if not self._watches:
-            return None
-        return self._reactor.seconds() - min(call.alive_at for call in self._watches)
-
-    def close(self):
-        """Drop cached persistent connections.  Returns a Deferred that fires with None."""
-        if self._pool is not None:
-            return self._pool.closeCachedConnections()
-        return defer.succeed(None)
 
     # -- public API -------------------------------------------------------------------
 
@@ -290,56 +233,14 @@ class EtcdV2Client:
             return None
 
         inner.addBoth(relay)
-        outer.addCallbacks(self._answered, self._count_failure)
-        return outer
+        return self._counted(outer)
 
-    def _answered(self, result):
-        self.last_answer_at = self._reactor.seconds()
-        return result
-
-    def _count_failure(self, failure):
-        """Count errors by kind for metrics; an etcd API error is still an answer."""
-        counted = failure_kind(failure)
-        if counted is not None:
-            kind, answered = counted
-            if answered:
-                self.last_answer_at = self._reactor.seconds()
-            self.error_counts[kind] += 1
-        return failure
-
-    async def _failover(self, method, key, query, form, watch, wait_index=None, token=None):
-        errors = {}
-        n = len(self.endpoints)
-        start = self._current
-        for i in range(n):
-            idx = (start + i) % n
-            endpoint = self.endpoints[idx]
-            url = self._url(endpoint, key, query)
-            try:
-                result = await self._attempt_until_answer(method, url, form, watch, wait_index,
-                                                          endpoint, token)
-            except _Transport as t:
-                if token is not None and token.cancelled:
-                    raise defer.CancelledError() from None
-                errors[endpoint] = t.failure.value
-                self.error_counts[getattr(t.failure.value, "kind", "transport")] += 1
-                nxt = self.endpoints[(idx + 1) % n] if i + 1 < n else None
-                text = describe_transport_error(t.failure.value, self.tls_files)
-                # Each distinct cause is logged once per endpoint; repeats go to debug.
-                emit = self.log.debug if self._failing.get(endpoint) == text else self.log.warn
-                self._failing[endpoint] = text
-                emit(
-                    "etcd endpoint {endpoint} failed: {error}"
-                    + ("; trying {next_endpoint}" if nxt else "; no endpoint left"),
-                    endpoint=endpoint, error=text, next_endpoint=nxt,
-                    method=method.decode("ascii"), key=key,
-                )
-                continue
-            if self._failing.pop(endpoint, None) is not None:
-                self.log.info("etcd endpoint {endpoint} answers again", endpoint=endpoint)
-            self._current = idx
-            return result
-        raise EtcdUnavailable(errors, self.tls_files)
+    def _failover(self, method, key, query, form, watch, wait_index=None, token=None):
+        def attempt(endpoint):
+            return self._attempt_until_answer(method, self._url(endpoint, key, query), form,
+                                              watch, wait_index, endpoint, token)
+        return self._over_endpoints(attempt, lambda: token is not None and token.cancelled,
+                                    method=method.decode("ascii"), key=key)
 
     async def _attempt_until_answer(self, method, url, form, watch, wait_index=None,
                                     endpoint=None, call=None):
@@ -356,14 +257,14 @@ class EtcdV2Client:
                 raise
             except (EtcdError, EtcdProtocolError, EtcdIndexWentBack):
                 raise
-            except defer.TimeoutError:
+            except defer.TimeoutError as e:
                 if not watch:
-                    raise _Transport(Failure()) from None
+                    raise TransportFailure(e) from None
                 # No event for watch_timeout: an idle cluster, or a member gone silent.
                 await self._check_member(endpoint, call)
                 continue
-            except Exception:  # transport failures and EtcdMemberError: next endpoint
-                raise _Transport(Failure()) from None
+            except Exception as e:  # transport failures and EtcdMemberError: next endpoint
+                raise TransportFailure(e) from None
             if watch and status == 200 and not body.strip():
                 # etcd (or a proxy) ended the long poll without an event: ask again, but
                 # not in a tight loop.
@@ -376,14 +277,14 @@ class EtcdV2Client:
                 continue
             try:
                 return _parse(status, headers, body)
-            except EtcdMemberError:
-                raise _Transport(Failure()) from None
+            except EtcdMemberError as e:
+                raise TransportFailure(e) from None
 
     async def _check_member(self, endpoint, call):
         """
         After C{watch_timeout} without an event: GET C{<endpoint>/health} within
         C{request_timeout}. Returns when the member answers (a 404 from an etcd without
-        /health counts); raises L{_Transport} with an L{EtcdMemberError} (kind "silent")
+        /health counts); raises L{TransportFailure} with an L{EtcdMemberError} (kind "silent")
         when it does not answer, answers 5xx or says C{"health": "false"}.
         """
         d = defer.ensureDeferred(self._health(endpoint + "/health"))
@@ -400,9 +301,9 @@ class EtcdV2Client:
             if status >= 500 or _says_unhealthy(body):
                 why = "answered HTTP %d %r" % (status, body[:_SNIPPET])
         if why is not None:
-            raise _Transport(Failure(EtcdMemberError(
+            raise TransportFailure(EtcdMemberError(
                 "no event for %gs and %s/health %s" % (self.watch_timeout, endpoint, why),
-                kind="silent")))
+                kind="silent"))
         if call is not None:
             call.alive_at = self._reactor.seconds()
         self.log.debug("No event for {timeout}s from etcd endpoint {endpoint}, which answers "

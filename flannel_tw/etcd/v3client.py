@@ -31,7 +31,6 @@ timeout, auth-token renewal and cancellation share one loop, and the streaming w
 state could move to a wire module as v2's did (a later step).
 """
 import base64
-import collections
 import json
 
 from twisted.internet import defer
@@ -41,12 +40,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from flannel_tw.etcd.base import EtcdClientBase, TransportFailure
 from flannel_tw.etcd.errors import (EtcdError, EtcdIndexWentBack, EtcdMemberError,
-                                    EtcdProtocolError, EtcdResponseTooLarge, EtcdUnavailable,
-                                    EventIndexCleared,
-                                    describe_transport_error, failure_kind)
-from flannel_tw.etcd.transport import MAX_BODY, build_http, quiet_pool, read_body
-from flannel_tw.etcd.wire import validate_endpoint
+                                    EtcdProtocolError, EtcdResponseTooLarge, EventIndexCleared)
+from flannel_tw.etcd.transport import MAX_BODY, read_body
 
 __all__ = ["EtcdV3Client", "EtcdV3Error", "WatchCompacted", "JSONStream", "b64", "unb64",
            "prefix_range_end", "as_int"]
@@ -201,14 +198,8 @@ class _Watch:
         self.alive_at = now
 
 
-class _Transport(Exception):
-    def __init__(self, error):
-        self.error = error
-        super().__init__(error)
-
-
 def _error_from(status, body):
-    """An answer that is not a 200 -> the exception to raise (_Transport for 5xx)."""
+    """An answer that is not a 200 -> the exception to raise (TransportFailure for 5xx)."""
     try:
         doc = json.loads(body.decode("utf-8"))
     except ValueError:
@@ -216,7 +207,7 @@ def _error_from(status, body):
     message = doc.get("message") or doc.get("error") if isinstance(doc, dict) else None
     code = doc.get("code") if isinstance(doc, dict) else None
     if status >= 500:
-        return _Transport(EtcdMemberError("HTTP %d %s" % (status, message or body[:_SNIPPET]),
+        return TransportFailure(EtcdMemberError("HTTP %d %s" % (status, message or body[:_SNIPPET]),
                                           status=status, code=code))
     if not isinstance(message, str) or isinstance(code, bool) or not isinstance(code, int):
         return EtcdProtocolError("HTTP %d without an etcd error body" % (status,), status, body)
@@ -227,7 +218,7 @@ def _is_invalid_token(error):
     return isinstance(error, EtcdV3Error) and "invalid auth token" in error.message
 
 
-class EtcdV3Client:
+class EtcdV3Client(EtcdClientBase):
     """
     etcd v3 over the JSON gateway, with endpoint fail-over.
 
@@ -245,52 +236,12 @@ class EtcdV3Client:
     def __init__(self, reactor, endpoints, http=None, username=None, password=None, tls=None,
                  request_timeout=10.0, connect_timeout=None, watch_timeout=60.0,
                  max_body=MAX_BODY):
-        if isinstance(endpoints, str):
-            endpoints = [e for e in endpoints.split(",") if e.strip()]
-        endpoints = [validate_endpoint(e) for e in endpoints]
-        if not endpoints:
-            raise ValueError("no etcd endpoints given")
-        self._reactor = reactor
-        self.endpoints = endpoints
-        self._current = 0
+        super().__init__(reactor, endpoints, http=http, tls=tls,
+                         request_timeout=request_timeout, connect_timeout=connect_timeout,
+                         watch_timeout=watch_timeout, max_body=max_body)
         self._username = username
         self._password = password or ""
         self._token = None
-        self.request_timeout = request_timeout
-        self.watch_timeout = watch_timeout
-        self.max_body = max_body
-        self.tls_files = getattr(tls, "files", None)
-        self._pool = None
-        if http is None:
-            from twisted.web.client import BrowserLikePolicyForHTTPS
-
-            self._pool = quiet_pool(reactor, persistent=True)
-            http = build_http(reactor, tls if tls is not None else BrowserLikePolicyForHTTPS(),
-                              connect_timeout if connect_timeout is not None else request_timeout,
-                              self._pool)
-        self._http = http
-        self.error_counts = collections.Counter()   # kind -> count, for metrics
-        self.last_answer_at = None                   # reactor time of the last answer
-        self._watches = set()                        # the _Watch of each watch in flight
-
-    def watch_silence(self):
-        """
-        Seconds since the least recently heard-from watch in flight last showed life;
-        None when no watch is in flight. An idle watch is opened again every
-        C{watch_timeout} seconds, so a live member shows life at least that often.
-        """
-        if not self._watches:
-            return None
-        return self._reactor.seconds() - min(w.alive_at for w in self._watches)
-
-    @property
-    def current_endpoint(self):
-        return self.endpoints[self._current]
-
-    def close(self):
-        if self._pool is not None:
-            return self._pool.closeCachedConnections()
-        return defer.succeed(None)
 
     # -- the API ------------------------------------------------------------------------
 
@@ -362,42 +313,14 @@ class EtcdV3Client:
             return result
         return d.addBoth(done)
 
-    def _counted(self, d):
-        def answered(result):
-            self.last_answer_at = self._reactor.seconds()
-            return result
-
-        def failed(failure):
-            counted = failure_kind(failure)
-            if counted is not None:
-                kind, etcd_answered = counted
-                if etcd_answered:
-                    self.last_answer_at = self._reactor.seconds()
-                self.error_counts[kind] += 1
-            return failure
-        return d.addCallbacks(answered, failed)
-
     # -- machinery ----------------------------------------------------------------------
 
-    async def _failover(self, path, body, watch):
-        errors = {}
-        n = len(self.endpoints)
-        start = self._current
-        for i in range(n):
-            idx = (start + i) % n
-            endpoint = self.endpoints[idx]
-            try:
-                result = await self._with_auth(endpoint, path, body, watch)
-            except _Transport as t:
-                errors[endpoint] = t.error
-                self.error_counts[getattr(t.error, "kind", "transport")] += 1
-                self.log.warn("etcd endpoint {endpoint} failed: {error}", endpoint=endpoint,
-                              error=describe_transport_error(t.error, self.tls_files))
-                self._token = None
-                continue
-            self._current = idx
-            return result
-        raise EtcdUnavailable(errors, self.tls_files)
+    def _failover(self, path, body, watch):
+        return self._over_endpoints(
+            lambda endpoint: self._with_auth(endpoint, path, body, watch), path=path)
+
+    def _endpoint_failed(self, endpoint):
+        self._token = None          # a token is per member: authenticate again on the next
 
     async def _with_auth(self, endpoint, path, body, watch):
         for attempt in (0, 1):
@@ -437,18 +360,18 @@ class EtcdV3Client:
                 d.addTimeout(timeout, self._reactor)
             try:
                 return await d
-            except (EtcdError, EtcdProtocolError, EtcdIndexWentBack, _Transport):
+            except (EtcdError, EtcdProtocolError, EtcdIndexWentBack, TransportFailure):
                 raise
             except defer.TimeoutError:
                 if watch is None:
-                    raise _Transport(defer.TimeoutError("no answer in %gs" % timeout)) from None
+                    raise TransportFailure(defer.TimeoutError("no answer in %gs" % timeout)) from None
                 self.log.debug("No watch response for {timeout}s from {endpoint}; watching "
                                "again", timeout=timeout, endpoint=endpoint)
                 continue
             except defer.CancelledError:
                 raise
             except Exception as e:
-                raise _Transport(e) from None
+                raise TransportFailure(e) from None
 
     async def _request(self, endpoint, path, body, watch, auth):
         headers = {b"Content-Type": [b"application/json"]}
@@ -494,7 +417,7 @@ class EtcdV3Client:
                     code, message = obj.get("code"), obj.get("message") or err
                 code = code if isinstance(code, int) and not isinstance(code, bool) else 2
                 if code in (14, 4):  # Unavailable, DeadlineExceeded: the member's trouble
-                    raise _Transport(EtcdMemberError(str(message), code=code))
+                    raise TransportFailure(EtcdMemberError(str(message), code=code))
                 raise EtcdV3Error(code, str(message))
             result = obj.get("result")
             if not isinstance(result, dict):
@@ -516,6 +439,6 @@ class EtcdV3Client:
         try:
             obj = await reader.deferred
         except EtcdMemberError as e:
-            raise _Transport(e) from None
+            raise TransportFailure(e) from None
         return obj["result"]
 
