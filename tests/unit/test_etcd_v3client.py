@@ -6,6 +6,7 @@ import json
 
 from treq.testing import StubTreq
 from twisted.internet import defer, task
+from twisted.logger import capturedLogs
 from twisted.trial import unittest
 from twisted.web.client import ResponseDone
 from twisted.python.failure import Failure
@@ -107,6 +108,26 @@ class RequestTests(Base):
         c = self.make((500, b"boom"), (502, b"bad gateway"), endpoints=(EP1, EP2))
         f = self.failureResultOf(c.range("/k"), EtcdUnavailable)
         self.assertEqual(set(f.value.errors), {EP1, EP2})
+
+    def test_a_failing_endpoint_is_warned_about_once_per_cause(self):
+        """The same cause again goes to debug; a recovery is said once (the shared
+        fail-over of etcd/base.py: the v3 client warned at every failure before)."""
+        busy = {"error": "etcdserver: no leader", "code": 14, "message": "etcdserver: no leader"}
+        c = self.make((503, busy), (200, {"header": HEADER}), (503, busy),
+                      (200, {"header": HEADER}), (200, {"header": HEADER}),
+                      endpoints=(EP1, EP2))
+        with capturedLogs() as events:
+            self.successResultOf(c.range("/k"))      # EP1 fails, EP2 answers
+            c._current = 0
+            self.successResultOf(c.range("/k"))      # EP1 fails again, same cause
+            c._current = 0
+            self.successResultOf(c.range("/k"))      # EP1 answers again
+        levels = [(e["log_level"].name, e["log_format"].split(":")[0]) for e in events
+                  if "endpoint" in e.get("log_format", "")]
+        self.assertEqual(levels, [
+            ("warn", "etcd endpoint {endpoint} failed"),
+            ("debug", "etcd endpoint {endpoint} failed"),
+            ("info", "etcd endpoint {endpoint} answers again")])
 
     def test_non_json_answer_is_protocol_error(self):
         c = self.make((200, b"<html>"))
