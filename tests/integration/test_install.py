@@ -58,8 +58,8 @@ class ArchiveTests(unittest.TestCase):
                     if line.startswith("Requires-Dist:") and "extra ==" not in line]
         names = sorted(r.split("[")[0].split(">")[0].split("=")[0].split(";")[0].strip().lower().replace("_", "-")
                        for r in requires)
-        self.assertEqual(names, ["prometheus-client", "pyroute2", "python-pytun", "treq",
-                                 "twisted", "zope.interface"])
+        self.assertEqual(names, ["cryptography", "prometheus-client", "pyroute2",
+                                 "python-pytun", "treq", "twisted", "zope.interface"])
         self.assertIn("pyroute2>=0.9", meta)     # netns.create_socket is new in 0.9
         self.assertIn("Classifier: Framework :: Twisted", meta)
         self.assertIn("License: Apache-2.0", meta)
