@@ -364,6 +364,21 @@ class PeerTests(unittest.TestCase):
         self.assertEqual(len(self.h.calls()), 2)
         self.assertEqual(len(self.h.calls()[1][1]), 300)
 
+    def test_a_large_first_list_is_planned_in_linear_time(self):
+        """6,000 leases in one batch: the same-endpoint rule looks leases up by IP (a scan
+        of every wanted lease per event took ~8 s of CPU here; now ~0.05 s)."""
+        import time
+        n = 6000
+        keys = [wgkey.encode(bytes([i >> 8, i & 255]) * 16) for i in range(n)]
+        leases = [Lease(subnet=IPv4Network((0x0a050000 + (i << 4), 28)),
+                        attrs=LeaseAttrs(IPv4Address(0xc0a80000 + i + 2), "wireguard",
+                                         {"PublicKey": keys[i]})) for i in range(n)]
+        started = time.process_time()
+        self.b.handle_events(added(*leases))
+        took = time.process_time() - started
+        self.assertEqual(len(self.h.device.device_peers), n)
+        self.assertLess(took, 2.0, "%d leases planned in %.2f s of CPU" % (n, took))
+
     def test_events_while_a_batch_is_in_flight_make_one_more_call(self):
         self.h.device.hold = True
         self.b.handle_events(added(wg_lease("10.5.2.0/24", "192.168.250.12", KEYS[1])))

@@ -131,6 +131,7 @@ class WireguardBackend:
         self.own_subnet = None
         self.own_subnet6 = None
         self.wanted = {}            # subnet -> {device name: WgPeer}, newest event last
+        self._by_ip = {}            # endpoint IP -> {subnet: None} of wanted (same-endpoint rule)
         self.installed = {}         # device name -> {public key: WgPeer} as last set
         self.warned = {}            # subnet -> the warning given about its lease
         self.counters = {"peer_batches": 0, "peer_batch_failures": 0, "peers_added": 0,
@@ -209,7 +210,7 @@ class WireguardBackend:
         self.own_subnet6 = getattr(lease, "ipv6_subnet", None)
         self.network6 = getattr(config, "ipv6_network", None) if self.enable_ipv6 else None
         for subnet in {lease.subnet, self.own_subnet6} & set(self.wanted):
-            del self.wanted[subnet]
+            self._unwant(subnet)
             self._queue_flush()
         yield self._configure_links()
 
@@ -266,41 +267,52 @@ class WireguardBackend:
             return
         if event.kind == REMOVED:
             self.warned.pop(subnet, None)
-            self.wanted.pop(subnet, None)
+            self._unwant(subnet)
             return
         if event.kind != ADDED:
             return
         kind = lease.attrs.backend_type if lease.attrs is not None else ""
         if kind != self.name:
-            self.wanted.pop(subnet, None)
+            self._unwant(subnet)
             self._warn(subnet, lease, "Ignoring non-wireguard subnet %s (PublicIP %s, "
                        "type %r)" % (subnet, lease.attrs.public_ip, kind or "udp"))
             return
         try:
             peers = self._peers(lease)
         except ValueError as e:
-            self.wanted.pop(subnet, None)
+            self._unwant(subnet)
             self._warn(subnet, lease, "wireguard backend: skipping the lease of %s "
                        "(PublicIP %s): %s" % (subnet, lease.attrs.public_ip, e))
             return
         self.warned.pop(subnet, None)
         # same endpoint IP, another key: that host has a new key, its old peer goes
-        for other, have in list(self.wanted.items()):
-            if other == subnet:
+        for dev, peer in peers.items():
+            if not peer.endpoint:
                 continue
-            for dev, peer in peers.items():
-                old = have.get(dev)
-                if (old is not None and old.endpoint and peer.endpoint
+            for other in list(self._by_ip.get(peer.endpoint[0], ())):
+                old = self.wanted[other].get(dev)
+                if (other != subnet and old is not None and old.endpoint
                         and old.endpoint[0] == peer.endpoint[0]
                         and old.public_key != peer.public_key):
                     self.log.info("wireguard backend: {ip} now has key {key} (lease "
                                   "{subnet}); removing the peer of lease {other}",
                                   ip=peer.endpoint[0], key=wgkey.encode(peer.public_key),
                                   subnet=subnet, other=other)
-                    del self.wanted[other]
-                    break
-        self.wanted.pop(subnet, None)        # newest last
+                    self._unwant(other)
+        self._unwant(subnet)                 # newest last
         self.wanted[subnet] = peers
+        for peer in peers.values():
+            if peer.endpoint:
+                self._by_ip.setdefault(peer.endpoint[0], {})[subnet] = None
+
+    def _unwant(self, subnet):
+        peers = self.wanted.pop(subnet, None)
+        for peer in (peers or {}).values():
+            if peer.endpoint:
+                subnets = self._by_ip.get(peer.endpoint[0], {})
+                subnets.pop(subnet, None)
+                if not subnets:
+                    self._by_ip.pop(peer.endpoint[0], None)
 
     def _warn(self, subnet, lease, message):
         if self.warned.get(subnet) != message:
