@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_hostgw, tests.lab.test_vxlan, tests.unit.test_kernel_seam -*-
+# -*- test-case-name: tests.unit.test_hostgw, tests.unit.test_routed_dualstack, tests.lab.test_vxlan, tests.unit.test_kernel_seam -*-
 """
 The host-gw backend (flannel-compat.md section 8): no encapsulation, one route per
 remote host-gw lease, C{<subnet> via <PublicIP> dev <ext iface>}; the hosts must share

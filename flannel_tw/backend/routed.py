@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_hostgw -*-
+# -*- test-case-name: tests.unit.test_hostgw, tests.unit.test_routed_dualstack, tests.lab.test_dualstack_routed -*-
 """
 What the vxlan and host-gw backends share (flanneld's backend/route_network.go shape):
 remote leases of our type become kernel entries, one peer per subnet.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_rtnetlink, tests.unit.test_vxlan -*-
+# -*- test-case-name: tests.unit.test_rtnetlink, tests.unit.test_vxlan, tests.lab.test_vxlan -*-
 """
 The rtnetlink codec (pure: no sockets, no reactor): route, neighbour and FDB requests
 packed byte for byte as pyroute2 packs them (the tests compare), and the parsing of the

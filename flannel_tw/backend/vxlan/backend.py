@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_vxlan -*-
+# -*- test-case-name: tests.unit.test_vxlan, tests.unit.test_routed_dualstack, tests.lab.test_dualstack_routed -*-
 """
 The vxlan backend (flannel-compat.md section 7), flanneld v0.10's "L3" scheme: the
 kernel's vxlan device C{flannel.<VNI>} encapsulates; we only write static entries.
