@@ -101,7 +101,12 @@ class LeaseAttrs:
         public_ipv6 = fields.get("PublicIPv6")     # absent or null: None, as in flanneld
         if public_ipv6 is not None:
             try:
-                public_ipv6 = parse_ipv6(public_ipv6)
+                if isinstance(public_ipv6, str) and _IPV4_RE.fullmatch(public_ipv6):
+                    # Go's ParseIP takes IPv4 text too (an IPv4-mapped address, which
+                    # leasecheck refuses as a peer's PublicIPv6: the v4 part still routes)
+                    public_ipv6 = IPv6Address("::ffff:%s" % (_parse_ipv4(public_ipv6),))
+                else:
+                    public_ipv6 = parse_ipv6(public_ipv6)
             except ValueError:
                 raise LeaseParseError("lease PublicIPv6 is not an IPv6 address: %r" % (text,))
         backend_type = fields.get("BackendType", "")

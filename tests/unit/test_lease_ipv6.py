@@ -124,9 +124,9 @@ class ValueTests(TestCase):
         self.assertEqual((attrs.public_ipv6, attrs.backend_v6_data), (IP6, {"x": 1}))
 
     def test_bad_public_ipv6(self):
-        """PublicIPv6 must be an IPv6 address (no IPv4 text, zone, number or object)."""
-        for bad in ('"10.0.0.1"', '"fe80::1%eth0"', '"fc00:::1"', '5', '{}', '"::ffff:1.2.3.4 "',
-                    '""'):
+        """PublicIPv6 must be an IP address (no zone, number, object or garbage)."""
+        for bad in ('"fe80::1%eth0"', '"fc00:::1"', '5', '{}', '"::ffff:1.2.3.4 "', '""',
+                    '"10.0.0.256"', '"010.0.0.1x"'):
             self.assertRaises(LeaseParseError, LeaseAttrs.from_json,
                               '{"PublicIP":"10.0.0.5","PublicIPv6":%s}' % bad)
 
@@ -137,6 +137,15 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2 ** 53, 2 ** 53) | st.text(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
     max_leaves=6)
+
+
+class IPv4TextTests(TestCase):
+
+    def test_ipv4_text_is_ipv4_mapped(self):
+        """As Go's ParseIP: IPv4 text in PublicIPv6 is read as an IPv4-mapped address (not
+        a usable peer address: leasecheck refuses it, the lease's v4 part still routes)."""
+        attrs = LeaseAttrs.from_json('{"PublicIP":"10.0.0.5","PublicIPv6":"10.0.0.1"}')
+        self.assertEqual(attrs.public_ipv6, IPv6Address("::ffff:10.0.0.1"))
 
 
 class PropertyTests(TestCase):
