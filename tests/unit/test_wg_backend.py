@@ -14,8 +14,8 @@ from zope.interface.verify import verifyObject
 
 from flannel_tw.backend.registry import make_backend
 from flannel_tw.backend.wireguard import key as wgkey
-from flannel_tw.backend.wireguard.backend import (
-    WireguardBackend, lease_attrs, peer_key)
+from flannel_tw.backend.wireguard.backend import WireguardBackend
+from flannel_tw.backend.wireguard.peers import endpoint_text, lease_attrs, peer_key
 from flannel_tw.backend.wireguard.options import (
     OptionsError, WgOptions, parse_options, parse_psk)
 from flannel_tw.etcd.registry_v3 import v3_value
@@ -297,6 +297,18 @@ class PeerTests(unittest.TestCase):
         self.assertEqual(self.h.calls()[1], ([peer("10.5.3.0/24", "192.168.250.12", KEYS[2])],
                                              [KEYS[1].public]))
 
+    def test_leases_sharing_a_key_share_one_peer(self):
+        self.b.handle_events(added(wg_lease("10.5.2.0/24", "192.168.250.12", KEYS[1]),
+                                   wg_lease("10.5.3.0/24", "192.168.250.13", KEYS[1])))
+        self.assertEqual(self.h.calls(), [([WgPeer(
+            KEYS[1].public, ("192.168.250.13", 51820),
+            (IPv4Network("10.5.2.0/24"), IPv4Network("10.5.3.0/24")), PSK, 25)], [])])
+        self.b.handle_events(removed(wg_lease("10.5.3.0/24", "192.168.250.13", KEYS[1])))
+        self.assertEqual(self.h.calls()[1], ([peer("10.5.2.0/24", "192.168.250.12", KEYS[1])],
+                                             []))
+        self.assertEqual(endpoint_text(("fd00::1", 51821)), "[fd00::1]:51821")
+        self.assertEqual(endpoint_text(("10.0.0.1", 51820)), "10.0.0.1:51820")
+
     def test_changed_endpoint_same_key_updates_peer(self):
         self.b.handle_events(added(wg_lease("10.5.2.0/24", "192.168.250.12", KEYS[1])))
         self.b.handle_events(added(wg_lease("10.5.2.0/24", "192.168.250.22", KEYS[1])))
@@ -320,6 +332,11 @@ class PeerTests(unittest.TestCase):
         self.assertEqual(len(warnings), 2, warnings)
         self.assertIn("Ignoring non-wireguard subnet 10.5.4.0/24", warnings[0])
         self.assertIn("'udp'", warnings[1])
+
+    def test_lease_without_a_value_is_ignored_with_one_warning(self):
+        self.b.handle_events(added(Lease(subnet=IPv4Network("10.5.4.0/24"), attrs=None)))
+        self.assertEqual([lvl for lvl, _ in self.h.lines if lvl in ("warn", "error",
+                                                                     "critical")], ["warn"])
 
     def test_lease_turning_into_another_type_removes_its_peer(self):
         self.b.handle_events(added(wg_lease("10.5.2.0/24", "192.168.250.12", KEYS[1])))

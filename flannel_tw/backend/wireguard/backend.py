@@ -12,15 +12,12 @@ wireguard-go's (L{flannel_tw.backend.wireguard.device.open_device} chooses).
   (and C{BackendV6Data} with the same key in dual-stack).
 - start(): C{<subnet addr>/32} on the device, the MTU, up, and one scope-link route for
   the whole flannel network (the same in v6: C{/128}, the IPv6 network).
-- handle_events(): one peer per remote wireguard lease: endpoint C{PublicIP:<our own
-  ListenPort>} (flanneld sends to its own port), AllowedIPs = the lease's subnet, the
-  PSK and keepalive of our config. A removed lease removes its peer (by key); a lease
-  with a new key replaces the old peer; a lease whose PublicIP another lease had with
-  another key removes that lease's peer (flanneld: same endpoint, new key). Leases of
-  other types are ignored, and a lease without a usable PublicKey skipped, each with
-  one warning per lease. One batch of events is one C{set_peers} per device; events
-  arriving while it is in flight make up the next; a failed batch is retried after
-  L{RETRY_DELAY} seconds on the injected reactor.
+- handle_events(): one peer per remote wireguard lease (L{peers.lease_peers}); a removed
+  lease removes its peer (by key), a new key replaces it, and a lease whose PublicIP
+  another lease had with another key removes that lease's peer (flanneld). Other types
+  are ignored, a lease without a usable PublicKey skipped, each with one warning per
+  lease. One batch of events is one C{set_peers} per device; events arriving while it
+  is in flight make up the next; a failed batch is retried after L{RETRY_DELAY} s.
 - reconcile(): the first lease list removes device peers whose lease is gone.
 - stop(): the devices are removed (flanneld removes its device on shutdown; wireguard-go
   is stopped).
@@ -28,21 +25,19 @@ wireguard-go's (L{flannel_tw.backend.wireguard.device.open_device} chooses).
 The PSK and the private key never appear in a log line or an error message.
 """
 import os
-from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
+from ipaddress import IPv4Network, ip_interface, ip_network
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from flannel_tw.backend.wireguard import key as wgkey
-from flannel_tw.backend.wireguard.options import (
-    AUTO, IPV4, IPV6, SEPARATE, OptionsError, parse_options)
+from flannel_tw.backend.wireguard.options import IPV6, SEPARATE, OptionsError, parse_options
+from flannel_tw.backend.wireguard.peers import (
+    V4, V6, desired, endpoint_text, lease_attrs, lease_peers, peer_key)
 from flannel_tw.interfaces import (
     IBackend, ICountingBackend, IReconcilingBackend, IReconfiguringBackend)
-from flannel_tw.model.config import go_json_fields
 from flannel_tw.model.events import ADDED, REMOVED
-from flannel_tw.model.lease import LeaseAttrs
-from flannel_tw.model.wgpeer import WgPeer
 
 DEVICE = "flannel-wg"
 DEVICE_V6 = "flannel-wg-v6"
@@ -50,46 +45,10 @@ OVERHEAD = 80           # outer IPv6 40 + UDP 8 + WireGuard 32 (flanneld: ext MT
 RETRY_DELAY = 5.0       # seconds before a failed set_peers batch is tried again
 LOG_EACH = 10           # batches up to this size log every peer; bigger ones a summary
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
-V4, V6 = "v4", "v6"
 
 
 class WireguardError(Exception):
     """The wireguard backend cannot run with this config here."""
-
-
-def peer_key(data):
-    """
-    The raw public key in a lease's BackendData (or BackendV6Data).
-
-    @raise ValueError: saying what is wrong (never echoing a long hostile value).
-    """
-    if not isinstance(data, dict):
-        raise ValueError("BackendData is not an object with a PublicKey")
-    fields = go_json_fields(list(data.items()), ("PublicKey",))
-    if "PublicKey" not in fields:
-        raise ValueError("BackendData has no PublicKey")
-    try:
-        return wgkey.decode(fields["PublicKey"])
-    except ValueError:
-        raise ValueError("BackendData.PublicKey is not a base64 32-byte key") from None
-
-
-def lease_attrs(public_ip, public_key, public_ipv6=None, enable_ipv6=False):
-    """Our lease as flanneld v0.20.2 writes it (the same key in both data fields)."""
-    data = {"PublicKey": wgkey.encode(public_key)}
-    if not enable_ipv6:
-        return LeaseAttrs(public_ip=public_ip, backend_type="wireguard", backend_data=data)
-    return LeaseAttrs(public_ip=public_ip, backend_type="wireguard", backend_data=data,
-                      public_ipv6=public_ipv6, backend_v6_data=dict(data))
-
-
-def _is_private4(ip):
-    return any(ip in n for n in (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"),
-                                 IPv4Network("192.168.0.0/16")))
-
-
-def _is_ula(ip):
-    return ip in IPv6Network("fc00::/7")
 
 
 @implementer(IBackend, IReconcilingBackend, IReconfiguringBackend, ICountingBackend)
@@ -275,7 +234,8 @@ class WireguardBackend:
         if kind != self.name:
             self._unwant(subnet)
             self._warn(subnet, lease, "Ignoring non-wireguard subnet %s (PublicIP %s, "
-                       "type %r)" % (subnet, lease.attrs.public_ip, kind or "udp"))
+                       "type %r)" % (subnet, lease.attrs.public_ip if lease.attrs else None,
+                                    kind or "udp"))
             return
         try:
             peers = self._peers(lease)
@@ -321,65 +281,16 @@ class WireguardBackend:
             self.log.warn("{message}", message=message)
 
     def _peers(self, lease):
-        """
-        A remote wireguard lease -> {device name: L{WgPeer}} (reference section D).
-
-        @raise ValueError: no usable key, or the key is our own.
-        """
-        opts = self.options
-        attrs = lease.attrs
-        subnet6 = getattr(lease, "ipv6_subnet", None) if self.enable_ipv6 else None
-        ipv6 = getattr(attrs, "public_ipv6", None)
-        key4 = self._key(attrs.backend_data)
-        common = dict(preshared_key=opts.psk, keepalive=opts.keepalive)
-        dev4 = self.devices[V4].name
-        if opts.mode == SEPARATE:
-            out = {dev4: WgPeer(key4, (str(attrs.public_ip), opts.listen_port),
-                                (lease.subnet,), **common)}
-            if subnet6 is not None and V6 in self.devices:
-                if ipv6 is None:
-                    raise ValueError("a dual-stack lease without a PublicIPv6")
-                key6 = self._key(getattr(attrs, "backend_v6_data", None))
-                out[self.devices[V6].name] = WgPeer(
-                    key6, (str(ipv6), opts.listen_port_v6), (subnet6,), **common)
-            return out
-        key = key4
-        allowed = (lease.subnet,)
-        if subnet6 is not None:
-            key = self._key(getattr(attrs, "backend_v6_data", None))
-            allowed = (lease.subnet, subnet6)
-        use6 = opts.mode == IPV6
-        if opts.mode == AUTO:
-            use6 = (_is_private4(attrs.public_ip) and ipv6 is not None
-                    and self.ext_iface.public_ipv6 is not None
-                    and not _is_ula(ipv6) and not _is_ula(self.ext_iface.public_ipv6))
-        if use6 and ipv6 is None:
-            raise ValueError("Mode %s needs the lease's PublicIPv6" % (opts.mode,))
-        endpoint = (str(ipv6), opts.listen_port) if use6 else (str(attrs.public_ip),
-                                                                opts.listen_port)
-        return {dev4: WgPeer(key, endpoint, allowed, **common)}
-
-    def _key(self, data):
-        raw = peer_key(data)
-        if raw == self.key.public:
-            raise ValueError("BackendData.PublicKey is our own public key")
-        return raw
+        """@raise ValueError: see L{peers.lease_peers}."""
+        return lease_peers(lease, self.options, self.key.public,
+                           {family: dev.name for family, dev in self.devices.items()},
+                           self.ext_iface.public_ipv6)
 
     # -- batches ----------------------------------------------------------------
 
     def _desired(self):
-        """device name -> {public key: WgPeer}: leases sharing a key share one peer."""
-        out = {name: {} for name in self.installed}
-        for peers in self.wanted.values():
-            for dev, peer in peers.items():
-                have = out[dev].get(peer.public_key)
-                if have is not None:
-                    peer = WgPeer(peer.public_key, peer.endpoint,
-                                  tuple(sorted(set(have.allowed_ips + peer.allowed_ips),
-                                               key=lambda n: (n.version, n))),
-                                  peer.preshared_key, peer.keepalive)
-                out[dev][peer.public_key] = peer
-        return out
+        """device name -> {public key: WgPeer} (L{peers.desired})."""
+        return desired(self.wanted.values(), self.installed)
 
     def _queue_flush(self):
         if not self._flush_queued and not self._stopped and self.devices:
@@ -436,7 +347,7 @@ class WireguardBackend:
         for p in upserts:
             self.log.info("wireguard backend: {dev}: peer {key} endpoint {endpoint} "
                           "allowed-ips {allowed}", dev=device.name,
-                          key=wgkey.encode(p.public_key), endpoint=_endpoint(p.endpoint),
+                          key=wgkey.encode(p.public_key), endpoint=endpoint_text(p.endpoint),
                           allowed=",".join(str(n) for n in p.allowed_ips))
 
     def _redact(self, error):
@@ -496,9 +407,3 @@ class WireguardBackend:
                               dev=device.name, key=wgkey.encode(k))
         return removed
 
-
-def _endpoint(endpoint):
-    if endpoint is None:
-        return "(none)"
-    ip, port = endpoint
-    return ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port)
