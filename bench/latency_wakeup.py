@@ -254,11 +254,32 @@ def _alternate_follow(b):
     b._udp_port.follow = follow
 
 
+def _alternate_hot(b):
+    """The hot dispatch (L{flannel_tw.backend.udp.dispatch}) on for the packets of the
+    echo requests with an odd sequence number, off for even ones: set for the next
+    request as each one is answered (the odd/even host2 rows are then an A/B of it)."""
+    real = b._udp_port.follow
+    at = b.receiver.receiveBuffer()
+    readers = (b._reader, b._udp_port)
+
+    def follow():
+        real()
+        if at[0] >> 4 == 4 and at[20] == 8:
+            hot = not at[27] & 1       # the next request's sequence number is odd
+            for r in readers:
+                (b.dispatch.add if hot else b.dispatch.remove)(r)
+    b._udp_port.follow = follow
+
+
 AB = {
     # the receive path's follow-up drain of the TUN off
     "no-follow": lambda b: setattr(b._udp_port, "follow", None),
     # ... on for odd sequence numbers only (A/B in one run: see the odd/even rows)
     "alternate-follow": _alternate_follow,
+    # the hot dispatch off
+    "no-hot": lambda b: [b.dispatch.remove(r) for r in (b._reader, b._udp_port)],
+    # ... on for odd sequence numbers only
+    "alternate-hot": _alternate_hot,
 }
 
 

@@ -10,6 +10,7 @@ import threading
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from twisted.internet import defer, reactor
+from twisted.trial import unittest
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
@@ -947,3 +948,26 @@ class ReplyFollowUpTests(BackendTestBase):
         self.assertIn("sendmsg", calls)
         self.assertEqual(sorted(d[20:] for d, _ in peer.received),
                          sorted(b"reply:" + p[20:] for p in burst))
+
+
+class HotDispatchBackendTests(BackendTestBase):
+    """While forwarding, the TUN reader and the UDP port are dispatched by the backend's
+    L{flannel_tw.backend.udp.dispatch.HotDispatch} (no logging context per wake-up);
+    stop() gives the reactor its own dispatch back."""
+
+    @defer.inlineCallbacks
+    def test_hot_while_forwarding(self):
+        from twisted.internet import epollreactor
+        if not isinstance(reactor, epollreactor.EPollReactor):
+            raise unittest.SkipTest("the tests run on another reactor")
+        peer = self.listen_peer()
+        yield self.started()
+        hot = self.backend.dispatch
+        self.assertTrue(hot.installed)
+        self.assertIn("doIteration", vars(reactor))
+        self.assertEqual(set(hot._hot.values()), {self.backend._reader, self.backend._udp_port})
+        self.tun.peer.inject(make_ipv4(payload=b"hot"))
+        yield wait_for(lambda: len(peer.received) == 1, what="the datagram")
+        yield self.backend.stop()
+        self.assertFalse(hot.installed)
+        self.assertNotIn("doIteration", vars(reactor))

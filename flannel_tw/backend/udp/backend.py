@@ -60,6 +60,7 @@ from flannel_tw.kernel.tun import open_tun
 from flannel_tw.kernel.tun import TunError
 from flannel_tw.backend.udp import offload as _off
 from flannel_tw.backend.udp.counters import DROP_REASONS, count_error, new_counters
+from flannel_tw.backend.udp.dispatch import HotDispatch
 from flannel_tw.backend.udp.port import DrainingPort
 from flannel_tw.backend.udp.receive import READ_BUFFER, UdpReceiver
 from flannel_tw.backend.udp.routes import DEFAULT_PORT, RouteTable
@@ -132,6 +133,8 @@ class UdpBackend:
         self.own_subnet = None
         self._udp_port = None        # the DrainingPort
         self._reader = None          # the TunReader, while reading
+        # the TUN reader and the port skip Twisted's per-wake-up logging context
+        self.dispatch = HotDispatch(reactor)
         if offload is None:
             offload = _off.env_allows_offload(os.environ if environ is None else environ)
         self._offload_allowed = bool(offload)
@@ -239,6 +242,9 @@ class UdpBackend:
             self._reader = TunReader(self._reactor, self.tun, self.sender.drain,
                                      self._tun_lost)
             self._reader.startReading()
+            self.dispatch.add(self._reader)
+            if self._udp_port is not None:
+                self.dispatch.add(self._udp_port)
             self.log.info("udp backend: {tun} has {address}, route {network}; forwarding",
                           tun=self.tun.name, address=address, network=config.network)
             return None
@@ -286,10 +292,12 @@ class UdpBackend:
 
     def stop(self):
         if self._reader is not None:
+            self.dispatch.remove(self._reader)
             self._reader.stopReading()
             self._reader = None
         d = defer.succeed(None)
         if self._udp_port is not None:
+            self.dispatch.remove(self._udp_port)
             d = defer.maybeDeferred(self._udp_port.stopListening)
             self._udp_port = None
         if self.tun is not None:
@@ -311,5 +319,6 @@ class UdpBackend:
 
     def _tun_lost(self, reader, reason):
         """The TUN reader stopped for good (a failed read, or the reactor dropped it)."""
+        self.dispatch.remove(reader)
         if self._reader is reader:
             self._reader = None
