@@ -56,5 +56,5 @@ class DaemonArgvTests(unittest.TestCase):
         self.assertEqual(argv, TWISTD + [
             "--nodaemon", "--pidfile=", "--logfile=/w/h2.log", "flannel",
             "--etcd-endpoints=http://192.168.250.1:2379", "--iface=192.168.250.12",
-            "--subnet-file=/w/h2.env", "--healthz-ip=127.0.0.1",
+            "--subnet-file=/w/h2/h2.env", "--healthz-ip=127.0.0.1",
             "--healthz-port=%d" % HEALTH_PORT, "--iptables-forward-rules=false"])
