@@ -5,7 +5,7 @@ daemon per host, put a docker-like container behind each host, and ping every
 container from every other container and host.
 
     python3 -m flannel_tw.tools.lab.run --hosts 2 --backend udp
-    python3 -m flannel_tw.tools.lab.run --backend vxlan --ip-masq   # or host-gw
+    python3 -m flannel_tw.tools.lab.run --backend vxlan --ip-masq   # or host-gw, wireguard
     python3 -m flannel_tw.tools.lab.run --ipv6 --backend vxlan   # dual-stack
     python3 -m flannel_tw.tools.lab.run --keep          # leave it running
     python3 -m flannel_tw.tools.lab.run down [PREFIX]   # tear down kept labs
@@ -34,7 +34,7 @@ from flannel_tw.tools.lab.topology import (
     Lab, LabError, stop_pids, cleanup_stale, parse_subnet_env)
 
 STATE_DIR = "/run/flannel-tw-lab"
-BACKENDS = ("udp", "vxlan", "host-gw")
+BACKENDS = ("udp", "vxlan", "host-gw", "wireguard")
 OK, FAIL = "\u2713", "\u2717"
 
 # ``python3 -m twisted.scripts.twistd`` does nothing: that module has no
