@@ -315,10 +315,13 @@ class IVxlanKernel(IKernel):
 class INetlink(Interface):
     """The udp backend's TUN configuration (L{flannel_tw.kernel.netlink}, a module)."""
 
-    def configure_tun(ifname, address, mtu, route, gso_max_size=None):
+    def configure_tun(ifname, address, mtu, route, gso_max_size=None, address6=None,
+                      route6=None):
         """
         Give the TUN device C{address} (only), C{mtu}, up, and the route C{route dev
-        ifname}; with C{gso_max_size}, the device's largest GSO packet.
+        ifname}; with C{gso_max_size}, the device's largest GSO packet; with
+        C{address6} (IPv6Interface) and C{route6} (IPv6Network), IPv6 on the device, that
+        address (the only non-link-local one) and the route.
         """
 
 

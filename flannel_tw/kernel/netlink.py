@@ -29,7 +29,8 @@ def _index(ipr, ifname):
     return found[0]
 
 
-def configure_tun(ifname, address, mtu, route, gso_max_size=None):
+def configure_tun(ifname, address, mtu, route, gso_max_size=None, address6=None,
+                  route6=None):
     """
     Configure the udp backend's TUN device as flanneld v0.11+ does:
 
@@ -47,6 +48,10 @@ def configure_tun(ifname, address, mtu, route, gso_max_size=None):
     @param gso_max_size: when set, the device's largest GSO packet (the udp backend
         leaves the default: a lower value makes the kernel segment forwarded 64 KB
         packets in software).
+    @param address6: L{IPv6Interface} C{<v6 subnet addr>/128} when the udp backend
+        carries IPv6 (issue 15): IPv6 is enabled on the device, C{address6} becomes its
+        only non-link-local IPv6 address and C{route6} (the IPv6Network) is routed to
+        it. None: IPv6 is left alone.
     @raise LinkNotFound: no such device.
     @raise NetlinkError: the kernel refused a step.
     """
@@ -89,6 +94,40 @@ def configure_tun(ifname, address, mtu, route, gso_max_size=None):
                 raise
             if not _route_via(ipr, dst, route.prefixlen, idx):
                 ipr.route("replace", dst=dst, dst_len=route.prefixlen, oif=idx)
+        if address6 is not None:
+            _configure_tun6(ipr, ifname, idx, ip_interface(address6), ip_network(route6))
+
+
+def _configure_tun6(ipr, ifname, idx, address, route):
+    """configure_tun's IPv6 part (the link is up already)."""
+    path = "/proc/sys/net/ipv6/conf/%s/disable_ipv6" % ifname
+    try:
+        with open(path, "w") as f:
+            f.write("0")
+    except FileNotFoundError:
+        pass            # no IPv6 conf for the device yet: IPv6 is on by default
+    want = (str(address.ip), address.network.prefixlen)
+    have = False
+    for msg in ipr.get_addr(index=idx, family=socket.AF_INET6):
+        ip = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if (ip, msg["prefixlen"]) == want:
+            have = True
+            continue
+        if ip_address(ip).is_link_local:
+            continue
+        try:
+            ipr.addr("del", index=idx, address=ip, prefixlen=msg["prefixlen"])
+        except NetlinkError as e:
+            if e.code != errno.EADDRNOTAVAIL:
+                raise
+    if not have:
+        try:
+            ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+    ipr.route("replace", family=socket.AF_INET6, dst=str(route.network_address),
+              dst_len=route.prefixlen, oif=idx)
 
 
 def configure_link(ifname, address, mtu, route):

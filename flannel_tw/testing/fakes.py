@@ -167,19 +167,22 @@ class FakeKernel:
 class FakeNetlink:
     """
     The udp backend's TUN configuration, recorded: C{calls} gets C{(ifname, address, mtu,
-    route)}, C{gso_max_sizes} the C{gso_max_size} of each call, C{threads} the thread each
-    ran in; C{fail}, when set, is raised.
+    route)}, C{gso_max_sizes} the C{gso_max_size} of each call, C{v6} its C{(address6,
+    route6)}, C{threads} the thread each ran in; C{fail}, when set, is raised.
     """
 
     def __init__(self, fail=None):
         self.calls = []
         self.gso_max_sizes = []
+        self.v6 = []
         self.threads = []
         self.fail = fail
 
-    def configure_tun(self, ifname, address, mtu, route, gso_max_size=None):
+    def configure_tun(self, ifname, address, mtu, route, gso_max_size=None, address6=None,
+                      route6=None):
         self.threads.append(threading.current_thread())
         self.calls.append((ifname, address, mtu, route))
         self.gso_max_sizes.append(gso_max_size)
+        self.v6.append((address6, route6))
         if self.fail:
             raise self.fail

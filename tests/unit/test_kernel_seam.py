@@ -54,11 +54,13 @@ class SignatureCheckTests(unittest.TestCase):
 
     def test_a_renamed_parameter_or_changed_default_is_drift(self):
         class Renamed(FakeNetlink):
-            def configure_tun(self, ifname, address, mtu, route, gso=None):
+            def configure_tun(self, ifname, address, mtu, route, gso=None, address6=None,
+                              route6=None):
                 pass
 
         class Defaulted(FakeNetlink):
-            def configure_tun(self, ifname, address, mtu, route, gso_max_size=65536):
+            def configure_tun(self, ifname, address, mtu, route, gso_max_size=65536,
+                              address6=None, route6=None):
                 pass
         for fake in (Renamed(), Defaulted()):
             verifyObject(INetlink, fake)        # passes: it checks counts, not names

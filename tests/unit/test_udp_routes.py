@@ -194,3 +194,84 @@ class PropertyTests(SynchronousTestCase):
                         best = (s, peer)
             expected = None if best is None else (best[1], 8285)
             self.assertEqual(t.lookup(p), expected)
+
+
+from ipaddress import IPv6Address, IPv6Network  # noqa: E402
+
+N6 = IPv6Network
+
+
+def ip6(s):
+    return int(IPv6Address(s))
+
+
+class RouteTable6Tests(SynchronousTestCase):
+    """The IPv6 part (issue 15): peers' v6 subnets, reached at their IPv4 PublicIP."""
+
+    def test_lookup_and_remove(self):
+        t = RouteTable(8285)
+        t.set(N("10.5.7.0/24"), "192.0.2.7")
+        t.set6(N6("fc00:0:0:7::/64"), "192.0.2.7", offload=True)
+        self.assertEqual(t.lookup6_entry(ip6("fc00:0:0:7::3")),
+                         (N6("fc00:0:0:7::/64"), ("192.0.2.7", 8285), True))
+        self.assertIsNone(t.lookup6_entry(ip6("fc00:0:0:8::3")))
+        self.assertIsNone(t.lookup(ip("10.5.8.1")))
+        self.assertEqual(t.subnet6_of("192.0.2.7"), [N6("fc00:0:0:7::/64")])
+        self.assertTrue(t.remove6(N6("fc00:0:0:7::/64")))
+        self.assertFalse(t.remove6(N6("fc00:0:0:7::/64")))
+        self.assertIsNone(t.lookup6_entry(ip6("fc00:0:0:7::3")))
+        self.assertEqual(t.subnet6_of("192.0.2.7"), [])
+        self.assertEqual(t.lookup(ip("10.5.7.1")), ("192.0.2.7", 8285))
+
+    def test_moved_subnet(self):
+        t = RouteTable()
+        t.set(N("10.5.7.0/24"), "192.0.2.7")
+        t.set(N("10.5.8.0/24"), "192.0.2.8")
+        t.set6(N6("fc00:0:0:7::/64"), "192.0.2.7")
+        t.set6(N6("fc00:0:0:7::/64"), "192.0.2.8")
+        self.assertEqual(t.lookup6_entry(ip6("fc00:0:0:7::1"))[1][0], "192.0.2.8")
+        self.assertEqual(t.subnet6_of("192.0.2.7"), [])
+        self.assertEqual(t.check_source6("192.0.2.7", ip6("fc00:0:0:7::1")), "spoofed-source")
+        self.assertIsNone(t.check_source6("192.0.2.8", ip6("fc00:0:0:7::1")))
+
+    def test_source_filter(self):
+        t = RouteTable()
+        t.set(N("10.5.7.0/24"), "192.0.2.7")
+        t.set6(N6("fc00:0:0:7::/64"), "192.0.2.7")
+        t.set(N("10.5.9.0/24"), "192.0.2.9")        # an IPv4-only peer (flanneld)
+        self.assertIsNone(t.check_source6("192.0.2.7", ip6("fc00:0:0:7::99")))
+        self.assertEqual(t.check_source6("192.0.2.7", ip6("fc00:0:0:9::1")), "spoofed-source")
+        self.assertEqual(t.check_source6("192.0.2.9", ip6("fc00:0:0:9::1")), "spoofed-source")
+        self.assertEqual(t.check_source6("192.0.2.66", ip6("fc00:0:0:7::1")), "unknown-peer")
+
+    def test_clear(self):
+        t = RouteTable()
+        t.set6(N6("fc00:0:0:7::/64"), "192.0.2.7")
+        t.clear()
+        self.assertIsNone(t.lookup6_entry(ip6("fc00:0:0:7::1")))
+
+    @given(st.lists(st.tuples(st.integers(0, (1 << 128) - 1), st.integers(8, 128),
+                              st.integers(1, 50)), max_size=20),
+           st.lists(st.integers(0, (1 << 128) - 1), max_size=20))
+    @settings(max_examples=200)
+    def test_matches_linear_longest_prefix(self, entries, probes):
+        t = RouteTable()
+        model = {}
+        nets = []
+        for addr, plen, peer in entries:
+            subnet = IPv6Network((addr, plen), strict=False)
+            nets.append(subnet)
+            t.set6(subnet, "192.0.2.%d" % peer)
+            model[subnet] = "192.0.2.%d" % peer
+        for subnet in nets[::3]:
+            t.remove6(subnet)
+            model.pop(subnet, None)
+        for p in probes + [int(s.network_address) for s in nets]:
+            best = None
+            for s, peer in model.items():
+                if int(s.network_address) == p & int(s.netmask):
+                    if best is None or s.prefixlen > best[0].prefixlen:
+                        best = (s, peer)
+            hit = t.lookup6_entry(p)
+            self.assertEqual(None if hit is None else hit[1],
+                             None if best is None else (best[1], 8285))

@@ -44,7 +44,7 @@ one read (the cmsg gives the segment size) and is taken apart by the receiver.
 """
 import os
 import socket
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 from twisted.internet import defer, threads
 from twisted.internet.error import CannotListenError
@@ -97,6 +97,27 @@ def backend_port(backend: dict) -> int:
 
 
 
+# BackendV6Data of a flannel-tw udp lease whose backend carries IPv6 (issue 15): only
+# peers advertising it get IPv6 packets. flanneld's udp backend cannot carry IPv6 (it
+# reads every packet as IPv4), yet a flanneld v0.15+ host in a dual-stack network has an
+# IPv6 subnet in its lease: without the marker it is an IPv4-only peer.
+V6_DATA_VERSION = 1
+
+
+def lease_backend_v6_data(ipv6: bool):
+    """Our lease's BackendV6Data: C{{"FlannelTW":{"UDPv6":1}}} when we carry IPv6."""
+    return {"FlannelTW": {"UDPv6": V6_DATA_VERSION}} if ipv6 else None
+
+
+def peer_carries_ipv6(attrs) -> bool:
+    """Whether a lease's attrs advertise that its udp backend carries IPv6 (see
+    L{lease_backend_v6_data}); anything else (flanneld, junk) means IPv4 only."""
+    data = getattr(attrs, "backend_v6_data", None)
+    tw = data.get("FlannelTW") if isinstance(data, dict) else None
+    v = tw.get("UDPv6") if isinstance(tw, dict) else None
+    return type(v) is int and v == V6_DATA_VERSION
+
+
 @implementer(IBackend, ICountingBackend, IReconfiguringBackend, IRoutesBackend)
 class UdpBackend:
     """
@@ -131,6 +152,10 @@ class UdpBackend:
         self.routes = RouteTable()
         self.counters = new_counters()
         self.own_subnet = None
+        self.own_subnet6 = None      # our IPv6 subnet while the config enables IPv6
+        self.ipv6 = False            # the config enables IPv6: we carry it (issue 15)
+        self._ipv6_network = None
+        self._v6_routes = {}         # a peer's v4 subnet -> the IPv6 subnet routed with it
         self._udp_port = None        # the DrainingPort
         self._reader = None          # the TunReader, while reading
         # the TUN reader and the port skip Twisted's per-wake-up logging context
@@ -168,9 +193,12 @@ class UdpBackend:
 
     def _prepare(self, config):
         port = backend_port(config.backend)
+        self.ipv6 = bool(config.enable_ipv6 and config.ipv6_network is not None)
+        self._ipv6_network = IPv6Network(config.ipv6_network) if self.ipv6 else None
         want_offload = _off.offload_option(config.backend) and self._offload_allowed
         self.port = port
         self.routes = RouteTable(port)
+        self._v6_routes = {}
         self.mtu = self.ext_iface.mtu - ENCAP_OVERHEAD
         tun = None
         if want_offload:
@@ -208,7 +236,8 @@ class UdpBackend:
                       tun=tun.name, addr=addr, port=port, mtu=self.mtu,
                       offload="on" if self.offload else "off")
         return LeaseAttrs(public_ip=self.ext_iface.public_ip,
-                          backend_data=_off.lease_backend_data(self.offload))
+                          backend_data=_off.lease_backend_data(self.offload),
+                          backend_v6_data=lease_backend_v6_data(self.ipv6))
 
     def _tune_socket(self, sock, udp_port):
         """Big socket buffers (best effort: absorb bursts between reactor wake-ups) and
@@ -230,11 +259,11 @@ class UdpBackend:
     def start(self, config, lease):
         if self.tun is None:
             return defer.fail(UdpBackendError("udp backend: start() before prepare()"))
-        self._set_own_subnet(lease.subnet)
+        self._set_own_subnet(lease.subnet, lease.ipv6_subnet)
         network_address = self.own_subnet.network_address
         address = IPv4Interface("%s/32" % (network_address,))
         d = threads.deferToThread(self._netlink.configure_tun, self.tun.name, address,
-                                  self.mtu, IPv4Network(config.network))
+                                  self.mtu, IPv4Network(config.network), **self._tun_v6())
 
         def configured(_):
             if self.tun is None:      # stopped meanwhile
@@ -260,18 +289,40 @@ class UdpBackend:
         """
         if self.tun is None:
             return defer.fail(UdpBackendError("udp backend: reconfigure() before prepare()"))
-        self._set_own_subnet(lease.subnet)
+        self._set_own_subnet(lease.subnet, lease.ipv6_subnet)
         address = IPv4Interface("%s/32" % (self.own_subnet.network_address,))
         return threads.deferToThread(self._netlink.configure_tun, self.tun.name, address,
-                                     self.mtu, IPv4Network(config.network))
+                                     self.mtu, IPv4Network(config.network), **self._tun_v6())
 
-    def _set_own_subnet(self, subnet):
-        """Our lease's subnet: never routed to, the only destination delivered."""
+    def _tun_v6(self):
+        """configure_tun's IPv6 arguments: C{<v6 subnet addr>/128} and the route for the
+        IPv6Network while we carry IPv6, else nothing."""
+        if self.own_subnet6 is None:
+            return {}
+        return {"address6": IPv6Interface("%s/128" % (self.own_subnet6.network_address,)),
+                "route6": self._ipv6_network}
+
+    def _set_own_subnet(self, subnet, subnet6=None):
+        """Our lease's subnets: never routed to, the only destinations delivered. The
+        IPv6 one only while the config enables IPv6 (else IPv6 is not carried)."""
         self.own_subnet = IPv4Network(subnet)
         self.routes.remove(self.own_subnet)
         network = int(self.own_subnet.network_address)
         self.sender.tun_ip = network
         self.receiver.set_own_subnet(network, int(self.own_subnet.netmask))
+        if not self.ipv6 or subnet6 is None:
+            if self.ipv6:
+                self.log.warn("udp backend: IPv6 is enabled but our lease {subnet} has no "
+                              "IPv6 subnet: IPv4 only", subnet=self.own_subnet)
+            self.own_subnet6 = None
+            self.sender.tun_ip6 = None
+            self.receiver.set_own_subnet6(None, 0)
+            return
+        self.own_subnet6 = IPv6Network(subnet6)
+        self.routes.remove6(self.own_subnet6)
+        network6 = int(self.own_subnet6.network_address)
+        self.sender.tun_ip6 = network6
+        self.receiver.set_own_subnet6(network6, int(self.own_subnet6.netmask))
 
     def handle_events(self, events):
         for event in events:
@@ -281,14 +332,36 @@ class UdpBackend:
                 if subnet == self.own_subnet:
                     continue
                 if event.kind == ADDED:
-                    self.routes.set(subnet, lease.attrs.public_ip,
-                                    self.offload and _off.peer_offload(lease.attrs))
+                    offload = self.offload and _off.peer_offload(lease.attrs)
+                    self.routes.set(subnet, lease.attrs.public_ip, offload)
+                    self._set_v6_route(lease, offload)
                 elif event.kind == REMOVED:
                     self.routes.remove(subnet)
+                    old6 = self._v6_routes.pop(subnet, None)
+                    if old6 is not None:
+                        self.routes.remove6(old6)
                     if not self.routes.is_peer(str(lease.attrs.public_ip)):
                         self.reassembler.forget(str(lease.attrs.public_ip))
             except Exception:
                 self.log.failure("udp backend: bad lease event {event!r}", event=event)
+
+    def _set_v6_route(self, lease, offload):
+        """A peer's IPv6 subnet (the lease's v6 part, checked by the watcher) is routed
+        to its IPv4 PublicIP when we carry IPv6 and its backend says it does too
+        (L{peer_carries_ipv6}); any other v6 subnet routed with this v4 subnet before
+        is dropped."""
+        subnet6 = lease.ipv6_subnet
+        if (subnet6 is not None and not (self.ipv6 and peer_carries_ipv6(lease.attrs))):
+            subnet6 = None
+        if subnet6 is not None and self.own_subnet6 is not None \
+                and subnet6.overlaps(self.own_subnet6):
+            subnet6 = None
+        old6 = self._v6_routes.pop(lease.subnet, None)
+        if old6 is not None and old6 != subnet6:
+            self.routes.remove6(old6)
+        if subnet6 is not None:
+            self.routes.set6(subnet6, lease.attrs.public_ip, offload)
+            self._v6_routes[lease.subnet] = subnet6
 
     def stop(self):
         if self._reader is not None:

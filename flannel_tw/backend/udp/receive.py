@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from flannel_tw.backend.udp import packet as _pkt
+from flannel_tw.backend.udp import packet6 as _pkt6
 from flannel_tw.backend.udp import vnet as _vnet
 from flannel_tw.backend.udp.counters import count_error
 from flannel_tw.backend.udp.offload import FRAME_MAGIC
@@ -37,6 +38,7 @@ _ZERO_VNET = bytes(VNET)
 _SRC_DST = struct.Struct("!II").unpack_from   # an IPv4 header's addresses, at offset 12
 _check_ipv4 = _pkt.check_ipv4
 _decrement_ttl = _pkt.decrement_ttl
+_NOT_IPV4 = _pkt.NOT_IPV4
 
 
 @implementer(IDatagramRunReceiver)
@@ -64,6 +66,10 @@ class UdpReceiver(DatagramProtocol):
         # matches (-1 is never an address & mask)
         self._own_net = -1
         self._own_mask = 0xFFFFFFFF
+        # our IPv6 subnet (issue 15): None while the config has no IPv6 (then an IPv6
+        # packet is dropped as "not-ipv4", as before)
+        self._own_net6 = None
+        self._own_mask6 = 0
         # datagrams land at offset VNET; the 10 bytes before a plain packet are zeroed
         # to be its header when it is written into a vnet TUN
         self._rbuf = bytearray(VNET + READ_BUFFER + 1)
@@ -73,6 +79,11 @@ class UdpReceiver(DatagramProtocol):
         """Our subnet (ints): the only destination delivered, never a source."""
         self._own_net = network
         self._own_mask = mask
+
+    def set_own_subnet6(self, network, mask):
+        """Our IPv6 subnet (ints), or None: IPv6 packets are then not delivered."""
+        self._own_net6 = network
+        self._own_mask6 = mask if network is not None else 0
 
     # -- IDatagramRunReceiver ------------------------------------------------------
 
@@ -174,6 +185,8 @@ class UdpReceiver(DatagramProtocol):
         pkt = view[ip:ip + plen]
         if reason is None:
             reason = _check_ipv4(pkt, plen)
+            if reason is _NOT_IPV4 and self._own_net6 is not None and buf[ip] >> 4 == 6:
+                return self._deliver6(view, ip, plen, start, addr)
         if reason is None:
             src, dst = _SRC_DST(buf, ip + 12)
             if self.filter_sources:
@@ -188,6 +201,31 @@ class UdpReceiver(DatagramProtocol):
             counters[reason] += 1
             return
         if not _decrement_ttl(pkt):
+            counters["ttl-expired"] += 1
+            return
+        self._writer.write(view[start:ip + plen])
+
+    def _deliver6(self, view, ip, plen, start, addr):
+        """L{_deliver} for an IPv6 packet: the same checks (the header, the source
+        filter against the peer's IPv6 subnets, the destination in our IPv6 subnet, no
+        source in it), then the hop limit."""
+        counters = self.counters
+        pkt = view[ip:ip + plen]
+        reason = _pkt6.check_ipv6(pkt, plen)
+        if reason is None:
+            src = _pkt6.src_ip6(pkt)
+            if self.filter_sources:
+                reason = self.routes.check_source6(addr[0], src)
+            if reason is None:
+                mask = self._own_mask6
+                if _pkt6.dst_ip6(pkt) & mask != self._own_net6:
+                    reason = "foreign-destination"
+                elif src & mask == self._own_net6:
+                    reason = "spoofed-source"
+        if reason is not None:
+            counters[reason] += 1
+            return
+        if not _pkt6.decrement_hop_limit(pkt):
             counters["ttl-expired"] += 1
             return
         self._writer.write(view[start:ip + plen])

@@ -8,7 +8,7 @@ costs one dict probe per distinct prefix length in the table (longest first), so
 stays fast with thousands of peers: in practice every lease has the network's
 SubnetLen, so that is a single probe.
 """
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 DEFAULT_PORT = 8285
 
@@ -37,6 +37,12 @@ class RouteTable:
         self._by_peer = {}
         # subnet -> public ip str
         self._subnets = {}
+        # the IPv6 part (issue 15): the same three indexes for the peers' v6 subnets,
+        # reached at the same IPv4 PublicIP
+        self._by_len6 = {}
+        self._levels6 = []
+        self._by_peer6 = {}
+        self._subnets6 = {}
 
     # -- updates -----------------------------------------------------------------
 
@@ -84,6 +90,50 @@ class RouteTable:
         self._levels = []
         self._by_peer.clear()
         self._subnets.clear()
+        self._by_len6.clear()
+        self._levels6 = []
+        self._by_peer6.clear()
+        self._subnets6.clear()
+
+    def set6(self, subnet: IPv6Network, public_ip, offload: bool = False) -> None:
+        """Route the IPv6 C{subnet} to the peer at the IPv4 C{public_ip} (as L{set})."""
+        subnet = IPv6Network(subnet)
+        ip = _ip_str(public_ip)
+        self.remove6(subnet)
+        plen = subnet.prefixlen
+        level = self._by_len6.get(plen)
+        if level is None:
+            level = self._by_len6[plen] = {}
+            self._levels6 = [(_mask6(n), self._by_len6[n])
+                             for n in sorted(self._by_len6, reverse=True)]
+        net = int(subnet.network_address)
+        level[net] = (subnet, (ip, self.port), bool(offload))
+        self._subnets6[subnet] = ip
+        self._by_peer6.setdefault(ip, {})[subnet] = (net, _mask6(plen))
+
+    def remove6(self, subnet: IPv6Network) -> bool:
+        """Forget the route for the IPv6 C{subnet}. @return: whether there was one."""
+        subnet = IPv6Network(subnet)
+        ip = self._subnets6.pop(subnet, None)
+        if ip is None:
+            return False
+        nets = self._by_peer6.get(ip)
+        if nets is not None:
+            nets.pop(subnet, None)
+            if not nets:
+                del self._by_peer6[ip]
+        plen = subnet.prefixlen
+        level = self._by_len6[plen]
+        del level[int(subnet.network_address)]
+        if not level:
+            del self._by_len6[plen]
+            self._levels6 = [(_mask6(n), self._by_len6[n])
+                             for n in sorted(self._by_len6, reverse=True)]
+        return True
+
+    def subnet6_of(self, public_ip):
+        """The IPv6 subnets routed to the peer at C{public_ip} (a list, maybe empty)."""
+        return list(self._by_peer6.get(_ip_str(public_ip), ()))
 
     def _unindex_peer(self, ip, subnet):
         nets = self._by_peer.get(ip)
@@ -120,6 +170,28 @@ class RouteTable:
             if hit is not None:
                 return hit
         return None
+
+    def lookup6_entry(self, dst_ip: int):
+        """Longest-prefix match of an inner IPv6 destination (an int).
+
+        @return: C{(subnet, ("1.2.3.4", port), offload)} or None."""
+        for mask, level in self._levels6:
+            hit = level.get(dst_ip & mask)
+            if hit is not None:
+                return hit
+        return None
+
+    def check_source6(self, peer_ip: str, inner_src: int):
+        """The receive filter for an inner IPv6 packet: None when accepted;
+        C{"unknown-peer"} when C{peer_ip} is not a current lease's PublicIP;
+        C{"spoofed-source"} when C{inner_src} lies outside the IPv6 subnets leased to
+        C{peer_ip} (none: a peer without a v6 subnet sends no IPv6)."""
+        if peer_ip not in self._by_peer:
+            return "unknown-peer"
+        for net, mask in self._by_peer6.get(peer_ip, {}).values():
+            if inner_src & mask == net:
+                return None
+        return "spoofed-source"
 
     def offload_of(self, subnet) -> bool:
         """Whether the peer routed for C{subnet} gets the offloaded format."""
@@ -168,5 +240,11 @@ class RouteTable:
         return self._subnets.get(IPv4Network(subnet))
 
     def routes(self):
-        """A dict copy: subnet -> peer address tuple."""
-        return {s: (ip, self.port) for s, ip in self._subnets.items()}
+        """A dict copy: subnet -> peer address tuple (IPv4 and IPv6 subnets)."""
+        out = {s: (ip, self.port) for s, ip in self._subnets.items()}
+        out.update((s, (ip, self.port)) for s, ip in self._subnets6.items())
+        return out
+
+
+def _mask6(plen):
+    return ((1 << 128) - 1) ^ ((1 << (128 - plen)) - 1)

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from flannel_tw.backend.udp import offload as _off
 from flannel_tw.backend.udp import packet as _pkt
+from flannel_tw.backend.udp import packet6 as _pkt6
 from flannel_tw.backend.udp import vnet as _vnet
 from flannel_tw.backend.udp.counters import count_error
 
@@ -47,6 +48,7 @@ _U16 = struct.Struct("=H").pack      # the UDP_SEGMENT cmsg: a native u16
 _SUPER = object()       # _prepare_vnet: "a super-packet, send it with _send_super"
 _check_ipv4 = _pkt.check_ipv4
 _decrement_ttl = _pkt.decrement_ttl
+_NOT_IPV4 = _pkt.NOT_IPV4
 
 
 class Sender:
@@ -70,6 +72,10 @@ class Sender:
         self._sendmsg = sock.sendmsg if sock is not None else None
         self.udp_gso = True
         self.tun_ip = None           # int: our .0 address, the source of ICMP replies
+        # IPv6 (issue 15): None while the config has no IPv6 (v6 packets are dropped as
+        # "not-ipv4", as before); else our TUN's v6 address as an int, the source of
+        # ICMPv6 replies, and v6 packets are routed by L{RouteTable.lookup6_entry}
+        self.tun_ip6 = None
         # [vnet header][packet] in offloaded mode, [packet] otherwise; in plain mode a
         # run of packets for one peer is read back to back into it
         self._buf = bytearray(GSO_MAX_BYTES + VNET + READ_BUFFER + 1)
@@ -203,6 +209,8 @@ class Sender:
         """
         reason = _check_ipv4(pkt, plen)
         if reason is not None:
+            if reason is _NOT_IPV4 and self.tun_ip6 is not None and pkt[0] >> 4 == 6:
+                return self._route_packet6(pkt, plen)
             self.counters[reason] += 1
             return None
         entry = self.routes.lookup_entry(
@@ -213,6 +221,29 @@ class Sender:
             return None
         if not _decrement_ttl(pkt):
             self.counters["ttl-expired"] += 1
+            return None
+        return entry
+
+    def _route_packet6(self, pkt, plen):
+        """L{_route_packet} for an IPv6 packet: checked, routed to the peer whose IPv6
+        subnet holds its destination (a peer without one, such as a flanneld host, is
+        never sent IPv6: "no-route", answered with ICMPv6 no-route), hop limit
+        decremented."""
+        counters = self.counters
+        reason = _pkt6.check_ipv6(pkt, plen)
+        if reason is not None:
+            counters[reason] += 1
+            return None
+        entry = self.routes.lookup6_entry(_pkt6.dst_ip6(pkt))
+        if entry is None:
+            counters["no-route"] += 1
+            reply = _pkt6.icmp6_no_route(pkt[:plen], self.tun_ip6)
+            if reply is not None and self._writer.write(
+                    _ZERO_VNET + reply if self.offload else reply):
+                counters["icmp_unreachable"] += 1
+            return None
+        if not _pkt6.decrement_hop_limit(pkt):
+            counters["ttl-expired"] += 1
             return None
         return entry
 
@@ -278,7 +309,8 @@ class Sender:
             return None
         flags, gso, _hl, gso_size, cstart, coff = _vnet.parse_vnet(buf, off)
         if gso & ~_vnet.GSO_ECN:
-            if gso & ~_vnet.GSO_ECN != _vnet.GSO_TCPV4 or pkt[9] != 6 or not gso_size:
+            if (gso & ~_vnet.GSO_ECN != _vnet.GSO_TCPV4 or pkt[0] >> 4 != 4 or pkt[9] != 6
+                    or not gso_size):
                 counters["bad-header"] += 1
                 return None
             self._super = (entry, gso_size)
