@@ -187,6 +187,25 @@ class WireguardGoLabTests(unittest.TestCase):
             h.device = None
 
     @defer.inlineCallbacks
+    def test_state_dir_longer_than_a_unix_socket_address(self):
+        """A socket path over the 107 bytes of sockaddr_un (deep subnet-file directories,
+        trial's temp dirs) is reached through /proc/self/fd/<dir fd>/: configured and
+        read back, not "no UAPI socket within 10s"."""
+        a = self.hosts[0]
+        deep = os.path.join(a.state_dir, "d" * 60, "e" * 60)
+        os.makedirs(deep)
+        sock = os.path.join(deep, "wireguard", NAME + ".sock")
+        self.assertGreater(len(sock), 107)
+        a.device = yield open_device(reactor, NAME, deep, netns=a.ns, mode="userspace")
+        self.assertTrue(a.device.client.path.startswith("/proc/self/fd/"))
+        self.assertTrue(os.path.exists(sock))
+        yield a.device.configure(a.key.raw, PORT)
+        state = yield a.device.client.get()
+        self.assertEqual(state.listen_port, PORT)
+        yield a.device.close()
+        a.device = None
+
+    @defer.inlineCallbacks
     def test_existing_device_and_old_wireguard_go_are_replaced(self):
         """
         A daemon that crashed left its wireguard-go running (same state dir, same link):

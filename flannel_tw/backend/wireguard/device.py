@@ -102,9 +102,11 @@ async def _open(reactor, name, state_dir, on_recreated, wireguard_go, links, to_
 
     process = WireguardGo(reactor, name, run_dir, exe, unshare=argv_unshare,
                           on_restarted=restarted, **userspace_options)
-    device = UserspaceDevice(name, process, UapiClient(reactor, process.socket_path), links,
-                             to_thread, on_recreated=on_recreated)
     await process.start()
+    # the client connects through process.connect_path: short even when the socket's own
+    # path is over the 107 bytes of a UNIX socket address
+    device = UserspaceDevice(name, process, UapiClient(reactor, process.connect_path), links,
+                             to_thread, on_recreated=on_recreated)
     log.info("wireguard: {name} is run by wireguard-go {exe} (pid {pid}; {why}), UAPI socket "
              "{sock}", name=name, exe=exe, pid=process.pid, sock=process.socket_path,
              why="forced" if mode == "userspace" else "the kernel has no wireguard module")

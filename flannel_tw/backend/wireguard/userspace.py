@@ -34,6 +34,10 @@ class WireguardGoError(Exception):
     """wireguard-go did not start (exited, or no UAPI socket in time)."""
 
 
+#: the longest path a UNIX socket address (sockaddr_un.sun_path) holds, without its NUL
+UNIX_PATH_MAX = 107
+
+
 def wireguard_go_argv(unshare, executable, name, run_dir):
     """The command line: wireguard-go in a private mount namespace, run_dir as /var/run/wireguard."""
     return [unshare, "--mount", "--propagation", "private", "sh", "-c", _SCRIPT,
@@ -107,6 +111,7 @@ class WireguardGo:
         self.name = name
         self.run_dir = run_dir
         self.socket_path = os.path.join(run_dir, name + ".sock")
+        self._dir_fd = None
         self.argv = list(prefix) + wireguard_go_argv(unshare, executable, name, run_dir)
         self._on_restarted = on_restarted
         self._socket_timeout = socket_timeout
@@ -168,7 +173,7 @@ class WireguardGo:
         self._timer = None
         if self.state != "starting" or self._proto is not None:
             return
-        if not self._probe(self.socket_path):
+        if not self._probe(self.connect_path):
             self._spawn_now()
             return
         if self._reactor.seconds() >= self._deadline:
@@ -182,6 +187,22 @@ class WireguardGo:
             self.log.warn("wireguard-go {name}: an older wireguard-go still serves {sock}; "
                           "waiting for it to go", name=self.name, sock=self.socket_path)
         self._timer = self._reactor.callLater(self._poll_interval, self._clear_old)
+
+    @property
+    def connect_path(self):
+        """
+        The address to connect to: C{socket_path}, or when that is longer than a UNIX
+        socket address holds (107 bytes), the same socket as
+        C{/proc/self/fd/<fd of run_dir>/<name>.sock} (the directory's fd is kept open).
+        """
+        if len(os.fsencode(self.socket_path)) <= UNIX_PATH_MAX:
+            return self.socket_path
+        if self._dir_fd is None:
+            try:
+                self._dir_fd = os.open(self.run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                return self.socket_path     # no directory yet: nothing to connect to anyway
+        return "/proc/self/fd/%d/%s.sock" % (self._dir_fd, self.name)
 
     def _launch(self):
         started = self._begin()
@@ -206,7 +227,7 @@ class WireguardGo:
         self._timer = None
         if self.state != "starting":
             return
-        if self._probe(self.socket_path):
+        if self._probe(self.connect_path):
             self.state = "running"
             self._first = False
             d, self._starting = self._starting, None
