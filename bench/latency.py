@@ -1,7 +1,10 @@
 """
 Per-hop latency profile of the udp backend for a lone packet (issue 16), in-process.
 
-    python3 -m bench.latency [--samples 2000]
+    python3 -m bench.latency [--samples 2000] [--wakeup]
+
+(--wakeup adds bench/latency_wakeup.py: the same hops seen from another process, with
+a real TUN and the kernel's echo, wake-ups included; it needs root.)
 
 Drives the backend's real send path (L{flannel_tw.backend.udp.send.Sender} behind a
 L{flannel_tw.backend.udp.tun_io.TunReader}) and receive path (a
@@ -184,6 +187,7 @@ def split_recv(ev):
 
 
 SHIM_NS = [0.0]
+HOT_DISPATCH = True     # register the reader and the port as the backend does
 
 
 def shim_cost(n=100000):
@@ -349,9 +353,18 @@ def profile(reactor, offload, samples):
             trace.mark("queued")
 
     reader.startReading()
+    hot = None
+    if HOT_DISPATCH:
+        from flannel_tw.backend.udp.dispatch import HotDispatch
+        hot = HotDispatch(reactor)      # as the backend does while forwarding
+        hot.add(reader)
+        hot.add(port)
     reactor.callLater(0, step, 0)
 
     def cleanup(_):
+        if hot is not None:
+            hot.remove(reader)
+            hot.remove(port)
         reader.stopReading()
         port.stopListening()
         for s in (sink, out, feeder):
@@ -437,8 +450,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python3 -m bench.latency",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=2000, help="packets per path and mode")
+    p.add_argument("--wakeup", action="store_true",
+                   help="also the profile seen from another process, wake-ups included "
+                        "(bench/latency_wakeup.py: root, a network namespace of its own)")
     args = p.parse_args(argv)
     print(report(args.samples))
+    if args.wakeup:
+        import subprocess
+        sys.stdout.flush()
+        r = subprocess.run([sys.executable, "-m", "bench.latency_wakeup", "--samples",
+                            str(min(args.samples, 1000))], capture_output=True, text=True,
+                           timeout=600)
+        print(r.stdout.rstrip() if r.returncode == 0
+              else "wake-up profile: failed (exit %d): %s" % (r.returncode, r.stderr[-400:]))
     return 0
 
 

@@ -472,8 +472,9 @@ def latency_profile(samples=1000):
     """The udp backend's per-hop profile for a lone packet (bench/latency.py), run in a
     process of its own (it installs the epoll reactor)."""
     try:
-        p = subprocess.run([sys.executable, "-m", "bench.latency", "--samples", str(samples)],
-                           cwd=repo_root(), capture_output=True, text=True, timeout=300)
+        p = subprocess.run([sys.executable, "-m", "bench.latency", "--samples", str(samples),
+                            "--wakeup"],
+                           cwd=repo_root(), capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as e:
         return "latency profile: failed: %s" % (e,)
     if p.returncode:
