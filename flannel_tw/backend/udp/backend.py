@@ -274,6 +274,13 @@ class UdpBackend:
             self.dispatch.add(self._reader)
             if self._udp_port is not None:
                 self.dispatch.add(self._udp_port)
+            if self.own_subnet6 is not None:
+                v6 = self._tun_v6()
+                self.log.info("udp backend: {tun} has {address} and {address6}, routes "
+                              "{network} and {network6}; forwarding IPv4 and IPv6",
+                              tun=self.tun.name, address=address, network=config.network,
+                              address6=v6["address6"], network6=v6["route6"])
+                return None
             self.log.info("udp backend: {tun} has {address}, route {network}; forwarding",
                           tun=self.tun.name, address=address, network=config.network)
             return None
