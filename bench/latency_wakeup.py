@@ -271,6 +271,33 @@ def _alternate_hot(b):
     b._udp_port.follow = follow
 
 
+def _alternate_all(b):
+    """Both fast paths (the follow-up drain and the hot dispatch) on for the echo
+    requests with an odd sequence number and off for even ones: an interleaved
+    before/after of issue 16's changes (the odd/even host2 rows). The state for the next
+    request is set as each reply leaves."""
+    real_follow = b._udp_port.follow
+    at = b.receiver.receiveBuffer()
+    readers = (b._reader, b._udp_port)
+    sendto = b.sender._sendto
+
+    def follow():
+        if at[0] >> 4 == 4 and at[20] == 8 and at[27] & 1:
+            real_follow()
+
+    def send(data, peer):
+        r = sendto(data, peer)
+        if data[0] >> 4 == 4 and len(data) > 27 and data[20] == 0:      # an echo reply
+            hot = not data[27] & 1
+            for x in readers:
+                (b.dispatch.add if hot else b.dispatch.remove)(x)
+        return r
+    b._udp_port.follow = follow
+    b.sender._sendto = send
+    for x in readers:
+        b.dispatch.remove(x)
+
+
 AB = {
     # the receive path's follow-up drain of the TUN off
     "no-follow": lambda b: setattr(b._udp_port, "follow", None),
@@ -280,6 +307,8 @@ AB = {
     "no-hot": lambda b: [b.dispatch.remove(r) for r in (b._reader, b._udp_port)],
     # ... on for odd sequence numbers only
     "alternate-hot": _alternate_hot,
+    # both: odd sequence numbers with, even ones without
+    "alternate-all": _alternate_all,
 }
 
 
