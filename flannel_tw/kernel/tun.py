@@ -2,7 +2,7 @@
 """
 Opening the udp backend's TUN device (IFF_TUN|IFF_NO_PI, name template flannel%d)
 with python-pytun (flannel-compat.md section 6); and, for the offloaded mode, with
-IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4) through ioctls of our own
+IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6) through ioctls of our own
 (python-pytun does not expose IFF_VNET_HDR).
 """
 import errno
@@ -25,6 +25,7 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
 
 
 class TunError(Exception):
@@ -97,7 +98,7 @@ class VnetTunDevice(PytunDevice):
                                                 " closed" if self.closed else "")
 
 
-def open_vnet_tun(name="flannel%d", offloads=TUN_F_CSUM | TUN_F_TSO4):
+def open_vnet_tun(name="flannel%d", offloads=TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6):
     """
     Open (or attach to) a TUN device with IFF_TUN|IFF_NO_PI|IFF_VNET_HDR, a 10-byte
     little-endian vnet header, and TUNSETOFFLOAD(C{offloads}).

@@ -146,8 +146,14 @@ class UdpReceiver(DatagramProtocol):
     def _deliver_frame(self, frame, addr):
         self.counters["frames_in"] += 1
         plen = len(frame) - VNET
-        self._deliver(frame, memoryview(frame), VNET, plen, 0, addr,
-                      _vnet.check_vnet(frame, 0, plen, self.mtu))
+        reason = _vnet.check_vnet(frame, 0, plen, self.mtu)
+        if reason is None and frame[VNET] >> 4 == 6:       # a TCPv6 super-packet
+            if self._own_net6 is None:
+                self.counters["not-ipv4"] += 1
+                return
+            self._deliver6(memoryview(frame), VNET, plen, 0, addr)
+            return
+        self._deliver(frame, memoryview(frame), VNET, plen, 0, addr, reason)
 
     def _from_udp_at(self, base, n, addr):
         """

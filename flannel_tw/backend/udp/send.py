@@ -309,8 +309,10 @@ class Sender:
             return None
         flags, gso, _hl, gso_size, cstart, coff = _vnet.parse_vnet(buf, off)
         if gso & ~_vnet.GSO_ECN:
-            if (gso & ~_vnet.GSO_ECN != _vnet.GSO_TCPV4 or pkt[0] >> 4 != 4 or pkt[9] != 6
-                    or not gso_size):
+            g = gso & ~_vnet.GSO_ECN
+            if not gso_size or not (
+                    (g == _vnet.GSO_TCPV4 and pkt[0] >> 4 == 4 and pkt[9] == 6)
+                    or (g == _vnet.GSO_TCPV6 and pkt[0] >> 4 == 6 and pkt[6] == 6)):
                 counters["bad-header"] += 1
                 return None
             self._super = (entry, gso_size)
@@ -329,8 +331,8 @@ class Sender:
                 and self._send_frame(self._view[off:off + n], n, peer)):
             return
         self.counters["gso_segmented"] += 1
-        self._send_segments(_vnet.segment_tcp4(self._buf, off + VNET, n - VNET, gso_size),
-                            peer)
+        segment = _vnet.segment_tcp6 if self._buf[off + VNET] >> 4 == 6 else _vnet.segment_tcp4
+        self._send_segments(segment(self._buf, off + VNET, n - VNET, gso_size), peer)
 
     def _send_frame(self, src, n, peer):
         """

@@ -10,12 +10,18 @@ would otherwise act on a header that lies: segment a UDP packet as TCP, cut 64 K
 one-byte segments, write a checksum into the IP header), and the sender applies the
 same check to the kernel's super-packets. Towards a peer that does not speak the
 offloaded wire (L{flannel_tw.backend.udp.offload}), L{finish_checksum} completes a
-partial checksum and L{segment_tcp4} cuts a TCP super-packet into MTU-sized IPv4
-packets in user space.
+partial checksum and L{segment_tcp4} / L{segment_tcp6} cut a TCP super-packet into
+MTU-sized IPv4 / IPv6 packets in user space.
+
+IPv6 (issue 15): TCPv6 super-packets (GSO_TCPV6, the TUN opened with TUN_F_TSO6) travel
+as frames between offloading flannel-tw hosts and are cut up here for any other peer,
+as TCPv4 ones are; an IPv6 header here has no extension headers (the kernel's TCP
+super-packets have none; a frame with one is refused).
 """
 from struct import pack_into, unpack_from
 
 from flannel_tw.backend.udp.packet import check_ipv4
+from flannel_tw.backend.udp.packet6 import check_ipv6
 
 VNET_HDR_LEN = 10
 VNET_FMT = "<BBHHHH"          # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
@@ -24,6 +30,7 @@ F_NEEDS_CSUM = 1
 F_DATA_VALID = 2
 GSO_NONE = 0
 GSO_TCPV4 = 1
+GSO_TCPV6 = 4
 GSO_UDP_L4 = 5
 GSO_ECN = 0x80
 
@@ -57,17 +64,21 @@ def check_vnet(buf, off, n, mtu):
     the IPv4 packet of C{n} bytes after it exactly, as the kernel would write it,
     before the frame goes into a TUN.
 
-      - the packet: a sane IPv4 header (L{check_ipv4}) whose total length is C{n};
+      - the packet: a sane IPv4 header (L{check_ipv4}) whose total length is C{n}, or
+        an IPv6 header (L{check_ipv6}) whose payload length is C{n} - 40, its next
+        header the L4 protocol (no extension headers with NEEDS_CSUM or GSO);
       - flags: only NEEDS_CSUM and DATA_VALID;
       - NEEDS_CSUM: a TCP or UDP packet, not a fragment, its L4 header inside the
         packet, C{csum_start} the IP header length and C{csum_offset} the L4 checksum
         field (16 for TCP, 6 for UDP); without it both are 0;
       - gso_type: NONE (then C{hdr_len} and C{gso_size} are 0), TCPV4 on TCP (ECN bit
-        allowed) or UDP_L4 on UDP (its length field C{n} minus the IP header); GSO
+        allowed; TCPV6 for IPv6) or UDP_L4 on IPv4 UDP (its length field C{n} minus
+        the IP header); GSO
         needs NEEDS_CSUM, C{hdr_len} at most C{n}, C{gso_size} at least
         L{MIN_GSO_SIZE} with every segment fitting C{mtu}, and at most
         L{MAX_GSO_SEGMENTS} segments (L{UDP_MAX_SEGMENTS} for UDP). Anything else
-        (legacy UFO, TCPV6, unknown types) is refused: no flannel-tw sender makes it.
+        (legacy UFO, TCPV6 on IPv4 or TCPV4 on IPv6, unknown types) is refused: no
+        flannel-tw sender makes it.
 
     Pure; reads only the 10 + C{n} bytes.
 
@@ -76,16 +87,28 @@ def check_vnet(buf, off, n, mtu):
         IPv4 header; L{BAD_OFFLOAD} for a header that does not match its packet.
     """
     ip = off + VNET_HDR_LEN
-    reason = check_ipv4(memoryview(buf)[ip:ip + n], n) if n >= 20 else "short"
+    v6 = n >= 1 and buf[ip] >> 4 == 6
+    if v6:
+        reason = check_ipv6(memoryview(buf)[ip:ip + n], n)
+    else:
+        reason = check_ipv4(memoryview(buf)[ip:ip + n], n) if n >= 20 else "short"
     if reason is not None:
         return reason
     flags, gso, hdr_len, gso_size, cstart, coff = unpack_from(VNET_FMT, buf, off)
-    if flags & ~_CSUM_FLAGS or (buf[ip + 2] << 8 | buf[ip + 3]) != n:
-        return BAD_OFFLOAD
-    hl = (buf[ip] & 0x0F) << 2
-    proto = buf[ip + 9]
+    if v6:
+        if flags & ~_CSUM_FLAGS or 40 + (buf[ip + 4] << 8 | buf[ip + 5]) != n:
+            return BAD_OFFLOAD
+        hl = 40
+        proto = buf[ip + 6]             # no extension headers: TCP or UDP, or refused
+        fragment = False
+    else:
+        if flags & ~_CSUM_FLAGS or (buf[ip + 2] << 8 | buf[ip + 3]) != n:
+            return BAD_OFFLOAD
+        hl = (buf[ip] & 0x0F) << 2
+        proto = buf[ip + 9]
+        fragment = (buf[ip + 6] << 8 | buf[ip + 7]) & 0x3FFF        # MF or offset
     if flags & F_NEEDS_CSUM:
-        if cstart != hl or (buf[ip + 6] << 8 | buf[ip + 7]) & 0x3FFF:   # MF or offset
+        if cstart != hl or fragment:
             return BAD_OFFLOAD
         if proto == _TCP:
             if coff != 16 or hl + 20 > n:
@@ -106,11 +129,11 @@ def check_vnet(buf, off, n, mtu):
     if not flags & F_NEEDS_CSUM or hdr_len > n:
         return BAD_OFFLOAD
     g = gso & ~GSO_ECN
-    if g == GSO_TCPV4:
+    if g == (GSO_TCPV6 if v6 else GSO_TCPV4):
         if proto != _TCP:
             return BAD_OFFLOAD
         most = MAX_GSO_SEGMENTS
-    elif gso == GSO_UDP_L4:          # no ECN bit with UDP
+    elif gso == GSO_UDP_L4 and not v6:      # no ECN bit with UDP; no UDP GSO over IPv6
         if proto != _UDP or (buf[ip + hl + 4] << 8 | buf[ip + hl + 5]) != n - hl:
             return BAD_OFFLOAD
         most = UDP_MAX_SEGMENTS
@@ -204,6 +227,50 @@ def segment_tcp4(buf, ip_off, n, gso_size):
         c = ~csum_add(seg, hl, total, pseudo + total - hl) & 0xFFFF
         seg[hl + 16] = c >> 8
         seg[hl + 17] = c & 0xFF
+        out.append(seg)
+        k += 1
+        pos = chunk_end
+        if pos >= end:
+            return out
+
+
+def segment_tcp6(buf, ip_off, n, gso_size):
+    """
+    L{segment_tcp4} for the IPv6/TCP super-packet C{buf[ip_off:ip_off+n]} (no extension
+    headers): the same headers with the payload length set, sequence numbers advanced,
+    FIN and PSH only on the last segment, CWR only on the first, the TCP checksum
+    computed in full over the IPv6 pseudo-header.
+
+    @return: a list of C{bytearray} packets (one when the payload fits a segment).
+    """
+    tcp = ip_off + 40
+    thl = (buf[tcp + 12] >> 4) << 2
+    data = tcp + thl
+    end = ip_off + n
+    seq = unpack_from("!I", buf, tcp + 4)[0]
+    flags = buf[tcp + 13]
+    pseudo = int.from_bytes(buf[ip_off + 8:ip_off + 40], "big") + _TCP   # src, dst, next
+    head = bytearray(buf[ip_off:data])
+    out = []
+    pos = data
+    k = 0
+    while True:
+        chunk_end = min(pos + gso_size, end) if gso_size else end
+        seg = head + buf[pos:chunk_end]
+        total = len(seg)
+        seg[4] = (total - 40) >> 8
+        seg[5] = (total - 40) & 0xFF
+        pack_into("!I", seg, 44, (seq + (pos - data)) & 0xFFFFFFFF)
+        f = flags
+        if chunk_end < end:
+            f &= ~(_FIN | _PSH)
+        if k:
+            f &= ~_CWR
+        seg[53] = f
+        seg[56] = seg[57] = 0
+        c = ~csum_add(seg, 40, total, pseudo + total - 40) & 0xFFFF
+        seg[56] = c >> 8
+        seg[57] = c & 0xFF
         out.append(seg)
         k += 1
         pos = chunk_end
