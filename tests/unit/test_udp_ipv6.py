@@ -4,19 +4,24 @@ subnets; flanneld peers (no BackendV6Data marker) never get IPv6. On the real re
 with a FakeTun and UDP sockets on loopback, in plain and in offloaded mode."""
 import struct
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
 
 from flannel_tw.backend.udp import offload as O
 from flannel_tw.backend.udp import vnet as V
+from flannel_tw.backend.udp.packet6 import check_ipv6
 from flannel_tw.backend.udp.backend import (UdpBackend, lease_backend_v6_data,
                                             peer_carries_ipv6)
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.model.lease import Lease, LeaseAttrs
+from flannel_tw.testing.fakes import FakeNetlink
 from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.testing.udp_fixtures import (
-    BackendTestBase, EXT, OURS, OUR_SUBNET, PEER, PEER_SUBNET, config, make_ipv4, wait_for)
+    BackendTestBase, EXT, OURS, OUR_SUBNET, PEER, PEER_SUBNET, config, free_port, make_ipv4,
+    wait_for)
 from tests.unit.test_udp_packet6 import icmp6_ok, make_ipv6
 
 NETWORK6 = IPv6Network("fc00:0:0::/48")
@@ -38,8 +43,6 @@ def lease6(subnet, subnet6, public_ip, v6_data=V6_DATA, backend_data=None):
                  attrs=LeaseAttrs(public_ip=IPv4Address(public_ip), backend_data=backend_data,
                                   backend_v6_data=v6_data))
 
-
-from ipaddress import IPv4Network  # noqa: E402
 
 
 class MarkerTests(BackendTestBase):
@@ -277,8 +280,6 @@ class DualStackOffloadTests(DualStackTests):
 
 # -- TCPv6 offload (GSO_TCPV6 super-packets, TUN_F_TSO6) --------------------------------
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
-from twisted.trial.unittest import TestCase  # noqa: E402
 
 H = V.VNET_HDR_LEN
 
@@ -336,7 +337,6 @@ class Segment6Tests(TestCase):
 
 
 def P6check(pkt):
-    from flannel_tw.backend.udp.packet6 import check_ipv6
     return check_ipv6(pkt)
 
 
@@ -453,3 +453,93 @@ class Tso6BackendTests(BackendTestBase):
         self.assertEqual(got[10:17] + got[18:], bytes(pkt[:7] + pkt[8:]))
         self.assertEqual((self.backend.counters["frames_out"], other.counters["frames_in"]),
                          (1, 1))
+
+
+# -- the receive path with IPv6 on, fuzzed ---------------------------------------------
+
+class Receive6FuzzTests(TestCase):
+    """Datagrams from the IPv6-carrying peer (and a flanneld one): nothing makes the
+    receive path raise, and only IPv6 packets from the peer's v6 subnet to ours, with a
+    hop to spare, reach the TUN, their hop limit decremented once."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.tun = FakeTun()
+        self.backend = UdpBackend(reactor, EXT, tun_opener=lambda name, **kw: self.tun,
+                                  netlink=FakeNetlink(), offload=False)
+        cfg = config6(free_port())
+        yield self.backend.prepare(cfg)
+        yield self.backend.start(cfg, lease6(OUR_SUBNET, OUR6, OURS))
+        self.backend.handle_events([
+            LeaseEvent(ADDED, lease6(PEER_SUBNET, PEER6, PEER)),
+            LeaseEvent(ADDED, lease6(FLANNELD_SUBNET, FLANNELD6, FLANNELD, v6_data=None))])
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        yield self.backend.stop()
+        self.tun.close()
+        self.tun.peer.close()
+
+    def deliver(self, data, source=PEER):
+        errors = self.backend.counters["error"]
+        self.backend.receiver.datagramReceived(data, (source, 8285))
+        self.assertEqual(self.backend.counters["error"], errors, data[:64])
+        written = self.tun.peer.written()
+        for pkt in written:
+            if pkt[0] >> 4 == 6:
+                self.assertEqual(source, PEER)
+                self.assertIn(IPv6Address(bytes(pkt[8:24])), PEER6)
+                self.assertIn(IPv6Address(bytes(pkt[24:40])), OUR6)
+                self.assertEqual(pkt[7], data[7] - 1)
+                self.assertLessEqual(40 + ((pkt[4] << 8) | pkt[5]), len(pkt))
+        return written
+
+    addresses = st.one_of(
+        st.ip_addresses(v=6),
+        st.sampled_from(["fc00:0:0:f::", "fc00:0:0:7::", "::", "::1", "ff02::1", "fe80::1"]),
+        st.integers(0, 0xFFFF).map(lambda k: "fc00:0:0:f::%x" % k),
+        st.integers(0, 0xFFFF).map(lambda k: "fc00:0:0:7::%x" % k),
+        st.integers(0, 0xFFFF).map(lambda k: "fc00:0:0:8::%x" % k))
+
+    @settings(max_examples=600, deadline=None)
+    @given(src=addresses, dst=addresses, hops=st.integers(0, 255),
+           source=st.sampled_from([PEER, FLANNELD, "127.0.0.9"]))
+    def test_well_formed_packets_with_any_addresses(self, src, dst, hops, source):
+        data = make_ipv6(src=str(src), dst=str(dst), hops=hops)
+        want = (source == PEER and IPv6Address(src) in PEER6 and IPv6Address(dst) in OUR6
+                and hops > 1)
+        self.assertEqual(len(self.deliver(data, source)), int(want))
+
+    @settings(max_examples=800, deadline=None)
+    @given(st.binary(max_size=1600).map(lambda b: b"\x60" + b[1:] if b else b)
+           | st.binary(max_size=200))
+    def test_arbitrary_datagrams(self, data):
+        self.deliver(data)
+
+
+class Reconfigure6Tests(BackendTestBase):
+    """Our lease moved (lost and re-acquired): the TUN gets the new v6 address too, and
+    the new v6 subnet is the one delivered."""
+
+    def make_backend(self, **kw):
+        return UdpBackend(reactor, EXT, tun_opener=lambda name, **k: self.tun,
+                          netlink=self.netlink, offload=False, environ={})
+
+    @defer.inlineCallbacks
+    def test_moved_lease(self):
+        cfg = config6(self.port)
+        yield self.backend.prepare(cfg)
+        yield self.backend.start(cfg, lease6(OUR_SUBNET, OUR6, OURS))
+        self.backend.handle_events([LeaseEvent(ADDED, lease6(PEER_SUBNET, PEER6, PEER))])
+        new6 = IPv6Network("fc00:0:0:21::/64")
+        yield self.backend.reconfigure(cfg, lease6("10.1.21.0/24", new6, OURS))
+        self.assertEqual(self.netlink.v6[-1], (IPv6Interface("fc00:0:0:21::/128"), NETWORK6))
+        sock = self.peer_socket(port=self.port)
+        sock.sendto(make_ipv6(src="fc00:0:0:7::3", dst="fc00:0:0:f::2"), (OURS, self.port))
+        sock.sendto(make_ipv6(src="fc00:0:0:7::3", dst="fc00:0:0:21::2", payload=b"new"),
+                    (OURS, self.port))
+        c = self.backend.counters
+        yield wait_for(lambda: c["packets_in"] == 2, what="both datagrams")
+        self.assertEqual(c["foreign-destination"], 1)
+        got, = self.tun.peer.written()
+        self.assertEqual(got[40:], b"new")
