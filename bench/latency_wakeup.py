@@ -312,12 +312,12 @@ AB = {
 }
 
 
-def report(samples=1000, ab=None, cpus=None):
+def report(samples=1000, ab=None, cpus=None, pause=0.002):
     """The printed table (run in a process of its own: it changes namespace and
     installs the reactor). C{ab}: a name in L{AB}, to measure without a fast path."""
     if os.geteuid() != 0:
         return "udp backend, wake-up profile: skipped (needs root)"
-    return format_table(run(samples, ab=AB[ab] if ab else None, cpus=cpus))
+    return format_table(run(samples, pause, ab=AB[ab] if ab else None, cpus=cpus))
 
 
 def main(argv=None):
@@ -325,11 +325,12 @@ def main(argv=None):
     if argv and argv[0] == "--child":
         return child(int(argv[1]), float(argv[2]), int(argv[3]) if len(argv) > 3 else None)
     samples = int(argv[argv.index("--samples") + 1]) if "--samples" in argv else 1000
+    pause = float(argv[argv.index("--pause") + 1]) if "--pause" in argv else 0.002
     ab = argv[argv.index("--without") + 1] if "--without" in argv else None
     cpus = None
     if "--cpus" in argv:
         cpus = tuple(int(c) for c in argv[argv.index("--cpus") + 1].split(","))
-    print(report(samples, ab, cpus))
+    print(report(samples, ab, cpus, pause))
     return 0
 
 
