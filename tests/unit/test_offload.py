@@ -19,6 +19,7 @@ from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.backend.udp import offload as O
 from flannel_tw.backend.udp import vnet as V
 from flannel_tw.backend.udp import packet as P
+from flannel_tw.backend.udp import packet6 as P6
 from flannel_tw.testing.udp_fixtures import (
     EXT, OUR_SUBNET, OURS, PEER, PEER_SUBNET, BackendTestBase, config, lease, make_ipv4,
     wait_for)
@@ -95,11 +96,13 @@ class VnetHeaderTests(TestCase):
 
     @given(st.binary(max_size=64), st.binary(max_size=40))
     def test_check_needs_a_sane_ipv4_packet(self, hdr, pkt):
-        """Too short, not IPv4 or a bad IPv4 header: check_ipv4's reason, never an error."""
+        """Too short, not IPv4 or a bad IPv4 header: check_ipv4's reason, never an error;
+        a packet whose version is 6: check_ipv6's (IPv6 frames, issue 15)."""
         frame = bytes(hdr[:H]).ljust(H, b"\0") + pkt
         reason = V.check_vnet(frame, 0, len(pkt), 1472)
-        if P.check_ipv4(pkt) is not None:
-            self.assertEqual(reason, P.check_ipv4(pkt))
+        check = P6.check_ipv6 if pkt[:1] and pkt[0] >> 4 == 6 else P.check_ipv4
+        if check(pkt) is not None:
+            self.assertEqual(reason, check(pkt))
 
 
 MTU = 1472
