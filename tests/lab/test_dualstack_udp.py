@@ -66,7 +66,14 @@ class UdpDualStackTests(unittest.TestCase):
         self.fail("no %s in the metrics of h%d:\n%s" % (want, i, text))
 
     def test_three_hosts_both_families_plain(self):
-        self.check(offload=False)
+        ds = self.check(offload=False)
+        # IPv6 to a subnet nobody holds: ICMPv6 no route, from flannel0's address
+        out = ds.lab.exec(ds.c(1).ns, ["ping", "-6", "-n", "-c", "1", "-W", "2",
+                                       "fd00:10:5:ffff::1"], check=False).stdout
+        self.assertIn("From %s" % ds.subnet6(1).network_address, out)
+        self.assertIn("No route", out)
+        self.assertGreaterEqual(self.counter(ds, 1, "no-route", "flannel_udp_dropped_packets_total",
+                                             "reason"), 1)
 
     def test_three_hosts_both_families_offload(self):
         ds = self.check(offload=True)
