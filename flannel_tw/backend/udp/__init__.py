@@ -9,8 +9,11 @@ offload frames between flannel-tw hosts. The modules follow the data's path:
   - port and receive: socket -> TUN (the UDP port that drains the socket in batches
     with UDP GRO, and the datagram protocol that checks and delivers);
   - tun_io: the TUN as a reactor reader, and the counted TUN writes;
+  - dispatch: the TUN reader and the port dispatched straight from the epoll
+    reactor's poll loop (issue 16);
   - offload (frame format, lease data, reassembly) and vnet (virtio-net header,
-    checksums, segmentation);
-  - packet (IPv4 checks, ICMP), routes (the route table), counters (drop reasons).
-    These and offload, vnet are pure: no reactor.
+    checksums, segmentation, IPv4 and IPv6);
+  - packet (IPv4 checks, ICMP), packet6 (IPv6 checks, ICMPv6: flannel-tw hosts carry
+    IPv6 too, issue 15), routes (the route table, both families), counters (drop
+    reasons). These and offload, vnet are pure: no reactor.
 """

@@ -9,6 +9,12 @@ a wake-up; this one reads up to L{READS_PER_WAKEUP} datagrams a wake-up with
 C{recvmsg_into} straight into the protocol's reusable buffer (no per-datagram
 allocation), and with UDP_GRO on the socket one read may bring a run of datagrams
 from one peer coalesced, their size in the UDP_GRO cmsg.
+
+After the first datagram of a wake-up that follows a lone one (a wake-up that read a
+single datagram), C{follow} is called before the socket is read again: the udp backend
+drains the TUN there, where the reply to a lone packet is often queued already (the
+kernel answers while the TUN write is in progress), so it leaves in the same wake-up
+(issue 16).
 """
 import errno
 import socket
