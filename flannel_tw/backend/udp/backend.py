@@ -17,7 +17,10 @@ Differences from flanneld, on purpose:
     packet exactly (L{flannel_tw.backend.udp.offload.check_vnet}; "bad-offload" otherwise), and
     a super-packet that check would refuse is sent segmented instead of as a frame;
   - a packet with TTL 0 or 1 is dropped (flanneld wraps TTL 0 to 255);
-  - datagrams longer than the tun MTU are not truncated.
+  - datagrams longer than the tun MTU are not truncated;
+  - with EnableIPv6, inner IPv6 packets travel between flannel-tw hosts in the same
+    IPv4 datagrams (L{flannel_tw.backend.udp.packet6}; only to peers whose lease says
+    so, L{peer_carries_ipv6}: a flanneld host never gets IPv6).
 
 The data's path, module by module: L{flannel_tw.backend.udp.send} (TUN -> peers: the
 drain loop, route lookup, UDP GSO runs, frames and segmentation),
