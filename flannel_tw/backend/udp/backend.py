@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_udp_backend -*-
+# -*- test-case-name: tests.unit.test_udp_backend, tests.unit.test_udp_ipv6 -*-
 """
 The udp backend (flannel-compat.md section 6): a TUN device (flannel0) and a Twisted
 UDP socket on IfaceAddr:Port (8285), wire-compatible with flanneld: each datagram's
@@ -64,13 +64,15 @@ from flannel_tw.kernel.tun import TunError
 from flannel_tw.backend.udp import offload as _off
 from flannel_tw.backend.udp.counters import DROP_REASONS, count_error, new_counters
 from flannel_tw.backend.udp.dispatch import HotDispatch
+from flannel_tw.backend.udp.ipv6 import lease_backend_v6_data, peer_carries_ipv6, v6_route
 from flannel_tw.backend.udp.port import DrainingPort
 from flannel_tw.backend.udp.receive import READ_BUFFER, UdpReceiver
 from flannel_tw.backend.udp.routes import DEFAULT_PORT, RouteTable
 from flannel_tw.backend.udp.send import Sender
 from flannel_tw.backend.udp.tun_io import TunReader, TunWriter
 
-__all__ = ["UdpBackend", "UdpBackendError", "backend_port", "DROP_REASONS", "DEFAULT_PORT"]
+__all__ = ["UdpBackend", "UdpBackendError", "backend_port", "DROP_REASONS", "DEFAULT_PORT",
+           "lease_backend_v6_data", "peer_carries_ipv6"]
 
 TUN_NAME = "flannel%d"
 ENCAP_OVERHEAD = 28          # IPv4 (20) + UDP (8)
@@ -98,27 +100,6 @@ def backend_port(backend: dict) -> int:
         raise ValueError("Backend.Port must be from 1 to 65535, got %d" % (value,))
     return value
 
-
-
-# BackendV6Data of a flannel-tw udp lease whose backend carries IPv6 (issue 15): only
-# peers advertising it get IPv6 packets. flanneld's udp backend cannot carry IPv6 (it
-# reads every packet as IPv4), yet a flanneld v0.15+ host in a dual-stack network has an
-# IPv6 subnet in its lease: without the marker it is an IPv4-only peer.
-V6_DATA_VERSION = 1
-
-
-def lease_backend_v6_data(ipv6: bool):
-    """Our lease's BackendV6Data: C{{"FlannelTW":{"UDPv6":1}}} when we carry IPv6."""
-    return {"FlannelTW": {"UDPv6": V6_DATA_VERSION}} if ipv6 else None
-
-
-def peer_carries_ipv6(attrs) -> bool:
-    """Whether a lease's attrs advertise that its udp backend carries IPv6 (see
-    L{lease_backend_v6_data}); anything else (flanneld, junk) means IPv4 only."""
-    data = getattr(attrs, "backend_v6_data", None)
-    tw = data.get("FlannelTW") if isinstance(data, dict) else None
-    v = tw.get("UDPv6") if isinstance(tw, dict) else None
-    return type(v) is int and v == V6_DATA_VERSION
 
 
 @implementer(IBackend, ICountingBackend, IReconfiguringBackend, IRoutesBackend)
@@ -356,16 +337,10 @@ class UdpBackend:
                 self.log.failure("udp backend: bad lease event {event!r}", event=event)
 
     def _set_v6_route(self, lease, offload):
-        """A peer's IPv6 subnet (the lease's v6 part, checked by the watcher) is routed
-        to its IPv4 PublicIP when we carry IPv6 and its backend says it does too
-        (L{peer_carries_ipv6}); any other v6 subnet routed with this v4 subnet before
-        is dropped."""
-        subnet6 = lease.ipv6_subnet
-        if (subnet6 is not None and not (self.ipv6 and peer_carries_ipv6(lease.attrs))):
-            subnet6 = None
-        if subnet6 is not None and self.own_subnet6 is not None \
-                and subnet6.overlaps(self.own_subnet6):
-            subnet6 = None
+        """The lease's IPv6 subnet routed to its IPv4 PublicIP if it may be
+        (L{flannel_tw.backend.udp.ipv6.v6_route}); any other v6 subnet routed with this
+        v4 subnet before is dropped."""
+        subnet6 = v6_route(lease, self.ipv6, self.own_subnet6)
         old6 = self._v6_routes.pop(lease.subnet, None)
         if old6 is not None and old6 != subnet6:
             self.routes.remove6(old6)

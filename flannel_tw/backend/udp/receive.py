@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_udp_backend, tests.unit.test_offload, tests.unit.test_fuzz -*-
+# -*- test-case-name: tests.unit.test_udp_backend, tests.unit.test_offload, tests.unit.test_fuzz, tests.unit.test_udp_ipv6 -*-
 """
 The udp backend's receive path, socket -> TUN: L{UdpReceiver} is the datagram
 protocol on our Port (8285). Its L{flannel_tw.backend.udp.port.DrainingPort} reads the

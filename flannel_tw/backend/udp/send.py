@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_udp_backend, tests.unit.test_offload -*-
+# -*- test-case-name: tests.unit.test_udp_backend, tests.unit.test_offload, tests.unit.test_udp_ipv6, tests.unit.test_udp_ipv6_offload -*-
 """
 The udp backend's send path, TUN -> peers: L{Sender.drain} reads the packets the
 kernel routed into flannel0, checks them (L{flannel_tw.backend.udp.packet}), looks up

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_offload -*-
+# -*- test-case-name: tests.unit.test_offload, tests.unit.test_udp_ipv6_offload -*-
 """
 The virtio-net header that a TUN opened with IFF_VNET_HDR puts before each packet
 (10 bytes, little-endian: TUNSETVNETLE), and what the udp backend does with it. Pure
