@@ -923,6 +923,7 @@ class ReplyFollowUpTests(BackendTestBase):
     def test_no_reply_costs_one_read(self):
         """Nothing queued behind the write: one read that finds the TUN empty."""
         yield self.started()
+        self.backend.sender.lone = True       # as after a lone packet from the TUN
         sock = self.peer_socket(port=self.port + 1 if self.port < 65535 else 0)
         calls = self.record(lambda pkt: None)
         for i in range(2):
@@ -949,6 +950,27 @@ class ReplyFollowUpTests(BackendTestBase):
         self.assertEqual(sorted(d[20:] for d, _ in peer.received),
                          sorted(b"reply:" + p[20:] for p in burst))
 
+    @defer.inlineCallbacks
+    def test_busy_tun_is_left_to_its_reader(self):
+        """Only while the send path is quiet too (its last wake-up read a single
+        packet): when the TUN carries runs (a TCP stream's data, its ACKs arriving one
+        by one), draining it after each ACK would cut its GSO runs short; the TUN
+        reader takes the whole queue as before."""
+        peer = self.listen_peer()
+        yield self.started()
+        sock = self.peer_socket(port=self.port + 1 if self.port < 65535 else 0)
+        calls = self.record(self.echo)
+        for i in range(2):          # lone datagrams both ways: the follow-up is on
+            sock.sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=b"q%d" % i),
+                        (OURS, self.port))
+            yield wait_for(lambda: len(peer.received) == i + 1, what="reply %d" % i)
+        self.backend.sender.lone = False      # as after a run read from the TUN
+        del calls[:]
+        sock.sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=b"ack"),
+                    (OURS, self.port))
+        yield wait_for(lambda: len(peer.received) == 3, what="the third reply")
+        self.assertEqual(calls[:3], ["recv", "write", "recv-eagain"])
+        self.assertEqual(calls[3:5], ["read", "eagain"])
 
 class HotDispatchBackendTests(BackendTestBase):
     """While forwarding, the TUN reader and the UDP port are dispatched by the backend's
@@ -971,3 +993,4 @@ class HotDispatchBackendTests(BackendTestBase):
         yield self.backend.stop()
         self.assertFalse(hot.installed)
         self.assertNotIn("doIteration", vars(reactor))
+

@@ -366,9 +366,12 @@ class UdpBackend:
     def _follow(self):
         """The receive path wrote a lone packet into the TUN: drain the TUN now, in the
         same wake-up (its reply is often queued already), rather than after an empty
-        socket read, epoll_wait and the reactor's dispatch (issue 16)."""
+        socket read, epoll_wait and the reactor's dispatch (issue 16). Only while the
+        send path is quiet too (its last wake-up read a single packet): a TUN that
+        carries runs (a TCP stream whose ACKs arrive one by one) is left to its reader,
+        which takes the whole queue in GSO runs."""
         reader = self._reader
-        if reader is None or not reader.reading:
+        if reader is None or not reader.reading or not self.sender.lone:
             return
         try:
             reader.doRead()
