@@ -38,7 +38,8 @@ and its peak memory (VmHWM). ``--scale-etcd-api v3``: the leases in etcd's v3 ke
 (100 keys to a v3 lease) and the daemon on ``--etcd-api=v3``.
 
 After the scenarios, the udp backend's per-hop latency profile for a lone packet
-(bench/latency.py, also runnable alone as ``python3 -m bench.latency``).
+(bench/latency.py, also runnable alone as ``python3 -m bench.latency``), in-process and
+seen from another process with wake-ups included (bench/latency_wakeup.py, ``--wakeup``).
 
 Prints a table and PASS/MISS per target and writes bench/results-<time>.json.
 
