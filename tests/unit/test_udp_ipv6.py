@@ -14,6 +14,7 @@ from flannel_tw.backend.udp import offload as O
 from flannel_tw.backend.udp import vnet as V
 from flannel_tw.backend.udp.backend import (UdpBackend, lease_backend_v6_data,
                                             peer_carries_ipv6)
+from flannel_tw.backend.udp.ipv6 import v6_route
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
 from flannel_tw.model.lease import Lease, LeaseAttrs
 from flannel_tw.testing.fakes import FakeNetlink
@@ -55,6 +56,16 @@ class MarkerTests(BackendTestBase):
                      {"FlannelTW": {"UDPv6": 2}}, {"FlannelTW": {"UDPv6": True}}, [1],
                      {"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:ff"}):
             self.assertFalse(peer_carries_ipv6(replace(a, backend_v6_data=junk)), junk)
+
+    def test_which_v6_subnet_is_routed(self):
+        peer = lease6(PEER_SUBNET, PEER6, PEER)
+        self.assertEqual(v6_route(peer, True, OUR6), PEER6)
+        self.assertIsNone(v6_route(peer, False, OUR6))                  # IPv4-only config
+        self.assertIsNone(v6_route(replace(peer, ipv6_subnet=None), True, OUR6))
+        self.assertIsNone(v6_route(lease6(PEER_SUBNET, PEER6, PEER, v6_data=None), True, OUR6))
+        self.assertIsNone(v6_route(lease6(PEER_SUBNET, IPv6Network("fc00:0:0:f::/80"), PEER),
+                                   True, OUR6))                         # overlaps ours
+        self.assertEqual(v6_route(peer, True, None), PEER6)
 
     @defer.inlineCallbacks
     def test_lease_advertises_ipv6_only_when_enabled(self):
