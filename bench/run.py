@@ -421,13 +421,18 @@ def targets(results, scale, ref_name):
         out.append({"target": label, "value": value, "goal": goal,
                     "result": "n/a" if value is None else ("PASS" if ok(value) else "MISS")})
 
-    check("udp (flanneld wire) TCP / %s" % ref_name, ratio("udp"), lambda v: v >= 0.05, ">= 0.05")
-    check("udp offload TCP / %s" % ref_name, ratio("udp-offload"), lambda v: v >= 0.25, ">= 0.25")
+    # issue 16: the udp backend adds at most 0.2 ms of ping RTT to the underlay's, and keeps
+    # its TCP ratios within 5% of what they were (plain 0.10, offload 0.38 of vxlan) and
+    # its 64-byte rates (about 95,000 and 75,000 packets/s on this 2-vCPU VM)
+    check("udp (flanneld wire) TCP / %s" % ref_name, ratio("udp"), lambda v: v >= 0.10, ">= 0.10")
+    check("udp offload TCP / %s" % ref_name, ratio("udp-offload"), lambda v: v >= 0.38, ">= 0.38")
     base_ping = (results.get("underlay") or {}).get("ping_ms")
-    for name in ("udp", "udp-offload"):
+    for name, pps in (("udp", 90000), ("udp-offload", 71000)):
         p = (results.get(name) or {}).get("ping_ms")
         check("%s ping - underlay ping (ms)" % name, p - base_ping if p and base_ping else None,
-              lambda v: v <= 0.3, "<= 0.3")
+              lambda v: v <= 0.2, "<= 0.2")
+        check("%s 64-byte packets/s" % name, (results.get(name) or {}).get("udp_pps"),
+              lambda v, pps=pps: v >= pps, ">= %d" % pps)
     check("vxlan TCP / kernel-vxlan", ratio("vxlan", "kernel-vxlan"), lambda v: v >= 0.95, ">= 0.95")
     check("host-gw TCP / kernel-hostgw", ratio("host-gw", "kernel-hostgw"), lambda v: v >= 0.95,
           ">= 0.95")
