@@ -57,28 +57,9 @@ def configure_tun(ifname, address, mtu, route, gso_max_size=None, address6=None,
     """
     address = IPv4Interface(address)
     route = IPv4Network(route)
-    want_ip = str(address.ip)
-    want_len = address.network.prefixlen
     with IPRoute() as ipr:
         idx = _index(ipr, ifname)
-        have = False
-        for msg in ipr.get_addr(index=idx, family=socket.AF_INET):
-            ip = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            plen = msg["prefixlen"]
-            if ip == want_ip and plen == want_len:
-                have = True
-                continue
-            try:
-                ipr.addr("del", index=idx, address=ip, prefixlen=plen)
-            except NetlinkError as e:
-                if e.code != errno.EADDRNOTAVAIL:
-                    raise
-        if not have:
-            try:
-                ipr.addr("add", index=idx, address=want_ip, prefixlen=want_len)
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise
+        _only_address(ipr, idx, address)
         if gso_max_size:
             ipr.link("set", index=idx, gso_max_size=int(gso_max_size))
         ipr.link("set", index=idx, mtu=int(mtu), state="up")
@@ -98,22 +79,20 @@ def configure_tun(ifname, address, mtu, route, gso_max_size=None, address6=None,
             _configure_tun6(ipr, ifname, idx, ip_interface(address6), ip_network(route6))
 
 
-def _configure_tun6(ipr, ifname, idx, address, route):
-    """configure_tun's IPv6 part (the link is up already)."""
-    path = "/proc/sys/net/ipv6/conf/%s/disable_ipv6" % ifname
-    try:
-        with open(path, "w") as f:
-            f.write("0")
-    except FileNotFoundError:
-        pass            # no IPv6 conf for the device yet: IPv6 is on by default
+def _only_address(ipr, idx, address):
+    """
+    Make C{address} (an IPv4Interface or IPv6Interface) the only address of its family on
+    the link C{idx}: others removed (IPv6 link-local ones stay), it added if missing.
+    """
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     want = (str(address.ip), address.network.prefixlen)
     have = False
-    for msg in ipr.get_addr(index=idx, family=socket.AF_INET6):
+    for msg in ipr.get_addr(index=idx, family=family):
         ip = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         if (ip, msg["prefixlen"]) == want:
             have = True
             continue
-        if ip_address(ip).is_link_local:
+        if family == socket.AF_INET6 and ip_address(ip).is_link_local:
             continue
         try:
             ipr.addr("del", index=idx, address=ip, prefixlen=msg["prefixlen"])
@@ -126,6 +105,17 @@ def _configure_tun6(ipr, ifname, idx, address, route):
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise
+
+
+def _configure_tun6(ipr, ifname, idx, address, route):
+    """configure_tun's IPv6 part (the link is up already)."""
+    path = "/proc/sys/net/ipv6/conf/%s/disable_ipv6" % ifname
+    try:
+        with open(path, "w") as f:
+            f.write("0")
+    except FileNotFoundError:
+        pass            # no IPv6 conf for the device yet: IPv6 is on by default
+    _only_address(ipr, idx, address)
     ipr.route("replace", family=socket.AF_INET6, dst=str(route.network_address),
               dst_len=route.prefixlen, oif=idx)
 
@@ -146,28 +136,9 @@ def configure_link(ifname, address, mtu, route):
     address = ip_interface(address)
     route = ip_network(route)
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    want = (str(address.ip), address.network.prefixlen)
     with IPRoute() as ipr:
         idx = _index(ipr, ifname)
-        have = False
-        for msg in ipr.get_addr(index=idx, family=family):
-            ip = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if (ip, msg["prefixlen"]) == want:
-                have = True
-                continue
-            if family == socket.AF_INET6 and ip_address(ip).is_link_local:
-                continue
-            try:
-                ipr.addr("del", index=idx, address=ip, prefixlen=msg["prefixlen"])
-            except NetlinkError as e:
-                if e.code != errno.EADDRNOTAVAIL:
-                    raise
-        if not have:
-            try:
-                ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise
+        _only_address(ipr, idx, address)
         ipr.link("set", index=idx, mtu=int(mtu), state="up")
         ipr.route("replace", family=family, dst=str(route.network_address),
                   dst_len=route.prefixlen, oif=idx, scope=253)    # RT_SCOPE_LINK
