@@ -22,6 +22,7 @@ import json
 import os
 from ipaddress import IPv4Interface, IPv6Interface
 
+from flannel_tw.model.config import DEFAULT_PREFIX
 from flannel_tw.testing.overlay import PY, read_text, say, wait_for
 from flannel_tw.tools.lab.run import (
     _daemon_logs, daemon_argv, start_etcd, subnet_file, wait_subnet_files, _child_env)
@@ -192,3 +193,23 @@ def make_dualstack(testcase, hosts, backend="vxlan", start=None, config=None, ip
     ds = DualStackLab(testcase, hosts, config or dualstack_config(backend), keyspace=keyspace)
     ds.start(list(hosts if start is None else start), ip_masq=ip_masq, extra=extra)
     return ds
+
+
+def no_crash(testcase, ds, hosts):
+    """Every daemon of C{hosts} still runs, and none logged a traceback."""
+    for i in hosts:
+        testcase.assertIsNone(ds.procs[i].poll(), "daemon h%d exited:\n%s" % (i, ds.logs(i)))
+        log = ds.log(i)
+        testcase.assertNotIn("Traceback", log, log[-3000:])
+        testcase.assertNotIn("Unhandled", log, log[-3000:])
+
+
+def etcd_get(ds, key):
+    """A v2 GET of C{<prefix>/subnets} from the switch namespace: {key name: value JSON}
+    (C{key} is unused: every lease is returned)."""
+    url = "http://%s:2379/v2/keys%s/subnets" % (ds.lab.gateway, DEFAULT_PREFIX)
+    out = ds.py(ds.lab.switch_ns, "import sys, urllib.request\n"
+                "o = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
+                "print(o.open(sys.argv[1], timeout=5).read().decode())\n", url).stdout
+    nodes = json.loads(out)["node"].get("nodes", [])
+    return {n["key"].rsplit("/", 1)[1]: json.loads(n["value"]) for n in nodes}

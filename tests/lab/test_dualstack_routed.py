@@ -15,39 +15,20 @@ cleanup, and the cleanup checks that no namespace is left.
 import json
 import os
 import re
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network
 
 from twisted.trial import unittest
 
 from flannel_tw.backend.vxlan.device import VxlanPeer, VxlanSpec
 from flannel_tw.model.config import DEFAULT_PREFIX
 from flannel_tw.testing import skips
-from flannel_tw.testing.dualstack import dualstack_config, make_dualstack
+from flannel_tw.testing.dualstack import dualstack_config, etcd_get, make_dualstack, no_crash
 from flannel_tw.testing.kernel_fixtures import LabKernel
 from flannel_tw.testing.kernel_overlay import ETCD
 from flannel_tw.testing.overlay import say, wait_for
 
 SKIP = skips.missing(root=True, tools=("ip", "ping", "bridge"), etcd=True)
 HOSTS = [1, 2, 3]
-
-
-def no_crash(testcase, ds, hosts):
-    """Every daemon of C{hosts} still runs, and none logged a traceback."""
-    for i in hosts:
-        testcase.assertIsNone(ds.procs[i].poll(), "daemon h%d exited:\n%s" % (i, ds.logs(i)))
-        log = ds.log(i)
-        testcase.assertNotIn("Traceback", log, log[-3000:])
-        testcase.assertNotIn("Unhandled", log, log[-3000:])
-
-
-def etcd_get(ds, key):
-    """A v2 GET of C{<prefix>/subnets/<key>} from the switch namespace: the node JSON."""
-    url = "http://%s:2379/v2/keys%s/subnets" % (ds.lab.gateway, DEFAULT_PREFIX)
-    out = ds.py(ds.lab.switch_ns, "import sys, urllib.request\n"
-                "o = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
-                "print(o.open(sys.argv[1], timeout=5).read().decode())\n", url).stdout
-    nodes = json.loads(out)["node"].get("nodes", [])
-    return {n["key"].rsplit("/", 1)[1]: json.loads(n["value"]) for n in nodes}
 
 
 class VxlanDualStackTests(unittest.TestCase):

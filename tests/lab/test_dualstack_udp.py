@@ -14,9 +14,8 @@ import re
 from twisted.trial import unittest
 
 from flannel_tw.testing import skips
-from flannel_tw.testing.dualstack import dualstack_config, make_dualstack
+from flannel_tw.testing.dualstack import dualstack_config, etcd_get, make_dualstack, no_crash
 from flannel_tw.testing.overlay import PY, read_text, wait_for
-from tests.lab.test_dualstack_routed import etcd_get, no_crash
 
 SKIP = skips.missing(root=True, tools=("ip", "ping"), etcd=True)
 HOSTS = [1, 2, 3]

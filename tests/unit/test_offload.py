@@ -20,33 +20,13 @@ from flannel_tw.backend.udp import offload as O
 from flannel_tw.backend.udp import vnet as V
 from flannel_tw.backend.udp import packet as P
 from flannel_tw.backend.udp import packet6 as P6
+from flannel_tw.testing.udp6_fixtures import tcp_packet, tso_header
 from flannel_tw.testing.udp_fixtures import (
     EXT, OUR_SUBNET, OURS, PEER, PEER_SUBNET, BackendTestBase, config, lease, make_ipv4,
     wait_for)
 
 
 H = V.VNET_HDR_LEN
-
-
-def tcp_packet(payload, src="10.1.15.2", dst="10.1.7.3", seq=1000, flags=0x18, ipid=7,
-               ttl=64, options=b"", partial=False):
-    """An IPv4/TCP packet; with C{partial} the TCP checksum field holds the pseudo sum."""
-    thl = 20 + len(options)
-    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, (thl // 4) << 4, flags,
-                                65535, 0, 0) + options)
-    total = 20 + thl + len(payload)
-    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total & 0xFFFF, ipid, 0x4000, ttl, 6,
-                               0, IPv4Address(src).packed, IPv4Address(dst).packed))
-    struct.pack_into("!H", ip, 10, P.internet_checksum(ip))
-    pkt = ip + tcp + payload
-    pseudo = IPv4Address(src).packed + IPv4Address(dst).packed + struct.pack("!BBH", 0, 6,
-                                                                             thl + len(payload))
-    if partial:
-        ps = P.ones_complement_sum(pseudo)
-        struct.pack_into("!H", pkt, 36, ps)
-    else:
-        struct.pack_into("!H", pkt, 36, P.internet_checksum(pseudo + bytes(pkt[20:])))
-    return pkt
 
 
 def udp_packet(payload, src="10.1.7.3", dst="10.1.15.2"):
@@ -57,12 +37,6 @@ def udp_packet(payload, src="10.1.7.3", dst="10.1.15.2"):
     struct.pack_into("!H", ip, 10, P.internet_checksum(ip))
     pseudo = IPv4Address(src).packed + IPv4Address(dst).packed + struct.pack("!BBH", 0, 17, ulen)
     return ip + struct.pack("!HHHH", 40000, 5201, ulen, P.ones_complement_sum(pseudo)) + payload
-
-
-def tso_header(pkt, mss=1420, gso_type=None):
-    """The virtio-net header the kernel puts before the TCP super-packet C{pkt}."""
-    return V.build_vnet(V.F_NEEDS_CSUM, V.GSO_TCPV4 if gso_type is None else gso_type,
-                        40, mss, 20, 16)
 
 
 def tcp_ok(pkt):

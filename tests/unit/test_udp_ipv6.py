@@ -4,7 +4,7 @@ subnets; flanneld peers (no BackendV6Data marker) never get IPv6. On the real re
 with a FakeTun and UDP sockets on loopback, in plain and in offloaded mode."""
 import struct
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
 
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor
@@ -16,34 +16,15 @@ from flannel_tw.backend.udp.backend import (UdpBackend, lease_backend_v6_data,
                                             peer_carries_ipv6)
 from flannel_tw.backend.udp.ipv6 import v6_route
 from flannel_tw.model.events import ADDED, REMOVED, LeaseEvent
-from flannel_tw.model.lease import Lease, LeaseAttrs
+from flannel_tw.model.lease import LeaseAttrs
 from flannel_tw.testing.fakes import FakeNetlink
 from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.testing.udp_fixtures import (
     BackendTestBase, EXT, OURS, OUR_SUBNET, PEER, PEER_SUBNET, config, free_port, make_ipv4,
     wait_for)
-from tests.unit.test_udp_packet6 import icmp6_ok, make_ipv6
-
-NETWORK6 = IPv6Network("fc00:0:0::/48")
-OUR6 = IPv6Network("fc00:0:0:f::/64")
-PEER6 = IPv6Network("fc00:0:0:7::/64")
-FLANNELD = "127.0.0.3"                      # a flanneld v0.20 host: dual-stack lease, no marker
-FLANNELD_SUBNET = "10.1.8.0/24"
-FLANNELD6 = IPv6Network("fc00:0:0:8::/64")
-V6_DATA = {"FlannelTW": {"UDPv6": 1}}
-
-
-def config6(port, **backend):
-    return replace(config(port, **backend), enable_ipv6=True, ipv6_network=NETWORK6,
-                   ipv6_subnet_len=64)
-
-
-def lease6(subnet, subnet6, public_ip, v6_data=V6_DATA, backend_data=None):
-    return Lease(subnet=IPv4Network(subnet), ipv6_subnet=subnet6, ttl=86400,
-                 attrs=LeaseAttrs(public_ip=IPv4Address(public_ip), backend_data=backend_data,
-                                  backend_v6_data=v6_data))
-
-
+from flannel_tw.testing.udp6_fixtures import (
+    FLANNELD, FLANNELD6, FLANNELD_SUBNET, NETWORK6, OUR6, PEER6, V6_DATA, config6, icmp6_ok,
+    lease6, make_ipv6)
 
 class MarkerTests(BackendTestBase):
 

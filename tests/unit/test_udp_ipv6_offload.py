@@ -18,8 +18,8 @@ from flannel_tw.model.events import ADDED, LeaseEvent
 from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.testing.udp_fixtures import (
     BackendTestBase, EXT, OURS, OUR_SUBNET, PEER, PEER_SUBNET, wait_for)
-from tests.unit.test_udp_ipv6 import OUR6, PEER6, config6, lease6
-from tests.unit.test_udp_packet6 import make_ipv6
+from flannel_tw.testing.udp6_fixtures import (OUR6, PEER6, config6, lease6, make_ipv6,
+                                              tcp_packet, tso_header)
 
 
 
@@ -121,7 +121,6 @@ class Vnet6CheckTests(TestCase):
         self.assertEqual(self.check(tso6_header(), ext), V.BAD_OFFLOAD)
 
     def test_tso4_on_ipv4_still_checked_as_before(self):
-        from tests.unit.test_offload import tcp_packet, tso_header
         self.assertIsNone(self.check(tso_header(tcp_packet(b"d" * 8000, partial=True)),
                                      tcp_packet(b"d" * 8000, partial=True)))
         self.assertEqual(self.check(tso_header(None, gso_type=V.GSO_TCPV6),

@@ -6,21 +6,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from flannel_tw.backend.udp import packet6 as P6
-
-
-def make_ipv6(src="fc00:0:0:5::2", dst="fc00:0:0:7::3", hops=64, nxt=17,
-              payload=b"x" * 12, plen=None):
-    """An IPv6 packet (no extension headers); C{plen} overrides the payload length."""
-    return struct.pack("!IHBB16s16s", 0x60000000, len(payload) if plen is None else plen,
-                       nxt, hops, IPv6Address(src).packed, IPv6Address(dst).packed) + payload
-
-
-def icmp6_ok(pkt):
-    """An ICMPv6 packet whose checksum is in place checks out."""
-    b = bytearray(pkt)
-    have = struct.unpack_from("!H", b, 42)[0]
-    b[42:44] = b"\0\0"
-    return P6.icmp6_checksum(bytes(b)) == have
+from flannel_tw.testing.udp6_fixtures import icmp6_ok, make_ipv6
 
 
 class CheckIPv6Tests(SynchronousTestCase):
