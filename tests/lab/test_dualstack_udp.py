@@ -51,6 +51,14 @@ class UdpDualStackTests(unittest.TestCase):
         no_crash(self, ds, HOSTS)
         return ds
 
+    def test_three_hosts_both_families_on_etcd_v3(self):
+        """The config and the leases in etcd's v3 keyspace (--etcd-api=v3)."""
+        ds = make_dualstack(self, HOSTS, config=dualstack_config("udp"), keyspace="v3")
+        self.assertEqual(len(ds.assert_matrix(families=(4, 6))), 12)
+        for i in HOSTS:
+            self.assertIn("Using etcd's v3 keyspace", ds.log(i))
+        no_crash(self, ds, HOSTS)
+
     def counter(self, ds, i, name, metric="flannel_backend_counter_total", label="name"):
         """A udp backend counter of host i's daemon, from its metrics endpoint."""
         text = ds.py(ds.lab.host_ns(i), "import urllib.request, sys\n"

@@ -341,6 +341,18 @@ class DualStackTests(unittest.TestCase):
             self.assertEqual(v["BackendData"], v["BackendV6Data"])
             self.assertIn(v["PublicIPv6"], (str(ds.lab.host_ip6(1)), str(ds.lab.host_ip6(2))))
 
+    def test_separate_mode_on_etcd_v3(self):
+        """The config and the leases in etcd's v3 keyspace (--etcd-api=v3)."""
+        from flannel_tw.testing.dualstack import DualStackLab, dualstack_config
+        workdir = tempfile.mkdtemp(prefix="fwg-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        ds = DualStackLab(self, [1, 2], dualstack_config("wireguard"), workdir=workdir,
+                          keyspace="v3")
+        ds.start([1, 2])
+        ds.assert_matrix()
+        for i in (1, 2):
+            self.assertIn("Using etcd's v3 keyspace", ds.log(i))
+
     def test_auto_mode_one_device_for_both(self):
         from flannel_tw.testing.dualstack import DualStackLab, dualstack_config
         workdir = tempfile.mkdtemp(prefix="fwg-", dir="/tmp")
