@@ -23,7 +23,7 @@ import os
 from ipaddress import IPv4Interface, IPv6Interface
 
 from flannel_tw.model.config import DEFAULT_PREFIX
-from flannel_tw.testing.overlay import PY, read_text, say, wait_for
+from flannel_tw.testing.overlay import SETTLE, LabCommands, read_text, say, wait_for
 from flannel_tw.tools.lab.run import (
     _daemon_logs, daemon_argv, start_etcd, subnet_file, wait_subnet_files, _child_env)
 from flannel_tw.tools.lab.topology import Lab, list_netns, stop_pids
@@ -32,7 +32,6 @@ UNDERLAY = "192.168.250.0/24"
 UNDERLAY6 = "fd00:250::/64"
 NETWORK = "10.5.0.0/16"
 NETWORK6 = "fd00:10:5::/48"
-SETTLE = 20          # seconds for a lease to reach every daemon
 
 
 def dualstack_config(backend="vxlan", network=NETWORK, network6=NETWORK6, backend_options=None,
@@ -48,7 +47,7 @@ def dualstack_config(backend="vxlan", network=NETWORK, network6=NETWORK6, backen
     return json.dumps(config)
 
 
-class DualStackLab:
+class DualStackLab(LabCommands):
     """A dual-stack lab with etcd, daemons and containers; see L{make_dualstack}."""
 
     def __init__(self, testcase, hosts, config, underlay=UNDERLAY, underlay6=UNDERLAY6,
@@ -124,26 +123,6 @@ class DualStackLab:
 
     def sh(self, ns, *argv, check=True):
         return self.lab.exec(ns, list(argv), check=check).stdout
-
-    def py(self, ns, script, *args, timeout=30, check=True):
-        return self.lab.exec(ns, [PY, "-c", script] + [str(a) for a in args],
-                             timeout=timeout, check=check)
-
-    def ping(self, ns, addr, timeout=1):
-        return self.lab.exec(ns, ["ping", "-n", "-c", "1", "-W", str(timeout), str(addr)],
-                             check=False, timeout=timeout + 10)
-
-    def assert_reaches(self, ns, addr, settle=SETTLE):
-        """Ping C{addr} (either family) from C{ns} until a reply comes, or fail."""
-        last = []
-
-        def once():
-            cp = self.ping(ns, addr)
-            last[:] = [cp]
-            return cp.returncode == 0
-        if not wait_for(once, settle, interval=0.2):
-            self.testcase.fail("no reply from %s to ping from %s within %ss:\n%s\n%s"
-                               % (addr, ns, settle, last[0].stdout, self.logs()))
 
     def matrix(self, families=(4, 6), settle=SETTLE, hosts=None):
         """

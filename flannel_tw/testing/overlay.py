@@ -143,7 +143,33 @@ def read_text(path):
         return ""
 
 
-class Overlay:
+class LabCommands:
+    """Commands in a lab's namespaces, for a lab object with C{lab}, C{testcase} and
+    C{logs()} (L{Overlay}, L{flannel_tw.testing.dualstack.DualStackLab})."""
+
+    def py(self, ns, script, *args, timeout=30, check=True):
+        return self.lab.exec(ns, [PY, "-c", script] + [str(a) for a in args],
+                             timeout=timeout, check=check)
+
+    def ping(self, ns, addr, timeout=1):
+        return self.lab.exec(ns, ["ping", "-n", "-c", "1", "-W", str(timeout), str(addr)],
+                             check=False, timeout=timeout + 10)
+
+    def assert_reaches(self, ns, addr, settle=SETTLE):
+        """Ping C{addr} (either family) from C{ns} until a reply comes, or fail after
+        C{settle} s."""
+        last = []
+
+        def once():
+            cp = self.ping(ns, addr)
+            last[:] = [cp]
+            return cp.returncode == 0
+        if not wait_for(once, settle, interval=0.2):
+            self.testcase.fail("no reply from %s to ping from %s within %ss:\n%s\n%s"
+                               % (addr, ns, settle, last[0].stdout, self.logs()))
+
+
+class Overlay(LabCommands):
     """A lab with etcd, flannel daemons and containers; see L{make_overlay}."""
 
     def __init__(self, testcase, lab, workdir):
@@ -179,10 +205,6 @@ class Overlay:
 
     # running things
 
-    def py(self, ns, script, *args, timeout=30, check=True):
-        return self.lab.exec(ns, [PY, "-c", script] + [str(a) for a in args],
-                             timeout=timeout, check=check)
-
     def spawn_py(self, ns, name, script, *args, ready=None, timeout=10):
         """Start a python helper in ``ns``; wait for ``ready`` in its output."""
         path = os.path.join(self.workdir, name + ".log")
@@ -193,22 +215,6 @@ class Overlay:
                 self.testcase.fail("%s did not get ready (exit %s):\n%s"
                                    % (name, proc.poll(), read_text(path)))
         return proc, path
-
-    def ping(self, ns, addr, timeout=1):
-        return self.lab.exec(ns, ["ping", "-n", "-c", "1", "-W", str(timeout), str(addr)],
-                             check=False, timeout=timeout + 10)
-
-    def assert_reaches(self, ns, addr, settle=SETTLE):
-        """Ping ``addr`` from ``ns`` until a reply comes, or fail after ``settle`` s."""
-        last = []
-
-        def once():
-            cp = self.ping(ns, addr)
-            last[:] = [cp]
-            return cp.returncode == 0
-        if not wait_for(once, settle, interval=0.2):
-            self.testcase.fail("no reply from %s to ping from %s within %ss:\n%s\n%s"
-                               % (addr, ns, settle, last[0].stdout, self.logs()))
 
     def etcd(self, method, key):
         """An etcd v2 request made from inside the switch namespace: (status, body)."""
