@@ -8,25 +8,9 @@ from twisted.trial import unittest
 
 from flannel_tw.host.iptables import TrafficRules, forward6_rules, masq6_rules
 from flannel_tw.testing.kernel_fixtures import logged
-from flannel_tw.testing.iptables_fixtures import FORWARD_S, MASQ_S, N, S
+from flannel_tw.testing.iptables_fixtures import (FORWARD6_S, FORWARD_S, MASQ6_S, MASQ_S, N,
+                                                N6, S, S6)
 
-N6, S6 = "fd00:10:5::/48", "fd00:10:5:22::/64"
-C = '-m comment --comment "flanneld masq"'
-F = '-m comment --comment "flanneld forward"'
-# as ``ip6tables -S`` prints them (tests/lab/test_ip6tables.py compares with the real one)
-MASQ6_S = [
-    "-A POSTROUTING %s -j FLANNEL-POSTRTG" % C,
-    "-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 %s -j RETURN" % C,
-    "-A FLANNEL-POSTRTG -s %s -d %s %s -j RETURN" % (N6, N6, C),
-    "-A FLANNEL-POSTRTG -s %s ! -d ff00::/8 %s -j MASQUERADE --random-fully" % (N6, C),
-    "-A FLANNEL-POSTRTG ! -s %s -d %s %s -j RETURN" % (N6, S6, C),
-    "-A FLANNEL-POSTRTG ! -s %s -d %s %s -j MASQUERADE --random-fully" % (N6, N6, C),
-]
-FORWARD6_S = [
-    "-A FORWARD %s -j FLANNEL-FWD" % F,
-    "-A FLANNEL-FWD -s %s %s -j ACCEPT" % (N6, F),
-    "-A FLANNEL-FWD -d %s %s -j ACCEPT" % (N6, F),
-]
 
 
 def _text(args):
