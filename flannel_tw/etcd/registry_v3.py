@@ -144,9 +144,8 @@ class EtcdV3Registry:
                               "{error}", key=key, error=e)
         # one TimeToLive per distinct lease (keys sharing a lease share its TTL; flanneld
         # asks per key), up to TTL_CONCURRENCY at a time
-        leases = sorted({as_int(kv.get("lease")) for kv in kvs} - {0})
-        if not self._exact_list_ttls:
-            leases = []
+        leases = (sorted({as_int(kv.get("lease")) for kv in kvs} - {0})
+                  if self._exact_list_ttls else [])
         limit = defer.DeferredSemaphore(TTL_CONCURRENCY)
         results = yield defer.DeferredList(
             [limit.run(self._client.lease_time_to_live, lease) for lease in leases],
@@ -164,7 +163,7 @@ class EtcdV3Registry:
     def _list_ttl(self, ttls, lease):
         if not lease:
             return None
-        return ttls[lease] if self._exact_list_ttls else LIST_TTL_BOUND
+        return ttls.get(lease) if self._exact_list_ttls else LIST_TTL_BOUND
 
     @defer.inlineCallbacks
     def get(self, name):
