@@ -80,11 +80,20 @@ class HostileLeaseTests(RoutingHarness, unittest.TestCase):
     @defer.inlineCallbacks
     def test_hostile_leases_in_the_first_list_are_skipped_good_peer_routed(self):
         # we hold a lease already (a restart): keys such as 0.0.0.0-1 overlap the whole
-        # pool, and flanneld's allocation (which we follow) counts them as taken
+        # pool, and flanneld's allocation (which we follow) counts them as taken.
+        # The subnets the test writes later are held while the first daemon picks its
+        # own, so that its random pick is never one of them (a hostile value written
+        # over our own lease is another test: the move in MovedSubnetTests).
+        later = ["10.5.%d.0-24" % i for i in range(7, 14)]     # GOOD, 10.5.8.0 and HOSTILE's
+        for name in later:
+            self.put(name, '{"PublicIP":"192.0.2.99"}')
         first = self.make_daemon([self.server.url], prefix=self.prefix)
         first.startService()
         yield self.running(first)
         yield first.stopService()
+        self.assertNotIn("%s-24" % (first.lease.subnet.network_address,), later)
+        for name in later:
+            self.server.v2_delete(self.prefix + "/subnets/" + name)
         # (a lease with our PublicIP before we start is ours: acquire_lease reuses it)
         hostile = {k: v for k, v in HOSTILE.items() if v[1] != "own-public-ip"}
         for name, (value, _) in hostile.items():
