@@ -135,21 +135,31 @@ class MixedStackTests(unittest.TestCase):
     v0.10 would (the lease value without PublicIPv6/BackendV6Data, no "&" in the key).
     """
     skip = SKIP
-    OLD_SUBNET = IPv4Network("10.5.77.0/24")
+
+    @staticmethod
+    def free_subnet(leases):
+        """10.5.77.0/24, or the next /24 up whose v4 part no lease in C{leases} holds: the
+        dual-stack daemons chose theirs at random before the old host writes its lease,
+        and one of them holds 10.5.77.0/24 once in about 50 runs."""
+        held = {IPv4Network(key.split("&")[0].replace("-", "/")) for key in leases}
+        return next(s for s in (IPv4Network("10.5.%d.0/24" % n) for n in range(77, 256))
+                    if s not in held)
 
     def old_flanneld_host(self, ds, i):
-        """Host C{i}'s flannel.1, lease, entries for the others, and a container."""
+        """Host C{i}'s flannel.1, lease (on C{self.old_subnet}, a subnet no lease holds),
+        entries for the others, and a container."""
+        self.old_subnet = self.free_subnet(etcd_get(ds, None))
         kernel = LabKernel(netns=ds.lab.host_ns(i))
         self.addCleanup(kernel.close)
         eth0 = kernel.link_index("eth0")
         index, mac, _ = kernel.ensure_vxlan(VxlanSpec(vni=1, link_index=eth0,
                                                       local=ds.lab.host_ip(i)))
-        kernel.configure_vxlan(index, self.OLD_SUBNET.network_address)
+        kernel.configure_vxlan(index, self.old_subnet.network_address)
         value = json.dumps({"PublicIP": str(ds.lab.host_ip(i)), "BackendType": "vxlan",
                             "BackendData": {"VtepMAC": mac}}, separators=(",", ":"))
         url = "http://%s:2379/v2/keys%s/subnets/%s-%d" % (
-            ds.lab.gateway, DEFAULT_PREFIX, self.OLD_SUBNET.network_address,
-            self.OLD_SUBNET.prefixlen)
+            ds.lab.gateway, DEFAULT_PREFIX, self.old_subnet.network_address,
+            self.old_subnet.prefixlen)
         self.assertIn(ds.py(ds.lab.switch_ns, ETCD, "PUT", url, value).stdout.strip(),
                       ("200", "201"))
         leases = etcd_get(ds, None)
@@ -166,7 +176,7 @@ class MixedStackTests(unittest.TestCase):
         os.makedirs(os.path.dirname(env), exist_ok=True)
         with open(env, "w") as f:
             f.write("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=%s/24\nFLANNEL_MTU=1450\n"
-                    "FLANNEL_IPMASQ=false\n" % (self.OLD_SUBNET.network_address + 1))
+                    "FLANNEL_IPMASQ=false\n" % (self.old_subnet.network_address + 1))
         return ds.lab.add_container(i, env), leases
 
     def test_ipv4_only_lease_beside_dual_stack_hosts(self):
@@ -181,9 +191,9 @@ class MixedStackTests(unittest.TestCase):
         ds.assert_matrix(families=(4, 6), hosts=[1, 2])
         for i in (1, 2):
             h = ds.lab.host_ns(i)
-            self.assertIn("%s via %s dev flannel.1 onlink" % (self.OLD_SUBNET,
-                                                              self.OLD_SUBNET.network_address),
-                          ds.sh(h, "ip", "route", "show", str(self.OLD_SUBNET)))
+            self.assertIn("%s via %s dev flannel.1 onlink" % (self.old_subnet,
+                                                              self.old_subnet.network_address),
+                          ds.sh(h, "ip", "route", "show", str(self.old_subnet)))
             routes6 = ds.sh(h, "ip", "-6", "route", "show", "dev", "flannel-v6.1")
             self.assertEqual(len([l for l in routes6.splitlines() if " via " in l]), 1, routes6)
             self.assertNotIn("skipping the IPv6 part", ds.log(i))     # not a bad lease
