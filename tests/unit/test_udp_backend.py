@@ -9,7 +9,8 @@ import struct
 import threading
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
@@ -719,11 +720,22 @@ class ReconfigureTests(TestCase):
 
 class LonePacketTests(BackendTestBase):
     """
-    The send path's fast path (issue 16): after a wake-up that read a single packet,
-    the next wake-up's first packet leaves at once (one read, one sendto; the read
-    that finds the TUN empty comes after the send), while a run read in one wake-up
-    keeps its UDP GSO sendmsg; both deliver the same bytes.
+    The send path's fast path (issue 16): after a wake-up that read a single packet, a
+    wake-up after a quiet spell (the backend's clock, a task.Clock here) is one read and
+    one sendto, as in flanneld's proxy, and nothing more; a burst right after it sends
+    its first packet at once and the rest as a UDP GSO run, and a run read in one
+    wake-up keeps its GSO sendmsg; both paths deliver the same bytes.
     """
+
+    def use_clock(self):
+        """The sender's clock, driven by hand (after started())."""
+        self.clock = task.Clock()
+        self.backend.sender._clock = self.clock.seconds
+        return self.clock
+
+    def quiet(self):
+        """A quiet spell: the next wake-up of the send path is a lone packet's."""
+        self.clock.advance(self.backend.sender.lone_gap)
 
     def record(self):
         """Record the order of TUN reads ("read", or "eagain" when none was queued),
@@ -754,19 +766,23 @@ class LonePacketTests(BackendTestBase):
         return calls
 
     @defer.inlineCallbacks
-    def test_lone_packet_is_sent_before_the_next_read(self):
+    def test_lone_packet_is_one_read_one_send(self):
         peer = self.listen_peer()
         yield self.started()
+        self.use_clock()
         first = make_ipv4(payload=b"first")
-        self.tun.peer.inject(first)
-        yield wait_for(lambda: len(peer.received) == 1, what="the first datagram")
-        self.assertTrue(self.backend.sender.lone)
         calls = self.record()
+        self.tun.peer.inject(first)
+        yield wait_for(lambda: "eagain" in calls, what="the first wake-up's drain")
+        self.assertEqual(calls, ["read", "eagain", "sendto"])   # no lone one before it
+        self.assertTrue(self.backend.sender.lone)
+        del calls[:]
+        self.quiet()
         second = make_ipv4(payload=b"second")
         self.tun.peer.inject(second)
         yield wait_for(lambda: len(peer.received) == 2, what="the second datagram")
-        yield wait_for(lambda: "eagain" in calls, what="the read after the send")
-        self.assertEqual(calls, ["read", "sendto", "eagain"])
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(calls, ["read", "sendto"])
         data, src = peer.received[1]
         self.assertEqual(data[8], 63)
         self.assertTrue(header_ok(data))
@@ -775,6 +791,27 @@ class LonePacketTests(BackendTestBase):
         c = self.backend.counters
         self.assertEqual((c["tun_packets_in"], c["packets_out"]), (2, 2))
         self.assertEqual(c["bytes_out"], len(first) + len(second))
+
+    @defer.inlineCallbacks
+    def test_burst_after_a_lone_packet_keeps_its_gso_run(self):
+        """A burst after a quiet spell: its first packet alone (the lone wake-up); the
+        wake-up that follows at once sends its first packet at once too, as after any
+        lone wake-up, and the rest, queued behind it, as one GSO run."""
+        peer = self.listen_peer()
+        yield self.started()
+        self.use_clock()
+        self.tun.peer.inject(make_ipv4(payload=b"warm-up"))
+        yield wait_for(lambda: len(peer.received) == 1, what="the warm-up datagram")
+        yield deferLater(reactor, 0.02, lambda: None)
+        calls = self.record()
+        self.quiet()
+        burst = [make_ipv4(payload=b"%03d" % i + b"u" * 61) for i in range(8)]
+        for p in burst:
+            self.tun.peer.inject(p)
+        yield wait_for(lambda: len(peer.received) == 9, what="the burst")
+        self.assertEqual(calls, ["read", "sendto"] * 2 + ["read"] * 6 + ["eagain", "sendmsg"])
+        self.assertEqual([d[12:] for d, _ in peer.received[1:]], [p[12:] for p in burst])
+        self.assertFalse(self.backend.sender.lone)
 
     @defer.inlineCallbacks
     def test_run_keeps_its_gso_sendmsg(self):
@@ -796,22 +833,26 @@ class LonePacketTests(BackendTestBase):
 
     @defer.inlineCallbacks
     def test_lone_and_batch_paths_deliver_the_same_bytes(self):
-        """The same packets, once each alone (the lone path) and once as a run after a
-        lone one (its first packet on the lone path, the rest as one GSO run)."""
+        """The same packets, once each alone after a quiet spell (one read, one send)
+        and once as a run right after a lone one (its first packet sent at once, the
+        rest as one GSO run)."""
         peer = self.listen_peer()
         yield self.started()
+        self.use_clock()
         pkts = [make_ipv4(payload=b"%03d" % i + b"s" * 61) for i in range(5)]
         self.tun.peer.inject(make_ipv4(payload=b"warm-up"))
         yield wait_for(lambda: len(peer.received) == 1, what="the warm-up datagram")
+        yield deferLater(reactor, 0.02, lambda: None)
         calls = self.record()
         for i, p in enumerate(pkts):
+            self.quiet()
             self.tun.peer.inject(p)
             yield wait_for(lambda: len(peer.received) == 2 + i, what="lone datagram")
         alone = [d for d, _ in peer.received[1:]]
-        yield wait_for(lambda: calls.count("eagain") == 5, what="the reads after the sends")
-        self.assertEqual(calls, ["read", "sendto", "eagain"] * 5)
+        yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(calls, ["read", "sendto"] * 5)
         del calls[:]
-        for p in pkts:
+        for p in pkts:              # right after the last one: a burst, no quiet spell
             self.tun.peer.inject(p)
         yield wait_for(lambda: len(peer.received) == 11, what="the run")
         self.assertEqual(calls, ["read", "sendto"] + ["read"] * 4 + ["eagain", "sendmsg"])
@@ -842,6 +883,16 @@ class ReplyFollowUpTests(BackendTestBase):
     wake-up (recv, write, read, sendto), instead of after an EAGAIN recv, an epoll_wait
     and a dispatch.
     """
+
+    def use_clock(self):
+        """The send path's and the port's clock, driven by hand (after started())."""
+        self.clock = task.Clock()
+        self.backend.sender._clock = self.clock.seconds
+        self.backend._udp_port.clock = self.clock.seconds
+
+    def quiet(self):
+        """A quiet spell: the next wake-ups both ways are lone packets'."""
+        self.clock.advance(max(self.backend.sender.lone_gap, self.backend._udp_port.lone_gap))
 
     def record(self, answer):
         """Record the socket's recvmsgs ("recv"/"recv-eagain"), the TUN's writes, reads
@@ -900,38 +951,52 @@ class ReplyFollowUpTests(BackendTestBase):
 
     @defer.inlineCallbacks
     def test_reply_leaves_in_the_same_wakeup(self):
+        """A lone datagram after a quiet spell, answered during the write: recv, write,
+        read, sendto, and nothing more (no read finds the socket or the TUN empty)."""
         peer = self.listen_peer()
         yield self.started()
+        self.use_clock()
         sock = self.peer_socket(port=self.port + 1 if self.port < 65535 else 0)
         calls = self.record(self.echo)
         for i in range(3):
+            self.quiet()
+            del calls[:]
             sock.sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=b"q%d" % i),
                         (OURS, self.port))
             yield wait_for(lambda: len(peer.received) == i + 1, what="reply %d" % i)
-            yield wait_for(lambda: calls.count("recv-eagain") >= i + 1 and calls[-1] != "read",
-                           what="the socket drained")
-        # the first wake-up (no lone one before it) goes round the reactor
-        wakeups = calls[calls.index("recv-eagain") + 1:]
-        self.assertEqual(wakeups[-6:], ["recv", "write", "read", "sendto", "eagain",
-                                        "recv-eagain"])
+            yield deferLater(reactor, 0.02, lambda: None)
+        # the first exchange (no lone wake-up before it) drains both ways
+        self.assertEqual(calls, ["recv", "write", "read", "sendto"])
         data = peer.received[-1][0]
         self.assertEqual(data[20:], b"reply:q2")
         self.assertEqual(data[8], 63)
         self.assertTrue(header_ok(data))
 
     @defer.inlineCallbacks
-    def test_no_reply_costs_one_read(self):
-        """Nothing queued behind the write: one read that finds the TUN empty."""
+    def test_follow_up_that_finds_nothing_is_skipped_then_tried_again(self):
+        """Nothing queued behind the write (this host's replies go to a local process):
+        one read finds the TUN empty, then the next FOLLOW_RETRY lone datagrams are
+        recv and write only, and the one after them tries the follow-up again."""
+        from flannel_tw.backend.udp.backend import FOLLOW_RETRY
         yield self.started()
+        self.use_clock()
         self.backend.sender.lone = True       # as after a lone packet from the TUN
+        self.backend._udp_port._lone = True   # and a lone datagram
         sock = self.peer_socket(port=self.port + 1 if self.port < 65535 else 0)
         calls = self.record(lambda pkt: None)
-        for i in range(2):
+        per = []
+        for i in range(FOLLOW_RETRY + 2):
+            self.quiet()
+            del calls[:]
             sock.sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=b"n%d" % i),
                         (OURS, self.port))
-            yield wait_for(lambda: calls.count("recv-eagain") == i + 1, what="drained")
-        self.assertEqual(calls[-4:], ["recv", "write", "eagain", "recv-eagain"])
-        self.assertEqual(self.tun.peer.written()[-1][20:], b"n1")
+            yield wait_for(lambda: "write" in calls, what="datagram %d written" % i)
+            yield deferLater(reactor, 0.01, lambda: None)
+            per.append(list(calls))
+        self.assertEqual(per, [["recv", "write", "eagain"]]
+                         + [["recv", "write"]] * FOLLOW_RETRY
+                         + [["recv", "write", "eagain"]])
+        self.assertEqual(self.tun.peer.written()[-1][20:], b"n%d" % (FOLLOW_RETRY + 1))
 
     @defer.inlineCallbacks
     def test_runs_are_not_followed_per_datagram(self):
@@ -958,19 +1023,22 @@ class ReplyFollowUpTests(BackendTestBase):
         reader takes the whole queue as before."""
         peer = self.listen_peer()
         yield self.started()
+        self.use_clock()
         sock = self.peer_socket(port=self.port + 1 if self.port < 65535 else 0)
         calls = self.record(self.echo)
         for i in range(2):          # lone datagrams both ways: the follow-up is on
+            self.quiet()
             sock.sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=b"q%d" % i),
                         (OURS, self.port))
             yield wait_for(lambda: len(peer.received) == i + 1, what="reply %d" % i)
+        yield deferLater(reactor, 0.02, lambda: None)
         self.backend.sender.lone = False      # as after a run read from the TUN
+        self.quiet()
         del calls[:]
         sock.sendto(make_ipv4(src="10.1.7.3", dst="10.1.15.2", payload=b"ack"),
                     (OURS, self.port))
         yield wait_for(lambda: len(peer.received) == 3, what="the third reply")
-        self.assertEqual(calls[:3], ["recv", "write", "recv-eagain"])
-        self.assertEqual(calls[3:5], ["read", "eagain"])
+        self.assertEqual(calls, ["recv", "write", "read", "eagain", "sendto"])
 
 class HotDispatchBackendTests(BackendTestBase):
     """While forwarding, the TUN reader and the UDP port are dispatched by the backend's

@@ -77,6 +77,50 @@ class DrainingPortTests(TestCase):
         port.doRead()               # nothing queued: EAGAIN ends the read at once
         self.assertEqual(len(proto.got), 2)
 
+    def test_lone_datagram_after_a_quiet_spell_is_one_recv(self):
+        """With a clock: after a wake-up that read a single datagram, a wake-up at least
+        lone_gap later reads one datagram (and calls the follow-up) and returns, without
+        the read that finds the socket empty; one sooner drains again."""
+        from twisted.internet.task import Clock
+        proto = RunRecorder()
+        port, addr = self.listen(proto)
+        clock = Clock()
+        port.clock = clock.seconds
+        follows = []
+        port.follow = lambda: follows.append(len(proto.got))
+        recvs = []
+        real = port.socket.recvmsg_into
+
+        class Sock:
+            def __getattr__(self, name):
+                return getattr(real.__self__, name)
+
+            def recvmsg_into(self, *a):
+                try:
+                    r = real(*a)
+                except BlockingIOError:
+                    recvs.append("eagain")
+                    raise
+                recvs.append("recv")
+                return r
+        port.socket = Sock()
+        s = self.sender()
+        s.sendto(b"one", addr)
+        port.doRead()               # no lone wake-up before: drained to EAGAIN
+        self.assertEqual(recvs, ["recv", "eagain"])
+        clock.advance(port.lone_gap)
+        s.sendto(b"two", addr)
+        s.sendto(b"three", addr)
+        del recvs[:]
+        port.doRead()               # a lone wake-up: one recv, the follow-up, back
+        self.assertEqual(recvs, ["recv"])
+        self.assertEqual([g[1] for g in proto.got], [b"one", b"two"])
+        self.assertEqual(follows, [2])
+        port.doRead()               # woken again at once: "three" is queued behind
+        self.assertEqual(recvs, ["recv", "recv", "eagain"])
+        self.assertEqual([g[1] for g in proto.got], [b"one", b"two", b"three"])
+        self.assertEqual(follows, [2, 3])
+
     def test_drains_at_most_a_batch_per_wakeup(self):
         proto = RunRecorder()
         port, addr = self.listen(proto)

@@ -77,6 +77,8 @@ __all__ = ["UdpBackend", "UdpBackendError", "backend_port", "DROP_REASONS", "DEF
 TUN_NAME = "flannel%d"
 ENCAP_OVERHEAD = 28          # IPv4 (20) + UDP (8)
 SOCKET_BUFFER = 8 * 1024 * 1024
+# follow-ups skipped after one that found the TUN empty (see UdpBackend._follow)
+FOLLOW_RETRY = 15
 
 
 class UdpBackendError(Exception):
@@ -144,6 +146,7 @@ class UdpBackend:
         self._reader = None          # the TunReader, while reading
         # the TUN reader and the port skip Twisted's per-wake-up logging context
         self.dispatch = HotDispatch(reactor)
+        self._follow_skip = 0        # follow-ups still to skip (UdpBackend._follow)
         if offload is None:
             offload = _off.env_allows_offload(os.environ if environ is None else environ)
         self._offload_allowed = bool(offload)
@@ -213,9 +216,11 @@ class UdpBackend:
         self.receiver = receiver
         self._udp_port = udp_port
         udp_port.follow = self._follow
+        udp_port.clock = self._reactor.seconds
         sock = udp_port.getHandle()
         self._tune_socket(sock, udp_port)
-        self.sender = Sender(self.routes, self.counters, writer, sock, self.offload, self.mtu)
+        self.sender = Sender(self.routes, self.counters, writer, sock, self.offload, self.mtu,
+                             clock=self._reactor.seconds)
         self.log.info("udp backend: TUN {tun}, UDP {addr}:{port}, MTU {mtu}, offload {offload}",
                       tun=tun.name, addr=addr, port=port, mtu=self.mtu,
                       offload="on" if self.offload else "off")
@@ -369,14 +374,25 @@ class UdpBackend:
         socket read, epoll_wait and the reactor's dispatch (issue 16). Only while the
         send path is quiet too (its last wake-up read a single packet): a TUN that
         carries runs (a TCP stream whose ACKs arrive one by one) is left to its reader,
-        which takes the whole queue in GSO runs."""
+        which takes the whole queue in GSO runs.
+
+        A follow-up that finds the TUN empty (this host sends requests and its replies
+        go to a local process, not back out) costs a read before the process sleeps,
+        while the process woken by our write waits for this CPU: the next
+        FOLLOW_RETRY follow-ups are then skipped, and one is tried again after them."""
         reader = self._reader
         if reader is None or not reader.reading or not self.sender.lone:
+            return
+        if self._follow_skip:
+            self._follow_skip -= 1
             return
         try:
             reader.doRead()
         except Exception:
             count_error(self.counters, self.log, "udp backend: error draining the tun")
+            return
+        if not self.sender.got:
+            self._follow_skip = FOLLOW_RETRY
 
     def _tun_lost(self, reader, reason):
         """The TUN reader stopped for good (a failed read, or the reactor dropped it)."""

@@ -15,6 +15,12 @@ single datagram), C{follow} is called before the socket is read again: the udp b
 drains the TUN there, where the reply to a lone packet is often queued already (the
 kernel answers while the TUN write is in progress), so it leaves in the same wake-up
 (issue 16).
+
+With a C{clock} (the backend gives the reactor's), a wake-up at least C{lone_gap} (1 ms)
+after the end of the last one, which read a single datagram, is a lone datagram's: one
+recvmsg, its delivery and the follow-up, then back to the reactor, without the read
+that finds the socket empty (epoll is level-triggered: a datagram queued behind it
+wakes us again at once, and a wake-up that soon drains as above).
 """
 import errno
 import socket
@@ -26,6 +32,7 @@ from twisted.logger import Logger
 from flannel_tw.interfaces import IDatagramRunReceiver
 
 READS_PER_WAKEUP = 256
+LONE_GAP = 0.001        # seconds; see the module's docstring
 UDP_GRO = getattr(socket, "UDP_GRO", 104)
 _GRO_CMSG = socket.CMSG_SPACE(4)
 _GRO_SIZE = struct.Struct("=i").unpack_from   # the UDP_GRO cmsg: a native int
@@ -57,8 +64,51 @@ class DrainingPort(udp.Port):
     # queued already (issue 16). None: nothing is called. It must not raise.
     follow = None
     _lone = False
+    # clock() in seconds, or None: every wake-up drains the socket
+    clock = None
+    lone_gap = LONE_GAP
+    _last = 0.0             # clock() at the end of the last wake-up
 
     def doRead(self):
+        clock = self.clock
+        if clock is None:
+            return self._drain()
+        if self._lone and clock() - self._last >= self.lone_gap:
+            try:
+                return self._read_one()
+            finally:
+                self._last = clock()
+        try:
+            return self._drain()
+        finally:
+            self._last = clock()
+
+    def _read_one(self):
+        """A lone datagram's wake-up: one recvmsg, its delivery, the follow-up."""
+        proto = self.protocol
+        try:
+            n, anc, flags, addr = self.socket.recvmsg_into([proto.receiveBuffer()],
+                                                           _GRO_CMSG)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno not in _AGAIN:
+                self.log.debug("udp backend: socket error {e}", e=e)
+            return
+        if flags & socket.MSG_TRUNC:
+            proto.truncatedReceived(n, addr)
+            return
+        gro = 0
+        if anc:
+            for level, kind, data in anc:
+                if level == socket.SOL_UDP and kind == UDP_GRO:
+                    gro = _GRO_SIZE(data)[0]
+                    self._lone = False       # a coalesced run: busy, drain next time
+        proto.runReceived(n, gro, addr)
+        if self.follow is not None:
+            self.follow()
+
+    def _drain(self):
         recv = self.socket.recvmsg_into
         proto = self.protocol
         into = [proto.receiveBuffer()]

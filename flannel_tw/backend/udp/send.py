@@ -11,11 +11,15 @@ one buffer and leaves in one sendmsg with UDP_SEGMENT (UDP GSO): the kernel cuts
 into the same datagrams flanneld would send, after a single trip through routing,
 veth, bridge and netfilter (a sendto per packet if the kernel refuses it).
 
-A lone packet (ping, a request) does not wait for that: after a wake-up that read a
-single packet, the next wake-up's first packet is sent at once with one sendto
-(L{Sender._send_lone}, no run state), and only then does the loop read on, so the read
-that finds the TUN empty costs CPU but no latency; a run read in one wake-up after a
-busy one keeps its GSO sendmsg (issue 16; bench/latency.py profiles both paths).
+A lone packet (ping, a request) does not wait for that (issue 16): after a wake-up that
+read a single packet, a wake-up that comes after a quiet spell (C{lone_gap}, 1 ms, by
+the clock the backend gives) reads one packet and sends it with one sendto
+(L{Sender._send_lone}, no run state), and goes back to the reactor: one read and one
+send, as flanneld's proxy, and no read that finds the TUN empty (epoll is
+level-triggered: a packet queued behind it wakes us again at once). A wake-up soon
+after the last one is a burst: it sends its first packet at once and drains the rest
+in GSO runs; a run read in one wake-up after a busy one keeps its GSO sendmsg
+(bench/latency.py profiles both paths).
 
 In offloaded mode each read starts with a vnet header and may be a TCP super-packet:
 towards an offloading peer it leaves as one frame (L{flannel_tw.backend.udp.offload}),
@@ -34,6 +38,9 @@ from flannel_tw.backend.udp import vnet as _vnet
 from flannel_tw.backend.udp.counters import count_error
 
 READS_PER_WAKEUP = 256
+# seconds: a wake-up this long after the end of the last one, which read a single
+# packet, is a lone packet's (read one, send it, back to the reactor)
+LONE_GAP = 0.001
 READ_BUFFER = 65535
 # UDP GSO (Linux >= 4.18): one sendmsg with a UDP_SEGMENT cmsg carries a run of
 # equal-sized datagrams to one peer; the kernel cuts it into ordinary datagrams.
@@ -62,7 +69,7 @@ class Sender:
 
     log = Logger()
 
-    def __init__(self, routes, counters, writer, sock, offload, mtu):
+    def __init__(self, routes, counters, writer, sock, offload, mtu, clock=None):
         self.routes = routes
         self.counters = counters
         self._writer = writer
@@ -89,6 +96,13 @@ class Sender:
         # packet is then sent at once (L{_send_lone}), before the read that looks for
         # more, instead of waiting to see whether a run follows
         self.lone = False
+        # C{clock()} (seconds, e.g. the reactor's): when set, a wake-up at least
+        # C{lone_gap} after the end of the last one, which read a single packet, reads
+        # one packet only (L{_drain_one}); None: every wake-up drains the TUN
+        self._clock = clock
+        self.lone_gap = LONE_GAP
+        self._last = 0.0             # clock() at the end of the last wake-up
+        self.got = 0                 # packets the last wake-up read
 
     def drain(self, tun):
         """
@@ -100,8 +114,42 @@ class Sender:
         first: a plain packet is moved down over it to join the run, a super-packet is
         sent on its own (after the run before it, to keep the order).
 
+        A lone packet after a quiet spell is read and sent alone (L{_drain_one}).
+
         @return: None, or the OSError a read failed with (other than EAGAIN/EINTR).
         """
+        clock = self._clock
+        if clock is None:
+            return self._drain(tun)
+        if self.lone and clock() - self._last >= self.lone_gap:
+            try:
+                return self._drain_one(tun)
+            finally:
+                self._last = clock()
+        try:
+            return self._drain(tun)
+        finally:
+            self._last = clock()
+
+    def _drain_one(self, tun):
+        """One read and, for a packet, one send (L{_send_lone}); C{lone} stays set."""
+        hdr = VNET if self.offload else 0
+        self.got = 0
+        try:
+            n = tun.readinto(self._view[:hdr + READ_BUFFER + 1])
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            return None if e.errno == errno.EAGAIN else e
+        self.got = 1
+        counters = self.counters
+        counters["tun_packets_in"] += 1
+        counters["tun_bytes_in"] += n - hdr
+        self._send_lone(self._prepare_vnet if hdr else self._prepare_plain, n, hdr)
+        return None
+
+    def _drain(self, tun):
+        """L{drain}'s loop: read until EAGAIN (at most READS_PER_WAKEUP), in runs."""
         readinto = tun.readinto
         buf = self._buf
         view = self._view
@@ -169,6 +217,7 @@ class Sender:
         finally:
             if count:
                 self._send_run(view, off, count, seg, peer)
+            self.got = got
             if got:
                 self.lone = got == 1
         return None
