@@ -22,7 +22,9 @@ hosts), ``vxlan`` and ``host-gw`` (the daemon's backends, when this build has th
 ``vxlan-v6`` (the vxlan backend on a dual-stack lab and config, measured container to
 container over IPv6: flannel-v6.1),
 ``wireguard`` (encrypted: the kernel module's device, else wireguard-go; its CPU is
-counted with the daemon's).
+counted with the daemon's), and two references for the udp backend's latency
+(bench/reference.py): ``ref-c-proxy``, flanneld's udp proxy design in C (built with
+``cc``; not available without one), and ``ref-py-loop``, the same loop in Python.
 
 The scenarios run in rounds (all of them, then all again; --rounds, default 3), each
 static kernel path next to the daemon's and every other round backwards; each figure
@@ -64,6 +66,7 @@ if __package__ in (None, ""):      # python3 bench/run.py
     if __name__ == "__main__" and _check():
         sys.exit(2)
 
+from bench import reference                                           # noqa: E402
 from flannel_tw.backend.registry import FACTORIES                     # noqa: E402
 from flannel_tw.model.config import DEFAULT_PREFIX                    # noqa: E402
 from flannel_tw.tools.lab.run import (_child_env, repo_root, start_etcd,  # noqa: E402
@@ -73,7 +76,7 @@ from flannel_tw.tools.lab.topology import Lab, LabError                      # n
 NETWORK = "10.5.0.0/16"
 HEALTH_PORT = 8471
 SCENARIOS = ("underlay", "kernel-vxlan", "kernel-hostgw", "udp", "udp-offload",
-             "vxlan", "vxlan-v6", "host-gw", "wireguard")
+             "ref-c-proxy", "ref-py-loop", "vxlan", "vxlan-v6", "host-gw", "wireguard")
 DUAL_STACK = ("vxlan-v6",)          # dual-stack lab and config, measured over IPv6
 UNDERLAY6 = "fd00:250::/64"
 NETWORK6 = "fd00:10:5::/48"
@@ -310,6 +313,8 @@ def run_scenario(name, seconds, keep_logs):
             setup_kernel_vxlan(lab, workdir)
         elif name == "kernel-hostgw":
             setup_kernel_hostgw(lab, workdir)
+        elif name in reference.REFERENCES:
+            pids = reference.setup(lab, workdir, name, write_env)
         else:
             pids = setup_daemons(lab, workdir, DAEMON_BACKENDS[name], v6)
         dst = lab.containers[2].addr6 if v6 else lab.containers[2].addr
@@ -378,7 +383,7 @@ def run_scale(backend, leases, keep_logs, samples=20, api="v2"):
 # backwards, so neither side of a comparison always comes first or always follows the
 # CPU-heavy udp runs (on a shared VM that position alone moved figures by ~10%).
 RUN_ORDER = ("underlay", "kernel-vxlan", "vxlan", "vxlan-v6", "kernel-hostgw", "host-gw",
-             "udp", "udp-offload", "wireguard")
+             "udp", "ref-c-proxy", "ref-py-loop", "udp-offload", "wireguard")
 
 
 def run_order(names, rnd):
@@ -433,6 +438,13 @@ def targets(results, scale, ref_name):
               lambda v: v <= 0.2, "<= 0.2")
         check("%s 64-byte packets/s" % name, (results.get(name) or {}).get("udp_pps"),
               lambda v, pps=pps: v >= pps, ">= %d" % pps)
+    # the same figure for the references (bench/reference.py), measured beside it: what a
+    # proxy of flanneld's design adds here, in C and as the least a Python loop does
+    for name in reference.REFERENCES:
+        p = (results.get(name) or {}).get("ping_ms")
+        out.append({"target": "%s ping - underlay ping (ms), for reference" % name,
+                    "value": p - base_ping if p and base_ping else None, "goal": "-",
+                    "result": "info"})
     check("vxlan TCP / kernel-vxlan", ratio("vxlan", "kernel-vxlan"), lambda v: v >= 0.95, ">= 0.95")
     check("host-gw TCP / kernel-hostgw", ratio("host-gw", "kernel-hostgw"), lambda v: v >= 0.95,
           ">= 0.95")
@@ -542,6 +554,10 @@ def main(argv=None):
             say("%-14s round %d/%d ..." % (name, rnd, args.rounds))
             try:
                 res = run_scenario(name, args.seconds, args.keep_logs)
+            except reference.Unavailable as e:
+                results[name] = {"unavailable": str(e)}
+                say("%-14s not available (%s)" % (name, e))
+                continue
             except Exception as e:
                 res = {"error": "%s: %s" % (type(e).__name__, e)}
             say("%-14s %s" % (name, json.dumps(res, sort_keys=True)))
