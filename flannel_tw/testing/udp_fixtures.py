@@ -1,6 +1,6 @@
 """Test helpers (formerly in tests/test_udp_backend.py), shared by
 tests/lab/test_udp_backend.py, tests/unit/test_fuzz.py, tests/unit/test_offload.py,
-tests/unit/test_udp_backend.py.
+tests/unit/test_udp_backend.py, tests/unit/test_udp_port.py.
 (No test module imports another: what several need lives here.)"""
 
 import socket
@@ -86,6 +86,32 @@ class Collector(DatagramProtocol):
 
     def datagramReceived(self, data, addr):
         self.received.append((data, addr))
+
+
+def recording(fn, calls, done, again=None):
+    """C{fn} wrapped: each call appends C{done} to C{calls}, or C{again} when C{fn}
+    raises BlockingIOError (re-raised; C{again} None: nothing appended then)."""
+    def call(*args):
+        try:
+            result = fn(*args)
+        except BlockingIOError:
+            if again is not None:
+                calls.append(again)
+            raise
+        calls.append(done)
+        return result
+    return call
+
+
+class RecvProxy:
+    """A port's socket with recvmsg_into replaced (socket objects take no attributes)."""
+
+    def __init__(self, sock, recvmsg_into):
+        self._sock = sock
+        self.recvmsg_into = recvmsg_into
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
 
 
 @defer.inlineCallbacks

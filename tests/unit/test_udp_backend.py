@@ -26,8 +26,8 @@ from flannel_tw.kernel.iface import ExtIface
 from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.backend.udp import packet as P
 from flannel_tw.testing.udp_fixtures import (
-    BackendTestBase, EXT, NETWORK, OURS, OUR_SUBNET, PEER, PEER_SUBNET, STRANGER, config,
-    header_ok, lease, make_ipv4, wait_for)
+    BackendTestBase, EXT, NETWORK, OURS, OUR_SUBNET, PEER, PEER_SUBNET, STRANGER, RecvProxy,
+    config, header_ok, lease, make_ipv4, recording, wait_for)
 
 
 class PortConfigTests(TestCase):
@@ -742,27 +742,9 @@ class LonePacketTests(BackendTestBase):
         sendtos and sendmsgs."""
         calls = []
         sender = self.backend.sender
-        real_sendto, real_sendmsg = sender._sendto, sender._sendmsg
-        real_read = self.tun.readinto
-
-        def readinto(buf):
-            try:
-                n = real_read(buf)
-            except BlockingIOError:
-                calls.append("eagain")
-                raise
-            calls.append("read")
-            return n
-
-        def sendto(data, addr):
-            calls.append("sendto")
-            return real_sendto(data, addr)
-
-        def sendmsg(buffers, ancdata, flags, addr):
-            calls.append("sendmsg")
-            return real_sendmsg(buffers, ancdata, flags, addr)
-        sender._sendto, sender._sendmsg = sendto, sendmsg
-        self.tun.readinto = readinto
+        sender._sendto = recording(sender._sendto, calls, "sendto")
+        sender._sendmsg = recording(sender._sendmsg, calls, "sendmsg")
+        self.tun.readinto = recording(self.tun.readinto, calls, "read", "eagain")
         return calls
 
     @defer.inlineCallbacks
@@ -862,17 +844,6 @@ class LonePacketTests(BackendTestBase):
         self.assertEqual([d[8] for d in run], [63] * 5)
 
 
-class _RecvProxy:
-    """A port's socket with recvmsg_into replaceable (socket objects take no attrs)."""
-
-    def __init__(self, sock, recvmsg_into):
-        self._sock = sock
-        self.recvmsg_into = recvmsg_into
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-
 class ReplyFollowUpTests(BackendTestBase):
     """
     The receive path's follow-up (issue 16): a lone datagram written into the TUN is
@@ -901,18 +872,7 @@ class ReplyFollowUpTests(BackendTestBase):
         calls = []
         b = self.backend
         port = b._udp_port
-        real_recv = port.socket.recvmsg_into
-        real_write, real_read = self.tun.write, self.tun.readinto
-        real_sendto, real_sendmsg = b.sender._sendto, b.sender._sendmsg
-
-        def recvmsg_into(*a):
-            try:
-                r = real_recv(*a)
-            except BlockingIOError:
-                calls.append("recv-eagain")
-                raise
-            calls.append("recv")
-            return r
+        real_write = self.tun.write
 
         def write(data):
             calls.append("write")
@@ -922,25 +882,12 @@ class ReplyFollowUpTests(BackendTestBase):
                 self.tun.peer.inject(reply)
             return r
 
-        def readinto(buf):
-            try:
-                n = real_read(buf)
-            except BlockingIOError:
-                calls.append("eagain")
-                raise
-            calls.append("read")
-            return n
-
-        def sendto(data, addr):
-            calls.append("sendto")
-            return real_sendto(data, addr)
-
-        def sendmsg(*a):
-            calls.append("sendmsg")
-            return real_sendmsg(*a)
-        port.socket = _RecvProxy(port.socket, recvmsg_into)
-        self.tun.write, self.tun.readinto = write, readinto
-        b.sender._sendto, b.sender._sendmsg = sendto, sendmsg
+        port.socket = RecvProxy(port.socket, recording(port.socket.recvmsg_into, calls,
+                                                       "recv", "recv-eagain"))
+        self.tun.write = write
+        self.tun.readinto = recording(self.tun.readinto, calls, "read", "eagain")
+        b.sender._sendto = recording(b.sender._sendto, calls, "sendto")
+        b.sender._sendmsg = recording(b.sender._sendmsg, calls, "sendmsg")
         return calls
 
     @staticmethod

@@ -20,6 +20,7 @@ from flannel_tw.backend.udp.port import READS_PER_WAKEUP, DrainingPort
 from flannel_tw.backend.udp.tun_io import TunReader
 from flannel_tw.interfaces import IDatagramRunReceiver
 from flannel_tw.testing.faketun import FakeTun
+from flannel_tw.testing.udp_fixtures import RecvProxy, recording
 
 
 @implementer(IDatagramRunReceiver)
@@ -89,21 +90,8 @@ class DrainingPortTests(TestCase):
         follows = []
         port.follow = lambda: follows.append(len(proto.got))
         recvs = []
-        real = port.socket.recvmsg_into
-
-        class Sock:
-            def __getattr__(self, name):
-                return getattr(real.__self__, name)
-
-            def recvmsg_into(self, *a):
-                try:
-                    r = real(*a)
-                except BlockingIOError:
-                    recvs.append("eagain")
-                    raise
-                recvs.append("recv")
-                return r
-        port.socket = Sock()
+        port.socket = RecvProxy(port.socket, recording(port.socket.recvmsg_into, recvs,
+                                                       "recv", "eagain"))
         s = self.sender()
         s.sendto(b"one", addr)
         port.doRead()               # no lone wake-up before: drained to EAGAIN

@@ -39,6 +39,14 @@ _GRO_SIZE = struct.Struct("=i").unpack_from   # the UDP_GRO cmsg: a native int
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 
 
+def _gro_size(anc):
+    """The segment size in a recvmsg's ancillary data (UDP_GRO cmsg), else 0."""
+    for level, kind, data in anc:
+        if level == socket.SOL_UDP and kind == UDP_GRO:
+            return _GRO_SIZE(data)[0]
+    return 0
+
+
 class DrainingPort(udp.Port):
     """
     A listening UDP port (IPv4) whose protocol provides L{IDatagramRunReceiver}.
@@ -98,12 +106,9 @@ class DrainingPort(udp.Port):
         if flags & socket.MSG_TRUNC:
             proto.truncatedReceived(n, addr)
             return
-        gro = 0
-        if anc:
-            for level, kind, data in anc:
-                if level == socket.SOL_UDP and kind == UDP_GRO:
-                    gro = _GRO_SIZE(data)[0]
-                    self._lone = False       # a coalesced run: busy, drain next time
+        gro = _gro_size(anc) if anc else 0
+        if gro:
+            self._lone = False               # a coalesced run: busy, drain next time
         proto.runReceived(n, gro, addr)
         if self.follow is not None:
             self.follow()
@@ -130,12 +135,9 @@ class DrainingPort(udp.Port):
                 if flags & socket.MSG_TRUNC:
                     proto.truncatedReceived(n, addr)
                     continue
-                gro = 0
-                if anc:
-                    for level, kind, data in anc:
-                        if level == socket.SOL_UDP and kind == UDP_GRO:
-                            gro = _GRO_SIZE(data)[0]
-                            got += 1
+                gro = _gro_size(anc) if anc else 0
+                if gro:
+                    got += 1                 # a coalesced run: not a lone datagram
                 run(n, gro, addr)
                 if lone:
                     lone = False
