@@ -19,7 +19,11 @@ How L{IRegistry}'s v2-shaped calls map onto v3:
   daemon only needs "leased or reservation" from a list (the watcher's retention of a
   peer that vanished without an event is the only other use, and the bound of every
   lease flannel writes is safe there), and real daemons give every key its own lease, so exact TTLs cost one
-  round trip per key (about 4 s for 10,000 keys).
+  round trip per key (about 4 s for 10,000 keys). A watch event asks its lease's TTL
+  as flanneld does, except, with C{exact_list_ttls=False}, for keys this registry has
+  never written: another host's lease event reports the bound too (one round trip
+  less per event, for every daemon), while events on our own keys (the keeper times
+  its renewal and a foreign write's validity by them) keep their exact TTL.
 - B{create}: a txn C{version(key) == 0 -> put}; a failed compare is C{NodeExist}.
 - B{compare_and_set}: C{prev_index} -> a txn C{mod_revision(key) == prev_index -> put};
   C{prev_value} -> C{value(key) == prev_value -> put}. On failure the txn's else branch
@@ -83,6 +87,7 @@ class EtcdV3Registry:
         self._client = client
         self._exact_list_ttls = exact_list_ttls
         self.prefix = prefix.rstrip("/") or "/"
+        self._own_names = set()     # names this registry has written (or tried to)
         self._pending = []          # Changes of the last watch response not handed out
         self._next_index = None     # the wait_index that continues with _pending
 
@@ -160,6 +165,10 @@ class EtcdV3Registry:
                           modified_index=as_int(kv.get("mod_revision"))) for kv in kvs]
         return records, _revision(answer)
 
+    def _exact_event_ttl(self, key):
+        """Whether a watch event on C{key} asks its lease's TTL (the module's docstring)."""
+        return self._exact_list_ttls or key.rpartition("/")[2] in self._own_names
+
     def _list_ttl(self, ttls, lease):
         if not lease:
             return None
@@ -176,6 +185,8 @@ class EtcdV3Registry:
     @defer.inlineCallbacks
     def _write(self, name, value, ttl, compare):
         key = self.key(name)
+        # before the write: its watch event may arrive before the write's answer
+        self._own_names.add(name)
         value = v3_value(value)
         lease, granted = 0, None
         if ttl is not None and int(ttl) > 0:
@@ -283,7 +294,8 @@ class EtcdV3Registry:
                 if change.lease_key and change.record.modified_index >= wait_index:
                     ttl = change.record.ttl
                     if not change.removed and ttl is not None:
-                        ttl = yield self._ttl(event["kv"])
+                        ttl = ((yield self._ttl(event["kv"])) if self._exact_event_ttl(
+                            change.record.key) else LIST_TTL_BOUND)
                     changes.append(Change(change.removed, Record(
                         change.record.key, change.record.value, ttl,
                         change.record.modified_index), change.prev_value))

@@ -145,6 +145,35 @@ class MappingTests(unittest.TestCase):
         self.assertEqual([r.ttl for r in records], [LIST_TTL_BOUND, None])
         self.assertEqual([c[0] for c in client.calls], ["range"])
 
+    def test_daemon_watch_asks_ttls_only_for_its_own_keys(self):
+        """exact_list_ttls=False: an event on another host's key reports the 24 h bound
+        without a TimeToLive; one on a key this registry wrote (the keeper's own
+        lease) asks it, as flanneld does for every event."""
+        other = "/coreos.com/network/subnets/10.5.2.0-24"
+        events = [{"kv": {"key": b64(other), "value": b64("{}"), "mod_revision": "13",
+                          "lease": "8"}},
+                  {"kv": {"key": b64(self.KEY), "value": b64("{}"), "mod_revision": "14",
+                          "lease": "9"}}]
+        client = ScriptedClient({"ID": "9", "TTL": "86400"},
+                                {"header": HEADER, "succeeded": True},
+                                {"events": events}, {"TTL": "86390"})
+        reg = EtcdV3Registry(client, exact_list_ttls=False)
+        self.successResultOf(reg.create("10.5.1.0-24", "{}", 86400))
+        a = self.successResultOf(reg.watch(13))
+        b = self.successResultOf(reg.watch(14))
+        self.assertEqual([(x.record.key, x.record.ttl) for x in (a, b)],
+                         [(other, LIST_TTL_BOUND), (self.KEY, 86390)])
+        self.assertEqual([c[0] for c in client.calls],
+                         ["lease_grant", "txn", "watch_once", "lease_time_to_live"])
+        self.assertEqual(client.calls[-1], ("lease_time_to_live", 9))
+
+    def test_exact_registry_asks_every_events_ttl(self):
+        events = [{"kv": {"key": b64("/coreos.com/network/subnets/10.5.2.0-24"),
+                          "value": b64("{}"), "mod_revision": "13", "lease": "8"}}]
+        reg, client = registry({"events": events}, {"TTL": "500"})
+        self.assertEqual(self.successResultOf(reg.watch(13)).record.ttl, 500)
+        self.assertEqual(client.calls[-1], ("lease_time_to_live", 8))
+
     def test_watch_hands_out_every_event_of_a_response(self):
         events = [{"kv": {"key": b64(self.KEY), "value": b64("{}"), "mod_revision": "13"}},
                   {"type": "DELETE", "kv": {"key": b64("/coreos.com/network/subnets/10.5.2.0-24"),
