@@ -16,7 +16,8 @@ from flannel_tw.backend.udp.vnet import VNET_HDR_LEN
 class TunReader:
     """
     An L{ITun} as a reactor reader (no threads): each wake-up calls C{drain(tun)}, which
-    reads what is ready (EAGAIN ends it) and returns None, or returns the OSError that
+    reads what is ready (EAGAIN ends it; a lone packet's wake-up after a quiet spell
+    reads just that one, L{flannel_tw.backend.udp.send}) and returns None, or returns the OSError that
     a read failed with (e.g. the device was deleted under us): the reader then stops
     polling the dead fd rather than spin on it. C{lost(reason)} is told when the reader
     stops for good (a failed read, or the reactor dropping the descriptor).
