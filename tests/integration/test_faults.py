@@ -22,7 +22,8 @@ from flannel_tw.model.backoff import make_backoff
 from flannel_tw.etcd.registry import EtcdV2Registry
 from flannel_tw.lease.manager import SubnetManager
 from flannel_tw.host.subnetfile import parse_env
-from flannel_tw.testing.etcd import EtcdServer, start_etcd_for_test
+from flannel_tw.testing.etcd import start_etcd_for_test
+from flannel_tw.testing.fault_scenarios import FaultScenarios
 from flannel_tw.testing.netfaults import SilenceableProxy
 from flannel_tw.testing.polling import wait_until
 from flannel_tw.testing.harness import (
@@ -31,29 +32,26 @@ from flannel_tw.testing import skips
 from flannel_tw.observe.status import health_body
 
 
-class EtcdFaultTests(DaemonHarness, unittest.TestCase):
-    timeout = 60
+class EtcdFaultTests(FaultScenarios, unittest.TestCase):
+    """On etcd v2: the scenarios tests/integration/test_faults_v3.py runs too (in
+    FaultScenarios), then those of v2 alone (a wipe, an expiry, the pool exhausted...)."""
 
-    def setUp(self):
-        DaemonHarness.setUp(self)
-        skips.require_etcd()
+    api = "v2"
+    lease_value = '{"PublicIP":"192.0.2.%d"}'
+
+    def put_config(self, server):
+        server.put_config(CONFIG)
+
+    def put_lease(self, server, key, value):
+        return server.v2_put(key, value, ttl=600)
+
+    def stored(self, server, key):
+        return server.v2_get(key)["node"]["value"]
 
     @defer.inlineCallbacks
     def test_etcd_not_up_at_start_waits_with_backoff_then_runs(self):
-        server = EtcdServer(client_port=free_port())
-        self.addCleanup(server.stop)
-        d = self.run_daemon(self.make_daemon(server.endpoints, config_retry=0.1,
-                                             config_retry_max=0.8))
-        yield sleep(3.0)
-        self.assertEqual(d.phase, daemon_mod.WAITING_CONFIG)
-        # 0.1, 0.2, 0.4, 0.8, 0.8, ... (+<=20%): about 6 fetches in 3 s, not 30.
-        fetches = d.manager.calls["get_network_config"]
-        self.assertGreaterEqual(fetches, 3)
-        self.assertLessEqual(fetches, 9)
-        refused = logged(self.logs, "Couldn't fetch network config", LogLevel.error)
-        self.assertEqual(len(refused), 1, refused)
-        self.assertIn("Connection refused", refused[0])
-        self.assertIn(server.url, refused[0])
+        server, d, refused = yield self.daemon_before_etcd()
+        self.assertIn(server.url, refused)
         self.assertEqual(len(logged(self.logs, "etcd endpoint", LogLevel.warn)), 1)
 
         server.start()
@@ -67,35 +65,8 @@ class EtcdFaultTests(DaemonHarness, unittest.TestCase):
         self.assertEqual(len(causes), 2, causes)  # refused once, key not found once
         self.assertEqual(len(logged(self.logs, "answers again", LogLevel.info)), 1)
 
-    @defer.inlineCallbacks
     def test_etcd_killed_mid_run_watch_resumes_no_route_removed_no_tight_loop(self):
-        server = start_etcd_for_test(self)
-        server.put_config(CONFIG)
-        server.v2_put(PREFIX + "/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.250"}', ttl=600)
-        d = self.run_daemon(self.make_daemon(server.endpoints))
-        yield self.running(d)
-        backend = self.backends[0]
-        self.assertEqual(self.added_subnets(backend), ["10.5.250.0/24"])
-        subnet = d.lease.subnet
-        before = d.manager.calls["watch_leases"]
-
-        server.kill()
-        yield sleep(4.0)
-        during = d.manager.calls["watch_leases"] - before
-        # the watcher backs off (1 s, 1.5 s, 2.25 s ... + jitter): a handful, not hundreds
-        self.assertGreaterEqual(during, 1)
-        self.assertLessEqual(during, 5)
-        self.assertEqual(d.phase, daemon_mod.RUNNING)
-
-        server.start()
-        server.v2_put(PREFIX + "/subnets/10.5.251.0-24", '{"PublicIP":"192.0.2.251"}', ttl=600)
-        yield wait_until(lambda: "10.5.251.0/24" in self.added_subnets(backend), timeout=30)
-        self.assertEqual(self.removed_events(backend), [])
-        self.assertEqual(d.lease.subnet, subnet)
-        self.assertEqual(server.v2_get(self.key(subnet))["node"]["value"],
-                         '{"PublicIP":"192.0.2.1"}')
-        self.assertNotIn(("stop",), backend.events)
-        self.assertEqual(self.exits, [])
+        return self.etcd_killed_mid_run()
 
     @defer.inlineCallbacks
     def test_etcd_wiped_lease_recreated_with_same_subnet(self):
@@ -180,26 +151,8 @@ class EtcdFaultTests(DaemonHarness, unittest.TestCase):
         self.assertEqual(logged(self.logs, "deleted or expired"), [])
         self.assertEqual(d.manager.calls["acquire_lease"], 1)
 
-    @defer.inlineCallbacks
     def test_subnet_taken_while_away_is_never_overwritten(self):
-        server = start_etcd_for_test(self)
-        server.put_config(CONFIG)
-        first = self.make_daemon(server.endpoints)
-        first.startService()
-        yield self.running(first)
-        subnet = first.lease.subnet
-        yield first.stopService()
-        server.v2_put(self.key(subnet), '{"PublicIP":"192.0.2.77"}', ttl=600)
-
-        second = self.run_daemon(self.make_daemon(server.endpoints))
-        yield self.running(second)
-        self.assertNotEqual(second.lease.subnet, subnet)
-        self.assertEqual(server.v2_get(self.key(subnet))["node"]["value"],
-                         '{"PublicIP":"192.0.2.77"}')
-        env = parse_env(open(self.subnet_file).read())
-        self.assertEqual(env["FLANNEL_SUBNET"], "%s/24" % (second.lease.subnet.network_address + 1))
-        held = logged(self.logs, "is held by 192.0.2.77; not taking it over", LogLevel.warn)
-        self.assertEqual(len(held), 1)
+        return self.subnet_taken_while_away()
 
     @defer.inlineCallbacks
     def test_pool_exhausted_is_reported_with_size_and_retried(self):
