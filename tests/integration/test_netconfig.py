@@ -14,17 +14,11 @@ from twisted.trial import unittest
 from flannel_tw.model.config import parse_config
 from flannel_tw.tools.lab.run import repo_root
 from flannel_tw.testing.certs import make_pki
-from flannel_tw.testing.etcd import shared_etcd, start_etcd_for_test, unique_prefix
-from flannel_tw.testing.netconfig_fixtures import CONFIG, Runner
+from flannel_tw.testing.etcd import start_etcd_for_test
+from flannel_tw.testing.netconfig_fixtures import CONFIG, Runner, SharedEtcdRunner
 
 
-class PlainEtcdTests(unittest.TestCase, Runner):
-    def setUp(self):
-        self.server = shared_etcd()
-        self.prefix = unique_prefix(self)
-        self.env = {"FLANNELD_ETCD_ENDPOINTS": self.server.url,
-                    "FLANNELD_ETCD_PREFIX": self.prefix}
-
+class PlainEtcdTests(SharedEtcdRunner, unittest.TestCase):
     @defer.inlineCallbacks
     def test_set_get_unchanged_update(self):
         code, out, err = yield self.config("set", CONFIG, env=self.env)

@@ -3,21 +3,14 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from flannel_tw.model.config import parse_config
-from flannel_tw.testing.etcd import shared_etcd, unique_prefix
-from flannel_tw.testing.netconfig_fixtures import Runner
+from flannel_tw.testing.netconfig_fixtures import SharedEtcdRunner
 from flannel_tw.testing.v3raw import raw_kv
 
 DUAL = ('{"Network": "10.7.0.0/16", "EnableIPv6": true, "IPv6Network": "fc00:7::/48", '
         '"IPv6SubnetLen": 64, "Backend": {"Type": "vxlan"}}')
 
 
-class DualStackConfigTests(unittest.TestCase, Runner):
-
-    def setUp(self):
-        self.server = shared_etcd()
-        self.prefix = unique_prefix(self)
-        self.env = {"FLANNELD_ETCD_ENDPOINTS": self.server.url,
-                    "FLANNELD_ETCD_PREFIX": self.prefix}
+class DualStackConfigTests(SharedEtcdRunner, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_set_and_get_v2(self):
