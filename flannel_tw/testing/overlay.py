@@ -1,7 +1,7 @@
 """Test helpers (formerly in tests/test_overlay.py), shared by
 flannel_tw/testing/kernel_overlay.py, tests/lab/test_kernel_overlay.py,
-tests/lab/test_lease_lab.py, tests/lab/test_overlay.py, tests/lab/test_udp_backend.py,
-tests/unit/test_overlay.py.
+tests/lab/test_lease_lab.py, tests/lab/test_offload.py, tests/lab/test_overlay.py,
+tests/lab/test_udp_backend.py, tests/unit/test_overlay.py.
 (No test module imports another: what several need lives here.)"""
 
 import json

@@ -13,47 +13,9 @@ import time
 from twisted.trial.unittest import TestCase
 
 from flannel_tw.testing import skips
+from flannel_tw.testing.overlay import TCP_SINK, TCP_SOURCE, read_text, wait_for
 
 
-SINK = r"""
-import hashlib, socket, sys
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[1])))
-srv.listen(1)
-srv.settimeout(60)
-conn, peer = srv.accept()
-conn.settimeout(60)
-h = hashlib.sha256()
-n = 0
-while True:
-    b = conn.recv(1 << 16)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-conn.sendall(("%s %d" % (h.hexdigest(), n)).encode())
-conn.close()
-"""
-SOURCE = r"""
-import socket, sys, time
-data = open(sys.argv[3], "rb").read()
-for i in range(100):
-    try:
-        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-        break
-    except OSError:
-        time.sleep(0.1)
-c.sendall(data)
-c.shutdown(socket.SHUT_WR)
-buf = b""
-while True:
-    b = c.recv(4096)
-    if not b:
-        break
-    buf += b
-print(buf.decode().strip())
-"""
 METRICS_PORT = 9187
 
 
@@ -125,12 +87,15 @@ class OffloadLabTests(TestCase):
         with open(path, "wb") as f:
             f.write(data)
         c_src, c_dst = self.lab.containers[src], self.lab.containers[dst]
-        sink = self.lab.spawn(c_dst.ns, [sys.executable, "-c", SINK, str(port)],
-                              os.path.join(self.workdir, "sink.log"))
-        cp = self.lab.exec(c_src.ns, [sys.executable, "-c", SOURCE, str(c_dst.addr), str(port),
-                                      path], timeout=90)
+        log = os.path.join(self.workdir, "sink-%d.log" % port)
+        sink = self.lab.spawn(c_dst.ns, [sys.executable, "-c", TCP_SINK, str(port)], log)
+        wait_for(lambda: "listening" in read_text(log) or sink.poll() is not None, 30)
+        self.assertIn("listening", read_text(log), "the TCP sink did not start")
+        cp = self.lab.exec(c_src.ns, [sys.executable, "-c", TCP_SOURCE, str(c_dst.addr),
+                                      str(port), path], timeout=90)
         sink.wait(30)
-        self.assertEqual(cp.stdout.strip(), "%s %d" % (hashlib.sha256(data).hexdigest(), size))
+        # the sink answers "<sha256> <bytes> <peer address>"
+        self.assertEqual(cp.stdout.split()[:2], [hashlib.sha256(data).hexdigest(), str(size)])
 
     def test_offload_pair(self):
         self.build()
