@@ -1,7 +1,7 @@
 """Test helpers (formerly in tests/test_overlay.py), shared by
-flannel_tw/testing/kernel_overlay.py, tests/lab/test_kernel_overlay.py,
-tests/lab/test_lease_lab.py, tests/lab/test_offload.py, tests/lab/test_overlay.py,
-tests/lab/test_udp_backend.py, tests/unit/test_overlay.py.
+flannel_tw/testing/kernel_overlay.py, tests/lab/test_cni.py, tests/lab/test_kernel_overlay.py,
+tests/lab/test_lease_lab.py, tests/lab/test_metrics.py, tests/lab/test_offload.py,
+tests/lab/test_overlay.py, tests/lab/test_udp_backend.py, tests/unit/test_overlay.py.
 (No test module imports another: what several need lives here.)"""
 
 import json
@@ -222,6 +222,21 @@ class Overlay(LabCommands):
         out = self.py(self.lab.switch_ns, ETCD_REQUEST, method, url).stdout
         status, _, body = out.partition("\n")
         return int(status), body.strip()
+
+
+def lab_with_etcd(testcase, config, hosts=(1, 2)):
+    """
+    A lab with a switch, the host namespaces ``hosts`` and a real etcd holding
+    ``config`` (no daemons yet), torn down after ``testcase``: (lab, workdir, etcd URL).
+    """
+    lab = Lab()
+    testcase.addCleanup(lab.teardown)
+    workdir = os.path.abspath(testcase.mktemp())
+    os.makedirs(workdir)
+    lab.add_switch()
+    for i in hosts:
+        lab.add_host(i)
+    return lab, workdir, start_etcd(lab, workdir, config)
 
 
 def make_overlay(testcase, hosts, start=None):

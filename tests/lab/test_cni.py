@@ -11,6 +11,7 @@ from twisted.trial import unittest
 
 from flannel_tw.testing.cni_fixtures import _write
 from flannel_tw.testing import skips
+from flannel_tw.testing.overlay import lab_with_etcd
 
 
 PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
@@ -75,16 +76,8 @@ class LabTests(unittest.TestCase):
 
     def test_containers_on_two_hosts_reach_each_other(self):
         from flannel_tw.tools.lab import run as labrun
-        from flannel_tw.tools.lab.topology import Lab
-        lab = Lab()
-        self.addCleanup(lab.teardown)
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        lab.add_switch()
-        for i in (1, 2):
-            lab.add_host(i)
-        url = labrun.start_etcd(lab, workdir,
-                                '{"Network": "10.44.0.0/16", "Backend": {"Type": "udp"}}')
+        lab, workdir, url = lab_with_etcd(
+            self, '{"Network": "10.44.0.0/16", "Backend": {"Type": "udp"}}')
         procs = labrun.start_daemons(lab, workdir, url, [1, 2])
         envs = labrun.wait_subnet_files(workdir, procs, timeout=60)
         cni_path = self.make_cni_path(workdir)

@@ -8,6 +8,7 @@ from twisted.trial import unittest
 
 from flannel_tw.testing.metrics_samples import sample, samples
 from flannel_tw.testing import skips
+from flannel_tw.testing.overlay import lab_with_etcd
 
 
 class LabScrapeTests(unittest.TestCase):
@@ -18,16 +19,8 @@ class LabScrapeTests(unittest.TestCase):
 
     def test_scrape_after_traffic(self):
         from flannel_tw.tools.lab import run as labrun
-        from flannel_tw.tools.lab.topology import Lab
-        lab = Lab()
-        self.addCleanup(lab.teardown)
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        lab.add_switch()
-        for i in (1, 2):
-            lab.add_host(i)
-        url = labrun.start_etcd(lab, workdir,
-                                '{"Network": "10.33.0.0/16", "Backend": {"Type": "udp"}}')
+        lab, workdir, url = lab_with_etcd(
+            self, '{"Network": "10.33.0.0/16", "Backend": {"Type": "udp"}}')
         procs = {}
         for i in (1, 2):
             os.makedirs(os.path.join(workdir, "h%d" % i))
