@@ -65,6 +65,7 @@ from flannel_tw.backend.udp import offload as _off
 from flannel_tw.backend.udp.counters import DROP_REASONS, count_error, new_counters
 from flannel_tw.backend.udp.dispatch import HotDispatch
 from flannel_tw.backend.udp.ipv6 import lease_backend_v6_data, peer_carries_ipv6, v6_route
+from flannel_tw.backend.udp.lone import lone_readers
 from flannel_tw.backend.udp.port import DrainingPort
 from flannel_tw.backend.udp.receive import READ_BUFFER, UdpReceiver
 from flannel_tw.backend.udp.routes import DEFAULT_PORT, RouteTable
@@ -260,6 +261,11 @@ class UdpBackend:
             self._reader = TunReader(self._reactor, self.tun, self.sender.drain,
                                      self._tun_lost)
             self._reader.startReading()
+            if self._udp_port is not None:
+                # the lone-packet path (issue 16) as the two descriptors' doRead
+                self._reader.doRead, self._udp_port.doRead = lone_readers(
+                    self.sender, self.receiver, self._writer, self._udp_port, self._reader,
+                    self._follow)
             self.dispatch.add(self._reader)
             if self._udp_port is not None:
                 self.dispatch.add(self._udp_port)

@@ -103,6 +103,12 @@ class DrainingPort(udp.Port):
             if e.errno not in _AGAIN:
                 self.log.debug("udp backend: socket error {e}", e=e)
             return
+        self._handle_one(n, anc, flags, addr)
+
+    def _handle_one(self, n, anc, flags, addr):
+        """What one recvmsg brought (C{_read_one}'s, or the udp backend's lone path's):
+        handed to the protocol, then the follow-up."""
+        proto = self.protocol
         if flags & socket.MSG_TRUNC:
             proto.truncatedReceived(n, addr)
             return
