@@ -46,28 +46,21 @@ import sys
 import time
 from ipaddress import IPv4Network
 
+from flannel_tw.backend.udp.packet import internet_checksum
+
 PEER_NET = IPv4Network("10.5.2.0/24")
 OWN_NET = IPv4Network("10.5.1.0/24")
 _ns = time.perf_counter_ns
-
-
-def _csum(b):
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def ping_packet(src, dst):
     """An 84-byte IPv4 ICMP echo request from C{src} to C{dst} (dotted strings)."""
     payload = bytes(range(56))
     icmp = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + payload
-    icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", internet_checksum(icmp)) + icmp[4:]
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0x4000, 64, 1, 0,
                       socket.inet_aton(src), socket.inet_aton(dst))
-    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    hdr = hdr[:10] + struct.pack("!H", internet_checksum(hdr)) + hdr[12:]
     return hdr + icmp
 
 

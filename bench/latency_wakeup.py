@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 
+from flannel_tw.backend.udp.packet import internet_checksum
+
 CLONE_NEWNET = 0x40000000
 PORT = 8285
 OWN = "10.5.1.0"
@@ -45,25 +47,16 @@ PEER_POD = "10.5.2.2"
 _ns = time.perf_counter_ns
 
 
-def _csum(b):
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def icmp_echo(kind, ident, seq, payload=bytes(range(56))):
     """An ICMP echo message (8 request, 0 reply) with its checksum."""
     icmp = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + payload
-    return icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
+    return icmp[:2] + struct.pack("!H", internet_checksum(icmp)) + icmp[4:]
 
 
 def ipv4(src, dst, proto, body, ttl=64):
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0x4000, ttl, proto, 0,
                       socket.inet_aton(src), socket.inet_aton(dst))
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + body
+    return hdr[:10] + struct.pack("!H", internet_checksum(hdr)) + hdr[12:] + body
 
 
 def _stats(v):

@@ -264,8 +264,7 @@ class UdpBackend:
             if self._udp_port is not None:
                 # the lone-packet path (issue 16) as the two descriptors' doRead
                 self._reader.doRead, self._udp_port.doRead = lone_readers(
-                    self.sender, self.receiver, self._writer, self._udp_port, self._reader,
-                    self._follow)
+                    self.sender, self.receiver, self._writer, self._udp_port, self._reader)
             self.dispatch.add(self._reader)
             if self._udp_port is not None:
                 self.dispatch.add(self._udp_port)

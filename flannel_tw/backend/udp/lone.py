@@ -53,13 +53,13 @@ def _ttl_patch(buf, at):
     buf[at + 11] = hc & 0xFF
 
 
-def lone_readers(sender, receiver, writer, port, reader, follow):
+def lone_readers(sender, receiver, writer, port, reader):
     """
     The flat C{doRead}s: C{(tun_ready, udp_ready)} for C{reader} (the TUN's
     L{TunReader}, draining into C{sender}) and C{port} (the L{DrainingPort} feeding
     C{receiver}, which writes through C{writer}), on the clocks the sender and the port
-    have (C{sender._clock}, C{port.clock}: the backend's). C{follow()} is called after
-    a lone datagram was written (the backend's follow-up).
+    have (C{sender._clock}, C{port.clock}: the backend's). After a lone datagram was
+    written, the port's C{follow} is called, as on the layered path.
     """
     counters = sender.counters
     routes = sender.routes              # the backend's one table (the receiver's too)
@@ -129,8 +129,8 @@ def lone_readers(sender, receiver, writer, port, reader, follow):
             return None
         if anc or flags & socket.MSG_TRUNC or not _deliver_lone(n, addr):
             port._handle_one(n, anc, flags, addr)     # the layered path, follow-up included
-        else:
-            follow()
+        elif port.follow is not None:
+            port.follow()
         port._last = clock()
         return None
 
