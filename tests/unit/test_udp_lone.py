@@ -6,22 +6,24 @@ layered one (no clock: every wake-up drains as before), in plain and offloaded m
 both ways, good packets and every kind of bad one; the bytes that leave (to the peer,
 into the TUN) and every counter must be the same.
 """
-import socket
 import struct
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.task import deferLater
 
+from flannel_tw.backend.udp import packet as P
 from flannel_tw.backend.udp.offload import FRAME_MAGIC
+from flannel_tw.model.events import ADDED, LeaseEvent
+from flannel_tw.testing.faketun import FakeTun
 from flannel_tw.testing.udp_fixtures import (
-    BackendTestBase, OURS, PEER, STRANGER, make_ipv4, wait_for)
+    BackendTestBase, OUR_SUBNET, OURS, PEER, PEER_SUBNET, STRANGER, config, lease, make_ipv4,
+    wait_for)
 
 VNET0 = bytes(10)
 
 
 def with_options(pkt):
     """C{pkt} with a 4-byte NOP option (IHL 6), checksum recomputed."""
-    from flannel_tw.backend.udp import packet as P
     hdr = bytearray(pkt[:20]) + b"\x01\x01\x01\x01"
     hdr[0] = 0x46
     struct.pack_into("!H", hdr, 2, len(pkt) + 4)
@@ -58,19 +60,15 @@ FROM_UDP = {
 }
 
 
-class _Base(BackendTestBase):
+class PlainTests(BackendTestBase):
     offload = False
 
     def make_backend(self, **kw):
-        from flannel_tw.testing.faketun import FakeTun
         self.tun = FakeTun(vnet_hdr=self.offload)
         return BackendTestBase.make_backend(self, **kw)
 
     @defer.inlineCallbacks
     def started(self, peers=None):
-        from flannel_tw.testing.udp_fixtures import PEER_SUBNET, config, lease
-        from flannel_tw.model.events import ADDED, LeaseEvent
-        from flannel_tw.testing.udp_fixtures import OUR_SUBNET
         cfg = config(self.port, Offload=self.offload)
         yield self.backend.prepare(cfg)
         yield self.backend.start(cfg, lease(OUR_SUBNET, OURS))
@@ -156,11 +154,7 @@ class _Base(BackendTestBase):
         self.assertEqual(counted["tun_packets_out"], 1)
 
 
-class PlainTests(_Base):
-    offload = False
-
-
-class OffloadTests(_Base):
+class OffloadTests(PlainTests):
     offload = True
 
     @defer.inlineCallbacks
@@ -180,8 +174,8 @@ class OffloadTests(_Base):
         self.assertEqual(results[0], results[1])
 
 
-class UnfilteredTests(_Base):
+class UnfilteredTests(PlainTests):
     """Without the source filter (--udp-filter-sources off): the own-subnet checks alone."""
 
     def make_backend(self, **kw):
-        return _Base.make_backend(self, filter_sources=False, **kw)
+        return PlainTests.make_backend(self, filter_sources=False, **kw)
