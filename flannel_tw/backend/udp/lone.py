@@ -32,25 +32,12 @@ L{UdpBackend._follow}).
 import errno
 import socket
 
+from flannel_tw.backend.udp.packet import decrement_ttl
 from flannel_tw.backend.udp.port import _AGAIN, _GRO_CMSG, DrainingPort
 from flannel_tw.backend.udp.receive import READ_BUFFER, VNET
 from flannel_tw.backend.udp.tun_io import TunReader
 
 _ZERO_VNET = bytes(VNET)
-
-
-def _ttl_patch(buf, at):
-    """Decrement the TTL of the IPv4 header at C{buf[at:]} (TTL > 1 checked by the
-    caller) and patch its checksum incrementally (RFC 1624, as packet.decrement_ttl)."""
-    ttl = buf[at + 8]
-    m = (ttl << 8) | buf[at + 9]
-    s = ((~((buf[at + 10] << 8) | buf[at + 11])) & 0xFFFF) + ((~m) & 0xFFFF) + m - 0x100
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    hc = ~s & 0xFFFF
-    buf[at + 8] = ttl - 1
-    buf[at + 10] = hc >> 8
-    buf[at + 11] = hc & 0xFF
 
 
 def lone_readers(sender, receiver, writer, port, reader):
@@ -101,9 +88,10 @@ def lone_readers(sender, receiver, writer, port, reader):
         if entry is None:
             sender._send_lone(prepare, n, hdr)    # anything else: the layered path
         else:
-            _ttl_patch(sbuf, ip)
+            pkt = sview[ip:n]
+            decrement_ttl(pkt)                   # TTL > 1: checked above
             try:
-                sender._sendto(sview[ip:n], entry[1])
+                sender._sendto(pkt, entry[1])
             except OSError as e:
                 counters["send-error"] += 1
                 sender.log.debug("udp backend: send to {peer} failed: {e}", peer=entry[1], e=e)
@@ -151,7 +139,7 @@ def lone_readers(sender, receiver, writer, port, reader):
             return False
         counters["packets_in"] += 1
         counters["bytes_in"] += n
-        _ttl_patch(rbuf, b)
+        decrement_ttl(rview[b:b + n])         # TTL > 1: checked above
         if hdr:
             rbuf[0:VNET] = _ZERO_VNET
         writer.write(rview[start:b + n])

@@ -29,10 +29,10 @@ import struct
 from twisted.internet import udp
 from twisted.logger import Logger
 
+from flannel_tw.backend.udp.send import LONE_GAP   # the send path's quiet spell, both ways
 from flannel_tw.interfaces import IDatagramRunReceiver
 
 READS_PER_WAKEUP = 256
-LONE_GAP = 0.001        # seconds; see the module's docstring
 UDP_GRO = getattr(socket, "UDP_GRO", 104)
 _GRO_CMSG = socket.CMSG_SPACE(4)
 _GRO_SIZE = struct.Struct("=i").unpack_from   # the UDP_GRO cmsg: a native int
